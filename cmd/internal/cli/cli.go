@@ -1,0 +1,150 @@
+// Package cli holds what tunneld and tunnelc share: logging setup, the
+// metrics endpoint, socket options and exit codes. It is wiring, not logic.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"tlsvpn/tunnel"
+)
+
+// Exit codes shared by both binaries.
+const (
+	ExitOK      = 0
+	ExitFailure = 1 // runtime failure
+	ExitUsage   = 2 // bad flags or arguments
+)
+
+// UsageError marks an error in the command line; main exits with ExitUsage.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// Usagef returns a *UsageError.
+func Usagef(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// ExitCode maps run's error to a process exit code.
+func ExitCode(err error) int {
+	var ue *UsageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &ue):
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// NewLogger returns a slog logger writing to w in the given format ("text"
+// or "json") at the given level ("debug", "info", "warn", "error").
+func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, Usagef("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, Usagef("--log-format %q: want text or json", format)
+}
+
+// Gauge is an extra gauge for the metrics endpoint.
+type Gauge struct {
+	Name, Help string
+	Value      func() float64
+}
+
+// ServeMetrics serves Prometheus metrics for stats (and the extra gauges)
+// at http://addr/metrics until ctx ends. The counters are read from the
+// tunnel's atomics at scrape time, so the data path pays nothing.
+func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	counter := func(name, help string, v interface{ Load() uint64 }) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: prefix + "_" + name, Help: help},
+			func() float64 { return float64(v.Load()) }))
+	}
+	counter("tx_packets_total", "Packets sent to peers.", &stats.TxPackets)
+	counter("tx_bytes_total", "IP bytes sent to peers.", &stats.TxBytes)
+	counter("rx_packets_total", "Packets received from peers and written to the TUN device.", &stats.RxPackets)
+	counter("rx_bytes_total", "IP bytes received from peers.", &stats.RxBytes)
+	drops := prometheus.NewDesc(prefix+"_dropped_packets_total", "Packets dropped, by reason.", []string{"reason"}, nil)
+	reg.MustRegister(dropCollector{desc: drops, stats: stats})
+	counter("sessions_opened_total", "Sessions established.", &stats.SessionsOpened)
+	counter("sessions_closed_total", "Sessions ended.", &stats.SessionsClosed)
+	counter("sessions_replaced_total", "Sessions replaced by a newer connection of the same identity.", &stats.SessionsReplaced)
+	counter("handshake_failures_total", "Connections that failed the TLS or protocol handshake.", &stats.HandshakeFailures)
+	counter("protocol_errors_total", "Sessions closed because the peer broke the protocol.", &stats.ProtocolErrors)
+	counter("keepalive_timeouts_total", "Sessions closed because the peer went silent.", &stats.KeepaliveTimeouts)
+	counter("control_frames_total", "Control frames received.", &stats.ControlFrames)
+	for _, g := range gauges {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: prefix + "_" + g.Name, Help: g.Help}, g.Value))
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	context.AfterFunc(ctx, func() { srv.Close() })
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	return nil
+}
+
+type dropCollector struct {
+	desc  *prometheus.Desc
+	stats *tunnel.Stats
+}
+
+func (d dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- d.desc }
+
+func (d dropCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range []struct {
+		reason string
+		v      uint64
+	}{
+		{"spoofed_source", d.stats.DropSpoofed.Load()},
+		{"malformed", d.stats.DropMalformed.Load()},
+		{"no_session", d.stats.DropNoSession.Load()},
+		{"queue_full", d.stats.DropQueueFull.Load()},
+		{"tun_write", d.stats.DropTUNWrite.Load()},
+	} {
+		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(r.v), r.reason)
+	}
+}
+
+// StatsAttrs summarizes stats for a log line.
+func StatsAttrs(s *tunnel.Stats) []any {
+	return []any{
+		"tx_packets", s.TxPackets.Load(), "tx_bytes", s.TxBytes.Load(),
+		"rx_packets", s.RxPackets.Load(), "rx_bytes", s.RxBytes.Load(),
+		"drop_spoofed", s.DropSpoofed.Load(), "drop_malformed", s.DropMalformed.Load(),
+		"drop_no_session", s.DropNoSession.Load(), "drop_queue_full", s.DropQueueFull.Load(),
+		"drop_tun_write", s.DropTUNWrite.Load(),
+	}
+}

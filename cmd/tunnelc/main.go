@@ -1,0 +1,212 @@
+// Command tunnelc is the tlsvpn client: it connects to tunneld over
+// mutually authenticated TLS 1.3, creates a TUN device with the address,
+// MTU and routes the server assigns, and carries packets until it is
+// stopped, then removes what it installed.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"tlsvpn/certs"
+	"tlsvpn/cmd/internal/cli"
+	"tlsvpn/routing"
+	"tlsvpn/tun"
+	"tlsvpn/tunnel"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, pflag.ErrHelp) {
+		err = nil
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tunnelc:", err)
+	}
+	os.Exit(cli.ExitCode(err))
+}
+
+const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca FILE [flags]
+
+tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
+identity with the client certificate in --cert, checks the server's certificate
+against the CA in --ca (never the system's roots) and its name against
+--server-name, then creates the TUN device, installs the address, MTU and
+routes the server assigns, and carries packets. On SIGINT or SIGTERM it tells
+the server, removes the addresses and routes it installed, and exits.
+
+Flags:
+`
+
+const usageTail = `
+Examples:
+  # connect to a server whose certificate names vpn.example.com
+  tunnelc --server vpn.example.com:443 --cert laptop.crt --key laptop.key --ca ca.crt
+
+  # dial an IP address; the certificate must carry it (tunneld pki issue --ip)
+  tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --tun vpn0
+`
+
+type options struct {
+	server, serverName  string
+	cert, key, ca       string
+	tunName             string
+	handshakeTimeout    time.Duration
+	queueLen            int
+	metrics             string
+	logLevel, logFormat string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := pflag.NewFlagSet("tunnelc", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
+	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
+	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
+	fs.StringVar(&o.key, "key", "", "client private key FILE (PEM), e.g. laptop.key (required)")
+	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE the server certificate must chain to, e.g. ca.crt (required)")
+	fs.StringVar(&o.tunName, "tun", "tunnelc0", "name of the TUN interface to create")
+	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 15*time.Second, "time allowed to connect and complete the TLS and protocol handshakes")
+	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.Usage = func() {
+		fmt.Fprint(stdout, usageHead)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fmt.Fprint(stdout, usageTail)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return &cli.UsageError{Err: fmt.Errorf("%w (see 'tunnelc --help')", err)}
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("unexpected argument %q (see 'tunnelc --help')", fs.Arg(0))
+	}
+	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	return connect(ctx, o, log)
+}
+
+func connect(ctx context.Context, o options, log *slog.Logger) error {
+	if o.server == "" {
+		return cli.Usagef("--server is required, e.g. --server vpn.example.com:443")
+	}
+	host, _, err := net.SplitHostPort(o.server)
+	if err != nil {
+		return cli.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
+	}
+	if o.serverName == "" {
+		o.serverName = host
+	}
+	if o.cert == "" || o.key == "" || o.ca == "" {
+		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
+	}
+	tlsCfg, err := certs.ClientConfig(o.cert, o.key, o.ca, o.serverName)
+	if err != nil {
+		return err
+	}
+	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
+		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
+	}
+
+	var (
+		mu  sync.Mutex // guards dev and mgr, set by setup
+		dev tun.Device
+		mgr routing.Manager
+	)
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if mgr != nil {
+			if err := mgr.Close(); err != nil {
+				log.Warn("removing addresses and routes", "err", err)
+			}
+		}
+		if dev != nil {
+			dev.Close()
+		}
+	}()
+	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		d, err := tun.Open(o.tunName, cfg.MTU, tun.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		m, err := routing.NewManager(routing.Options{Logger: log})
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		dev, mgr = d, m
+		rc := routing.Config{Interface: o.tunName, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: cfg.Routes}
+		if cfg.Addr6.IsValid() {
+			rc.Addresses = append(rc.Addresses, cfg.Addr6)
+		}
+		if err := m.Set(ctx, rc); err != nil {
+			return nil, err
+		}
+		log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+		return d, nil
+	}
+
+	stats := new(tunnel.Stats)
+	keepalive := 15 * time.Second
+	dialer := &net.Dialer{}
+	client, err := tunnel.NewClient(tunnel.ClientConfig{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, "tcp", o.server)
+			if err == nil {
+				cli.TuneTCP(c, 3*keepalive)
+			}
+			return c, err
+		},
+		TLS:              tlsCfg,
+		Hello:            tunnel.Hello{Software: "tunnelc"},
+		Setup:            setup,
+		HandshakeTimeout: o.handshakeTimeout,
+		QueueLen:         o.queueLen,
+		Logger:           log,
+		Stats:            stats,
+	})
+	if err != nil {
+		return err
+	}
+	if o.metrics != "" {
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, log); err != nil {
+			return err
+		}
+	}
+	err = client.Run(ctx)
+	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
+	return err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "stopped"
+	}
+	return err.Error()
+}

@@ -1,0 +1,234 @@
+// Command tunneld is the tlsvpn server: it accepts tunnelc clients over
+// mutually authenticated TLS 1.3, gives each an address from --subnet and
+// forwards packets between its TUN device and the clients' sessions.
+// 'tunneld pki ...' manages the CA and certificates.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"tlsvpn/certs"
+	"tlsvpn/cmd/internal/cli"
+	"tlsvpn/routing"
+	"tlsvpn/tun"
+	"tlsvpn/tunnel"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil && !errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "tunneld:", err)
+	}
+	if errors.Is(err, pflag.ErrHelp) {
+		err = nil
+	}
+	os.Exit(cli.ExitCode(err))
+}
+
+const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADDR:PORT] [--subnet CIDR] [flags]
+       tunneld pki <init|issue> ...   (certificate authority; see 'tunneld pki --help')
+
+tunneld is the tlsvpn server. It listens for tunnelc clients on TCP, accepts only
+TLS 1.3 connections whose client certificate was issued by the CA in --ca, gives
+each client an address from --subnet (the server takes the first one; a client
+keeps its address when it reconnects) and forwards IP packets between its TUN
+device and the clients. Packets whose source is not the client's address are
+dropped and counted.
+
+Flags:
+`
+
+const usageTail = `
+Examples:
+  # create a CA, a server certificate and a client certificate
+  tunneld pki init  --dir /etc/tlsvpn/pki
+  tunneld pki issue --dir /etc/tlsvpn/pki --server --name vpn.example.com --ip 192.0.2.1
+  tunneld pki issue --dir /etc/tlsvpn/pki --client --name laptop
+
+  # serve 100.64.0.0/24 on port 443 and give clients a route to a LAN behind the server
+  tunneld --listen 0.0.0.0:443 --cert /etc/tlsvpn/pki/vpn.example.com.crt \
+    --key /etc/tlsvpn/pki/vpn.example.com.key --ca /etc/tlsvpn/pki/ca.crt \
+    --subnet 100.64.0.0/24 --route 198.18.10.0/24
+`
+
+type options struct {
+	listen, cert, key, ca string
+	subnet                string
+	tunName               string
+	mtu                   int
+	routes                []string
+	keepalive             time.Duration
+	handshakeTimeout      time.Duration
+	queueLen              int
+	metrics               string
+	logLevel, logFormat   string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "pki" {
+		err := runPKI(args[1:], stdout, stderr)
+		if err != nil && !errors.Is(err, pflag.ErrHelp) {
+			return &cli.UsageError{Err: err}
+		}
+		return err
+	}
+	var o options
+	fs := pflag.NewFlagSet("tunneld", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	fs.StringVar(&o.listen, "listen", "0.0.0.0:443", "TCP address ADDR:PORT to accept clients on, e.g. 198.18.0.1:443 or [2001:db8::1]:443")
+	fs.StringVar(&o.cert, "cert", "", "server certificate FILE (PEM), e.g. /etc/tlsvpn/pki/server.crt (required)")
+	fs.StringVar(&o.key, "key", "", "server private key FILE (PEM), e.g. /etc/tlsvpn/pki/server.key (required)")
+	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE that client certificates must chain to, e.g. /etc/tlsvpn/pki/ca.crt (required)")
+	fs.StringVar(&o.subnet, "subnet", "100.64.0.0/24", "tunnel subnet CIDR; the server takes the first host address, clients the rest")
+	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
+	fs.IntVar(&o.mtu, "mtu", 1500, "tunnel MTU, pushed to clients (576-65535)")
+	fs.StringArrayVar(&o.routes, "route", nil, "CIDR that clients route through the tunnel, e.g. --route 198.18.10.0/24 (repeatable)")
+	fs.DurationVar(&o.keepalive, "keepalive", 15*time.Second, "ping interval pushed to clients; a session silent for 3 intervals is closed (0 disables)")
+	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to complete the TLS and protocol handshakes")
+	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "per-client send queue bound in chunks (up to 64 KiB each); a full queue drops")
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.Usage = func() {
+		fmt.Fprint(stdout, usageHead)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fmt.Fprint(stdout, usageTail)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return &cli.UsageError{Err: fmt.Errorf("%w (see 'tunneld --help')", err)}
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("unexpected argument %q (see 'tunneld --help')", fs.Arg(0))
+	}
+	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, o, log)
+}
+
+func serve(ctx context.Context, o options, log *slog.Logger) error {
+	if o.cert == "" || o.key == "" || o.ca == "" {
+		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert pki/server.crt --key pki/server.key --ca pki/ca.crt (create them with 'tunneld pki')")
+	}
+	subnet, err := netip.ParsePrefix(o.subnet)
+	if err != nil || !subnet.Addr().Is4() {
+		return cli.Usagef("--subnet %q: want an IPv4 CIDR such as 100.64.0.0/24", o.subnet)
+	}
+	subnet = subnet.Masked()
+	var routes []netip.Prefix
+	for _, r := range o.routes {
+		p, err := netip.ParsePrefix(r)
+		if err != nil {
+			return cli.Usagef("--route %q: want a CIDR such as 198.18.10.0/24", r)
+		}
+		routes = append(routes, p.Masked())
+	}
+	if len(routes) > tunnel.MaxRoutes {
+		return cli.Usagef("at most %d --route flags", tunnel.MaxRoutes)
+	}
+	if o.mtu < 576 || o.mtu > tun.MaxPacketSize {
+		return cli.Usagef("--mtu %d: want 576 to %d", o.mtu, tun.MaxPacketSize)
+	}
+	pool, err := routing.NewPool(subnet)
+	if err != nil {
+		return cli.Usagef("--subnet %v: %v", subnet, err)
+	}
+	tlsCfg, err := certs.ServerConfig(o.cert, o.key, o.ca)
+	if err != nil {
+		return err
+	}
+	warnExpiry(log, "server certificate", o.cert, certs.LeafExpiry(tlsCfg))
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.listen, err)
+	}
+	defer ln.Close()
+
+	dev, err := tun.Open(o.tunName, o.mtu, tun.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	mgr, err := routing.NewManager(routing.Options{Logger: log})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	defer func() {
+		if err := mgr.Close(); err != nil {
+			log.Warn("removing addresses and routes", "err", err)
+		}
+	}()
+	serverPrefix := netip.PrefixFrom(pool.ServerAddr(), subnet.Bits())
+	if err := mgr.Set(ctx, routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: []netip.Prefix{serverPrefix}}); err != nil {
+		dev.Close()
+		return err
+	}
+
+	stats := new(tunnel.Stats)
+	srv, err := tunnel.NewServer(tunnel.ServerConfig{
+		TLS:              tlsCfg,
+		Identity:         certs.PeerIdentity,
+		Dev:              dev,
+		Pool:             pool,
+		Subnet:           subnet,
+		ServerAddr:       pool.ServerAddr(),
+		MTU:              o.mtu,
+		Routes:           routes,
+		Keepalive:        o.keepalive,
+		HandshakeTimeout: o.handshakeTimeout,
+		QueueLen:         o.queueLen,
+		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
+		Logger:           log,
+		Stats:            stats,
+	})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	if o.metrics != "" {
+		gauges := []cli.Gauge{{Name: "sessions", Help: "Live client sessions.", Value: func() float64 { return float64(srv.Sessions()) }}}
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunneld", stats, gauges, log); err != nil {
+			dev.Close()
+			return err
+		}
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
+		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive)
+	err = srv.Serve(ctx, ln) // closes dev
+	log.Info("stopped", cli.StatsAttrs(stats)...)
+	return err
+}
+
+// warnExpiry logs when a certificate expires, as a warning within 30 days.
+func warnExpiry(log *slog.Logger, what, file string, notAfter time.Time) {
+	left := time.Until(notAfter)
+	switch {
+	case left < 0:
+		log.Error(what+" has expired", "file", file, "not_after", notAfter)
+	case left < 30*24*time.Hour:
+		log.Warn(what+" expires soon: issue a new one with 'tunneld pki issue'", "file", file, "not_after", notAfter, "days_left", int(left.Hours()/24))
+	default:
+		log.Debug(what, "file", file, "not_after", notAfter)
+	}
+}

@@ -1,0 +1,66 @@
+package tunnel
+
+import (
+	"sync"
+
+	"tlsvpn/tun"
+)
+
+// bufSize is the size of every packet buffer: headroom for the frame header
+// (and GSO metadata) plus the largest packet a TUN device returns.
+const bufSize = tun.Headroom + tun.MaxPacketSize
+
+// bigPacket is the size from which a packet is sent framed in place, in its
+// own TLS write, instead of being copied into a coalesced chunk: above it a
+// separate record costs less than the copy.
+const bigPacket = 4096
+
+// chunk is a run of complete frames in buf[start:end], ready for one
+// tls.Conn.Write. It is either a coalesced chunk (small packets copied in
+// back to back, start == 0) or a read buffer holding one big packet framed
+// in place. Chunks cross from the mux's TUN reader to a session's writer
+// through the session queue; whoever holds one owns it.
+type chunk struct {
+	buf     []byte // len(buf) == bufSize, allocated once
+	start   int
+	end     int
+	lastHdr int // offset of the last frame's header, for FlagEnd
+	pkts    int // packets in the chunk, for drop accounting
+}
+
+var chunkPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, bufSize)} }}
+
+func getChunk() *chunk { return chunkPool.Get().(*chunk) }
+
+func putChunk(c *chunk) {
+	c.start, c.end, c.lastHdr, c.pkts = 0, 0, 0, 0
+	chunkPool.Put(c)
+}
+
+// room reports whether a DATA frame of n bytes still fits a coalesced chunk.
+func (c *chunk) room(n int) bool { return c.end+HeaderLen+n <= len(c.buf) }
+
+// appendPacket copies pkt into the coalesced chunk as a DATA frame.
+func (c *chunk) appendPacket(pkt []byte) {
+	c.lastHdr = c.end
+	PutHeader(c.buf[c.end:], TypeData, false, len(pkt))
+	c.end += HeaderLen + copy(c.buf[c.end+HeaderLen:], pkt)
+	c.pkts++
+}
+
+// frameInPlace turns a read buffer holding a packet of n bytes at
+// buf[tun.Headroom:] into a one-frame chunk, writing the header into the
+// headroom. Nothing is copied.
+func (c *chunk) frameInPlace(n int) {
+	c.start = tun.Headroom - HeaderLen
+	c.lastHdr = c.start
+	c.end = tun.Headroom + n
+	PutHeader(c.buf[c.start:], TypeData, false, n)
+	c.pkts = 1
+}
+
+// markEnd sets FlagEnd on the chunk's last frame.
+func (c *chunk) markEnd() { c.buf[c.lastHdr] |= FlagEnd }
+
+// bytes returns the chunk's frames.
+func (c *chunk) bytes() []byte { return c.buf[c.start:c.end] }

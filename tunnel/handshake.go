@@ -1,0 +1,94 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// readControl reads one control frame of the wanted type, honouring ctx's
+// deadline. A Close frame from the peer becomes a *PeerClosedError.
+func readControl(ctx context.Context, c net.Conn, want byte) ([]byte, error) {
+	if d, ok := ctx.Deadline(); ok {
+		c.SetReadDeadline(d)
+		defer c.SetReadDeadline(time.Time{})
+	}
+	var hb [HeaderLen]byte
+	if _, err := io.ReadFull(c, hb[:]); err != nil {
+		return nil, fmt.Errorf("read %s: %w", typeName(want), err)
+	}
+	h, err := ParseHeader(hb[:])
+	if err != nil {
+		return nil, &ProtocolError{Err: err}
+	}
+	if h.Type != want && h.Type != TypeClose {
+		return nil, &ProtocolError{Err: fmt.Errorf("got %s frame, want %s", typeName(h.Type), typeName(want))}
+	}
+	p := make([]byte, h.Len)
+	if _, err := io.ReadFull(c, p); err != nil {
+		return nil, fmt.Errorf("read %s: %w", typeName(want), err)
+	}
+	if h.Type == TypeClose {
+		code, reason, err := UnmarshalClose(p)
+		if err != nil {
+			return nil, &ProtocolError{Err: err}
+		}
+		return nil, &PeerClosedError{Code: code, Reason: reason}
+	}
+	return p, nil
+}
+
+func writeControlFrame(ctx context.Context, c net.Conn, typ byte, payload []byte) error {
+	if d, ok := ctx.Deadline(); ok {
+		c.SetWriteDeadline(d)
+		defer c.SetWriteDeadline(time.Time{})
+	}
+	_, err := c.Write(AppendFrame(nil, typ, false, payload))
+	if err != nil {
+		return fmt.Errorf("write %s: %w", typeName(typ), err)
+	}
+	return nil
+}
+
+// checkALPN refuses a connection that did not negotiate our protocol.
+func checkALPN(cs tls.ConnectionState) error {
+	if cs.NegotiatedProtocol != ALPN {
+		return fmt.Errorf("peer did not negotiate ALPN %q (got %q): not a tlsvpn peer or an incompatible version", ALPN, cs.NegotiatedProtocol)
+	}
+	return nil
+}
+
+// ClientHandshake runs the protocol handshake on a TLS connection whose TLS
+// handshake is complete: it sends Hello and returns the server's Config.
+func ClientHandshake(ctx context.Context, c *tls.Conn, h Hello) (Config, error) {
+	if err := checkALPN(c.ConnectionState()); err != nil {
+		return Config{}, err
+	}
+	if err := writeControlFrame(ctx, c, TypeHello, MarshalHello(h)); err != nil {
+		return Config{}, err
+	}
+	p, err := readControl(ctx, c, TypeConfig)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg, err := UnmarshalConfig(p)
+	if err != nil {
+		return Config{}, &ProtocolError{Err: err}
+	}
+	return cfg, nil
+}
+
+// TLSAttrs returns slog attributes describing a TLS connection: version,
+// cipher suite, key-exchange group, ALPN and whether it was resumed.
+func TLSAttrs(cs tls.ConnectionState) []any {
+	return []any{
+		"tls_version", tls.VersionName(cs.Version),
+		"cipher_suite", tls.CipherSuiteName(cs.CipherSuite),
+		"curve", cs.CurveID.String(),
+		"alpn", cs.NegotiatedProtocol,
+		"resumed", cs.DidResume,
+	}
+}

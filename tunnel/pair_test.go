@@ -1,0 +1,157 @@
+package tunnel_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"tlsvpn/certs/certstest"
+	"tlsvpn/tunnel"
+	"tlsvpn/tunnel/tunneltest"
+)
+
+var serverAddr = netip.MustParseAddr("100.64.0.1")
+
+func TestPairExchangesPackets(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{
+		Routes: []netip.Prefix{netip.MustParsePrefix("198.18.10.0/24")},
+	})
+	cl := srv.StartClient(t, "laptop")
+	if got, want := cl.Config.Addr, netip.MustParsePrefix("100.64.0.2/24"); got != want {
+		t.Fatalf("client address = %v, want %v", got, want)
+	}
+	if cl.Config.ServerAddr != serverAddr || cl.Config.MTU != 1500 || len(cl.Config.Routes) != 1 {
+		t.Fatalf("client config = %+v", cl.Config)
+	}
+	me := cl.Config.Addr.Addr()
+
+	// Client -> server, a batch of several packets.
+	var sent [][]byte
+	for i := range 10 {
+		p := tunneltest.UDP4(me, serverAddr, []byte(fmt.Sprintf("up %d", i)))
+		sent = append(sent, p)
+		cl.Dev.Inbound <- p
+	}
+	for _, p := range sent {
+		tunneltest.Expect(t, srv.Dev.Outbound, p)
+	}
+	// Server -> client, including one big packet framed in place.
+	small := tunneltest.UDP4(serverAddr, me, []byte("down"))
+	big := tunneltest.UDP4(serverAddr, me, bytes.Repeat([]byte{7}, 9000))
+	srv.Dev.Inbound <- small
+	srv.Dev.Inbound <- big
+	srv.Dev.Inbound <- small
+	tunneltest.Expect(t, cl.Dev.Outbound, small)
+	tunneltest.Expect(t, cl.Dev.Outbound, big)
+	tunneltest.Expect(t, cl.Dev.Outbound, small)
+}
+
+func TestPairDropsSpoofedSource(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
+	cl := srv.StartClient(t, "laptop")
+	me := cl.Config.Addr.Addr()
+	spoofed := tunneltest.UDP4(netip.MustParseAddr("100.64.0.77"), serverAddr, []byte("spoof"))
+	good := tunneltest.UDP4(me, serverAddr, []byte("good"))
+	cl.Dev.Inbound <- spoofed
+	cl.Dev.Inbound <- good
+	// The next packet the server delivers is the good one: the spoofed one
+	// was dropped, not delayed.
+	tunneltest.Expect(t, srv.Dev.Outbound, good)
+	if n := srv.Stats.DropSpoofed.Load(); n != 1 {
+		t.Fatalf("DropSpoofed = %d, want 1", n)
+	}
+}
+
+func TestPairTwoClientsAndReplacement(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
+	a := srv.StartClient(t, "alice")
+	b := srv.StartClient(t, "bob")
+	if a.Config.Addr == b.Config.Addr {
+		t.Fatalf("two clients got the same address %v", a.Config.Addr)
+	}
+	for _, c := range []*tunneltest.Client{a, b} {
+		p := tunneltest.UDP4(serverAddr, c.Config.Addr.Addr(), []byte("hi"))
+		srv.Dev.Inbound <- p
+		tunneltest.Expect(t, c.Dev.Outbound, p)
+	}
+	// Alice connects again: same address, the old session is told why it
+	// was closed, and traffic goes to the new one.
+	a2 := srv.StartClient(t, "alice")
+	if a2.Config.Addr != a.Config.Addr {
+		t.Fatalf("reconnect got %v, want the same address %v", a2.Config.Addr, a.Config.Addr)
+	}
+	select {
+	case err := <-a.Done:
+		var pc *tunnel.PeerClosedError
+		if !errors.As(err, &pc) || pc.Code != tunnel.CloseReplaced {
+			t.Fatalf("old session ended with %v, want PeerClosedError(replaced)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("old session still running after replacement")
+	}
+	p := tunneltest.UDP4(serverAddr, a2.Config.Addr.Addr(), []byte("to new"))
+	srv.Dev.Inbound <- p
+	tunneltest.Expect(t, a2.Dev.Outbound, p)
+	if got := srv.Stats.SessionsReplaced.Load(); got != 1 {
+		t.Fatalf("SessionsReplaced = %d, want 1", got)
+	}
+}
+
+func TestPairNegotiatesTLS13AndHybridGroup(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
+	res := certstest.Handshake(t, srv.CA.ServerConfig(t, "server"), srv.CA.ClientConfig(t, "laptop", "server"))
+	if res.ClientErr != nil || res.ServerErr != nil {
+		t.Fatalf("handshake: client %v, server %v", res.ClientErr, res.ServerErr)
+	}
+	if res.Client.Version != tls.VersionTLS13 || res.Client.CurveID != tls.X25519MLKEM768 {
+		t.Fatalf("negotiated %s with %v, want TLS 1.3 with X25519MLKEM768",
+			tls.VersionName(res.Client.Version), res.Client.CurveID)
+	}
+}
+
+func TestPairRefusesBadClients(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
+	good := srv.StartClient(t, "good")
+	other := certstest.NewCA(t)
+	tls12 := srv.CA.ClientConfig(t, "old", "server")
+	tls12.MinVersion, tls12.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	tests := []struct {
+		name string
+		cfg  *tls.Config
+	}{
+		{"other CA", other.ClientConfig(t, "intruder", "server")},
+		{"TLS 1.2", tls12},
+		{"expired", certsExpired(t, srv.CA)},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := srv.TryClient(t, tt.cfg); err == nil {
+				t.Fatal("client connected, want refusal")
+			}
+			tunneltest.Eventually(t, func() bool { return srv.Stats.HandshakeFailures.Load() == uint64(i+1) },
+				"HandshakeFailures = %d, want %d", &srv.Stats.HandshakeFailures, i+1)
+		})
+	}
+	// The established client did not notice.
+	p := tunneltest.UDP4(serverAddr, good.Config.Addr.Addr(), []byte("still here"))
+	srv.Dev.Inbound <- p
+	tunneltest.Expect(t, good.Dev.Outbound, p)
+}
+
+func certsExpired(t *testing.T, ca *certstest.CA) *tls.Config {
+	cfg := ca.ClientConfig(t, "expired", "server")
+	cfg.Certificates = []tls.Certificate{ca.ExpiredClientCert(t, "expired")}
+	return cfg
+}
+
+func TestPairClientShutdownIsClean(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
+	cl := srv.StartClient(t, "laptop")
+	if err := cl.Stop(); err != nil {
+		t.Fatalf("client Run after shutdown = %v, want nil", err)
+	}
+}

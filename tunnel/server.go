@@ -1,0 +1,283 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"tlsvpn/tun"
+)
+
+// Assigner hands out tunnel addresses: the same identity always gets the
+// same address. routing.Pool implements it.
+type Assigner interface {
+	Assign(identity string) (netip.Addr, error)
+}
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// TLS is the server's TLS configuration (TLS 1.3, client certificates
+	// required). NewServer sets NextProtos to ALPN on a clone.
+	TLS *tls.Config
+	// Identity extracts the client's identity from a verified handshake.
+	Identity func(tls.ConnectionState) (string, error)
+	// Dev is the server's TUN device.
+	Dev tun.Device
+	// Pool assigns client addresses inside Subnet.
+	Pool Assigner
+	// Subnet is the tunnel subnet; ServerAddr is the server's address in it.
+	Subnet     netip.Prefix
+	ServerAddr netip.Addr
+	// MTU is pushed to clients.
+	MTU int
+	// Routes are pushed to clients to be installed via the tunnel.
+	Routes []netip.Prefix
+	// Keepalive is the ping interval pushed to clients and used here.
+	Keepalive time.Duration
+	// HandshakeTimeout bounds the TLS and protocol handshakes; default 10s.
+	HandshakeTimeout time.Duration
+	// QueueLen bounds each session's send queue (chunks).
+	QueueLen int
+	// TuneConn, if set, is called on every accepted connection before the
+	// TLS handshake (socket options).
+	TuneConn func(net.Conn)
+	Logger   *slog.Logger
+	Stats    *Stats
+}
+
+// Server accepts clients and runs their sessions over one TUN device.
+type Server struct {
+	cfg   ServerConfig // immutable after NewServer
+	tls   *tls.Config
+	log   *slog.Logger
+	stats *Stats
+	mux   *Mux
+
+	mu       sync.Mutex          // guards sessions
+	sessions map[string]*Session // by identity
+}
+
+// NewServer validates cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	switch {
+	case cfg.TLS == nil:
+		return nil, errors.New("server: no TLS config")
+	case cfg.Identity == nil:
+		return nil, errors.New("server: no identity function")
+	case cfg.Dev == nil || cfg.Pool == nil:
+		return nil, errors.New("server: no TUN device or address pool")
+	case !cfg.Subnet.Contains(cfg.ServerAddr):
+		return nil, fmt.Errorf("server: address %v outside subnet %v", cfg.ServerAddr, cfg.Subnet)
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Stats == nil {
+		cfg.Stats = new(Stats)
+	}
+	t := cfg.TLS.Clone()
+	t.NextProtos = []string{ALPN}
+	return &Server{
+		cfg:      cfg,
+		tls:      t,
+		log:      cfg.Logger,
+		stats:    cfg.Stats,
+		mux:      NewMux(cfg.Dev, cfg.Stats, cfg.Logger),
+		sessions: make(map[string]*Session),
+	}, nil
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() *Stats { return s.stats }
+
+// Sessions returns the number of live sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Serve accepts connections on ln until ctx ends, then closes every session
+// (telling clients the server shuts down) and returns. The TUN reader runs
+// for as long as Serve does.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	muxErr := make(chan error, 1)
+	go func() { muxErr <- s.mux.Run(ctx) }()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var err error
+	for {
+		c, aerr := ln.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil {
+				var ne net.Error
+				if errors.As(aerr, &ne) && ne.Timeout() {
+					continue
+				}
+				err = fmt.Errorf("accept: %w", aerr)
+			}
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handle(ctx, c)
+		}()
+	}
+	cancel()
+	wg.Wait()
+	s.cfg.Dev.Close()
+	if merr := <-muxErr; err == nil {
+		err = merr
+	}
+	return err
+}
+
+// handle runs one connection from accept to the end of its session.
+func (s *Server) handle(ctx context.Context, raw net.Conn) {
+	remote := raw.RemoteAddr().String()
+	log := s.log.With("remote_addr", remote)
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("connection handler panicked", "panic", r)
+			raw.Close()
+		}
+	}()
+	if s.cfg.TuneConn != nil {
+		s.cfg.TuneConn(raw)
+	}
+	bc := NewBatchConn(raw)
+	tc := tls.Server(bc, s.tls)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	id, hello, err := s.handshake(hctx, tc)
+	if err != nil {
+		s.stats.HandshakeFailures.Add(1)
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			writeControlFrame(hctx, tc, TypeClose, MarshalClose(CloseProtocol, pe.Err.Error()))
+		}
+		log.Warn("handshake failed", "err", err)
+		tc.Close()
+		return
+	}
+	log = log.With("peer", id)
+
+	addr, err := s.cfg.Pool.Assign(id)
+	if err != nil {
+		s.stats.HandshakeFailures.Add(1)
+		log.Warn("refusing client: no address", "err", err)
+		writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, "no tunnel address available: "+err.Error()))
+		tc.Close()
+		return
+	}
+	caps := uint32(0)
+	cfg := Config{
+		Addr:       netip.PrefixFrom(addr, s.cfg.Subnet.Bits()),
+		ServerAddr: s.cfg.ServerAddr,
+		MTU:        s.cfg.MTU,
+		Routes:     s.cfg.Routes,
+		Keepalive:  s.cfg.Keepalive,
+		Caps:       caps,
+	}
+	// Register before sending Config: once the client knows its address,
+	// packets for it must find the session (they wait in its queue).
+	sess := NewSession(SessionConfig{
+		Conn:         tc,
+		Batch:        bc,
+		Dev:          s.cfg.Dev,
+		Allowed:      []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())},
+		Keepalive:    s.cfg.Keepalive,
+		QueueLen:     s.cfg.QueueLen,
+		ShutdownCode: CloseShutdown,
+		Peer:         id,
+		Logger:       log,
+		Stats:        s.stats,
+	})
+	s.mu.Lock()
+	old := s.sessions[id]
+	s.sessions[id] = sess
+	s.mu.Unlock()
+	if old != nil {
+		s.stats.SessionsReplaced.Add(1)
+		old.Close(CloseReplaced, "replaced by a new connection from "+remote)
+	}
+	for _, o := range s.mux.Add(sess, addr) {
+		if o != old {
+			o.Close(CloseReplaced, "address reassigned")
+		}
+	}
+	payload, err := MarshalConfig(cfg)
+	if err == nil {
+		err = writeControlFrame(hctx, tc, TypeConfig, payload)
+	}
+	if err != nil {
+		s.stats.HandshakeFailures.Add(1)
+		log.Warn("sending config failed", "err", err)
+		s.unregister(id, sess)
+		tc.Close()
+		return
+	}
+	cancel()
+
+	s.stats.SessionsOpened.Add(1)
+	log.Info("session established", append([]any{"tunnel_addr", cfg.Addr, "client_caps", hello.Caps, "software", hello.Software}, TLSAttrs(tc.ConnectionState())...)...)
+
+	err = sess.Run(ctx)
+	s.unregister(id, sess)
+	s.stats.SessionsClosed.Add(1)
+	log.Info("session closed", "tunnel_addr", cfg.Addr, "reason", err)
+}
+
+// handshake completes TLS (mutual, verified by crypto/tls against the CA),
+// checks ALPN, derives the identity and reads the client's Hello. Nothing
+// from the peer is parsed before the TLS handshake has verified it.
+func (s *Server) handshake(ctx context.Context, tc *tls.Conn) (string, Hello, error) {
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return "", Hello{}, fmt.Errorf("tls: %w", err)
+	}
+	cs := tc.ConnectionState()
+	if cs.Version != tls.VersionTLS13 {
+		return "", Hello{}, fmt.Errorf("tls: negotiated %s, require TLS 1.3", tls.VersionName(cs.Version))
+	}
+	if err := checkALPN(cs); err != nil {
+		return "", Hello{}, err
+	}
+	id, err := s.cfg.Identity(cs)
+	if err != nil {
+		return "", Hello{}, fmt.Errorf("client identity: %w", err)
+	}
+	p, err := readControl(ctx, tc, TypeHello)
+	if err != nil {
+		return id, Hello{}, err
+	}
+	h, err := UnmarshalHello(p)
+	if err != nil {
+		return id, Hello{}, &ProtocolError{Err: err}
+	}
+	return id, h, nil
+}
+
+// unregister removes sess from the routing table and the identity map,
+// unless a newer session already took its place.
+func (s *Server) unregister(id string, sess *Session) {
+	s.mux.Remove(sess)
+	s.mu.Lock()
+	if s.sessions[id] == sess {
+		delete(s.sessions, id)
+	}
+	s.mu.Unlock()
+}

@@ -1,0 +1,479 @@
+package tunnel
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"tlsvpn/tun"
+)
+
+// ProtocolError is a peer's violation of the wire protocol. The session
+// closes with CloseProtocol and the error text as reason.
+type ProtocolError struct{ Err error }
+
+func (e *ProtocolError) Error() string { return "protocol error: " + e.Err.Error() }
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
+// PeerClosedError is returned by Session.Run when the peer sent Close.
+type PeerClosedError struct {
+	Code   uint16
+	Reason string
+}
+
+func (e *PeerClosedError) Error() string {
+	return fmt.Sprintf("peer closed the session: %s: %s", CloseCodeName(e.Code), e.Reason)
+}
+
+// CloseError is a local decision to end a session (Session.Close), sent to
+// the peer as a Close frame.
+type CloseError struct {
+	Code   uint16
+	Reason string
+}
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("session closed: %s: %s", CloseCodeName(e.Code), e.Reason)
+}
+
+// ErrKeepaliveTimeout ends a session whose peer stayed silent past its
+// deadline.
+var ErrKeepaliveTimeout = errors.New("keepalive timeout: no frame from peer")
+
+// SessionConfig configures a Session.
+type SessionConfig struct {
+	// Conn is the handshaken TLS connection. The session owns it and closes
+	// it when Run returns.
+	Conn net.Conn
+	// Batch is the BatchConn under Conn, used to gather a batch's records
+	// into one send. Nil disables gathering.
+	Batch *BatchConn
+	// Dev receives the packets that arrive from the peer.
+	Dev tun.Device
+	// Allowed lists the inner source prefixes the peer may use; packets
+	// from other sources are dropped and counted (anti-spoofing). Nil
+	// allows any source (the client trusts its server's routing).
+	Allowed []netip.Prefix
+	// Keepalive is the ping interval; 0 disables pings and the deadline.
+	Keepalive time.Duration
+	// DeadAfter ends the session when nothing arrived for this long.
+	// Zero means 3*Keepalive.
+	DeadAfter time.Duration
+	// QueueLen bounds the chunks waiting for this session's writer; a full
+	// queue drops and counts. Zero means DefaultQueueLen.
+	QueueLen int
+	// ShutdownCode is sent when the parent context ends the session
+	// (CloseShutdown for a server, CloseNormal for a client).
+	ShutdownCode uint16
+	// Peer names the peer in logs.
+	Peer   string
+	Logger *slog.Logger
+	Stats  *Stats // shared counters; nil allocates private ones
+}
+
+// DefaultQueueLen is the default bound of a session's send queue, in chunks
+// (a chunk is one super-packet or up to 64 KiB of coalesced packets).
+const DefaultQueueLen = 32
+
+// maxChunksPerWrite bounds how many queued chunks one batch write drains.
+const maxChunksPerWrite = 16
+
+// Session moves packets between one TLS connection and the TUN device. It
+// runs three goroutines, all owned by Run: the writer (queue -> TLS), the
+// reader (TLS -> TUN) and the control loop (pings, pongs, deadline).
+type Session struct {
+	// Immutable after NewSession.
+	cfg   SessionConfig
+	conn  net.Conn
+	log   *slog.Logger
+	stats *Stats
+	queue chan *chunk
+	pongs chan [PingLen]byte
+
+	wmu sync.Mutex // serializes frame writes on conn
+
+	ctx    context.Context // set by Run; canceled with the cause of the end
+	cancel context.CancelCauseFunc
+	ready  chan struct{} // closed when ctx is set
+
+	rxFrames atomic.Uint64 // frames received; the control loop watches it
+	rttNanos atomic.Int64  // last ping round trip
+
+	// Reader-goroutine state.
+	hdr     [HeaderLen]byte
+	ctl     [PingLen]byte
+	rx      []*chunk // receive buffers, one per batch slot
+	rxBatch [][]byte // slices of rx handed to Dev.Write
+	rxK     int      // packets waiting in rx
+	rxBytes uint64   // their IP bytes
+
+	// Mux-reader-goroutine state (see Mux.dispatch).
+	open    *chunk
+	touched bool
+}
+
+// NewSession returns a session ready to Run.
+func NewSession(cfg SessionConfig) *Session {
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = DefaultQueueLen
+	}
+	if cfg.DeadAfter == 0 {
+		cfg.DeadAfter = 3 * cfg.Keepalive
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	stats := cfg.Stats
+	if stats == nil {
+		stats = new(Stats)
+	}
+	batch := cfg.Dev.BatchSize()
+	if batch < 1 {
+		batch = 1
+	}
+	s := &Session{
+		cfg:     cfg,
+		conn:    cfg.Conn,
+		log:     log,
+		stats:   stats,
+		queue:   make(chan *chunk, cfg.QueueLen),
+		pongs:   make(chan [PingLen]byte, 4),
+		ready:   make(chan struct{}),
+		rx:      make([]*chunk, batch),
+		rxBatch: make([][]byte, batch),
+	}
+	for i := range s.rx {
+		s.rx[i] = &chunk{buf: make([]byte, bufSize)}
+	}
+	return s
+}
+
+// Peer returns the peer's name.
+func (s *Session) Peer() string { return s.cfg.Peer }
+
+// RTT returns the last measured ping round-trip time, or 0.
+func (s *Session) RTT() time.Duration { return time.Duration(s.rttNanos.Load()) }
+
+// Close ends the session, telling the peer why. It returns at once; Run
+// returns when the session is down. Safe to call before Run and more than
+// once (the first reason wins).
+func (s *Session) Close(code uint16, reason string) {
+	go func() {
+		<-s.ready
+		s.cancel(&CloseError{Code: code, Reason: reason})
+	}()
+}
+
+// Run runs the session until ctx ends, the peer leaves, or an error occurs,
+// and returns why it ended: a *PeerClosedError, *CloseError,
+// *ProtocolError, ErrKeepaliveTimeout, the parent context's cause, or an
+// I/O error.
+func (s *Session) Run(ctx context.Context) error {
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	close(s.ready)
+	defer s.cancel(nil)
+
+	var wg sync.WaitGroup
+	run := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					s.log.Error("session goroutine panicked", "peer", s.cfg.Peer, "panic", r)
+					s.cancel(&CloseError{Code: CloseInternal, Reason: "internal error"})
+				}
+			}()
+			if err := f(); err != nil {
+				s.cancel(err)
+			}
+		}()
+	}
+	run(s.writeLoop)
+	run(s.readLoop)
+	run(s.controlLoop)
+
+	<-s.ctx.Done()
+	cause := context.Cause(s.ctx)
+	if ctx.Err() != nil && cause == context.Cause(ctx) {
+		cause = &CloseError{Code: s.cfg.ShutdownCode, Reason: "shutting down"}
+	}
+	s.sayGoodbye(cause)
+	s.conn.Close()
+	wg.Wait()
+	for len(s.queue) > 0 {
+		putChunk(<-s.queue)
+	}
+	return cause
+}
+
+// sayGoodbye sends a Close frame for local reasons, giving up after a
+// second so a stuck peer cannot hold the session open.
+func (s *Session) sayGoodbye(cause error) {
+	var code uint16
+	var reason string
+	var ce *CloseError
+	var pe *ProtocolError
+	switch {
+	case errors.As(cause, &ce):
+		code, reason = ce.Code, ce.Reason
+	case errors.As(cause, &pe):
+		code, reason = CloseProtocol, pe.Err.Error()
+		s.stats.ProtocolErrors.Add(1)
+	case errors.Is(cause, ErrKeepaliveTimeout):
+		code, reason = CloseTimeout, cause.Error()
+		s.stats.KeepaliveTimeouts.Add(1)
+	default:
+		return // the peer closed, or the connection is broken
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	payload := MarshalClose(code, reason)
+	s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, false, payload))
+}
+
+// enqueue hands a chunk to the writer, dropping it if the queue is full.
+// Called by the mux reader only.
+func (s *Session) enqueue(c *chunk) {
+	select {
+	case s.queue <- c:
+	default:
+		s.stats.DropQueueFull.Add(uint64(c.pkts))
+		putChunk(c)
+	}
+}
+
+// writeLoop sends queued chunks. Each wake-up drains what is queued into
+// one gathered send and marks the last frame with FlagEnd.
+func (s *Session) writeLoop() error {
+	for {
+		select {
+		case c := <-s.queue:
+			if err := s.writeChunks(c); err != nil {
+				return err
+			}
+		case <-s.ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (s *Session) writeChunks(c *chunk) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.cfg.Batch != nil {
+		s.cfg.Batch.Hold()
+	}
+	var pkts, bytes uint64
+	var err error
+	for i := 1; c != nil; i++ {
+		var next *chunk
+		if i < maxChunksPerWrite {
+			select {
+			case next = <-s.queue:
+			default:
+			}
+		}
+		if next == nil {
+			c.markEnd()
+		}
+		if err == nil {
+			_, err = s.conn.Write(c.bytes())
+			pkts += uint64(c.pkts)
+			bytes += uint64(c.end - c.start - c.pkts*HeaderLen)
+		}
+		putChunk(c)
+		c = next
+	}
+	if s.cfg.Batch != nil {
+		if ferr := s.cfg.Batch.Flush(); err == nil {
+			err = ferr
+		}
+	}
+	if err != nil {
+		return s.ioErr("write", err)
+	}
+	s.stats.TxPackets.Add(pkts)
+	s.stats.TxBytes.Add(bytes)
+	return nil
+}
+
+// writeControl sends one control frame.
+func (s *Session) writeControl(typ byte, payload []byte) error {
+	var b [HeaderLen + PingLen]byte
+	frame := AppendFrame(b[:0], typ, false, payload)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.conn.Write(frame); err != nil {
+		return s.ioErr("write", err)
+	}
+	return nil
+}
+
+// ioErr turns an I/O error into the session's end cause: nil if the
+// session is already ending (the error is the consequence, not the cause).
+func (s *Session) ioErr(op string, err error) error {
+	if s.ctx.Err() != nil {
+		return nil
+	}
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: connection closed by peer without Close frame: %w", op, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// readLoop reads frames, hands data packets to the TUN in batches and
+// answers control frames.
+func (s *Session) readLoop() error {
+	for {
+		// readFrame returns nil for I/O errors caused by the session
+		// ending, so check the context too.
+		if err := s.readFrame(); err != nil || s.ctx.Err() != nil {
+			s.flushRx()
+			return err
+		}
+	}
+}
+
+// flushRx writes the packets gathered in s.rx to the TUN in one call.
+func (s *Session) flushRx() error {
+	k := s.rxK
+	if k == 0 {
+		return nil
+	}
+	for i := 0; i < k; i++ {
+		s.rxBatch[i] = s.rx[i].buf[:s.rx[i].end]
+	}
+	_, err := s.cfg.Dev.Write(s.rxBatch[:k], tun.Headroom)
+	bytes := s.rxBytes
+	s.rxK, s.rxBytes = 0, 0
+	if err != nil {
+		if errors.Is(err, tun.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			return fmt.Errorf("write tun: %w", err)
+		}
+		s.stats.DropTUNWrite.Add(uint64(k))
+		return nil
+	}
+	s.stats.RxPackets.Add(uint64(k))
+	s.stats.RxBytes.Add(bytes)
+	return nil
+}
+
+// readFrame reads and handles one frame. Data packets are read straight
+// into their own receive buffer; the batch goes to the TUN when the sender
+// marked its end or the buffers are full.
+func (s *Session) readFrame() error {
+	if _, err := io.ReadFull(s.conn, s.hdr[:]); err != nil {
+		return s.ioErr("read", err)
+	}
+	h, err := ParseHeader(s.hdr[:])
+	if err != nil {
+		return &ProtocolError{Err: err}
+	}
+	s.rxFrames.Add(1)
+	switch h.Type {
+	case TypeData:
+		c := s.rx[s.rxK]
+		p := c.buf[tun.Headroom : tun.Headroom+h.Len]
+		if _, err := io.ReadFull(s.conn, p); err != nil {
+			return s.ioErr("read", err)
+		}
+		switch {
+		case !checkIP(p):
+			s.stats.DropMalformed.Add(1)
+		case s.cfg.Allowed != nil && !s.allowedSrc(srcAddr(p)):
+			s.stats.DropSpoofed.Add(1)
+		default:
+			c.end = tun.Headroom + h.Len
+			s.rxK++
+			s.rxBytes += uint64(h.Len)
+		}
+		if h.End || s.rxK == len(s.rx) {
+			return s.flushRx()
+		}
+	case TypePing:
+		if _, err := io.ReadFull(s.conn, s.ctl[:]); err != nil {
+			return s.ioErr("read", err)
+		}
+		s.stats.ControlFrames.Add(1)
+		select {
+		case s.pongs <- s.ctl:
+		default: // the peer pings faster than we answer: skip
+		}
+	case TypePong:
+		if _, err := io.ReadFull(s.conn, s.ctl[:]); err != nil {
+			return s.ioErr("read", err)
+		}
+		s.stats.ControlFrames.Add(1)
+		sent := int64(binary.BigEndian.Uint64(s.ctl[:]))
+		if rtt := time.Now().UnixNano() - sent; rtt >= 0 && rtt < int64(time.Minute) {
+			s.rttNanos.Store(rtt)
+		}
+	case TypeClose:
+		p := make([]byte, h.Len)
+		if _, err := io.ReadFull(s.conn, p); err != nil {
+			return s.ioErr("read", err)
+		}
+		code, reason, err := UnmarshalClose(p)
+		if err != nil {
+			return &ProtocolError{Err: err}
+		}
+		return &PeerClosedError{Code: code, Reason: reason}
+	default:
+		return &ProtocolError{Err: fmt.Errorf("unexpected %s frame during session", typeName(h.Type))}
+	}
+	return nil
+}
+
+func (s *Session) allowedSrc(a netip.Addr) bool {
+	for _, p := range s.cfg.Allowed {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// controlLoop sends pings, answers pings with pongs and enforces the
+// keepalive deadline.
+func (s *Session) controlLoop() error {
+	var tick <-chan time.Time
+	if s.cfg.Keepalive > 0 {
+		t := time.NewTicker(s.cfg.Keepalive)
+		defer t.Stop()
+		tick = t.C
+	}
+	seen, lastChange := s.rxFrames.Load(), time.Now()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case p := <-s.pongs:
+			if err := s.writeControl(TypePong, p[:]); err != nil {
+				return err
+			}
+		case now := <-tick:
+			if cur := s.rxFrames.Load(); cur != seen {
+				seen, lastChange = cur, now
+			} else if now.Sub(lastChange) >= s.cfg.DeadAfter {
+				return ErrKeepaliveTimeout
+			}
+			var p [PingLen]byte
+			binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
+			if err := s.writeControl(TypePing, p[:]); err != nil {
+				return err
+			}
+		}
+	}
+}

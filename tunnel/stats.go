@@ -1,0 +1,28 @@
+package tunnel
+
+import "sync/atomic"
+
+// Stats counts what a tunnel endpoint did. Every field is updated
+// atomically and may be read at any time; the data path adds once per
+// batch, not once per packet. One Stats is shared by all sessions of a
+// server.
+type Stats struct {
+	TxPackets atomic.Uint64 // packets sent to peers
+	TxBytes   atomic.Uint64 // IP bytes sent to peers (without framing)
+	RxPackets atomic.Uint64 // packets received from peers and written to the TUN
+	RxBytes   atomic.Uint64 // IP bytes received from peers
+
+	DropSpoofed   atomic.Uint64 // inner source address not allowed for the session
+	DropMalformed atomic.Uint64 // not a well-formed IPv4/IPv6 packet
+	DropNoSession atomic.Uint64 // no session for the destination address
+	DropQueueFull atomic.Uint64 // session queue full (slow peer)
+	DropTUNWrite  atomic.Uint64 // the TUN device refused a batch
+
+	SessionsOpened    atomic.Uint64
+	SessionsClosed    atomic.Uint64
+	SessionsReplaced  atomic.Uint64
+	HandshakeFailures atomic.Uint64 // TLS or protocol handshake did not complete
+	ProtocolErrors    atomic.Uint64 // sessions closed for a peer's protocol violation
+	KeepaliveTimeouts atomic.Uint64
+	ControlFrames     atomic.Uint64 // control frames received
+}
