@@ -49,6 +49,9 @@ type Options struct {
 // routes, so Set re-reads routes after address changes and restores them.
 // A foreign IPv4 address that is a secondary of an owned primary is removed
 // by the kernel with it unless promote_secondaries is set.
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h).
+const addrGenModeNone = 1
+
 func NewManager(opts Options) (Manager, error) {
 	m := &linuxManager{h: opts.Handle, log: opts.Logger}
 	if m.log == nil {
@@ -119,6 +122,14 @@ func (m *linuxManager) Set(ctx context.Context, cfg Config) error {
 		}
 	}
 	if attrs.Flags&net.FlagUp == 0 {
+		// No automatic IPv6 link-local address: a tunnel has no use for
+		// one, and the router and multicast-listener solicitations the
+		// kernel would send from it only show up as dropped packets on
+		// the other side. Explicit IPv6 addresses still work. Best effort:
+		// kernels without IPv6 refuse it.
+		if err := m.h.LinkSetIP6AddrGenMode(link, addrGenModeNone); err != nil {
+			m.log.Debug("disable ipv6 link-local address", "ifname", cfg.Interface, "err", err)
+		}
 		if err := m.h.LinkSetUp(link); err != nil {
 			errs = append(errs, fmt.Errorf("set link up dev %s: %w", cfg.Interface, err))
 		} else {
