@@ -79,7 +79,8 @@ func TestMain(m *testing.M) {
 type proc struct {
 	cmd  *exec.Cmd
 	log  *syncBuffer
-	done chan error
+	done chan struct{} // closed when the process has exited
+	err  error         // Wait's result, valid after done
 }
 
 type syncBuffer struct {
@@ -101,13 +102,16 @@ func (s *syncBuffer) String() string {
 
 func start(t *testing.T, ns *netnstest.NS, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{log: new(syncBuffer), done: make(chan error, 1)}
+	p := &proc{log: new(syncBuffer), done: make(chan struct{})}
 	p.cmd = ns.Cmd(context.Background(), name, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
 	t.Cleanup(func() {
 		p.stop(t)
 		if t.Failed() {
@@ -120,21 +124,20 @@ func start(t *testing.T, ns *netnstest.NS, name string, args ...string) *proc {
 // stop sends SIGTERM and waits (bounded) for the process to exit. It
 // returns the exit error. Safe to call twice.
 func (p *proc) stop(t *testing.T) error {
-	if p.cmd.ProcessState != nil {
-		return nil
+	select {
+	case <-p.done:
+		return p.err
+	default:
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-p.done:
-		p.done <- err
-		return err
+	case <-p.done:
 	case <-time.After(10 * time.Second):
 		p.cmd.Process.Kill()
-		err := <-p.done
-		p.done <- err
+		<-p.done
 		t.Errorf("%s did not exit within 10s of SIGTERM", p.cmd.Path)
-		return err
 	}
+	return p.err
 }
 
 // eventually polls cond (bounded) for effects of another process.

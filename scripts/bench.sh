@@ -1,0 +1,718 @@
+#!/usr/bin/env bash
+# bench.sh - throughput / latency / CPU benchmark of tlsvpn against
+# wireguard-go and the bare veth it runs over.
+#
+# Run as root from anywhere inside the repository:
+#
+#   sudo scripts/bench.sh
+#
+# Two network namespaces joined by one veth pair carry, one after the other,
+# three paths (selectable with BENCH_PATHS):
+#
+#   veth    bare veth, 198.18.0.2 -> 198.18.0.1           (ceiling)
+#   wg      wireguard-go (version pinned in go.mod), 100.65.0.2 -> 100.65.0.1
+#   tlsvpn  tunnelc -> tunneld over TLS, 100.64.0.2 -> 100.64.0.1
+#
+# Namespace "a" holds the server side (iperf3 -s, tunneld, wg peer a),
+# namespace "b" the client side (iperf3 -c, tunnelc, wg peer b).
+#
+# Per path and round it measures TCP 1 stream both ways, 4 streams, ping RTT
+# idle and under a 1-stream load, TCP 1 stream with 1% random loss on the
+# underlay (nftables numgen), CPU seconds per GB and peak RSS of the tunnel
+# processes. Rounds alternate the order of the paths; the markdown table on
+# stdout has the medians, BENCH_JSON gets every raw value.
+#
+# Environment:
+#   BENCH_PATHS          paths to run, default "veth wg tlsvpn"
+#   BENCH_SECONDS        seconds per iperf3 test, default 10
+#   BENCH_ROUNDS         rounds, default 2 (odd rounds in order, even reversed)
+#   BENCH_JSON           JSON output file, default ./bench.json
+#   BENCH_PINGS          pings per RTT measurement, default 20 (0.05 s apart)
+#   BENCH_LOSS_PCT       loss percentage of the loss test, default 1
+#   BENCH_LOSS_OFFLOAD   "off" (default): turn TSO/GSO off on the veth during
+#                        the loss test so each nft verdict hits one wire-sized
+#                        packet; "on": leave offloads, the rule then drops
+#                        whole GSO super-packets
+#   BENCH_TUNNEL_WAIT    seconds to wait for a tunnel to come up, default 20
+#   BENCH_KEEP_LOGS      directory to copy daemon logs into (optional)
+#   BENCH_NO_INSTALL     set to 1 to never apt-get install missing tools
+#   TUNNEL_FLAGS_SERVER  extra flags for tunneld (e.g. "--no-offload")
+#   TUNNEL_FLAGS_CLIENT  extra flags for tunnelc
+#   TUNNEL_BIN_DIR       use tunneld/tunnelc from this directory instead of
+#                        building ./cmd/tunneld and ./cmd/tunnelc
+#
+# Everything it creates (namespaces, veth, TUN devices, nft tables,
+# processes, wireguard control sockets, temp files) is removed on exit,
+# including failure and Ctrl-C. Processes are only ever killed by the PIDs
+# this script started.
+
+set -uo pipefail
+
+BENCH_PATHS=${BENCH_PATHS:-"veth wg tlsvpn"}
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_ROUNDS=${BENCH_ROUNDS:-2}
+BENCH_JSON=${BENCH_JSON:-./bench.json}
+BENCH_PINGS=${BENCH_PINGS:-20}
+BENCH_LOSS_PCT=${BENCH_LOSS_PCT:-1}
+BENCH_LOSS_OFFLOAD=${BENCH_LOSS_OFFLOAD:-off}
+BENCH_TUNNEL_WAIT=${BENCH_TUNNEL_WAIT:-20}
+BENCH_KEEP_LOGS=${BENCH_KEEP_LOGS:-}
+BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
+TUNNEL_FLAGS_SERVER=${TUNNEL_FLAGS_SERVER:-}
+TUNNEL_FLAGS_CLIENT=${TUNNEL_FLAGS_CLIENT:-}
+TUNNEL_BIN_DIR=${TUNNEL_BIN_DIR:-}
+
+# ---------------------------------------------------------------- names
+ID=$$
+NS_A="tvb${ID}a"            # server side
+NS_B="tvb${ID}b"            # client side
+VETH_A="tvb${ID}va"
+VETH_B="tvb${ID}vb"
+UL_A=198.18.0.1
+UL_B=198.18.0.2
+WG_IF_A="wgb${ID}a"
+WG_IF_B="wgb${ID}b"
+WG_A=100.65.0.1
+WG_B=100.65.0.2
+TV_IF_S="tvb${ID}s"
+TV_IF_C="tvb${ID}c"
+TV_S=100.64.0.1
+TV_C=100.64.0.2
+NFT_TABLE="tvbloss${ID}"
+WG_SOCK_DIR=/var/run/wireguard
+IPERF_PORT=5201
+
+WORK=""
+PIDS=()              # every background process started by this script
+LAST_PID=""
+IPERF_PID=""
+TUN_PIDS=()          # the two tunnel processes of the current path
+WG_SOCK_DIR_CREATED=0
+CLEANED=0
+SKIP_TLSVPN_REASON=""
+SKIP_WG_REASON=""
+NOTES=()             # extra lines for the report
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes
+# start_bg LOGFILE CMD...: start CMD in the background, remember its PID.
+start_bg() {
+  local logf=$1; shift
+  "$@" >"$logf" 2>&1 </dev/null &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+forget_pid() {
+  local p=$1 i
+  for i in "${!PIDS[@]}"; do
+    [[ ${PIDS[$i]} == "$p" ]] && unset 'PIDS[i]'
+  done
+}
+
+# kill_pid PID: TERM, wait up to 5 s, then KILL. Only PIDs we started.
+kill_pid() {
+  local p=$1 i
+  [[ -n $p ]] || return 0
+  if kill -0 "$p" 2>/dev/null; then
+    kill -TERM "$p" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+  fi
+  wait "$p" 2>/dev/null
+  forget_pid "$p"
+  return 0
+}
+
+alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
+
+# ---------------------------------------------------------------- cleanup
+cleanup() {
+  local rc=$?
+  trap '' INT TERM
+  [[ $CLEANED == 1 ]] && return
+  CLEANED=1
+  local p
+  for p in "${PIDS[@]}"; do
+    kill_pid "$p"
+  done
+  if ip netns list 2>/dev/null | grep -qw "$NS_A"; then
+    ip netns exec "$NS_A" nft delete table inet "$NFT_TABLE" 2>/dev/null
+    ip netns del "$NS_A" 2>/dev/null
+  fi
+  if ip netns list 2>/dev/null | grep -qw "$NS_B"; then
+    ip netns del "$NS_B" 2>/dev/null
+  fi
+  # a veth still in the root namespace (setup interrupted before the move)
+  ip link del "$VETH_A" 2>/dev/null
+  ip link del "$VETH_B" 2>/dev/null
+  rm -f "$WG_SOCK_DIR/$WG_IF_A.sock" "$WG_SOCK_DIR/$WG_IF_B.sock"
+  if [[ $WG_SOCK_DIR_CREATED == 1 ]]; then
+    rmdir "$WG_SOCK_DIR" 2>/dev/null
+  fi
+  if [[ -n $WORK && -d $WORK ]]; then
+    if [[ -n $BENCH_KEEP_LOGS && -d $WORK/logs ]]; then
+      mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$WORK/logs/." "$BENCH_KEEP_LOGS/" 2>/dev/null
+    fi
+    rm -rf "$WORK"
+  fi
+  if ((rc != 0)); then log "exit status $rc (cleaned up)"; fi
+  return "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+# ---------------------------------------------------------------- checks
+[[ $(id -u) == 0 ]] || die "must run as root"
+[[ $BENCH_SECONDS =~ ^[0-9]+$ && $BENCH_SECONDS -ge 1 ]] || die "BENCH_SECONDS must be a positive integer"
+[[ $BENCH_ROUNDS =~ ^[0-9]+$ && $BENCH_ROUNDS -ge 1 ]] || die "BENCH_ROUNDS must be a positive integer"
+[[ $BENCH_PINGS =~ ^[0-9]+$ && $BENCH_PINGS -ge 1 ]] || die "BENCH_PINGS must be a positive integer"
+[[ $BENCH_LOSS_PCT =~ ^[0-9]+$ && $BENCH_LOSS_PCT -le 100 ]] || die "BENCH_LOSS_PCT must be an integer 0..100"
+
+json_dir=$(dirname -- "$BENCH_JSON")
+[[ -d $json_dir && -w $json_dir ]] || die "directory of BENCH_JSON ($json_dir) is not writable"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) || die "cannot find repository root"
+
+read -r -a PATHS_REQ <<<"$BENCH_PATHS"
+for p in "${PATHS_REQ[@]}"; do
+  case $p in veth | wg | tlsvpn) ;; *) die "unknown path '$p' in BENCH_PATHS (veth wg tlsvpn)" ;; esac
+done
+((${#PATHS_REQ[@]} > 0)) || die "BENCH_PATHS is empty"
+want() { [[ " ${PATHS_REQ[*]} " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+need() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
+need iperf3 iperf3
+need jq jq
+need ip iproute2
+need ping iputils-ping
+need nft nftables
+need getconf libc-bin
+if [[ $BENCH_LOSS_OFFLOAD == off ]]; then need ethtool ethtool; fi
+if want wg; then need wg wireguard-tools; fi
+if ((${#need_pkgs[@]})); then
+  [[ $BENCH_NO_INSTALL == 1 ]] && die "missing packages: ${need_pkgs[*]}"
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"; } >&2 ||
+    die "apt-get install ${need_pkgs[*]} failed"
+fi
+if want wg || want tlsvpn; then
+  command -v go >/dev/null 2>&1 || die "go not found"
+fi
+
+CLK_TCK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/tlsvpn-bench.XXXXXX) || die "mktemp failed"
+mkdir -p "$WORK/bin" "$WORK/logs" "$WORK/iperf" "$WORK/pki" "$WORK/wg"
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+
+# ---------------------------------------------------------------- machine notes
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+GO_VERSION=$(go version 2>/dev/null || echo "go: n/a")
+KERNEL=$(uname -srm)
+NPROC=$(nproc)
+IPERF_VERSION=$(iperf3 --version 2>/dev/null | head -n1)
+WG_VERSION=""
+
+# ---------------------------------------------------------------- build
+if want wg; then
+  WG_VERSION=$(cd "$REPO" && go list -m -f '{{.Version}}' golang.zx2c4.com/wireguard 2>/dev/null)
+  if [[ -z $WG_VERSION ]]; then
+    SKIP_WG_REASON="golang.zx2c4.com/wireguard not in go.mod"
+  else
+    log "go install golang.zx2c4.com/wireguard@$WG_VERSION"
+    if ! (cd "$REPO" && GOBIN="$WORK/bin" go install "golang.zx2c4.com/wireguard@$WG_VERSION") >"$WORK/logs/wg-build.log" 2>&1; then
+      SKIP_WG_REASON="go install wireguard failed"
+      tail -n 20 "$WORK/logs/wg-build.log" >&2
+    fi
+  fi
+  [[ -n $SKIP_WG_REASON ]] && log "wireguard-go path skipped: $SKIP_WG_REASON"
+fi
+
+if want tlsvpn; then
+  TUNNELD=$WORK/bin/tunneld
+  TUNNELC=$WORK/bin/tunnelc
+  if [[ -n $TUNNEL_BIN_DIR ]]; then
+    TUNNELD=$TUNNEL_BIN_DIR/tunneld
+    TUNNELC=$TUNNEL_BIN_DIR/tunnelc
+    [[ -x $TUNNELD && -x $TUNNELC ]] || SKIP_TLSVPN_REASON="no executable tunneld/tunnelc in $TUNNEL_BIN_DIR"
+  else
+    log "go build ./cmd/tunneld ./cmd/tunnelc"
+    if ! (cd "$REPO" && go build -o "$WORK/bin/" ./cmd/tunneld ./cmd/tunnelc) >"$WORK/logs/tlsvpn-build.log" 2>&1; then
+      SKIP_TLSVPN_REASON="go build failed"
+      tail -n 20 "$WORK/logs/tlsvpn-build.log" >&2
+    fi
+  fi
+  if [[ -z $SKIP_TLSVPN_REASON ]]; then
+    D=$WORK/pki
+    if ! { "$TUNNELD" pki init --dir "$D" &&
+      "$TUNNELD" pki issue --dir "$D" --server --name server --ip "$UL_A" &&
+      "$TUNNELD" pki issue --dir "$D" --client --name client; } >"$WORK/logs/pki.log" 2>&1; then
+      SKIP_TLSVPN_REASON="tunneld pki failed"
+      tail -n 20 "$WORK/logs/pki.log" >&2
+    fi
+  fi
+  [[ -n $SKIP_TLSVPN_REASON ]] && log "tlsvpn path skipped: $SKIP_TLSVPN_REASON"
+fi
+
+# ---------------------------------------------------------------- namespaces
+log "creating namespaces $NS_A / $NS_B"
+ip netns add "$NS_A" || die "ip netns add $NS_A"
+ip netns add "$NS_B" || die "ip netns add $NS_B"
+ip link add "$VETH_A" type veth peer name "$VETH_B" || die "ip link add veth"
+ip link set "$VETH_A" netns "$NS_A" || die "move $VETH_A"
+ip link set "$VETH_B" netns "$NS_B" || die "move $VETH_B"
+ip -n "$NS_A" link set lo up || die "lo up"
+ip -n "$NS_B" link set lo up || die "lo up"
+ip -n "$NS_A" addr add "$UL_A/24" dev "$VETH_A" || die "addr $UL_A"
+ip -n "$NS_B" addr add "$UL_B/24" dev "$VETH_B" || die "addr $UL_B"
+ip -n "$NS_A" link set "$VETH_A" up || die "veth up"
+ip -n "$NS_B" link set "$VETH_B" up || die "veth up"
+ip netns exec "$NS_B" ping -c 1 -W 2 "$UL_A" >/dev/null 2>&1 ||
+  sleep 1
+ip netns exec "$NS_B" ping -c 1 -W 2 "$UL_A" >/dev/null 2>&1 || die "veth does not pass traffic"
+
+# iperf3 server for all paths, listening on every address of namespace a
+start_iperf_server() {
+  start_bg "$WORK/logs/iperf3-server.log" ip netns exec "$NS_A" iperf3 -s -p "$IPERF_PORT"
+  IPERF_PID=$LAST_PID
+  local i
+  for ((i = 0; i < 50; i++)); do
+    ip netns exec "$NS_A" ss -Hltn "sport = :$IPERF_PORT" 2>/dev/null | grep -q . && return 0
+    alive "$IPERF_PID" || break
+    sleep 0.1
+  done
+  die "iperf3 server did not start"
+}
+restart_iperf_server() {
+  kill_pid "$IPERF_PID"
+  start_iperf_server
+}
+start_iperf_server
+
+# ---------------------------------------------------------------- measurements
+# record ROUND PATH METRIC VALUE ("null" when missing)
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-null}" >>"$RESULTS"; }
+
+# iperf TARGET OUTFILE ARGS...: run one iperf3 client test in namespace b.
+# Sets BPS and BYTES from sum_received (BPS=null, BYTES=0 on failure).
+# Must not run in a subshell: it may restart the iperf3 server.
+BPS=null
+BYTES=0
+iperf() {
+  local target=$1 out=$2 res; shift 2
+  BPS=null
+  BYTES=0
+  if ! timeout --foreground $((BENCH_SECONDS + 20)) \
+    ip netns exec "$NS_B" iperf3 -c "$target" -p "$IPERF_PORT" -t "$BENCH_SECONDS" \
+    --connect-timeout 5000 -J "$@" >"$out" 2>"$out.err"; then
+    log "iperf3 -c $target $* failed: $(jq -r '.error // empty' "$out" 2>/dev/null | head -c 200)$(head -c 200 "$out.err")"
+    restart_iperf_server
+    return 1
+  fi
+  res=$(jq -r 'if .error then empty else "\(.end.sum_received.bits_per_second) \(.end.sum_received.bytes)" end' "$out" 2>/dev/null)
+  if [[ -z $res ]]; then
+    log "iperf3 -c $target $* failed: $(jq -r '.error // "no result"' "$out" 2>/dev/null | head -c 200)"
+    return 1
+  fi
+  read -r BPS BYTES <<<"$res"
+  BYTES=${BYTES%.*}
+}
+
+# ping_avg TARGET COUNT: average RTT in ms from namespace b, empty on failure
+ping_avg() {
+  ip netns exec "$NS_B" ping -q -n -c "$2" -i 0.05 -W 1 "$1" 2>/dev/null |
+    awk -F'/' '/^(rtt|round-trip)/ {print $5}'
+}
+
+# cpu_ticks PID...: utime+stime summed over the PIDs, in clock ticks
+cpu_ticks() {
+  local p sum=0 stat rest f
+  for p in "$@"; do
+    stat=$(cat "/proc/$p/stat" 2>/dev/null) || return 1
+    rest=${stat##*) }   # fields from 3 (state) on; comm may contain spaces
+    read -r -a f <<<"$rest"
+    sum=$((sum + f[11] + f[12]))   # fields 14 (utime) and 15 (stime)
+  done
+  echo "$sum"
+}
+
+# peak_rss_kib PID...: max VmHWM in KiB
+peak_rss_kib() {
+  local p v max=0
+  for p in "$@"; do
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    [[ -n $v ]] || return 1
+    ((v > max)) && max=$v
+  done
+  echo "$max"
+}
+
+# loss_on / loss_off: BENCH_LOSS_PCT% random drop on the veth of namespace a
+# (input: client->server packets, output: server->client packets).
+OFFLOAD_FEATURES=(tso off gso off tx-udp-segmentation off)
+loss_on() {
+  if [[ $BENCH_LOSS_OFFLOAD == off ]]; then
+    ip netns exec "$NS_A" ethtool -K "$VETH_A" "${OFFLOAD_FEATURES[@]}" >/dev/null 2>&1
+    ip netns exec "$NS_B" ethtool -K "$VETH_B" "${OFFLOAD_FEATURES[@]}" >/dev/null 2>&1
+  fi
+  ip netns exec "$NS_A" nft -f - <<EOF
+table inet $NFT_TABLE {
+  chain input {
+    type filter hook input priority -300; policy accept;
+    iifname "$VETH_A" numgen random mod 100 < $BENCH_LOSS_PCT counter drop
+  }
+  chain output {
+    type filter hook output priority -300; policy accept;
+    oifname "$VETH_A" numgen random mod 100 < $BENCH_LOSS_PCT counter drop
+  }
+}
+EOF
+}
+loss_off() {
+  ip netns exec "$NS_A" nft delete table inet "$NFT_TABLE" 2>/dev/null
+  if [[ $BENCH_LOSS_OFFLOAD == off ]]; then
+    ip netns exec "$NS_A" ethtool -K "$VETH_A" tso on gso on tx-udp-segmentation on >/dev/null 2>&1
+    ip netns exec "$NS_B" ethtool -K "$VETH_B" tso on gso on tx-udp-segmentation on >/dev/null 2>&1
+  fi
+  return 0
+}
+
+# tunnel_alive ROUND PATH: both tunnel processes still running?
+tunnel_alive() {
+  local p
+  for p in "${TUN_PIDS[@]}"; do
+    if ! alive "$p"; then
+      log "[$2] tunnel process $p died; skipping the rest of round $1"
+      NOTES+=("$2: a tunnel process died during round $1; later tests of that round are n/a")
+      return 1
+    fi
+  done
+  return 0
+}
+
+# run_tests ROUND PATH TARGET: every measurement of one path. Stops early
+# (missing values are n/a) when a tunnel process dies.
+run_tests() {
+  local round=$1 path=$2 target=$3
+  local total_bytes=0 c0="" c1 tag="$WORK/iperf/r${round}-${path}"
+
+  if ((${#TUN_PIDS[@]})); then c0=$(cpu_ticks "${TUN_PIDS[@]}"); fi
+
+  log "[$path] TCP 1 stream client->server"
+  iperf "$target" "$tag-tcp1-c2s.json"
+  record "$round" "$path" tcp1_c2s_bps "$BPS"
+  total_bytes=$((total_bytes + BYTES))
+  sleep 1
+
+  tunnel_alive "$round" "$path" || return 0
+  log "[$path] TCP 1 stream server->client"
+  iperf "$target" "$tag-tcp1-s2c.json" -R
+  record "$round" "$path" tcp1_s2c_bps "$BPS"
+  total_bytes=$((total_bytes + BYTES))
+  sleep 1
+
+  tunnel_alive "$round" "$path" || return 0
+  log "[$path] TCP 4 streams client->server"
+  iperf "$target" "$tag-tcp4-c2s.json" -P 4
+  record "$round" "$path" tcp4_c2s_bps "$BPS"
+  total_bytes=$((total_bytes + BYTES))
+
+  # CPU over the three throughput tests above
+  if [[ -n $c0 ]] && c1=$(cpu_ticks "${TUN_PIDS[@]}") && ((total_bytes > 0)); then
+    local cpu_s gb
+    cpu_s=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
+    gb=$(awk -v b="$total_bytes" 'BEGIN {printf "%.6f", b / 1e9}')
+    record "$round" "$path" cpu_seconds "$cpu_s"
+    record "$round" "$path" gb_moved "$gb"
+    record "$round" "$path" cpu_s_per_gb "$(awk -v c="$cpu_s" -v g="$gb" 'BEGIN {printf "%.4f", c / g}')"
+  elif [[ $path != veth ]]; then
+    record "$round" "$path" cpu_s_per_gb null
+  fi
+  sleep 1
+
+  tunnel_alive "$round" "$path" || return 0
+  log "[$path] ping idle"
+  record "$round" "$path" ping_idle_ms "$(ping_avg "$target" "$BENCH_PINGS")"
+
+  tunnel_alive "$round" "$path" || return 0
+  log "[$path] ping under 1-stream load"
+  local n=$(((BENCH_SECONDS * 1000 - 1500) / 50))
+  ((n > BENCH_PINGS)) && n=$BENCH_PINGS
+  ((n < 5)) && n=5
+  local load_json="$tag-tcp1-load.json"
+  timeout --foreground $((BENCH_SECONDS + 20)) \
+    ip netns exec "$NS_B" iperf3 -c "$target" -p "$IPERF_PORT" -t "$BENCH_SECONDS" \
+    --connect-timeout 5000 -J >"$load_json" 2>/dev/null &
+  local load_pid=$!
+  PIDS+=("$load_pid")
+  sleep 1
+  record "$round" "$path" ping_load_ms "$(ping_avg "$target" "$n")"
+  if ! wait "$load_pid" || jq -e '.error' "$load_json" >/dev/null 2>&1; then
+    log "[$path] load iperf3 failed"
+    restart_iperf_server
+  fi
+  forget_pid "$load_pid"
+  sleep 1
+
+  tunnel_alive "$round" "$path" || return 0
+  log "[$path] TCP 1 stream client->server, ${BENCH_LOSS_PCT}% loss"
+  if loss_on; then
+    iperf "$target" "$tag-tcp1-loss.json"
+    record "$round" "$path" tcp1_loss_c2s_bps "$BPS"
+    local drops
+    drops=$(ip netns exec "$NS_A" nft -j list table inet "$NFT_TABLE" 2>/dev/null |
+      jq '[.nftables[] | .rule? // empty | .expr[] | .counter? // empty | .packets] | add // 0' 2>/dev/null)
+    record "$round" "$path" loss_dropped_packets "${drops:-null}"
+  else
+    log "[$path] could not install nft loss rule"
+    record "$round" "$path" tcp1_loss_c2s_bps null
+  fi
+  loss_off
+
+  tunnel_alive "$round" "$path" || return 0
+  if ((${#TUN_PIDS[@]})); then
+    record "$round" "$path" peak_rss_kib "$(peak_rss_kib "${TUN_PIDS[@]}")"
+  fi
+  return 0
+}
+
+record_all_null() {
+  local m
+  for m in tcp1_c2s_bps tcp1_s2c_bps tcp4_c2s_bps ping_idle_ms ping_load_ms tcp1_loss_c2s_bps cpu_s_per_gb peak_rss_kib; do
+    record "$1" "$2" "$m" null
+  done
+}
+
+stop_tunnel() {
+  local p
+  for p in "${TUN_PIDS[@]}"; do kill_pid "$p"; done
+  TUN_PIDS=()
+}
+
+# ---------------------------------------------------------------- paths
+path_veth() {
+  TUN_PIDS=()
+  run_tests "$1" veth "$UL_A"
+}
+
+path_wg() {
+  local round=$1
+  if [[ -n $SKIP_WG_REASON ]]; then record_all_null "$round" wg; return; fi
+  [[ -d $WG_SOCK_DIR ]] || WG_SOCK_DIR_CREATED=1
+  local k=$WORK/wg
+  if [[ ! -f $k/a.key ]]; then
+    (umask 077 && wg genkey >"$k/a.key" && wg genkey >"$k/b.key") || { record_all_null "$round" wg; return; }
+    if ! { wg pubkey <"$k/a.key" >"$k/a.pub" && wg pubkey <"$k/b.key" >"$k/b.pub"; }; then record_all_null "$round" wg; return; fi
+  fi
+  local ns ifn
+  for ns in a b; do
+    if [[ $ns == a ]]; then ifn=$WG_IF_A; else ifn=$WG_IF_B; fi
+    local nsname=$NS_A
+    [[ $ns == b ]] && nsname=$NS_B
+    start_bg "$WORK/logs/wg-$ns-r$round.log" env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 LOG_LEVEL=error \
+      ip netns exec "$nsname" "$WORK/bin/wireguard" -f "$ifn"
+    TUN_PIDS+=("$LAST_PID")
+  done
+  local i ok=0
+  for ((i = 0; i < 100; i++)); do
+    if [[ -S $WG_SOCK_DIR/$WG_IF_A.sock && -S $WG_SOCK_DIR/$WG_IF_B.sock ]]; then ok=1; break; fi
+    if ! { alive "${TUN_PIDS[0]}" && alive "${TUN_PIDS[1]}"; }; then break; fi
+    sleep 0.1
+  done
+  if ((ok)) &&
+    ip netns exec "$NS_A" wg set "$WG_IF_A" listen-port 51820 private-key "$k/a.key" \
+      peer "$(cat "$k/b.pub")" allowed-ips "$WG_B/32" endpoint "$UL_B:51820" &&
+    ip netns exec "$NS_B" wg set "$WG_IF_B" listen-port 51820 private-key "$k/b.key" \
+      peer "$(cat "$k/a.pub")" allowed-ips "$WG_A/32" endpoint "$UL_A:51820" &&
+    ip -n "$NS_A" addr add "$WG_A/24" dev "$WG_IF_A" &&
+    ip -n "$NS_B" addr add "$WG_B/24" dev "$WG_IF_B" &&
+    ip -n "$NS_A" link set "$WG_IF_A" mtu 1420 up &&
+    ip -n "$NS_B" link set "$WG_IF_B" mtu 1420 up; then
+    ok=0
+    for ((i = 0; i < BENCH_TUNNEL_WAIT * 2; i++)); do
+      if ip netns exec "$NS_B" ping -c 1 -W 1 "$WG_A" >/dev/null 2>&1; then ok=1; break; fi
+      sleep 0.5
+    done
+  else
+    ok=0
+  fi
+  if ((ok)); then
+    log "[wg] up (pids ${TUN_PIDS[*]})"
+    run_tests "$round" wg "$WG_A"
+  else
+    log "[wg] tunnel did not come up"
+    NOTES+=("wireguard-go: tunnel did not come up in round $round")
+    tail -n 10 "$WORK/logs/wg-"*"-r$round.log" >&2
+    record_all_null "$round" wg
+  fi
+  stop_tunnel
+  rm -f "$WG_SOCK_DIR/$WG_IF_A.sock" "$WG_SOCK_DIR/$WG_IF_B.sock"
+}
+
+path_tlsvpn() {
+  local round=$1
+  if [[ -n $SKIP_TLSVPN_REASON ]]; then record_all_null "$round" tlsvpn; return; fi
+  local D=$WORK/pki sflags cflags
+  read -r -a sflags <<<"$TUNNEL_FLAGS_SERVER"
+  read -r -a cflags <<<"$TUNNEL_FLAGS_CLIENT"
+  start_bg "$WORK/logs/tunneld-r$round.log" ip netns exec "$NS_A" "$TUNNELD" \
+    --listen "$UL_A:443" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
+    --subnet 100.64.0.0/24 --tun "$TV_IF_S" "${sflags[@]}"
+  TUN_PIDS=("$LAST_PID")
+  # wait for the listener before starting the client
+  local i ok=0
+  for ((i = 0; i < BENCH_TUNNEL_WAIT * 10; i++)); do
+    ip netns exec "$NS_A" ss -Hltn "sport = :443" 2>/dev/null | grep -q . && { ok=1; break; }
+    alive "${TUN_PIDS[0]}" || break
+    sleep 0.1
+  done
+  if ((ok)); then
+    start_bg "$WORK/logs/tunnelc-r$round.log" ip netns exec "$NS_B" "$TUNNELC" \
+      --server "$UL_A:443" --cert "$D/client.crt" --key "$D/client.key" --ca "$D/ca.crt" \
+      --tun "$TV_IF_C" "${cflags[@]}"
+    TUN_PIDS+=("$LAST_PID")
+    ok=0
+    for ((i = 0; i < BENCH_TUNNEL_WAIT * 2; i++)); do
+      if ! { alive "${TUN_PIDS[0]}" && alive "${TUN_PIDS[1]}"; }; then break; fi
+      if ip -n "$NS_B" -4 addr show dev "$TV_IF_C" 2>/dev/null | grep -q "inet $TV_C/" &&
+        ip netns exec "$NS_B" ping -c 1 -W 1 "$TV_S" >/dev/null 2>&1; then
+        ok=1
+        break
+      fi
+      sleep 0.5
+    done
+  fi
+  if ((ok)); then
+    log "[tlsvpn] up (pids ${TUN_PIDS[*]})"
+    run_tests "$round" tlsvpn "$TV_S"
+  else
+    log "[tlsvpn] tunnel did not come up within ${BENCH_TUNNEL_WAIT}s"
+    NOTES+=("tlsvpn: tunnel did not come up in round $round")
+    local f
+    for f in "$WORK/logs/tunneld-r$round.log" "$WORK/logs/tunnelc-r$round.log"; do
+      [[ -f $f ]] && { log "--- $(basename "$f")"; tail -n 15 "$f" >&2; }
+    done
+    record_all_null "$round" tlsvpn
+  fi
+  stop_tunnel
+}
+
+# ---------------------------------------------------------------- rounds
+ORDERS_JSON="[]"
+for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+  order=("${PATHS_REQ[@]}")
+  if ((round % 2 == 0)); then
+    order=()
+    for ((i = ${#PATHS_REQ[@]} - 1; i >= 0; i--)); do order+=("${PATHS_REQ[$i]}"); done
+  fi
+  log "round $round/$BENCH_ROUNDS: ${order[*]}"
+  ORDERS_JSON=$(jq -c --arg o "${order[*]}" '. + [$o | split(" ")]' <<<"$ORDERS_JSON")
+  for p in "${order[@]}"; do
+    "path_$p" "$round"
+  done
+done
+
+# ---------------------------------------------------------------- report
+META=$(jq -n \
+  --arg nproc "$NPROC" --arg cpu "$CPU_MODEL" --arg kernel "$KERNEL" --arg go "$GO_VERSION" \
+  --arg iperf "$IPERF_VERSION" --arg wg "$WG_VERSION" \
+  --arg seconds "$BENCH_SECONDS" --arg rounds "$BENCH_ROUNDS" --arg pings "$BENCH_PINGS" \
+  --arg loss "$BENCH_LOSS_PCT" --arg lossoff "$BENCH_LOSS_OFFLOAD" \
+  --arg fs "$TUNNEL_FLAGS_SERVER" --arg fc "$TUNNEL_FLAGS_CLIENT" \
+  --arg paths "$BENCH_PATHS" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  --argjson orders "$ORDERS_JSON" \
+  '{date: $date,
+    machine: {nproc: ($nproc | tonumber), cpu_model: $cpu, kernel: $kernel, go: $go},
+    tools: {iperf3: $iperf, wireguard_go: $wg},
+    config: {paths: ($paths | split(" ") | map(select(length > 0))), seconds: ($seconds | tonumber),
+             rounds: ($rounds | tonumber), pings: ($pings | tonumber), loss_pct: ($loss | tonumber),
+             loss_offload: $lossoff, tunnel_flags_server: $fs, tunnel_flags_client: $fc},
+    round_orders: $orders}')
+
+jq -R -s --argjson meta "$META" '
+  def median: map(select(. != null)) | sort |
+    if length == 0 then null
+    elif length % 2 == 1 then .[(length - 1) / 2]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  (split("\n") | map(select(length > 0) | split("\t") |
+     {round: (.[0] | tonumber), path: .[1], metric: .[2],
+      value: (if .[3] == "null" or .[3] == "" then null else (.[3] | tonumber) end)})) as $rows
+  | $meta + {
+      rounds: ($rows | group_by(.round) | map({
+        round: .[0].round,
+        order: $meta.round_orders[.[0].round - 1],
+        values: (group_by(.path) | map({key: .[0].path, value: (map({key: .metric, value: .value}) | from_entries)}) | from_entries)})),
+      median: ($rows | group_by(.path) | map({key: .[0].path,
+        value: (group_by(.metric) | map({key: .[0].metric, value: (map(.value) | median)}) | from_entries)}) | from_entries)
+    }' "$RESULTS" >"$WORK/bench.json" || die "building JSON failed"
+cp "$WORK/bench.json" "$BENCH_JSON" || die "cannot write $BENCH_JSON"
+log "raw values written to $BENCH_JSON"
+
+# markdown
+fmt() { # fmt VALUE DECIMALS SCALE
+  if [[ -z $1 || $1 == null ]]; then echo "n/a"; else awk -v v="$1" -v d="$2" -v s="$3" 'BEGIN {printf "%.*f", d, v / s}'; fi
+}
+ratio() {
+  if [[ -z $1 || $1 == null || -z $2 || $2 == null ]]; then echo "n/a"
+  else awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "n/a"; else printf "%.2f", a / b}'; fi
+}
+med() { jq -r --arg p "$1" --arg m "$2" '.median[$p][$m] // "null"' "$WORK/bench.json"; }
+ran() { want "$1"; }
+
+echo "## tlsvpn benchmark"
+echo
+echo "- date: $(jq -r .date "$WORK/bench.json")"
+echo "- nproc: $NPROC, CPU: $CPU_MODEL"
+echo "- kernel: $KERNEL"
+echo "- $GO_VERSION"
+echo "- $IPERF_VERSION; wireguard-go ${WG_VERSION:-n/a}"
+if want tlsvpn; then
+  if [[ -n $TUNNEL_BIN_DIR ]]; then
+    echo "- tlsvpn binaries: $TUNNEL_BIN_DIR"
+  else
+    rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+    [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && rev="$rev + uncommitted changes"
+    echo "- tlsvpn built from the working tree ($rev)"
+  fi
+fi
+echo "- $BENCH_ROUNDS round(s) x ${BENCH_SECONDS}s per iperf3 test, medians; round orders: $(jq -r '[.round_orders[] | join(",")] | join(" / ")' "$WORK/bench.json")"
+echo "- TUNNEL_FLAGS_SERVER='$TUNNEL_FLAGS_SERVER' TUNNEL_FLAGS_CLIENT='$TUNNEL_FLAGS_CLIENT'"
+echo "- loss test: nft numgen ${BENCH_LOSS_PCT}% drop each way on the underlay veth (offloads ${BENCH_LOSS_OFFLOAD} during the test)"
+echo "- CPU s/GB: utime+stime of both tunnel processes over the three throughput tests / GB received; RSS: max VmHWM of the two"
+[[ -n $SKIP_WG_REASON ]] && want wg && echo "- wireguard-go skipped: $SKIP_WG_REASON"
+[[ -n $SKIP_TLSVPN_REASON ]] && want tlsvpn && echo "- tlsvpn skipped: $SKIP_TLSVPN_REASON"
+for n in "${NOTES[@]}"; do echo "- $n"; done
+echo
+echo "| test | veth | wireguard-go | tlsvpn | tlsvpn/wireguard-go | tlsvpn/veth |"
+echo "|---|---:|---:|---:|---:|---:|"
+row() { # row LABEL METRIC DECIMALS SCALE TUNNEL_ONLY
+  local label=$1 m=$2 d=$3 s=$4 tonly=${5:-0}
+  local v w t cv cw ct r1 r2
+  v=$(med veth "$m"); w=$(med wg "$m"); t=$(med tlsvpn "$m")
+  if ran veth; then cv=$(fmt "$v" "$d" "$s"); else cv="-"; fi
+  if ran wg; then cw=$(fmt "$w" "$d" "$s"); else cw="-"; fi
+  if ran tlsvpn; then ct=$(fmt "$t" "$d" "$s"); else ct="-"; fi
+  r1=$(ratio "$t" "$w")
+  if ((tonly)); then cv="-"; r2="-"; else r2=$(ratio "$t" "$v"); fi
+  ran wg && ran tlsvpn || r1="-"
+  ran veth && ran tlsvpn || r2="-"
+  echo "| $label | $cv | $cw | $ct | $r1 | $r2 |"
+}
+row "TCP 1 stream client→server (Gbit/s)" tcp1_c2s_bps 2 1e9
+row "TCP 1 stream server→client (Gbit/s)" tcp1_s2c_bps 2 1e9
+row "TCP 4 streams client→server (Gbit/s)" tcp4_c2s_bps 2 1e9
+row "ping RTT idle, avg (ms)" ping_idle_ms 3 1
+row "ping RTT under 1-stream load, avg (ms)" ping_load_ms 3 1
+row "TCP 1 stream client→server, ${BENCH_LOSS_PCT}% loss (Gbit/s)" tcp1_loss_c2s_bps 2 1e9
+row "CPU seconds per GB (tunnel processes)" cpu_s_per_gb 2 1 1
+row "peak RSS, max of two (MiB)" peak_rss_kib 1 1024 1

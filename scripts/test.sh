@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# test.sh: run every check and test of the module, as CI does (.ci/run calls it).
+#
+#   static   gofmt, go vet (linux and darwin), staticcheck, shellcheck
+#   tests    go test over ./..., with and without -race, including the
+#            root/netns integration tests
+#   fuzz     every Fuzz* target for FUZZTIME each
+#   bench    every benchmark once (-benchtime 1x) so they keep compiling
+#   demo     scripts/demo.sh with a small transfer (TEST_DEMO=0 skips it)
+#
+# Must run as root: the namespace tests skip without it, and a skipped root test
+# is a hole in CI. Keeps going after a failing step; ends with "N passed, N failed"
+# and exits non-zero if any step failed.
+#
+# Env: FUZZTIME (default 10s), TEST_DEMO (default 1), DEMO_SIZE_MB (default 10 here).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+FUZZTIME="${FUZZTIME:-10s}"
+TEST_DEMO="${TEST_DEMO:-1}"
+STATICCHECK_VERSION=v0.8.2
+# Two cores on CI: two packages at a time. -timeout bounds a hung test.
+GOTEST=(go test -p 2 -timeout 5m)
+
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+need_root "the netns integration tests need root and must not be skipped"
+need_go
+cd "$REPO_ROOT"
+
+# ------------------------------------------------------------------ setup
+# gcc + libc headers for -race (cgo); the rest are used by the integration
+# tests, the demo and shellcheck. apt runs only if something is missing.
+ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
+	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
+	setsid:util-linux shellcheck:shellcheck
+go_mod_download
+if ! staticcheck -version 2>/dev/null | grep -qF "(${STATICCHECK_VERSION#v})"; then
+	log "installing staticcheck $STATICCHECK_VERSION"
+	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" ||
+		die "go install staticcheck@$STATICCHECK_VERSION failed"
+fi
+
+# ------------------------------------------------------------------ steps
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tlsvpn-test.XXXXXX")"
+trap 'rm -rf -- "$WORK"' EXIT
+SKIPPED=0
+PASSED=()
+FAILED=()
+RESULTS=()
+
+# run_step NAME CMD...: run CMD, record PASS/FAIL and how long it took.
+run_step() {
+	local name="$1" t0=$SECONDS rc=0
+	shift
+	printf '\n=== %s\n' "$name"
+	"$@" || rc=$?
+	if [[ "$rc" -eq 0 ]]; then
+		PASSED+=("$name")
+		RESULTS+=("$(printf 'PASS  %4ds  %s' $((SECONDS - t0)) "$name")")
+	else
+		FAILED+=("$name")
+		RESULTS+=("$(printf 'FAIL  %4ds  %s (exit %d)' $((SECONDS - t0)) "$name" "$rc")")
+		printf -- '--- FAIL: %s (exit %d)\n' "$name" "$rc"
+	fi
+}
+
+step_gofmt() {
+	local out
+	out="$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -print0 |
+		xargs -0 -r gofmt -l)" || return 1
+	if [[ -n "$out" ]]; then
+		printf 'gofmt -l: not formatted (run gofmt -w):\n%s\n' "$out"
+		return 1
+	fi
+}
+
+step_shellcheck() {
+	shellcheck -x scripts/*.sh .ci/run
+}
+
+# step_gotest [FLAGS]: go test -v into a log, so skips are visible. Prints each
+# package's result line, every SKIP with its reason, and the whole output
+# (minus RUN/PASS chatter) of failing packages. A skip under root deserves a
+# look: the root tests must not skip silently in CI.
+step_gotest() {
+	local log rc=0 skips
+	log="$(mktemp "$WORK/gotest.XXXXXX")"
+	"${GOTEST[@]}" "$@" -count=1 -v ./... >"$log" 2>&1 || rc=$?
+	grep -E '^(ok|FAIL|\?)[[:space:]]' "$log" || true
+	skips="$(grep -B1 -E '^[[:space:]]*--- SKIP' "$log" | grep -vE '^(--$|=== )' || true)"
+	if [[ -n "$skips" ]]; then
+		SKIPPED=$((SKIPPED + $(grep -cE '^[[:space:]]*--- SKIP' <<<"$skips")))
+		printf 'skipped tests:\n%s\n' "$skips"
+	fi
+	if [[ "$rc" -ne 0 ]]; then
+		printf '\noutput of failing packages:\n'
+		# -v output is contiguous per package and ends with its ok/FAIL/? line.
+		awk '
+			/^=== (RUN|PAUSE|CONT|NAME)/ || /^[[:space:]]*--- PASS/ { next }
+			{ block = block $0 "\n" }
+			/^(ok|\?)[[:space:]]/ { block = ""; next }
+			/^FAIL[[:space:]]/ { printf "%s", block; block = "" }
+			END { printf "%s", block }' "$log"
+	fi
+	return "$rc"
+}
+
+# fuzz_targets: prints "PKG NAME" for every fuzz target in the module.
+fuzz_targets() {
+	local out
+	out="$(go test -list '^Fuzz' ./...)" || {
+		printf '%s\n' "$out" >&2
+		return 1
+	}
+	# -list prints a package's names, then its "ok  <pkg>" line.
+	printf '%s\n' "$out" | awk '
+		/^Fuzz/ { names[n++] = $1; next }
+		/^ok[ \t]/ { for (i = 0; i < n; i++) print $2, names[i]; n = 0 }'
+}
+
+run_step "gofmt" step_gofmt
+run_step "go vet (linux)" go vet ./...
+run_step "go vet (darwin)" env GOOS=darwin go vet ./...
+run_step "staticcheck" staticcheck ./...
+run_step "shellcheck" step_shellcheck
+run_step "go test -race" step_gotest -race
+# Again without -race: allocation tests skip under the race detector, and the
+# non-race test binaries are built anyway for fuzz discovery and benchmarks.
+run_step "go test (no race)" step_gotest
+
+printf '\n=== fuzz: discover targets\n'
+if targets="$(fuzz_targets)"; then
+	if [[ -n "$targets" ]]; then
+		printf '%s\n' "$targets"
+	else
+		echo "no fuzz targets found"
+	fi
+	while read -r pkg name; do
+		[[ -n "$name" ]] || continue
+		run_step "fuzz ${pkg#tlsvpn/}.$name ($FUZZTIME)" \
+			"${GOTEST[@]}" -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg"
+	done <<<"$targets"
+else
+	run_step "fuzz: discover targets" false
+fi
+
+run_step "benchmarks (1x)" "${GOTEST[@]}" -run '^$' -bench . -benchtime 1x ./...
+
+if [[ "$TEST_DEMO" == 1 ]]; then
+	run_step "demo (${DEMO_SIZE_MB:-10} MiB)" env DEMO_SIZE_MB="${DEMO_SIZE_MB:-10}" bash scripts/demo.sh
+fi
+
+# ------------------------------------------------------------------ summary
+printf '\n=== summary\n'
+printf '%s\n' "${RESULTS[@]}"
+if [[ "$SKIPPED" -gt 0 ]]; then
+	echo "note: $SKIPPED Go test(s) skipped; see the go test step"
+fi
+echo "${#PASSED[@]} passed, ${#FAILED[@]} failed"
+[[ "${#FAILED[@]}" -eq 0 ]]

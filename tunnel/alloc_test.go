@@ -1,0 +1,185 @@
+package tunnel
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"tlsvpn/tun"
+)
+
+// discardDevice is a tun.Device that drops writes and serves reads from a
+// fixed set of packets, without allocating.
+type discardDevice struct {
+	pkts    [][]byte
+	written int
+}
+
+func (d *discardDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n := 0
+	for ; n < len(bufs) && n < len(d.pkts); n++ {
+		sizes[n] = copy(bufs[n][offset:], d.pkts[n])
+	}
+	return n, nil
+}
+func (d *discardDevice) Write(bufs [][]byte, offset int) (int, error) {
+	for _, b := range bufs {
+		d.written += len(b) - offset
+	}
+	return d.written, nil
+}
+func (d *discardDevice) BatchSize() int        { return 64 }
+func (d *discardDevice) MTU() (int, error)     { return 1500, nil }
+func (d *discardDevice) Name() (string, error) { return "discard", nil }
+func (d *discardDevice) Close() error          { return nil }
+
+// loopConn serves its data over and over to Read and discards writes.
+type loopConn struct {
+	net.Conn // nil: other methods are not used
+	data     []byte
+	off      int
+	written  int
+}
+
+func (c *loopConn) Read(b []byte) (int, error) {
+	n := copy(b, c.data[c.off:])
+	c.off = (c.off + n) % len(c.data)
+	return n, nil
+}
+func (c *loopConn) Write(b []byte) (int, error)      { c.written += len(b); return len(b), nil }
+func (c *loopConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *loopConn) Close() error                     { return nil }
+
+func testPacket(src, dst netip.Addr, n int) []byte {
+	p := make([]byte, n)
+	p[0] = 0x45
+	p[2], p[3] = byte(n>>8), byte(n)
+	p[9] = 17
+	s, d := src.As4(), dst.As4()
+	copy(p[12:], s[:])
+	copy(p[16:], d[:])
+	return p
+}
+
+func skipIfRace(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race (sync.Pool drops items); run without -race")
+	}
+}
+
+var (
+	allocClient = netip.MustParseAddr("100.64.0.2")
+	allocServer = netip.MustParseAddr("100.64.0.1")
+)
+
+func newAllocSession(t testing.TB, conn net.Conn, dev tun.Device) *Session {
+	s := NewSession(SessionConfig{
+		Conn:     conn,
+		Dev:      dev,
+		Allowed:  []netip.Prefix{netip.PrefixFrom(allocClient, 32)},
+		QueueLen: 256,
+	})
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	t.Cleanup(func() { s.cancel(nil) })
+	return s
+}
+
+// TestSendPathAllocs pins zero allocations per packet for the send path:
+// TUN batch -> dispatch by destination -> framing -> one gathered write.
+func TestSendPathAllocs(t *testing.T) {
+	skipIfRace(t)
+	dev := &discardDevice{}
+	for i := range 64 {
+		size := 100 + i*20
+		if i%16 == 0 {
+			size = 9000 // framed in place
+		}
+		dev.pkts = append(dev.pkts, testPacket(allocServer, allocClient, size))
+	}
+	conn := &loopConn{}
+	s := newAllocSession(t, conn, dev)
+	m := NewMux(dev, nil, nil)
+	m.Add(s, allocClient)
+	step := func() {
+		n, _ := dev.Read(m.bufs, m.sizes, tun.Headroom)
+		m.dispatch(n)
+		for len(s.queue) > 0 {
+			if err := s.writeChunks(<-s.queue); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step() // warm the chunk pool
+	if allocs := testing.AllocsPerRun(200, step); allocs != 0 {
+		t.Fatalf("send path: %v allocs per batch of 64 packets, want 0", allocs)
+	}
+	if s.stats.DropQueueFull.Load() != 0 || conn.written == 0 {
+		t.Fatalf("send path dropped %d packets, wrote %d bytes", s.stats.DropQueueFull.Load(), conn.written)
+	}
+}
+
+// TestReceivePathAllocs pins zero allocations per packet for the receive
+// path: frame header -> payload into its own buffer -> checks -> one TUN
+// write per batch.
+func TestReceivePathAllocs(t *testing.T) {
+	skipIfRace(t)
+	var stream []byte
+	for i := range 64 {
+		stream = AppendFrame(stream, TypeData, i == 63, testPacket(allocClient, allocServer, 60+i*20))
+	}
+	dev := &discardDevice{}
+	s := newAllocSession(t, &loopConn{data: stream}, dev)
+	step := func() {
+		for range 64 {
+			if err := s.readFrame(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	step()
+	if allocs := testing.AllocsPerRun(200, step); allocs != 0 {
+		t.Fatalf("receive path: %v allocs per batch of 64 frames, want 0", allocs)
+	}
+	if got := s.stats.RxPackets.Load(); got != 64*202 {
+		t.Fatalf("RxPackets = %d, want %d", got, 64*202)
+	}
+}
+
+// BenchmarkSendPath measures dispatch + framing + write for batches of
+// 64 packets of 1400 bytes.
+func BenchmarkSendPath(b *testing.B) {
+	dev := &discardDevice{}
+	for range 64 {
+		dev.pkts = append(dev.pkts, testPacket(allocServer, allocClient, 1400))
+	}
+	s := newAllocSession(b, &loopConn{}, dev)
+	m := NewMux(dev, nil, nil)
+	m.Add(s, allocClient)
+	b.ReportAllocs()
+	b.SetBytes(64 * 1400)
+	for b.Loop() {
+		n, _ := dev.Read(m.bufs, m.sizes, tun.Headroom)
+		m.dispatch(n)
+		for len(s.queue) > 0 {
+			s.writeChunks(<-s.queue)
+		}
+	}
+}
+
+// BenchmarkReceivePath measures frame parsing, checks and batching.
+func BenchmarkReceivePath(b *testing.B) {
+	var stream []byte
+	for i := range 64 {
+		stream = AppendFrame(stream, TypeData, i == 63, testPacket(allocClient, allocServer, 1400))
+	}
+	s := newAllocSession(b, &loopConn{data: stream}, &discardDevice{})
+	b.ReportAllocs()
+	b.SetBytes(64 * 1400)
+	for b.Loop() {
+		for range 64 {
+			s.readFrame()
+		}
+	}
+}
