@@ -5,17 +5,28 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
+	"syscall"
 
+	"golang.org/x/sys/unix"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // linuxDevice wraps wireguard's NativeTun: batches, TSO/USO offloads and GRO
 // on write come from there. Its event channel is drained for the device's
 // lifetime, since an undrained channel can leave the netlink watcher stuck.
+//
+// With offloads on (IFF_VNET_HDR), ReadGSO and WriteGSO bypass the package's
+// segmentation and GRO and move super-packets whole on the same file
+// descriptor; the Device's single-reader rule keeps the two read paths
+// from running at once.
 type linuxDevice struct {
 	wgtun.Device // immutable after Open
 	log          *slog.Logger
 	done         chan struct{} // closed when the event drainer exits
+	raw          syscall.RawConn
+	vnetHdr      bool
+	closed       atomic.Bool
 }
 
 // Open creates (or attaches to) the TUN interface name with the given MTU.
@@ -41,7 +52,116 @@ func Open(name string, mtu int, opts Options) (Device, error) {
 	}
 	d := &linuxDevice{Device: dev, log: log.With("ifname", name), done: make(chan struct{})}
 	go d.drainEvents()
+	if err := d.initRaw(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open tun %s: %w", name, err)
+	}
 	return d, nil
+}
+
+// initRaw finds out whether the device carries virtio-net headers.
+func (d *linuxDevice) initRaw() error {
+	raw, err := d.Device.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	d.raw = raw
+	var ioErr error
+	err = raw.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		ifr, ioErr = unix.NewIfreq("")
+		if ioErr != nil {
+			return
+		}
+		ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
+		d.vnetHdr = ioErr == nil && ifr.Uint16()&unix.IFF_VNET_HDR != 0
+	})
+	if err != nil {
+		return err
+	}
+	return ioErr
+}
+
+// SupportsGSO implements GSODevice.
+func (d *linuxDevice) SupportsGSO() bool { return d.vnetHdr }
+
+var errNoVnetHdr = errors.New("tun device has no virtio-net headers (offloads unavailable)")
+
+// ReadGSO implements GSODevice: one wake-up, then read(2) until the queue
+// is empty or the buffers are used up.
+func (d *linuxDevice) ReadGSO(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if !d.vnetHdr {
+		return 0, errNoVnetHdr
+	}
+	n := 0
+	var rerr error
+	err := d.raw.Read(func(fd uintptr) bool {
+		for n < len(bufs) {
+			k, err := unix.Read(int(fd), bufs[n][offset-VirtioNetHdrLen:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return n > 0
+			case err != nil:
+				rerr = err
+				return true
+			case k < VirtioNetHdrLen:
+				continue // cannot happen with IFF_VNET_HDR; skip
+			}
+			sizes[n] = k - VirtioNetHdrLen
+			n++
+		}
+		return true
+	})
+	if err == nil {
+		err = rerr
+	}
+	if n > 0 {
+		return n, nil
+	}
+	if err != nil && d.closed.Load() {
+		return 0, fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return 0, err
+}
+
+// WriteGSO implements GSODevice.
+func (d *linuxDevice) WriteGSO(bufs [][]byte, offset int) (int, error) {
+	if !d.vnetHdr {
+		return 0, errNoVnetHdr
+	}
+	i, written := 0, 0
+	var errs []error
+	err := d.raw.Write(func(fd uintptr) bool {
+		for i < len(bufs) {
+			_, err := unix.Write(int(fd), bufs[i][offset-VirtioNetHdrLen:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false
+			case err != nil:
+				if len(errs) < 4 {
+					errs = append(errs, err)
+				}
+			default:
+				written++
+			}
+			i++
+		}
+		return true
+	})
+	if err != nil {
+		if d.closed.Load() {
+			return written, fmt.Errorf("%w: %w", ErrClosed, err)
+		}
+		return written, err
+	}
+	if len(errs) > 0 {
+		return written, fmt.Errorf("write tun: %d of %d packets refused: %w", len(bufs)-written, len(bufs), errors.Join(errs...))
+	}
+	return written, nil
 }
 
 func (d *linuxDevice) drainEvents() {
@@ -79,6 +199,7 @@ func (d *linuxDevice) Write(bufs [][]byte, offset int) (int, error) {
 
 // Close implements Device; it waits for the event drainer to finish.
 func (d *linuxDevice) Close() error {
+	d.closed.Store(true)
 	err := d.Device.Close()
 	<-d.done
 	return err

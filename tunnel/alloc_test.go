@@ -100,11 +100,11 @@ func TestSendPathAllocs(t *testing.T) {
 	}
 	conn := &loopConn{}
 	s := newAllocSession(t, conn, dev)
-	m := NewMux(dev, nil, nil)
+	m := NewMux(dev, MuxConfig{})
 	m.Add(s, allocClient)
 	step := func() {
 		n, _ := dev.Read(m.bufs, m.sizes, tun.Headroom)
-		m.dispatch(n)
+		m.dispatch(n, false)
 		for len(s.queue) > 0 {
 			if err := s.writeChunks(<-s.queue); err != nil {
 				t.Fatal(err)
@@ -155,13 +155,13 @@ func BenchmarkSendPath(b *testing.B) {
 		dev.pkts = append(dev.pkts, testPacket(allocServer, allocClient, 1400))
 	}
 	s := newAllocSession(b, &loopConn{}, dev)
-	m := NewMux(dev, nil, nil)
+	m := NewMux(dev, MuxConfig{})
 	m.Add(s, allocClient)
 	b.ReportAllocs()
 	b.SetBytes(64 * 1400)
 	for b.Loop() {
 		n, _ := dev.Read(m.bufs, m.sizes, tun.Headroom)
-		m.dispatch(n)
+		m.dispatch(n, false)
 		for len(s.queue) > 0 {
 			s.writeChunks(<-s.queue)
 		}

@@ -24,8 +24,10 @@ type chunk struct {
 	buf     []byte // len(buf) == bufSize, allocated once
 	start   int
 	end     int
-	lastHdr int // offset of the last frame's header, for FlagEnd
-	pkts    int // packets in the chunk, for drop accounting
+	lastHdr int  // offset of the last frame's header, for FlagEnd
+	pkts    int  // packets in the chunk, for drop accounting
+	ipBytes int  // IP bytes in the chunk, for accounting
+	gso     bool // receive side: the packet carries a virtio-net header
 }
 
 var chunkPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, bufSize)} }}
@@ -33,7 +35,7 @@ var chunkPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, bufS
 func getChunk() *chunk { return chunkPool.Get().(*chunk) }
 
 func putChunk(c *chunk) {
-	c.start, c.end, c.lastHdr, c.pkts = 0, 0, 0, 0
+	c.start, c.end, c.lastHdr, c.pkts, c.ipBytes, c.gso = 0, 0, 0, 0, 0, false
 	chunkPool.Put(c)
 }
 
@@ -46,6 +48,32 @@ func (c *chunk) appendPacket(pkt []byte) {
 	PutHeader(c.buf[c.end:], TypeData, false, len(pkt))
 	c.end += HeaderLen + copy(c.buf[c.end+HeaderLen:], pkt)
 	c.pkts++
+	c.ipBytes += len(pkt)
+}
+
+// roomGSO reports whether a DATA_GSO frame for a packet of n bytes still
+// fits a coalesced chunk.
+func (c *chunk) roomGSO(n int) bool { return c.end+HeaderLen+GSOMetaLen+n <= len(c.buf) }
+
+// appendGSO copies pkt into the coalesced chunk as a DATA_GSO frame.
+func (c *chunk) appendGSO(g GSO, pkt []byte) {
+	c.lastHdr = c.end
+	PutHeader(c.buf[c.end:], TypeDataGSO, false, GSOMetaLen+len(pkt))
+	PutGSO(c.buf[c.end+HeaderLen:], g)
+	c.end += HeaderLen + GSOMetaLen + copy(c.buf[c.end+HeaderLen+GSOMetaLen:], pkt)
+	c.pkts++
+	c.ipBytes += len(pkt)
+}
+
+// frameGSOInPlace is frameInPlace for a DATA_GSO frame: header and
+// metadata overwrite the virtio-net header in the headroom.
+func (c *chunk) frameGSOInPlace(g GSO, n int) {
+	c.start = tun.Headroom - HeaderLen - GSOMetaLen
+	c.lastHdr = c.start
+	c.end = tun.Headroom + n
+	PutHeader(c.buf[c.start:], TypeDataGSO, false, GSOMetaLen+n)
+	PutGSO(c.buf[c.start+HeaderLen:], g)
+	c.pkts, c.ipBytes = 1, n
 }
 
 // frameInPlace turns a read buffer holding a packet of n bytes at
@@ -56,7 +84,7 @@ func (c *chunk) frameInPlace(n int) {
 	c.lastHdr = c.start
 	c.end = tun.Headroom + n
 	PutHeader(c.buf[c.start:], TypeData, false, n)
-	c.pkts = 1
+	c.pkts, c.ipBytes = 1, n
 }
 
 // markEnd sets FlagEnd on the chunk's last frame.

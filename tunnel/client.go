@@ -30,8 +30,12 @@ type ClientConfig struct {
 	HandshakeTimeout time.Duration
 	// QueueLen bounds the send queue (chunks).
 	QueueLen int
-	Logger   *slog.Logger
-	Stats    *Stats
+	// NoOffload keeps GSO super-packets (DATA_GSO) off in both directions.
+	// Otherwise the client offers them, and uses them when the server
+	// accepts them and the device Setup returns can pass them.
+	NoOffload bool
+	Logger    *slog.Logger
+	Stats     *Stats
 }
 
 // Client connects to a server and runs the session.
@@ -57,6 +61,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
+	if !cfg.NoOffload {
+		cfg.Hello.Caps |= CapGSO
+	}
 	return &Client{cfg: cfg, tls: t, log: cfg.Logger}, nil
 }
 
@@ -115,11 +122,20 @@ func (c *Client) Run(ctx context.Context) error {
 		tc.Close()
 		return fmt.Errorf("setup: %w", err)
 	}
-	mux := NewMux(dev, c.cfg.Stats, c.log)
+	// A single session: wait longer for room in its queue before dropping,
+	// so local TCP senders see back-pressure rather than loss.
+	mux := NewMux(dev, MuxConfig{Stats: c.cfg.Stats, Logger: c.log, QueueWait: 50 * time.Millisecond})
+	gso := !c.cfg.NoOffload && mux.CanGSO()
+	if !c.cfg.NoOffload && !gso {
+		c.log.Warn("TUN device cannot pass GSO super-packets; DATA_GSO from the server will be refused")
+	}
 	sess := NewSession(SessionConfig{
 		Conn:         tc,
 		Batch:        bc,
 		Dev:          dev,
+		MTU:          cfg.MTU,
+		PeerGSO:      gso && cfg.Caps&CapGSO != 0,
+		AcceptGSO:    gso,
 		Keepalive:    cfg.Keepalive,
 		QueueLen:     c.cfg.QueueLen,
 		ShutdownCode: CloseNormal,
@@ -128,6 +144,8 @@ func (c *Client) Run(ctx context.Context) error {
 		Stats:        c.cfg.Stats,
 	})
 	mux.SetDefault(sess)
+	mux.SetGSO(sess.peerGSO)
+	c.log.Debug("data path", "gso", sess.peerGSO)
 	mctx, stopMux := context.WithCancel(ctx)
 	muxDone := make(chan error, 1)
 	go func() { muxDone <- mux.Run(mctx) }()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"tlsvpn/tun"
 )
@@ -20,48 +21,82 @@ import (
 // Small packets bound for the same session are copied back to back into a
 // chunk of frames; a big packet (a GSO super-packet) is framed in place in
 // its read buffer and handed over whole, the reader taking a fresh buffer.
-// Chunks go to the session's bounded queue; a full queue drops and counts,
-// so one slow session never stalls the reader or the other sessions.
+// Chunks go to the session's bounded queue. When a queue is full the
+// reader waits up to QueueWait for room (back-pressure that TCP senders
+// feel as a slower path, not as loss), then marks the session congested
+// and drops, counting, until its writer catches up: one stalled session
+// costs the others at most one wait.
+//
+// In GSO mode (SetGSO) the reader takes packets from the device without
+// splitting them and sends them with their segmentation metadata as
+// DATA_GSO frames; otherwise the device splits super-packets and the
+// packets go as DATA frames.
 type Mux struct {
 	// Immutable after NewMux.
-	dev   tun.Device
-	log   *slog.Logger
-	stats *Stats
+	dev       tun.Device
+	gdev      tun.GSODevice // nil if dev cannot pass super-packets
+	log       *slog.Logger
+	stats     *Stats
+	queueWait time.Duration
 
 	mu     sync.Mutex                 // serializes route-table updates
 	routes atomic.Pointer[routeTable] // dst address -> session; copy on write
 	def    atomic.Pointer[Session]    // if set, receives every packet
+	gso    atomic.Bool                // read super-packets whole
 
 	// Reader-goroutine state.
 	rd      []*chunk
 	bufs    [][]byte
 	sizes   []int
 	touched []*Session
+	timer   *time.Timer
 }
 
 type routeTable map[netip.Addr]*Session
 
-// NewMux returns a Mux reading from dev. stats may be nil.
-func NewMux(dev tun.Device, stats *Stats, log *slog.Logger) *Mux {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// maxGSOBatch bounds the packets one ReadGSO call takes: super-packets are
+// up to 64 KiB each, so a few fill a TLS write.
+const maxGSOBatch = 32
+
+// MuxConfig configures a Mux.
+type MuxConfig struct {
+	// QueueWait is how long the reader waits for room in a full session
+	// queue before dropping. Zero means DefaultQueueWait.
+	QueueWait time.Duration
+	Stats     *Stats
+	Logger    *slog.Logger
+}
+
+// DefaultQueueWait is the default QueueWait.
+const DefaultQueueWait = 2 * time.Millisecond
+
+// NewMux returns a Mux reading from dev.
+func NewMux(dev tun.Device, cfg MuxConfig) *Mux {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if stats == nil {
-		stats = new(Stats)
+	if cfg.Stats == nil {
+		cfg.Stats = new(Stats)
 	}
-	n := dev.BatchSize()
-	if n < 1 {
-		n = 1
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = DefaultQueueWait
 	}
+	n := max(dev.BatchSize(), 1)
 	m := &Mux{
-		dev:     dev,
-		log:     log,
-		stats:   stats,
-		rd:      make([]*chunk, n),
-		bufs:    make([][]byte, n),
-		sizes:   make([]int, n),
-		touched: make([]*Session, 0, n),
+		dev:       dev,
+		log:       cfg.Logger,
+		stats:     cfg.Stats,
+		queueWait: cfg.QueueWait,
+		rd:        make([]*chunk, max(n, maxGSOBatch)),
+		sizes:     make([]int, max(n, maxGSOBatch)),
+		timer:     time.NewTimer(time.Hour),
 	}
+	m.timer.Stop()
+	if g, ok := dev.(tun.GSODevice); ok && g.SupportsGSO() {
+		m.gdev = g
+	}
+	m.bufs = make([][]byte, len(m.rd))
+	m.touched = make([]*Session, 0, len(m.rd))
 	for i := range m.rd {
 		m.rd[i] = getChunk()
 		m.bufs[i] = m.rd[i].buf
@@ -69,6 +104,14 @@ func NewMux(dev tun.Device, stats *Stats, log *slog.Logger) *Mux {
 	m.routes.Store(&routeTable{})
 	return m
 }
+
+// CanGSO reports whether the device can pass super-packets whole.
+func (m *Mux) CanGSO() bool { return m.gdev != nil }
+
+// SetGSO switches between reading super-packets whole (every session that
+// may receive packets accepts DATA_GSO) and letting the device split them.
+// It takes effect from the reader's next read.
+func (m *Mux) SetGSO(on bool) { m.gso.Store(on && m.gdev != nil) }
 
 // SetDefault makes s receive every packet read from the device (a client's
 // one session); nil stops that.
@@ -111,6 +154,17 @@ func (m *Mux) Remove(s *Session) {
 	m.def.CompareAndSwap(s, nil)
 }
 
+// Sessions calls fn for every routed session (once per session).
+func (m *Mux) Sessions(fn func(*Session)) {
+	seen := map[*Session]bool{}
+	for _, s := range *m.routes.Load() {
+		if !seen[s] {
+			seen[s] = true
+			fn(s)
+		}
+	}
+}
+
 // Lookup returns the session that owns addr, or nil.
 func (m *Mux) Lookup(addr netip.Addr) *Session { return (*m.routes.Load())[addr] }
 
@@ -121,7 +175,14 @@ func (m *Mux) Run(ctx context.Context) error {
 		for i := range m.bufs {
 			m.bufs[i] = m.rd[i].buf
 		}
-		n, err := m.dev.Read(m.bufs, m.sizes, tun.Headroom)
+		raw := m.gso.Load()
+		var n int
+		var err error
+		if raw {
+			n, err = m.gdev.ReadGSO(m.bufs[:maxGSOBatch], m.sizes, tun.Headroom)
+		} else {
+			n, err = m.dev.Read(m.bufs[:m.dev.BatchSize()], m.sizes, tun.Headroom)
+		}
 		if err != nil {
 			if errors.Is(err, tun.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
@@ -130,13 +191,14 @@ func (m *Mux) Run(ctx context.Context) error {
 				return fmt.Errorf("read tun: %w", err)
 			}
 		}
-		m.dispatch(n)
+		m.dispatch(n, raw)
 	}
 	return nil
 }
 
-// dispatch hands the first n packets read into m.rd to their sessions.
-func (m *Mux) dispatch(n int) {
+// dispatch hands the first n packets read into m.rd to their sessions. raw
+// says the packets carry virtio-net headers (GSO mode).
+func (m *Mux) dispatch(n int, raw bool) {
 	def := m.def.Load()
 	routes := *m.routes.Load()
 	for i := 0; i < n; i++ {
@@ -154,19 +216,38 @@ func (m *Mux) dispatch(n int) {
 				continue
 			}
 		}
+		gso := false
+		var g GSO
+		if raw {
+			var h tun.VirtioHdr
+			h.Decode(m.rd[i].buf[tun.Headroom-tun.VirtioNetHdrLen:])
+			if h.GSOType != tun.VirtioGSONone || h.Flags != 0 {
+				if !s.peerGSO {
+					// The session joined after this read switched to
+					// GSO mode and cannot take the super-packet.
+					m.stats.DropNoGSO.Add(1)
+					continue
+				}
+				gso, g = true, gsoOf(h)
+			}
+		}
 		if size >= bigPacket {
 			if s.open != nil {
-				s.enqueue(s.open)
+				m.enqueue(s, s.open)
 				s.open = nil
 			}
 			c := m.rd[i]
-			c.frameInPlace(size)
+			if gso {
+				c.frameGSOInPlace(g, size)
+			} else {
+				c.frameInPlace(size)
+			}
 			m.rd[i] = getChunk()
-			s.enqueue(c)
+			m.enqueue(s, c)
 			continue
 		}
-		if s.open != nil && !s.open.room(size) {
-			s.enqueue(s.open)
+		if s.open != nil && !s.open.roomGSO(size) {
+			m.enqueue(s, s.open)
 			s.open = nil
 		}
 		if s.open == nil {
@@ -176,15 +257,43 @@ func (m *Mux) dispatch(n int) {
 			s.touched = true
 			m.touched = append(m.touched, s)
 		}
-		s.open.appendPacket(pkt)
+		if gso {
+			s.open.appendGSO(g, pkt)
+		} else {
+			s.open.appendPacket(pkt)
+		}
 	}
 	for _, s := range m.touched {
 		if s.open != nil {
-			s.enqueue(s.open)
+			m.enqueue(s, s.open)
 			s.open = nil
 		}
 		s.touched = false
 	}
 	clear(m.touched)
 	m.touched = m.touched[:0]
+}
+
+// enqueue hands a chunk to s's writer, waiting up to queueWait for room
+// unless s is already congested, and drops it (counted) otherwise.
+func (m *Mux) enqueue(s *Session, c *chunk) {
+	select {
+	case s.queue <- c:
+		return
+	default:
+	}
+	if !s.congested.Load() {
+		m.timer.Reset(m.queueWait)
+		select {
+		case s.queue <- c:
+			m.timer.Stop()
+			return
+		case <-m.timer.C:
+			s.congested.Store(true)
+		case <-s.done:
+			m.timer.Stop()
+		}
+	}
+	m.stats.DropQueueFull.Add(uint64(c.pkts))
+	putChunk(c)
 }

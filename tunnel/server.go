@@ -44,6 +44,9 @@ type ServerConfig struct {
 	HandshakeTimeout time.Duration
 	// QueueLen bounds each session's send queue (chunks).
 	QueueLen int
+	// NoOffload turns off GSO super-packets (DATA_GSO) in both directions;
+	// packets are then split by the TUN device and sent one per frame.
+	NoOffload bool
 	// TuneConn, if set, is called on every accepted connection before the
 	// TLS handshake (socket options).
 	TuneConn func(net.Conn)
@@ -59,8 +62,9 @@ type Server struct {
 	stats *Stats
 	mux   *Mux
 
-	mu       sync.Mutex          // guards sessions
+	mu       sync.Mutex          // guards sessions and nonGSO
 	sessions map[string]*Session // by identity
+	nonGSO   int                 // registered sessions that cannot take DATA_GSO
 }
 
 // NewServer validates cfg and returns a Server.
@@ -91,7 +95,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		tls:      t,
 		log:      cfg.Logger,
 		stats:    cfg.Stats,
-		mux:      NewMux(cfg.Dev, cfg.Stats, cfg.Logger),
+		mux:      NewMux(cfg.Dev, MuxConfig{Stats: cfg.Stats, Logger: cfg.Logger}),
 		sessions: make(map[string]*Session),
 	}, nil
 }
@@ -184,7 +188,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		tc.Close()
 		return
 	}
+	gso := !s.cfg.NoOffload && s.mux.CanGSO()
 	caps := uint32(0)
+	if gso {
+		caps |= CapGSO
+	}
 	cfg := Config{
 		Addr:       netip.PrefixFrom(addr, s.cfg.Subnet.Bits()),
 		ServerAddr: s.cfg.ServerAddr,
@@ -200,6 +208,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		Batch:        bc,
 		Dev:          s.cfg.Dev,
 		Allowed:      []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())},
+		MTU:          s.cfg.MTU,
+		PeerGSO:      gso && hello.Caps&CapGSO != 0,
+		AcceptGSO:    gso,
 		Keepalive:    s.cfg.Keepalive,
 		QueueLen:     s.cfg.QueueLen,
 		ShutdownCode: CloseShutdown,
@@ -210,6 +221,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	s.mu.Lock()
 	old := s.sessions[id]
 	s.sessions[id] = sess
+	if !sess.peerGSO {
+		s.nonGSO++
+	}
+	// Read super-packets whole only while every client can take them.
+	s.mux.SetGSO(gso && s.nonGSO == 0)
 	s.mu.Unlock()
 	if old != nil {
 		s.stats.SessionsReplaced.Add(1)
@@ -234,7 +250,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	cancel()
 
 	s.stats.SessionsOpened.Add(1)
-	log.Info("session established", append([]any{"tunnel_addr", cfg.Addr, "client_caps", hello.Caps, "software", hello.Software}, TLSAttrs(tc.ConnectionState())...)...)
+	log.Info("session established", append([]any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}, TLSAttrs(tc.ConnectionState())...)...)
 
 	err = sess.Run(ctx)
 	s.unregister(id, sess)
@@ -279,5 +295,9 @@ func (s *Server) unregister(id string, sess *Session) {
 	if s.sessions[id] == sess {
 		delete(s.sessions, id)
 	}
+	if !sess.peerGSO {
+		s.nonGSO--
+	}
+	s.mux.SetGSO(!s.cfg.NoOffload && s.nonGSO == 0)
 	s.mu.Unlock()
 }

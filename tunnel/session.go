@@ -74,6 +74,14 @@ type SessionConfig struct {
 	// ShutdownCode is sent when the parent context ends the session
 	// (CloseShutdown for a server, CloseNormal for a client).
 	ShutdownCode uint16
+	// MTU is the tunnel MTU; GSO segments from the peer must fit it.
+	MTU int
+	// PeerGSO: the peer accepts DATA_GSO frames, so super-packets may be
+	// sent to it whole.
+	PeerGSO bool
+	// AcceptGSO: this side announced that it accepts DATA_GSO frames; Dev
+	// must then be a tun.GSODevice with SupportsGSO.
+	AcceptGSO bool
 	// Peer names the peer in logs.
 	Peer   string
 	Logger *slog.Logger
@@ -92,12 +100,17 @@ const maxChunksPerWrite = 16
 // reader (TLS -> TUN) and the control loop (pings, pongs, deadline).
 type Session struct {
 	// Immutable after NewSession.
-	cfg   SessionConfig
-	conn  net.Conn
-	log   *slog.Logger
-	stats *Stats
-	queue chan *chunk
-	pongs chan [PingLen]byte
+	cfg     SessionConfig
+	conn    net.Conn
+	log     *slog.Logger
+	stats   *Stats
+	queue   chan *chunk
+	pongs   chan [PingLen]byte
+	done    chan struct{} // closed when Run returns
+	peerGSO bool          // may send DATA_GSO
+	gdev    tun.GSODevice // non-nil: DATA_GSO accepted and written whole
+
+	congested atomic.Bool // queue overflowed; the mux drops without waiting
 
 	wmu sync.Mutex // serializes frame writes on conn
 
@@ -148,12 +161,20 @@ func NewSession(cfg SessionConfig) *Session {
 		stats:   stats,
 		queue:   make(chan *chunk, cfg.QueueLen),
 		pongs:   make(chan [PingLen]byte, 4),
+		done:    make(chan struct{}),
+		peerGSO: cfg.PeerGSO,
 		ready:   make(chan struct{}),
 		rx:      make([]*chunk, batch),
 		rxBatch: make([][]byte, batch),
 	}
 	for i := range s.rx {
 		s.rx[i] = &chunk{buf: make([]byte, bufSize)}
+	}
+	if g, ok := cfg.Dev.(tun.GSODevice); ok && cfg.AcceptGSO && g.SupportsGSO() {
+		s.gdev = g
+	}
+	if s.cfg.MTU == 0 {
+		s.cfg.MTU = 1500
 	}
 	return s
 }
@@ -182,6 +203,7 @@ func (s *Session) Run(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	close(s.ready)
 	defer s.cancel(nil)
+	defer close(s.done)
 
 	var wg sync.WaitGroup
 	run := func(f func() error) {
@@ -243,17 +265,6 @@ func (s *Session) sayGoodbye(cause error) {
 	s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, false, payload))
 }
 
-// enqueue hands a chunk to the writer, dropping it if the queue is full.
-// Called by the mux reader only.
-func (s *Session) enqueue(c *chunk) {
-	select {
-	case s.queue <- c:
-	default:
-		s.stats.DropQueueFull.Add(uint64(c.pkts))
-		putChunk(c)
-	}
-}
-
 // writeLoop sends queued chunks. Each wake-up drains what is queued into
 // one gathered send and marks the last frame with FlagEnd.
 func (s *Session) writeLoop() error {
@@ -291,7 +302,7 @@ func (s *Session) writeChunks(c *chunk) error {
 		if err == nil {
 			_, err = s.conn.Write(c.bytes())
 			pkts += uint64(c.pkts)
-			bytes += uint64(c.end - c.start - c.pkts*HeaderLen)
+			bytes += uint64(c.ipBytes)
 		}
 		putChunk(c)
 		c = next
@@ -300,6 +311,9 @@ func (s *Session) writeChunks(c *chunk) error {
 		if ferr := s.cfg.Batch.Flush(); err == nil {
 			err = ferr
 		}
+	}
+	if len(s.queue) == 0 {
+		s.congested.Store(false)
 	}
 	if err != nil {
 		return s.ioErr("write", err)
@@ -352,10 +366,25 @@ func (s *Session) flushRx() error {
 	if k == 0 {
 		return nil
 	}
+	anyGSO := false
 	for i := 0; i < k; i++ {
 		s.rxBatch[i] = s.rx[i].buf[:s.rx[i].end]
+		anyGSO = anyGSO || s.rx[i].gso
 	}
-	_, err := s.cfg.Dev.Write(s.rxBatch[:k], tun.Headroom)
+	var err error
+	if anyGSO {
+		// Write every packet whole with its own virtio-net header (plain
+		// packets get an empty one), keeping the batch's order.
+		for i := 0; i < k; i++ {
+			if !s.rx[i].gso {
+				clear(s.rx[i].buf[tun.Headroom-tun.VirtioNetHdrLen : tun.Headroom])
+			}
+			s.rx[i].gso = false
+		}
+		_, err = s.gdev.WriteGSO(s.rxBatch[:k], tun.Headroom)
+	} else {
+		_, err = s.cfg.Dev.Write(s.rxBatch[:k], tun.Headroom)
+	}
 	bytes := s.rxBytes
 	s.rxK, s.rxBytes = 0, 0
 	if err != nil {
@@ -398,6 +427,39 @@ func (s *Session) readFrame() error {
 			c.end = tun.Headroom + h.Len
 			s.rxK++
 			s.rxBytes += uint64(h.Len)
+		}
+		if h.End || s.rxK == len(s.rx) {
+			return s.flushRx()
+		}
+	case TypeDataGSO:
+		if s.gdev == nil {
+			return &ProtocolError{Err: errors.New("DATA_GSO frame, but this side did not offer GSO")}
+		}
+		if _, err := io.ReadFull(s.conn, s.ctl[:GSOMetaLen]); err != nil {
+			return s.ioErr("read", err)
+		}
+		g, _ := ParseGSO(s.ctl[:GSOMetaLen])
+		n := h.Len - GSOMetaLen
+		c := s.rx[s.rxK]
+		p := c.buf[tun.Headroom : tun.Headroom+n]
+		if _, err := io.ReadFull(s.conn, p); err != nil {
+			return s.ioErr("read", err)
+		}
+		switch {
+		case !checkIP(p):
+			s.stats.DropMalformed.Add(1)
+		case s.cfg.Allowed != nil && !s.allowedSrc(srcAddr(p)):
+			s.stats.DropSpoofed.Add(1)
+		default:
+			vh, err := virtioFor(g, p, s.cfg.MTU)
+			if err != nil {
+				return &ProtocolError{Err: err}
+			}
+			vh.Encode(c.buf[tun.Headroom-tun.VirtioNetHdrLen:])
+			c.end = tun.Headroom + n
+			c.gso = true
+			s.rxK++
+			s.rxBytes += uint64(n)
 		}
 		if h.End || s.rxK == len(s.rx) {
 			return s.flushRx()

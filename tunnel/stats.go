@@ -17,6 +17,7 @@ type Stats struct {
 	DropNoSession atomic.Uint64 // no session for the destination address
 	DropQueueFull atomic.Uint64 // session queue full (slow peer)
 	DropTUNWrite  atomic.Uint64 // the TUN device refused a batch
+	DropNoGSO     atomic.Uint64 // super-packet for a session that cannot take one (mode change)
 
 	SessionsOpened    atomic.Uint64
 	SessionsClosed    atomic.Uint64

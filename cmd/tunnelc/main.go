@@ -68,6 +68,7 @@ type options struct {
 	handshakeTimeout    time.Duration
 	queueLen            int
 	metrics             string
+	noOffload           bool
 	logLevel, logFormat string
 }
 
@@ -84,6 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.tunName, "tun", "tunnelc0", "name of the TUN interface to create")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 15*time.Second, "time allowed to connect and complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
+	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -188,6 +190,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		Setup:            setup,
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,
+		NoOffload:        o.noOffload,
 		Logger:           log,
 		Stats:            stats,
 	})

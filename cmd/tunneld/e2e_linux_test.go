@@ -222,10 +222,11 @@ func (e *env) run(t *testing.T, name string, args ...string) string {
 
 // connect starts tunnelc in laptop i with certificate name and waits for
 // its tunnel address.
-func (e *env) connect(t *testing.T, i int, name string, want netip.Prefix) *proc {
+func (e *env) connect(t *testing.T, i int, name string, want netip.Prefix, extra ...string) *proc {
 	t.Helper()
-	p := start(t, e.laptops[i], e.tunnelc, "--server", e.serverIPs[i]+":443",
-		"--cert", e.file(name+".crt"), "--key", e.file(name+".key"), "--ca", e.file("ca.crt"), "--log-level", "debug")
+	args := append([]string{"--server", e.serverIPs[i] + ":443",
+		"--cert", e.file(name + ".crt"), "--key", e.file(name + ".key"), "--ca", e.file("ca.crt"), "--log-level", "debug"}, extra...)
+	p := start(t, e.laptops[i], e.tunnelc, args...)
 	eventually(t, fmt.Sprintf("%s to get %v", name, want), func() bool { return hasAddr(e.laptops[i], "tunnelc0", want) })
 	return p
 }
@@ -373,14 +374,29 @@ func TestNetNSTunnel(t *testing.T) {
 	})
 
 	outer := t
-	t.Run("second client gets its own address and works", func(t *testing.T) {
-		e.connect(outer, 1, "laptop2", netip.MustParsePrefix("100.64.0.3/24"))
+	t.Run("second client without offloads gets its own address; both work", func(t *testing.T) {
+		// laptop1 carries GSO super-packets, laptop2 (--no-offload) does
+		// not: the server falls back to splitting for everyone while
+		// laptop2 is connected, and both directions stay byte-exact.
+		e.connect(outer, 1, "laptop2", netip.MustParsePrefix("100.64.0.3/24"), "--no-offload")
 		if err := ping(t, laptop2, "100.64.0.1"); err != nil {
 			t.Fatal(err)
 		}
-		transfer(t, laptop2, e.server, "100.64.0.1:5003", 1<<20)
-		if err := ping(t, laptop1, "100.64.0.1"); err != nil {
-			t.Fatalf("first client after second joined: %v", err)
+		for _, c := range []struct {
+			from, to *netnstest.NS
+			addr     string
+		}{
+			{laptop2, e.server, "100.64.0.1:5003"},
+			{e.server, laptop2, "100.64.0.3:5005"},
+			{laptop1, e.server, "100.64.0.1:5006"},
+			{e.server, laptop1, "100.64.0.2:5007"},
+		} {
+			transfer(t, c.from, c.to, c.addr, 8<<20)
+		}
+		srvLog := e.srv.log.String()
+		if !strings.Contains(srvLog, "peer=laptop1 tunnel_addr=100.64.0.2/24 gso=true") ||
+			!strings.Contains(srvLog, "peer=laptop2 tunnel_addr=100.64.0.3/24 gso=false") {
+			t.Errorf("server log does not show laptop1 with GSO and laptop2 without:\n%s", srvLog)
 		}
 	})
 

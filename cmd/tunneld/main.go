@@ -75,6 +75,7 @@ type options struct {
 	handshakeTimeout      time.Duration
 	queueLen              int
 	metrics               string
+	noOffload             bool
 	logLevel, logFormat   string
 }
 
@@ -101,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.keepalive, "keepalive", 15*time.Second, "ping interval pushed to clients; a session silent for 3 intervals is closed (0 disables)")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "per-client send queue bound in chunks (up to 64 KiB each); a full queue drops")
+	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -198,6 +200,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		Keepalive:        o.keepalive,
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,
+		NoOffload:        o.noOffload,
 		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
 		Logger:           log,
 		Stats:            stats,
