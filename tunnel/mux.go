@@ -172,17 +172,7 @@ func (m *Mux) Lookup(addr netip.Addr) *Session { return (*m.routes.Load())[addr]
 // the device was closed.
 func (m *Mux) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
-		for i := range m.bufs {
-			m.bufs[i] = m.rd[i].buf
-		}
-		raw := m.gso.Load()
-		var n int
-		var err error
-		if raw {
-			n, err = m.gdev.ReadGSO(m.bufs[:maxGSOBatch], m.sizes, tun.Headroom)
-		} else {
-			n, err = m.dev.Read(m.bufs[:m.dev.BatchSize()], m.sizes, tun.Headroom)
-		}
+		n, raw, err := m.read()
 		if err != nil {
 			if errors.Is(err, tun.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return nil
@@ -194,6 +184,20 @@ func (m *Mux) Run(ctx context.Context) error {
 		m.dispatch(n, raw)
 	}
 	return nil
+}
+
+// read reads one batch into m.rd: whole super-packets with their
+// virtio-net headers in GSO mode (raw), split packets otherwise.
+func (m *Mux) read() (n int, raw bool, err error) {
+	for i := range m.bufs {
+		m.bufs[i] = m.rd[i].buf
+	}
+	if m.gso.Load() {
+		n, err = m.gdev.ReadGSO(m.bufs[:maxGSOBatch], m.sizes, tun.Headroom)
+		return n, true, err
+	}
+	n, err = m.dev.Read(m.bufs[:min(m.dev.BatchSize(), len(m.bufs))], m.sizes, tun.Headroom)
+	return n, false, err
 }
 
 // dispatch hands the first n packets read into m.rd to their sessions. raw

@@ -69,6 +69,7 @@ type options struct {
 	queueLen            int
 	metrics             string
 	noOffload           bool
+	cpuProfile          string
 	logLevel, logFormat string
 }
 
@@ -87,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
+	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.Usage = func() {
@@ -108,6 +110,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	stopProfile, err := cli.StartCPUProfile(o.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	return connect(ctx, o, log)
 }
 

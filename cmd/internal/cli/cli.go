@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -147,4 +149,24 @@ func StatsAttrs(s *tunnel.Stats) []any {
 		"drop_no_session", s.DropNoSession.Load(), "drop_queue_full", s.DropQueueFull.Load(),
 		"drop_tun_write", s.DropTUNWrite.Load(),
 	}
+}
+
+// StartCPUProfile writes a CPU profile to path until the returned stop
+// function is called (at exit). An empty path does nothing.
+func StartCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
