@@ -24,6 +24,7 @@ type CAOptions struct {
 	Algorithm  Algorithm // key algorithm; "" means ECDSA
 	CommonName string    // subject CommonName; "" means DefaultCACommonName
 	Days       int       // validity in days; 0 means DefaultCADays
+	CRLDays    int       // validity of the empty CRL InitCA writes; 0 means DefaultCRLDays
 	// Now is the issuing time; the zero value means time.Now(). Tests set it to mint
 	// expired or not-yet-valid CAs.
 	Now time.Time
@@ -90,15 +91,24 @@ func NewCA(opts CAOptions) (*CA, error) {
 }
 
 // InitCA creates a new CA (see [NewCA]) and writes it to dir as ca.key (mode 0600) and ca.crt
-// (mode 0644), creating dir with mode 0700 if it is missing.
+// (mode 0644), plus an empty CRL signed by it as crl.pem (mode 0644; CRL number 1, valid for
+// opts.CRLDays), creating dir with mode 0700 if it is missing.
 //
-// InitCA never overwrites: if either file exists it returns an error and writes nothing. If it
-// fails part way it removes what it created, so a retry starts from a clean state.
+// InitCA never overwrites: if any of the files exists it returns an error and writes nothing.
+// If it fails part way it removes what it created, so a retry starts from a clean state.
 func InitCA(dir string, opts CAOptions) (Files, error) {
+	if opts.CRLDays < 0 {
+		return Files{}, fmt.Errorf("CRL validity of %d days: use a positive number of days", opts.CRLDays)
+	}
 	ca, err := NewCA(opts)
 	if err != nil {
 		return Files{}, err
 	}
+	crl, err := ca.SignCRL(CRLRequest{Days: opts.CRLDays, Now: opts.Now})
+	if err != nil {
+		return Files{}, err
+	}
+	crlFile := filepath.Join(dir, CRLFile)
 	keyPEM, err := encodeKey(ca.Key)
 	if err != nil {
 		return Files{}, err
@@ -117,11 +127,24 @@ func InitCA(dir string, opts CAOptions) (Files, error) {
 		undoDir()
 		return Files{}, err
 	}
+	if _, err := os.Lstat(crlFile); !errors.Is(err, fs.ErrNotExist) {
+		undoDir()
+		if err != nil {
+			return Files{}, fmt.Errorf("check %s: %w", crlFile, err)
+		}
+		return Files{}, fmt.Errorf("CRL %s already exists: refusing to overwrite; it belongs to a previous CA: move it away first", crlFile)
+	}
 	if err := p.write(); err != nil {
 		undoDir()
 		return Files{}, err
 	}
-	return Files{CertFile: p.certFile, KeyFile: p.keyFile, Cert: ca.Cert}, nil
+	if err := writeExclusive(crlFile, EncodeCRL(crl), certFileMode); err != nil {
+		os.Remove(p.certFile)
+		os.Remove(p.keyFile)
+		undoDir()
+		return Files{}, err
+	}
+	return Files{CertFile: p.certFile, KeyFile: p.keyFile, CRLFile: crlFile, Cert: ca.Cert}, nil
 }
 
 // LoadCA reads the CA written by [InitCA] from dir and checks that the key matches the

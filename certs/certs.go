@@ -7,9 +7,16 @@
 // clientAuth certificate whose CommonName is its identity (see [PeerIdentity]). Connections are
 // TLS 1.3 only with the hybrid post-quantum key exchange X25519MLKEM768 preferred.
 //
-// On disk a PKI directory holds ca.crt/ca.key and NAME.crt/NAME.key pairs: certificates are
-// PEM "CERTIFICATE" blocks (mode 0644), keys are PEM PKCS#8 "PRIVATE KEY" blocks (mode 0600).
-// Nothing here ever overwrites an existing file.
+// On disk a PKI directory holds ca.crt/ca.key, NAME.crt/NAME.key pairs and crl.pem: certificates
+// are PEM "CERTIFICATE" blocks (mode 0644), keys are PEM PKCS#8 "PRIVATE KEY" blocks (mode
+// 0600), and the certificate revocation list is a PEM "X509 CRL" block (mode 0644). Nothing
+// here ever overwrites an existing certificate or key; crl.pem is replaced atomically (write a
+// temporary file, then rename) each time it is re-signed.
+//
+// Revocation is enforced by the server in tls.Config.VerifyConnection (see [WithRevocation]),
+// which crypto/tls calls on every handshake including resumed ones, unlike
+// VerifyPeerCertificate. It fails closed: a missing, unreadable, wrongly signed or expired CRL
+// refuses every client until a good one is loaded (see [Revocation]).
 //
 // The package uses only the standard library.
 package certs
@@ -53,6 +60,7 @@ const (
 type Files struct {
 	CertFile string            // path of the PEM certificate (mode 0644)
 	KeyFile  string            // path of the PEM PKCS#8 private key (mode 0600)
+	CRLFile  string            // InitCA only: path of the empty CRL (mode 0644)
 	Cert     *x509.Certificate // the certificate that was written
 }
 

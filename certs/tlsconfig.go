@@ -34,16 +34,18 @@ func baseConfig(cert tls.Certificate) *tls.Config {
 // After verification, [PeerIdentity] must succeed for the handshake to complete.
 //
 // Unlike [ServerConfig] it does not check cert itself, so tests can present deliberately bad
-// certificates. The caller sets NextProtos (ALPN) and may set Time (for tests).
+// certificates. The caller sets NextProtos (ALPN) and may set Time (for tests). To check
+// client certificates against a CRL, pass the result to [WithRevocation].
 func ServerConfigFrom(cert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
 	cfg := baseConfig(cert)
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	cfg.ClientCAs = clientCAs
-	// Every connection gets a full handshake with a freshly verified client certificate;
-	// VPN sessions are long-lived, so resumption saves nothing worth the extra state.
-	cfg.SessionTicketsDisabled = true
-	// VerifyConnection runs after chain verification on every connection. It is where the
-	// revocation check (a CRL from x509.CreateRevocationList) will go.
+	// Session tickets stay on: a client reconnecting after a network change or a session
+	// rotation resumes in one round trip without new signatures. On resumption crypto/tls
+	// re-checks the chain's validity period, and VerifyConnection (identity here, the CRL
+	// with WithRevocation) runs on resumed connections too; VerifyPeerCertificate would not.
+	// VerifyConnection runs after chain verification on every connection, resumed ones
+	// included. WithRevocation chains the CRL check after this one.
 	cfg.VerifyConnection = verifyClient
 	return cfg
 }

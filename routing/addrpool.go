@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
+	"time"
 )
 
 // MaxLeases caps the number of client addresses a Pool hands out, so that
@@ -24,7 +26,9 @@ var (
 
 // Pool leases tunnel addresses from one subnet to client identities (for
 // example the certificate subject). A lease is permanent for the life of
-// the Pool, so an identity gets the same address on every reconnect.
+// the Pool, so an identity gets the same address on every reconnect. A Pool
+// made by OpenPool also keeps its leases in a file, so they survive a
+// restart of the server (see OpenPool).
 //
 // The first host address of the subnet belongs to the server
 // (ServerAddr). Clients get the following addresses in ascending order,
@@ -32,23 +36,45 @@ var (
 // are never used; for IPv6 the subnet-router anycast address (the
 // all-zeros host, RFC 4291 section 2.6.1) is never used.
 //
-// A Pool is safe for concurrent use.
+// A Pool is safe for concurrent use. New leases are committed one at a
+// time (under writeMu, which is held across the file write), while
+// identities that already hold a lease are answered under mu alone, so a
+// slow fsync never delays a reconnecting client.
 type Pool struct {
-	// Immutable after NewPool.
+	// Immutable after NewPool/OpenPool.
 	subnet netip.Prefix
 	server netip.Addr
 	first  netip.Addr // first client address
 	size   int        // number of client addresses, >= 1
+	path   string     // leases file; "" keeps leases in memory only
+
+	// Immutable after NewPool/OpenPool; replaced by tests.
+	now      func() time.Time     // lease timestamps
+	syncFile func(*os.File) error // fsync of the temporary leases file and its directory
+
+	// writeMu serializes changes to the set of leases and writes of the
+	// leases file. It is taken before mu, and only holders of writeMu add
+	// leases, so the set of leases cannot change while one is written.
+	writeMu sync.Mutex
 
 	mu     sync.Mutex
-	byID   map[string]netip.Addr // guarded by mu
+	byID   map[string]lease      // guarded by mu
 	byAddr map[netip.Addr]string // guarded by mu
 	next   int                   // guarded by mu; offset from first where the next free search starts
+	dirty  bool                  // guarded by mu; a lease's last-assigned time changed since the file was written
+}
+
+// lease is one identity's address and when it was first and last handed
+// out (by Assign or Reserve).
+type lease struct {
+	addr        netip.Addr
+	first, last time.Time
 }
 
 // NewPool returns an empty Pool for subnet, which is normalized with
 // netip.Prefix.Masked. The subnet must leave room for the server and at
-// least one client: IPv4 /30 or shorter, IPv6 /126 or shorter.
+// least one client: IPv4 /30 or shorter, IPv6 /126 or shorter. Its leases
+// live in memory only; use OpenPool to keep them across restarts.
 func NewPool(subnet netip.Prefix) (*Pool, error) {
 	if err := checkPrefix(subnet); err != nil {
 		return nil, fmt.Errorf("address pool %v: %w", subnet, err)
@@ -70,12 +96,14 @@ func NewPool(subnet netip.Prefix) (*Pool, error) {
 	}
 	server := subnet.Addr().Next()
 	return &Pool{
-		subnet: subnet,
-		server: server,
-		first:  server.Next(),
-		size:   int(usable - 1),
-		byID:   make(map[string]netip.Addr),
-		byAddr: make(map[netip.Addr]string),
+		subnet:   subnet,
+		server:   server,
+		first:    server.Next(),
+		size:     int(usable - 1),
+		now:      func() time.Time { return time.Now().UTC().Truncate(time.Second) },
+		syncFile: (*os.File).Sync,
+		byID:     make(map[string]lease),
+		byAddr:   make(map[netip.Addr]string),
 	}, nil
 }
 
@@ -100,38 +128,41 @@ func (p *Pool) Len() int {
 // address at or after the last one handed out (wrapping around) if identity
 // has none yet. It returns ErrPoolExhausted when no address is free. The
 // identity must not be empty.
+//
+// For a Pool made by OpenPool, a new lease is written to the leases file
+// before Assign returns it; if that write fails, Assign returns the error
+// and leases nothing. An existing lease costs no write: its last-assigned
+// time is updated in memory and saved with the next write (or Flush).
 func (p *Pool) Assign(identity string) (netip.Addr, error) {
 	if identity == "" {
 		return netip.Addr{}, errors.New("assign address: empty identity")
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if a, ok := p.byID[identity]; ok {
+	if a, ok := p.touch(identity); ok {
 		return a, nil
 	}
-	if len(p.byAddr) >= p.size {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	if a, ok := p.touch(identity); ok { // leased while we waited for writeMu
+		return a, nil
+	}
+	p.mu.Lock()
+	a, off, ok := p.freeLocked()
+	p.mu.Unlock()
+	if !ok {
 		return netip.Addr{}, fmt.Errorf("assign address to %q from %v: %w", identity, p.subnet, ErrPoolExhausted)
 	}
-	for i := range p.size {
-		off := (p.next + i) % p.size
-		a := addOffset(p.first, uint64(off))
-		if _, taken := p.byAddr[a]; taken {
-			continue
-		}
-		p.leaseLocked(identity, a)
-		p.next = (off + 1) % p.size
-		return a, nil
+	if err := p.addLease(identity, a, (off+1)%p.size); err != nil {
+		return netip.Addr{}, fmt.Errorf("assign %v to %q: %w", a, identity, err)
 	}
-	// Unreachable: len(byAddr) < size guarantees a free address.
-	return netip.Addr{}, fmt.Errorf("assign address to %q from %v: %w", identity, p.subnet, ErrPoolExhausted)
+	return a, nil
 }
 
 // Lookup returns the address leased to identity, if any.
 func (p *Pool) Lookup(identity string) (netip.Addr, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	a, ok := p.byID[identity]
-	return a, ok
+	l, ok := p.byID[identity]
+	return l.addr, ok
 }
 
 // Reserve leases the fixed address addr to identity, for clients with a
@@ -139,7 +170,8 @@ func (p *Pool) Lookup(identity string) (netip.Addr, bool) {
 // addr is not a client address of the pool, if addr is leased to another
 // identity (ErrAddrInUse), or if identity already holds a different address.
 // Reserve addresses before serving clients: a dynamic Assign may take addr
-// first.
+// first. Like Assign, Reserve writes a new lease to the leases file (if
+// any) before it returns.
 func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 	if identity == "" {
 		return errors.New("reserve address: empty identity")
@@ -147,24 +179,117 @@ func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 	if !p.contains(addr) {
 		return fmt.Errorf("reserve %v for %q: not a client address of pool %v", addr, identity, p.subnet)
 	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if owner, ok := p.byAddr[addr]; ok {
-		if owner == identity {
-			return nil
-		}
+	owner, taken := p.byAddr[addr]
+	old, has := p.byID[identity]
+	p.mu.Unlock()
+	switch {
+	case taken && owner == identity:
+		p.touch(identity)
+		return nil
+	case taken:
 		return fmt.Errorf("reserve %v for %q: leased to %q: %w", addr, identity, owner, ErrAddrInUse)
+	case has:
+		return fmt.Errorf("reserve %v for %q: identity already holds %v", addr, identity, old.addr)
 	}
-	if old, ok := p.byID[identity]; ok {
-		return fmt.Errorf("reserve %v for %q: identity already holds %v", addr, identity, old)
+	if err := p.addLease(identity, addr, -1); err != nil {
+		return fmt.Errorf("reserve %v for %q: %w", addr, identity, err)
 	}
-	p.leaseLocked(identity, addr)
 	return nil
 }
 
-func (p *Pool) leaseLocked(identity string, a netip.Addr) {
-	p.byID[identity] = a
+// touch returns the address leased to identity, if any, and records that
+// it was handed out now.
+func (p *Pool) touch(identity string) (netip.Addr, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l, ok := p.byID[identity]
+	if !ok {
+		return netip.Addr{}, false
+	}
+	if now := p.now(); now.After(l.last) {
+		l.last = now
+		p.byID[identity] = l
+		p.dirty = true
+	}
+	return l.addr, true
+}
+
+// freeLocked returns the lowest free client address at or after p.next
+// (wrapping around) and its offset from p.first.
+func (p *Pool) freeLocked() (a netip.Addr, off int, ok bool) {
+	if len(p.byAddr) >= p.size {
+		return netip.Addr{}, 0, false
+	}
+	for i := range p.size {
+		off := (p.next + i) % p.size
+		a := addOffset(p.first, uint64(off))
+		if _, taken := p.byAddr[a]; !taken {
+			return a, off, true
+		}
+	}
+	return netip.Addr{}, 0, false // unreachable: len(byAddr) < size guarantees a free address
+}
+
+// addLease leases the free address a to identity, which holds no lease:
+// first in the leases file (if any), then in memory, so that a lease is
+// never handed out before it is durable. If next >= 0 it becomes p.next.
+// The caller holds writeMu, which keeps a free and identity unleased.
+func (p *Pool) addLease(identity string, a netip.Addr, next int) error {
+	p.mu.Lock()
+	now := p.now()
+	l := lease{addr: a, first: now, last: now}
+	var f *leaseFile
+	if p.path != "" {
+		f = p.fileLocked(identity, l)
+		p.dirty = false // the snapshot has every last-assigned time so far
+	}
+	p.mu.Unlock()
+	if f != nil {
+		if err := writeLeases(p.path, f, p.syncFile); err != nil {
+			p.mu.Lock()
+			p.dirty = true
+			p.mu.Unlock()
+			return err
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.byID[identity] = l
 	p.byAddr[a] = identity
+	if next >= 0 {
+		p.next = next
+	}
+	return nil
+}
+
+// Flush writes the leases file if a lease's last-assigned time changed
+// since it was last written; new leases are always written at once. Call
+// it at shutdown (or now and then) to keep last-assigned times current.
+// Flush does nothing for a Pool made by NewPool.
+func (p *Pool) Flush() error {
+	if p.path == "" {
+		return nil
+	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	p.mu.Lock()
+	if !p.dirty {
+		p.mu.Unlock()
+		return nil
+	}
+	f := p.fileLocked("", lease{})
+	p.dirty = false
+	p.mu.Unlock()
+	if err := writeLeases(p.path, f, p.syncFile); err != nil {
+		p.mu.Lock()
+		p.dirty = true
+		p.mu.Unlock()
+		return fmt.Errorf("flush address leases: %w", err)
+	}
+	return nil
 }
 
 // contains reports whether a is one of the pool's client addresses.

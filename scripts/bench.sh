@@ -567,7 +567,7 @@ path_tlsvpn() {
   read -r -a cflags <<<"$TUNNEL_FLAGS_CLIENT"
   start_bg "$WORK/logs/tunneld-r$round.log" ip netns exec "$NS_A" "$TUNNELD" \
     --listen "$UL_A:443" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
-    --subnet 100.64.0.0/24 --tun "$TV_IF_S" "${sflags[@]}"
+    --subnet 100.64.0.0/24 --tun "$TV_IF_S" --state-dir "$WORK/state-r$round" "${sflags[@]}"
   TUN_PIDS=("$LAST_PID")
   # wait for the listener before starting the client
   local i ok=0

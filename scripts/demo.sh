@@ -150,7 +150,7 @@ step "start tunneld in $NS_SRV, tunnelc in $NS_LAP"
 # then stopped by cleanup with SIGTERM, exercising their shutdown path.
 ip netns exec "$NS_SRV" setsid "$TMP/tunneld" --listen "$SERVER_UNDERLAY:$LISTEN_PORT" \
 	--cert "$PKI/server.crt" --key "$PKI/server.key" --ca "$PKI/ca.crt" \
-	--subnet "$SUBNET" --tun "$SERVER_TUN" >"$TMP/tunneld.log" 2>&1 &
+	--subnet "$SUBNET" --tun "$SERVER_TUN" --state-dir "$TMP/state" >"$TMP/tunneld.log" 2>&1 &
 SRV_PID=$!
 
 listening() {

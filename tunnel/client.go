@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"sync"
 	"time"
 
 	"tlsvpn/tun"
@@ -18,13 +20,15 @@ type ClientConfig struct {
 	Dial func(ctx context.Context) (net.Conn, error)
 	// TLS is the client's TLS configuration (TLS 1.3, client certificate,
 	// the project CA as the only root). NewClient sets NextProtos to ALPN on
-	// a clone.
+	// a clone, and a session cache for resumption if it has none.
 	TLS *tls.Config
 	// Hello is sent to the server after the TLS handshake.
 	Hello Hello
-	// Setup receives the server's configuration and returns the TUN device
-	// to use, with its address, MTU and routes in place. It is called once
-	// per session, before any packet flows.
+	// Setup receives the server's configuration for every session and
+	// returns the TUN device to use, with its address, MTU and routes in
+	// place. The first call creates the device; later calls (after a
+	// reconnect) must return the same device, updating its configuration
+	// if the server's changed. The device stays up between sessions.
 	Setup func(ctx context.Context, cfg Config) (tun.Device, error)
 	// HandshakeTimeout bounds dial, TLS and protocol handshake; default 15s.
 	HandshakeTimeout time.Duration
@@ -34,15 +38,35 @@ type ClientConfig struct {
 	// Otherwise the client offers them, and uses them when the server
 	// accepts them and the device Setup returns can pass them.
 	NoOffload bool
-	Logger    *slog.Logger
-	Stats     *Stats
+	// Reconnect backoff: the first retry waits MinBackoff, each failure
+	// doubles it up to MaxBackoff, with ±25% jitter. Defaults 250ms, 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// MaxAttempts ends Run after that many consecutive failed connection
+	// attempts; 0 retries forever.
+	MaxAttempts int
+	// Session rotation: before a session's keys have protected
+	// RotateRecords TLS records (default 2^23, well under AES-GCM's limit),
+	// carried RotateBytes bytes (0: no byte budget) or lived RotateAfter
+	// (0: no age limit), a new connection is opened, traffic moves to it,
+	// and the old one is closed after it drained.
+	RotateRecords uint64
+	RotateBytes   uint64
+	RotateAfter   time.Duration
+	Logger        *slog.Logger
+	Stats         *Stats
 }
 
-// Client connects to a server and runs the session.
+// Client connects to a server, keeps reconnecting, and rotates sessions.
 type Client struct {
 	cfg ClientConfig // immutable after NewClient
 	tls *tls.Config
 	log *slog.Logger
+
+	kick chan string // asks Run to replace the session at once
+
+	mu      sync.Mutex // guards reconnects
+	rotated uint64
+	reconns uint64
 }
 
 // NewClient returns a Client.
@@ -59,12 +83,24 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.Stats == nil {
 		cfg.Stats = new(Stats)
 	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
+	}
+	if cfg.RotateRecords == 0 {
+		cfg.RotateRecords = 1 << 23
+	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
+	if t.ClientSessionCache == nil {
+		t.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	}
 	if !cfg.NoOffload {
 		cfg.Hello.Caps |= CapGSO
 	}
-	return &Client{cfg: cfg, tls: t, log: cfg.Logger}, nil
+	return &Client{cfg: cfg, tls: t, log: cfg.Logger, kick: make(chan string, 1)}, nil
 }
 
 // Connected describes an established connection, for logs and callers.
@@ -75,7 +111,6 @@ type Connected struct {
 }
 
 // Connect dials the server and completes the TLS and protocol handshakes.
-// The returned connection is ready for RunSession.
 func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected, error) {
 	start := time.Now()
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
@@ -98,75 +133,274 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 	return tc, bc, Connected{Config: cfg, TLS: tc.ConnectionState(), Handshake: time.Since(start)}, nil
 }
 
-// Run connects, sets up the device and runs one session until ctx ends or
-// the session does. It returns the session's end cause; a parent-context
-// shutdown returns nil.
-func (c *Client) Run(ctx context.Context) error {
-	tc, bc, info, err := c.Connect(ctx)
-	if err != nil {
-		return err
+// Kick replaces the current session with a new connection at once, e.g.
+// when the underlay address the session was using went away (roaming).
+func (c *Client) Kick(reason string) {
+	select {
+	case c.kick <- reason:
+	default:
 	}
-	cfg := info.Config
-	c.log.Info("connected", append([]any{
-		"server", tc.RemoteAddr().String(),
-		"tunnel_addr", cfg.Addr,
-		"server_tunnel_addr", cfg.ServerAddr,
-		"mtu", cfg.MTU,
-		"routes", len(cfg.Routes),
-		"keepalive", cfg.Keepalive,
-		"handshake_ms", info.Handshake.Milliseconds(),
-	}, TLSAttrs(info.TLS)...)...)
-	dev, err := c.cfg.Setup(ctx, cfg)
+}
+
+// Counts returns how many times the client reconnected and rotated.
+func (c *Client) Counts() (reconnects, rotations uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reconns, c.rotated
+}
+
+// Run connects and keeps a session up until ctx ends: after a failure it
+// reconnects with exponential backoff and jitter, keeping the TUN device,
+// its address and routes in place so applications see a pause, not an
+// error. It returns nil on shutdown, or the last error when MaxAttempts
+// consecutive attempts failed or Setup failed.
+func (c *Client) Run(ctx context.Context) error {
+	var (
+		dev     tun.Device
+		mux     *Mux
+		muxDone chan error
+	)
+	defer func() {
+		if muxDone != nil {
+			mux.SetDefault(nil)
+			// The reader blocks in the device's Read until the caller
+			// closes the device.
+			go func() { <-muxDone }()
+		}
+	}()
+	backoff := c.cfg.MinBackoff
+	failures := 0
+	var down time.Time // when the last session ended
+	var cur *Session
+	var curEnd chan error
+	for {
+		if cur == nil {
+			tc, bc, info, err := c.Connect(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				failures++
+				if c.cfg.MaxAttempts > 0 && failures >= c.cfg.MaxAttempts {
+					return err
+				}
+				wait := jitter(backoff)
+				c.log.Warn("connect failed", "err", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond))
+				if !sleep(ctx, wait) {
+					return nil
+				}
+				backoff = min(2*backoff, c.cfg.MaxBackoff)
+				continue
+			}
+			failures = 0
+			d, err := c.setup(ctx, tc, info)
+			if err != nil {
+				return err
+			}
+			if dev == nil {
+				dev = d
+				// One session at a time: wait longer for room in its queue
+				// before dropping, so local TCP senders see back-pressure
+				// rather than loss.
+				mux = NewMux(dev, MuxConfig{Stats: c.cfg.Stats, Logger: c.log, QueueWait: 50 * time.Millisecond})
+			} else if d != dev {
+				tc.Close()
+				return errors.New("setup returned a different device on reconnect")
+			}
+			cur, curEnd = c.startSession(ctx, tc, bc, info, mux)
+			if muxDone == nil {
+				// Start reading only once the session is the default, so
+				// the first packets are not dropped for want of one.
+				muxDone = make(chan error, 1)
+				go func() { muxDone <- mux.Run(ctx) }()
+			}
+			attrs := []any{"server", tc.RemoteAddr().String(), "tunnel_addr", info.Config.Addr,
+				"server_tunnel_addr", info.Config.ServerAddr, "mtu", info.Config.MTU, "routes", len(info.Config.Routes),
+				"keepalive", info.Config.Keepalive, "gso", cur.peerGSO, "handshake_ms", info.Handshake.Milliseconds()}
+			if down.IsZero() {
+				c.log.Info("connected", append(attrs, TLSAttrs(info.TLS)...)...)
+			} else {
+				c.mu.Lock()
+				c.reconns++
+				c.mu.Unlock()
+				c.log.Info("reconnected", append(append(attrs, "outage_ms", time.Since(down).Milliseconds()), TLSAttrs(info.TLS)...)...)
+			}
+		}
+
+		var rotate <-chan time.Time
+		rt := time.NewTimer(c.rotateCheck())
+		rotate = rt.C
+		select {
+		case <-ctx.Done():
+			rt.Stop()
+			<-curEnd
+			return nil
+		case err := <-curEnd:
+			rt.Stop()
+			if ctx.Err() != nil {
+				return nil
+			}
+			down = time.Now()
+			if down.Sub(cur.started) > stableSession {
+				backoff = c.cfg.MinBackoff
+			}
+			cur = nil
+			wait := jitter(c.cfg.MinBackoff)
+			var pc *PeerClosedError
+			if errors.As(err, &pc) && pc.Code == CloseReplaced {
+				// Another client with this identity took over: back
+				// off as after a failure, so two devices sharing a
+				// certificate do not evict each other in a tight loop.
+				failures++
+				wait = jitter(backoff)
+				backoff = min(2*backoff, c.cfg.MaxBackoff)
+				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			} else {
+				c.log.Warn("session ended; reconnecting", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			}
+			if !sleep(ctx, wait) {
+				return nil
+			}
+		case reason := <-c.kick:
+			rt.Stop()
+			c.log.Info("replacing session", "reason", reason)
+			down = time.Now()
+			// The old path is likely dead: do not wait for it to drain;
+			// it closes in the background while the new one connects.
+			go func(old *Session, end chan error) {
+				old.Close(CloseNormal, reason)
+				<-end
+			}(cur, curEnd)
+			cur = nil
+		case <-rotate:
+			if !c.rotationDue(cur) {
+				continue
+			}
+			next, nextEnd, err := c.rotate(ctx, cur, mux)
+			if err != nil {
+				c.log.Warn("session rotation failed; keeping the current session", "err", err)
+				continue
+			}
+			// The old session drains and closes by itself (the server
+			// retires it when the new one registers); its end is logged
+			// here, not treated as a failure.
+			go func(old *Session, end chan error) {
+				err := <-end
+				c.log.Debug("rotated session closed", "reason", errString(err))
+			}(cur, curEnd)
+			cur, curEnd = next, nextEnd
+		}
+	}
+}
+
+// stableSession is how long a session must have lived for its end to
+// reset the reconnect backoff.
+const stableSession = 10 * time.Second
+
+// setup logs a connection's parameters and applies its configuration.
+func (c *Client) setup(ctx context.Context, tc *tls.Conn, info Connected) (tun.Device, error) {
+	dev, err := c.cfg.Setup(ctx, info.Config)
 	if err != nil {
 		tc.Write(AppendFrame(nil, TypeClose, false, MarshalClose(CloseNormal, "client setup failed")))
 		tc.Close()
-		return fmt.Errorf("setup: %w", err)
+		return nil, fmt.Errorf("setup: %w", err)
 	}
-	// A single session: wait longer for room in its queue before dropping,
-	// so local TCP senders see back-pressure rather than loss.
-	mux := NewMux(dev, MuxConfig{Stats: c.cfg.Stats, Logger: c.log, QueueWait: 50 * time.Millisecond})
+	return dev, nil
+}
+
+// startSession creates a session on an established connection, makes it
+// the mux's default and runs it; its end cause arrives on the channel.
+func (c *Client) startSession(ctx context.Context, tc *tls.Conn, bc *BatchConn, info Connected, mux *Mux) (*Session, chan error) {
 	gso := !c.cfg.NoOffload && mux.CanGSO()
-	if !c.cfg.NoOffload && !gso {
-		c.log.Warn("TUN device cannot pass GSO super-packets; DATA_GSO from the server will be refused")
-	}
 	sess := NewSession(SessionConfig{
 		Conn:         tc,
 		Batch:        bc,
-		Dev:          dev,
-		MTU:          cfg.MTU,
-		PeerGSO:      gso && cfg.Caps&CapGSO != 0,
+		Dev:          mux.dev,
+		MTU:          info.Config.MTU,
+		PeerGSO:      gso && info.Config.Caps&CapGSO != 0,
 		AcceptGSO:    gso,
-		Keepalive:    cfg.Keepalive,
+		Keepalive:    info.Config.Keepalive,
 		QueueLen:     c.cfg.QueueLen,
 		ShutdownCode: CloseNormal,
 		Peer:         "server",
 		Logger:       c.log,
 		Stats:        c.cfg.Stats,
 	})
+	end := make(chan error, 1)
+	go func() { end <- sess.Run(ctx) }()
 	mux.SetDefault(sess)
 	mux.SetGSO(sess.peerGSO)
-	c.log.Debug("data path", "gso", sess.peerGSO)
-	mctx, stopMux := context.WithCancel(ctx)
-	muxDone := make(chan error, 1)
-	go func() { muxDone <- mux.Run(mctx) }()
-	err = sess.Run(ctx)
-	mux.SetDefault(nil)
-	stopMux()
-	// The mux reader blocks in Read; the caller closes the device, which
-	// ends it. Wait only if it already stopped.
+	return sess, end
+}
+
+// rotateCheck is how often Run looks at the session's budget.
+func (c *Client) rotateCheck() time.Duration {
+	d := time.Second
+	if c.cfg.RotateAfter > 0 {
+		d = min(d, c.cfg.RotateAfter/4)
+	}
+	if c.cfg.RotateBytes > 0 {
+		d = min(d, 100*time.Millisecond)
+	}
+	return max(d, 50*time.Millisecond)
+}
+
+func (c *Client) rotationDue(s *Session) bool {
+	records, bytes := s.Usage()
+	switch {
+	case records >= c.cfg.RotateRecords:
+		return true
+	case c.cfg.RotateBytes > 0 && bytes >= c.cfg.RotateBytes:
+		return true
+	case c.cfg.RotateAfter > 0 && time.Since(s.started) >= c.cfg.RotateAfter:
+		return true
+	}
+	return false
+}
+
+// rotate opens a new connection, moves traffic to it and lets the old
+// session drain. The server retires the old session when the new one
+// registers (same identity), after the new one's Config was sent.
+func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, chan error, error) {
+	records, bytes := old.Usage()
+	tc, bc, info, err := c.Connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := c.cfg.Setup(ctx, info.Config); err != nil {
+		tc.Close()
+		return nil, nil, fmt.Errorf("setup: %w", err)
+	}
+	next, end := c.startSession(ctx, tc, bc, info, mux)
+	c.mu.Lock()
+	c.rotated++
+	c.mu.Unlock()
+	c.log.Info("session rotated", "records", records, "bytes", bytes, "age", time.Since(old.started).Round(time.Millisecond),
+		"handshake_ms", info.Handshake.Milliseconds(), "resumed", info.TLS.DidResume)
+	return next, end, nil
+}
+
+// jitter spreads d by ±25% so clients of a restarted server do not return
+// in lockstep.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
-	case merr := <-muxDone:
-		if merr != nil && err == nil {
-			err = merr
-		}
-	default:
-		go func() { <-muxDone }()
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
-	if ctx.Err() != nil {
-		var ce *CloseError
-		if errors.As(err, &ce) && ce.Code == CloseNormal {
-			return nil
-		}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "stopped"
 	}
-	return err
+	return err.Error()
 }

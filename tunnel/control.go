@@ -311,6 +311,8 @@ const (
 	ClosePolicy      uint16 = 5 // refused by policy (pool exhausted, limits)
 	CloseInternal    uint16 = 6 // a bug on the sender's side
 	CloseUnsupported uint16 = 7 // version or capability mismatch
+	CloseRekey       uint16 = 8 // the key's record budget is spent; reconnect
+	CloseRevoked     uint16 = 9 // the peer's certificate was revoked or expired
 )
 
 // CloseCodeName returns a short name for a close code.
@@ -332,6 +334,10 @@ func CloseCodeName(c uint16) string {
 		return "internal_error"
 	case CloseUnsupported:
 		return "unsupported"
+	case CloseRekey:
+		return "rekey"
+	case CloseRevoked:
+		return "revoked"
 	}
 	return fmt.Sprintf("code_%d", c)
 }

@@ -50,8 +50,14 @@ type ServerConfig struct {
 	// TuneConn, if set, is called on every accepted connection before the
 	// TLS handshake (socket options).
 	TuneConn func(net.Conn)
-	Logger   *slog.Logger
-	Stats    *Stats
+	// Limits caps handshakes and sessions; nil uses the defaults.
+	Limits *Limiter
+	// CheckPeer, if set, is consulted for every live session when
+	// CheckSessions runs (after a CRL reload, on a timer): a non-nil error
+	// closes that session with CloseRevoked and the error as reason.
+	CheckPeer func(tls.ConnectionState) error
+	Logger    *slog.Logger
+	Stats     *Stats
 }
 
 // Server accepts clients and runs their sessions over one TUN device.
@@ -61,6 +67,9 @@ type Server struct {
 	log   *slog.Logger
 	stats *Stats
 	mux   *Mux
+
+	lim      *Limiter
+	logLimit rateLog
 
 	mu       sync.Mutex          // guards sessions and nonGSO
 	sessions map[string]*Session // by identity
@@ -90,7 +99,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
+	lim := cfg.Limits
+	if lim == nil {
+		lim = NewLimiter(LimitConfig{})
+	}
 	return &Server{
+		lim:      lim,
 		cfg:      cfg,
 		tls:      t,
 		log:      cfg.Logger,
@@ -135,10 +149,24 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			break
 		}
+		// Pre-authentication limits, before any byte is read.
+		if !s.lim.AllowSource(SourceAddr(c.RemoteAddr()), time.Now()) {
+			s.stats.HandshakeFailures.Add(1)
+			s.logLimit.warn(s.log, "rate", "refusing connection: too many handshakes from this source", "remote_addr", c.RemoteAddr().String(), "limits", s.lim)
+			c.Close()
+			continue
+		}
+		release, ok := s.lim.AcquireHandshake()
+		if !ok {
+			s.stats.HandshakeFailures.Add(1)
+			s.logLimit.warn(s.log, "handshakes", "refusing connection: too many handshakes in progress", "remote_addr", c.RemoteAddr().String(), "limits", s.lim)
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.handle(ctx, c)
+			s.handle(ctx, c, release)
 		}()
 	}
 	cancel()
@@ -151,7 +179,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // handle runs one connection from accept to the end of its session.
-func (s *Server) handle(ctx context.Context, raw net.Conn) {
+func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func()) {
 	remote := raw.RemoteAddr().String()
 	log := s.log.With("remote_addr", remote)
 	defer func() {
@@ -168,17 +196,27 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	id, hello, err := s.handshake(hctx, tc)
+	releaseHandshake()
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
 		var pe *ProtocolError
 		if errors.As(err, &pe) {
 			writeControlFrame(hctx, tc, TypeClose, MarshalClose(CloseProtocol, pe.Err.Error()))
 		}
-		log.Warn("handshake failed", "err", err)
+		s.logLimit.warn(log, "handshake", "handshake failed", "err", err)
 		tc.Close()
 		return
 	}
 	log = log.With("peer", id)
+	releaseSession, err := s.lim.AcquireSession(id)
+	if err != nil {
+		s.stats.HandshakeFailures.Add(1)
+		s.logLimit.warn(log, "sessions", "refusing client", "err", err)
+		writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, err.Error()))
+		tc.Close()
+		return
+	}
+	defer releaseSession()
 
 	addr, err := s.cfg.Pool.Assign(id)
 	if err != nil {
@@ -218,6 +256,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		Logger:       log,
 		Stats:        s.stats,
 	})
+	sess.tlsState = tc.ConnectionState()
 	s.mu.Lock()
 	old := s.sessions[id]
 	s.sessions[id] = sess
@@ -227,15 +266,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	// Read super-packets whole only while every client can take them.
 	s.mux.SetGSO(gso && s.nonGSO == 0)
 	s.mu.Unlock()
-	if old != nil {
-		s.stats.SessionsReplaced.Add(1)
-		old.Close(CloseReplaced, "replaced by a new connection from "+remote)
-	}
-	for _, o := range s.mux.Add(sess, addr) {
-		if o != old {
-			o.Close(CloseReplaced, "address reassigned")
-		}
-	}
+	others := s.mux.Add(sess, addr)
 	payload, err := MarshalConfig(cfg)
 	if err == nil {
 		err = writeControlFrame(hctx, tc, TypeConfig, payload)
@@ -244,10 +275,25 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		s.stats.HandshakeFailures.Add(1)
 		log.Warn("sending config failed", "err", err)
 		s.unregister(id, sess)
+		if old != nil {
+			old.Close(CloseReplaced, "replaced by a connection that then failed")
+		}
 		tc.Close()
 		return
 	}
 	cancel()
+	// Only now retire the session this one replaces: it sends what it
+	// still has queued and a Close, and keeps reading until the client
+	// answers, so a reconnect or rotation loses nothing in flight.
+	if old != nil {
+		s.stats.SessionsReplaced.Add(1)
+		old.Close(CloseReplaced, "replaced by a new connection from "+remote)
+	}
+	for _, o := range others {
+		if o != old {
+			o.Close(CloseReplaced, "address reassigned")
+		}
+	}
 
 	s.stats.SessionsOpened.Add(1)
 	log.Info("session established", append([]any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}, TLSAttrs(tc.ConnectionState())...)...)
@@ -300,4 +346,51 @@ func (s *Server) unregister(id string, sess *Session) {
 	}
 	s.mux.SetGSO(!s.cfg.NoOffload && s.nonGSO == 0)
 	s.mu.Unlock()
+}
+
+// CheckSessions closes every live session whose peer no longer passes
+// CheckPeer (a revoked or expired certificate). It returns how many it
+// closed.
+func (s *Server) CheckSessions() int {
+	if s.cfg.CheckPeer == nil {
+		return 0
+	}
+	s.mu.Lock()
+	var bad []*Session
+	var reasons []string
+	for _, sess := range s.sessions {
+		if err := s.cfg.CheckPeer(sess.tlsState); err != nil {
+			bad = append(bad, sess)
+			reasons = append(reasons, err.Error())
+		}
+	}
+	s.mu.Unlock()
+	for i, sess := range bad {
+		s.log.Warn("closing session: peer no longer authorized", "peer", sess.Peer(), "reason", reasons[i])
+		sess.Close(CloseRevoked, reasons[i])
+	}
+	return len(bad)
+}
+
+// rateLog logs at most one line per key per second, so a flood of bad
+// connections cannot flood the log; the counters still count every one.
+type rateLog struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func (r *rateLog) warn(log *slog.Logger, key, msg string, args ...any) {
+	now := time.Now()
+	r.mu.Lock()
+	if r.last == nil {
+		r.last = make(map[string]time.Time)
+	}
+	ok := now.Sub(r.last[key]) >= time.Second
+	if ok {
+		r.last[key] = now
+	}
+	r.mu.Unlock()
+	if ok {
+		log.Warn(msg, args...)
+	}
 }

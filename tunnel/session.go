@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -114,20 +115,28 @@ type Session struct {
 
 	wmu sync.Mutex // serializes frame writes on conn
 
+	started  time.Time           // when NewSession ran
+	tlsState tls.ConnectionState // set by the server before Run
+
 	ctx    context.Context // set by Run; canceled with the cause of the end
 	cancel context.CancelCauseFunc
 	ready  chan struct{} // closed when ctx is set
 
-	rxFrames atomic.Uint64 // frames received; the control loop watches it
-	rttNanos atomic.Int64  // last ping round trip
+	rxFrames  atomic.Uint64 // frames received; the control loop watches it
+	rxIP      atomic.Uint64 // IP bytes received
+	txIP      atomic.Uint64 // IP bytes sent
+	txRecords atomic.Uint64 // TLS records sent (upper bound)
+	rttNanos  atomic.Int64  // last ping round trip
 
 	// Reader-goroutine state.
 	hdr     [HeaderLen]byte
 	ctl     [PingLen]byte
-	rx      []*chunk // receive buffers, one per batch slot
-	rxBatch [][]byte // slices of rx handed to Dev.Write
-	rxK     int      // packets waiting in rx
-	rxBytes uint64   // their IP bytes
+	rx      []*chunk  // receive buffers, one per batch slot
+	rxBatch [][]byte  // slices of rx handed to Dev.Write
+	rxK     int       // packets waiting in rx
+	rxBytes uint64    // their IP bytes
+	ctlN    int       // control frames since ctlT
+	ctlT    time.Time // start of the control-frame window
 
 	// Mux-reader-goroutine state (see Mux.dispatch).
 	open    *chunk
@@ -163,6 +172,8 @@ func NewSession(cfg SessionConfig) *Session {
 		pongs:   make(chan [PingLen]byte, 4),
 		done:    make(chan struct{}),
 		peerGSO: cfg.PeerGSO,
+		started: time.Now(),
+		ctlT:    time.Now(),
 		ready:   make(chan struct{}),
 		rx:      make([]*chunk, batch),
 		rxBatch: make([][]byte, batch),
@@ -206,12 +217,16 @@ func (s *Session) Run(ctx context.Context) error {
 	defer close(s.done)
 
 	var wg sync.WaitGroup
-	run := func(f func() error) {
+	run := func(f func() error, done chan struct{}) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if done != nil {
+				defer close(done)
+			}
 			defer func() {
 				if r := recover(); r != nil {
+					s.stats.Panics.Add(1)
 					s.log.Error("session goroutine panicked", "peer", s.cfg.Peer, "panic", r)
 					s.cancel(&CloseError{Code: CloseInternal, Reason: "internal error"})
 				}
@@ -221,16 +236,26 @@ func (s *Session) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	run(s.writeLoop)
-	run(s.readLoop)
-	run(s.controlLoop)
+	readerDone := make(chan struct{})
+	run(s.writeLoop, nil)
+	run(s.readLoop, readerDone)
+	run(s.controlLoop, nil)
 
 	<-s.ctx.Done()
 	cause := context.Cause(s.ctx)
 	if ctx.Err() != nil && cause == context.Cause(ctx) {
 		cause = &CloseError{Code: s.cfg.ShutdownCode, Reason: "shutting down"}
 	}
-	s.sayGoodbye(cause)
+	if s.sayGoodbye(cause) {
+		// We closed first: keep reading until the peer's Close (or EOF),
+		// so packets it sent before seeing ours still reach the TUN.
+		t := time.NewTimer(lingerTimeout)
+		select {
+		case <-readerDone:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	s.conn.Close()
 	wg.Wait()
 	for len(s.queue) > 0 {
@@ -239,16 +264,49 @@ func (s *Session) Run(ctx context.Context) error {
 	return cause
 }
 
-// sayGoodbye sends a Close frame for local reasons, giving up after a
-// second so a stuck peer cannot hold the session open.
-func (s *Session) sayGoodbye(cause error) {
+// maxRecord is TLS 1.3's largest record plaintext.
+const maxRecord = 16 << 10
+
+// MaxRecordsPerKey is where a session stops sending: AES-GCM keys are good
+// for about 2^24.5 full records (RFC 8446 section 5.5), and Go's TLS never
+// updates keys by itself. Clients rotate sessions well before it.
+const MaxRecordsPerKey = 1 << 24
+
+// Usage returns an upper bound of the TLS records sent in either direction
+// under this session's keys, and the IP bytes moved both ways. The peer's
+// records are bounded by frames + bytes/16 KiB (each of its writes ends
+// at most one partial record per frame).
+func (s *Session) Usage() (records, bytes uint64) {
+	rx := s.rxFrames.Load() + s.rxIP.Load()/maxRecord
+	return max(s.txRecords.Load(), rx), s.txIP.Load() + s.rxIP.Load()
+}
+
+// Done is closed when Run has returned.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// lingerTimeout bounds how long a session that sent Close keeps reading
+// for the peer's remaining packets and its Close.
+const lingerTimeout = 2 * time.Second
+
+// sayGoodbye sends what is still queued and a Close frame, giving up after
+// a second so a stuck peer cannot hold the session open. It returns true
+// when the peer is expected to answer with its own Close (we closed
+// first, gracefully).
+func (s *Session) sayGoodbye(cause error) (linger bool) {
 	var code uint16
 	var reason string
+	drain := false
 	var ce *CloseError
 	var pe *ProtocolError
+	var pc *PeerClosedError
 	switch {
 	case errors.As(cause, &ce):
 		code, reason = ce.Code, ce.Reason
+		drain = ce.Code == CloseNormal || ce.Code == CloseShutdown || ce.Code == CloseReplaced
+		linger = drain
+	case errors.As(cause, &pc):
+		// The peer closed first and lingers for our answer.
+		code, reason, drain = CloseNormal, "close acknowledged", true
 	case errors.As(cause, &pe):
 		code, reason = CloseProtocol, pe.Err.Error()
 		s.stats.ProtocolErrors.Add(1)
@@ -256,13 +314,29 @@ func (s *Session) sayGoodbye(cause error) {
 		code, reason = CloseTimeout, cause.Error()
 		s.stats.KeepaliveTimeouts.Add(1)
 	default:
-		return // the peer closed, or the connection is broken
+		return false // the connection is broken
 	}
 	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	for drain {
+		select {
+		case c := <-s.queue:
+			c.markEnd()
+			_, err := s.conn.Write(c.bytes())
+			putChunk(c)
+			if err != nil {
+				return false
+			}
+		default:
+			drain = false
+		}
+	}
 	payload := MarshalClose(code, reason)
-	s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, false, payload))
+	if _, err := s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, false, payload)); err != nil {
+		return false
+	}
+	return linger
 }
 
 // writeLoop sends queued chunks. Each wake-up drains what is queued into
@@ -286,7 +360,7 @@ func (s *Session) writeChunks(c *chunk) error {
 	if s.cfg.Batch != nil {
 		s.cfg.Batch.Hold()
 	}
-	var pkts, bytes uint64
+	var pkts, bytes, records uint64
 	var err error
 	for i := 1; c != nil; i++ {
 		var next *chunk
@@ -300,7 +374,9 @@ func (s *Session) writeChunks(c *chunk) error {
 			c.markEnd()
 		}
 		if err == nil {
-			_, err = s.conn.Write(c.bytes())
+			b := c.bytes()
+			_, err = s.conn.Write(b)
+			records += uint64(len(b)+maxRecord-1) / maxRecord
 			pkts += uint64(c.pkts)
 			bytes += uint64(c.ipBytes)
 		}
@@ -320,6 +396,10 @@ func (s *Session) writeChunks(c *chunk) error {
 	}
 	s.stats.TxPackets.Add(pkts)
 	s.stats.TxBytes.Add(bytes)
+	s.txIP.Add(bytes)
+	if s.txRecords.Add(records) > MaxRecordsPerKey {
+		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of this key reached: reconnect"}
+	}
 	return nil
 }
 
@@ -335,12 +415,9 @@ func (s *Session) writeControl(typ byte, payload []byte) error {
 	return nil
 }
 
-// ioErr turns an I/O error into the session's end cause: nil if the
-// session is already ending (the error is the consequence, not the cause).
+// ioErr turns an I/O error into the session's end cause. When the session
+// is already ending, the error is a consequence and cancel ignores it.
 func (s *Session) ioErr(op string, err error) error {
-	if s.ctx.Err() != nil {
-		return nil
-	}
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: connection closed by peer without Close frame: %w", op, err)
 	}
@@ -351,9 +428,7 @@ func (s *Session) ioErr(op string, err error) error {
 // answers control frames.
 func (s *Session) readLoop() error {
 	for {
-		// readFrame returns nil for I/O errors caused by the session
-		// ending, so check the context too.
-		if err := s.readFrame(); err != nil || s.ctx.Err() != nil {
+		if err := s.readFrame(); err != nil {
 			s.flushRx()
 			return err
 		}
@@ -396,6 +471,7 @@ func (s *Session) flushRx() error {
 	}
 	s.stats.RxPackets.Add(uint64(k))
 	s.stats.RxBytes.Add(bytes)
+	s.rxIP.Add(bytes)
 	return nil
 }
 
@@ -468,7 +544,9 @@ func (s *Session) readFrame() error {
 		if _, err := io.ReadFull(s.conn, s.ctl[:]); err != nil {
 			return s.ioErr("read", err)
 		}
-		s.stats.ControlFrames.Add(1)
+		if err := s.countControl(); err != nil {
+			return err
+		}
 		select {
 		case s.pongs <- s.ctl:
 		default: // the peer pings faster than we answer: skip
@@ -477,7 +555,9 @@ func (s *Session) readFrame() error {
 		if _, err := io.ReadFull(s.conn, s.ctl[:]); err != nil {
 			return s.ioErr("read", err)
 		}
-		s.stats.ControlFrames.Add(1)
+		if err := s.countControl(); err != nil {
+			return err
+		}
 		sent := int64(binary.BigEndian.Uint64(s.ctl[:]))
 		if rtt := time.Now().UnixNano() - sent; rtt >= 0 && rtt < int64(time.Minute) {
 			s.rttNanos.Store(rtt)
@@ -495,6 +575,25 @@ func (s *Session) readFrame() error {
 	default:
 		return &ProtocolError{Err: fmt.Errorf("unexpected %s frame during session", typeName(h.Type))}
 	}
+	return nil
+}
+
+// maxControlRate bounds the control frames a peer may send per second; a
+// flood ends its session (we would otherwise spend a write per ping).
+const maxControlRate = 100
+
+// countControl counts a control frame and refuses a flood.
+func (s *Session) countControl() error {
+	s.stats.ControlFrames.Add(1)
+	s.ctlN++
+	if s.ctlN < maxControlRate {
+		return nil
+	}
+	now := time.Now()
+	if now.Sub(s.ctlT) < time.Second {
+		return &ProtocolError{Err: fmt.Errorf("control frame flood: %d control frames within a second (limit %d)", s.ctlN, maxControlRate)}
+	}
+	s.ctlN, s.ctlT = 0, now
 	return nil
 }
 

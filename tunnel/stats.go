@@ -26,4 +26,5 @@ type Stats struct {
 	ProtocolErrors    atomic.Uint64 // sessions closed for a peer's protocol violation
 	KeepaliveTimeouts atomic.Uint64
 	ControlFrames     atomic.Uint64 // control frames received
+	Panics            atomic.Uint64 // recovered panics (each closed only its session)
 }

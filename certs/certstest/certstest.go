@@ -1,6 +1,7 @@
 // Package certstest mints throwaway PKI material for tests: an in-memory CA, server and client
-// certificates (including expired ones, and ones from unrelated CAs), tls.Configs built by
-// package certs, helpers to write them as files, and an in-memory TLS handshake.
+// certificates (including expired ones, and ones from unrelated CAs), CRLs and revocation
+// checkers, tls.Configs built by package certs, helpers to write them as files, and an
+// in-memory TLS handshake.
 //
 // Nothing here is for production: keys live only in memory or in t.TempDir() files.
 package certstest
@@ -10,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -134,4 +136,44 @@ func WriteCert(t testing.TB, dir, name string, cert tls.Certificate) (certFile, 
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// WriteCRL signs a CRL for req with this CA (see [certs.CA.SignCRL]) and writes it to path as
+// 'tunneld pki' does (PEM "X509 CRL", mode 0644), replacing any file there. It returns the list.
+func (ca *CA) WriteCRL(t testing.TB, path string, req certs.CRLRequest) *x509.RevocationList {
+	t.Helper()
+	list, err := ca.SignCRL(req)
+	if err != nil {
+		t.Fatalf("SignCRL(%+v): %v", req, err)
+	}
+	if err := os.WriteFile(path, certs.EncodeCRL(list), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+// RevokedEntry returns a CRL entry revoking cert at time at, with reason unspecified.
+func RevokedEntry(cert tls.Certificate, at time.Time) x509.RevocationListEntry {
+	return x509.RevocationListEntry{SerialNumber: cert.Leaf.SerialNumber, RevocationTime: at}
+}
+
+// Revocation writes a fresh CRL (number 1, valid for [certs.DefaultCRLDays]) revoking the
+// given certificates to a file in t.TempDir(), and returns a checker enforcing it. Its clock
+// is frozen at the real time of this call, so it agrees with certificates from this CA even
+// when handshakes run inside a testing/synctest bubble (see [Handshake]). Call it outside a
+// bubble. Use [certs.WithRevocation] to put it into a server config.
+func (ca *CA) Revocation(t testing.TB, revoked ...tls.Certificate) *certs.Revocation {
+	t.Helper()
+	now := time.Now()
+	req := certs.CRLRequest{Number: big.NewInt(1), Now: now}
+	for _, c := range revoked {
+		req.Revoked = append(req.Revoked, RevokedEntry(c, now))
+	}
+	path := filepath.Join(t.TempDir(), certs.CRLFile)
+	ca.WriteCRL(t, path, req)
+	r, err := certs.NewRevocation(path, ca.Cert, certs.RevocationOptions{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatalf("NewRevocation(%s): %v", path, err)
+	}
+	return r
 }

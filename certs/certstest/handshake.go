@@ -3,7 +3,6 @@ package certstest
 import (
 	"crypto/tls"
 	"fmt"
-	"net"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -19,23 +18,26 @@ type HandshakeResult struct {
 // instead of hanging the test.
 const handshakeTimeout = time.Minute
 
-// Handshake runs a TLS handshake between server and client over net.Pipe and reports both
-// ends. A client whose certificate the server rejects only learns so when it next reads
-// (TLS 1.3 clients finish their flight before the server verifies it), so after the
-// handshake the server writes one byte and the client reads it; ClientErr covers that read.
+// Handshake runs a TLS handshake between server and client over an in-memory buffered pipe
+// and reports both ends. A client whose certificate the server rejects only learns so when it
+// next reads (TLS 1.3 clients finish their flight before the server verifies it), so after
+// the handshake the server writes one byte and the client reads it; ClientErr covers that
+// read. That read also takes in any session ticket, so with tickets enabled on the server and
+// a ClientSessionCache on the client, the next Handshake resumes.
 //
-// It runs inside its own testing/synctest bubble (so it must not be called from inside
-// one): net.Pipe is unbuffered, and if both ends ever block writing (the server sending an
-// alert while the client is still writing its flight), the deadlines fire instantly in
-// bubble time. Configs without Time get the real current time, because the bubble's clock
-// starts in 2000 and certificates would not yet be valid.
+// It runs inside its own testing/synctest bubble (so it must not be called from inside one):
+// if the exchange gets stuck, the deadlines fire instantly in bubble time. The pipe is
+// buffered (unlike net.Pipe) because both ends may write at once, which a resumed TLS 1.3
+// handshake always does. Configs without Time get the real current time, because the
+// bubble's clock starts in 2000 and certificates would not yet be valid; for the same reason a
+// [certs.Revocation] used here needs an injected clock (see [CA.Revocation]).
 func Handshake(t *testing.T, server, client *tls.Config) HandshakeResult {
 	t.Helper()
 	now := time.Now()
 	server, client = withTime(server, now), withTime(client, now)
 	var res HandshakeResult
 	synctest.Test(t, func(t *testing.T) {
-		sconn, cconn := net.Pipe()
+		sconn, cconn := pipe()
 		deadline := time.Now().Add(handshakeTimeout)
 		sconn.SetDeadline(deadline)
 		cconn.SetDeadline(deadline)

@@ -69,6 +69,9 @@ type options struct {
 	queueLen            int
 	metrics             string
 	noOffload           bool
+	maxAttempts         int
+	rotateBytes         int64
+	rotateAfter         time.Duration
 	cpuProfile          string
 	logLevel, logFormat string
 }
@@ -86,6 +89,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.tunName, "tun", "tunnelc0", "name of the TUN interface to create")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 15*time.Second, "time allowed to connect and complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
+	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s)")
+	fs.Int64Var(&o.rotateBytes, "rotate-bytes", 0, "open a fresh session (new keys) after N bytes through the tunnel, e.g. 1073741824 (0: only the TLS record budget and --rotate-after)")
+	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
@@ -157,41 +163,59 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			dev.Close()
 		}
 	}()
+	// setup runs for every session. The first creates the TUN device;
+	// later ones (reconnects, rotations) keep it and only converge the
+	// addresses and routes, which is a no-op when nothing changed.
+	var applied string
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		d, err := tun.Open(o.tunName, cfg.MTU, tun.Options{Logger: log})
-		if err != nil {
-			return nil, err
+		if dev == nil {
+			d, err := tun.Open(o.tunName, cfg.MTU, tun.Options{Logger: log})
+			if err != nil {
+				return nil, err
+			}
+			m, err := routing.NewManager(routing.Options{Logger: log})
+			if err != nil {
+				d.Close()
+				return nil, err
+			}
+			dev, mgr = d, m
 		}
-		m, err := routing.NewManager(routing.Options{Logger: log})
-		if err != nil {
-			d.Close()
-			return nil, err
-		}
-		dev, mgr = d, m
 		rc := routing.Config{Interface: o.tunName, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: cfg.Routes}
 		if cfg.Addr6.IsValid() {
 			rc.Addresses = append(rc.Addresses, cfg.Addr6)
 		}
-		if err := m.Set(ctx, rc); err != nil {
+		if err := mgr.Set(ctx, rc); err != nil {
 			return nil, err
 		}
-		log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
-		return d, nil
+		if desc := fmt.Sprint(rc); desc != applied {
+			if applied != "" {
+				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+			} else {
+				log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+			}
+			applied = desc
+		}
+		return dev, nil
 	}
 
 	stats := new(tunnel.Stats)
 	keepalive := 15 * time.Second
 	dialer := &net.Dialer{}
+	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, "tcp", o.server)
 			if err == nil {
 				cli.TuneTCP(c, 3*keepalive)
+				local.set(c.LocalAddr())
 			}
 			return c, err
 		},
+		MaxAttempts:      o.maxAttempts,
+		RotateBytes:      uint64(o.rotateBytes),
+		RotateAfter:      o.rotateAfter,
 		TLS:              tlsCfg,
 		Hello:            tunnel.Hello{Software: "tunnelc"},
 		Setup:            setup,
@@ -209,6 +233,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 	}
+	go local.watch(ctx, client, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
 	return err

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -40,7 +42,7 @@ func main() {
 }
 
 const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADDR:PORT] [--subnet CIDR] [flags]
-       tunneld pki <init|issue> ...   (certificate authority; see 'tunneld pki --help')
+       tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
 
 tunneld is the tlsvpn server. It listens for tunnelc clients on TCP, accepts only
 TLS 1.3 connections whose client certificate was issued by the CA in --ca, gives
@@ -76,6 +78,13 @@ type options struct {
 	queueLen              int
 	metrics               string
 	noOffload             bool
+	stateDir              string
+	crl                   string
+	crlCheck              time.Duration
+	maxClients            int
+	maxSessionsPerID      int
+	maxHandshakes         int
+	handshakeRate         float64
 	cpuProfile            string
 	logLevel, logFormat   string
 }
@@ -103,6 +112,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.keepalive, "keepalive", 15*time.Second, "ping interval pushed to clients; a session silent for 3 intervals is closed (0 disables)")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "per-client send queue bound in chunks (up to 64 KiB each); a full queue drops")
+	fs.StringVar(&o.crl, "crl", "", "certificate revocation list FILE (PEM) from 'tunneld pki revoke', e.g. /etc/tlsvpn/pki/crl.pem: checked on every handshake and resumption, reloaded when it changes or on SIGHUP; live sessions of newly revoked clients are closed. A missing, expired or wrongly signed CRL refuses every client (fail closed)")
+	fs.DurationVar(&o.crlCheck, "crl-check", 5*time.Second, "how often to look for a changed --crl file and re-check live sessions (revocation, certificate expiry)")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tlsvpn", "directory for state that must survive restarts: leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
+	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (-1: no limit)")
+	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (-1: no limit)")
+	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (-1: no limit)")
+	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64), with a burst of twice that (-1: no limit)")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
@@ -158,15 +174,48 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if o.mtu < 576 || o.mtu > tun.MaxPacketSize {
 		return cli.Usagef("--mtu %d: want 576 to %d", o.mtu, tun.MaxPacketSize)
 	}
-	pool, err := routing.NewPool(subnet)
-	if err != nil {
-		return cli.Usagef("--subnet %v: %v", subnet, err)
+	var pool *routing.Pool
+	if o.stateDir == "" {
+		pool, err = routing.NewPool(subnet)
+	} else {
+		var warnings []error
+		pool, warnings, err = routing.OpenPool(subnet, filepath.Join(o.stateDir, "leases.json"))
+		for _, w := range warnings {
+			log.Warn("leases", "warning", w)
+		}
 	}
+	if err != nil {
+		return fmt.Errorf("address pool for --subnet %v: %w", subnet, err)
+	}
+	defer pool.Flush()
 	tlsCfg, err := certs.ServerConfig(o.cert, o.key, o.ca)
 	if err != nil {
 		return err
 	}
 	warnExpiry(log, "server certificate", o.cert, certs.LeafExpiry(tlsCfg))
+	// checkPeer re-checks a live session's client certificate: expiry
+	// always, revocation with --crl.
+	checkPeer := func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) > 0 && time.Now().After(cs.PeerCertificates[0].NotAfter) {
+			return fmt.Errorf("client certificate expired at %v", cs.PeerCertificates[0].NotAfter)
+		}
+		return nil
+	}
+	var rev *certs.Revocation
+	if o.crl != "" {
+		caCert, err := certs.LoadCACert(o.ca)
+		if err != nil {
+			return err
+		}
+		if rev, err = certs.NewRevocation(o.crl, caCert, certs.RevocationOptions{}); err != nil {
+			return err
+		}
+		tlsCfg = certs.WithRevocation(tlsCfg, rev)
+		checkPeer = rev.VerifyConnection
+		log.Info("revocation list loaded", "file", o.crl)
+	} else {
+		log.Warn("no --crl: revoked client certificates cannot be refused; create one with 'tunneld pki revoke' or 'tunneld pki crl'")
+	}
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -208,9 +257,17 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,
 		NoOffload:        o.noOffload,
-		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
-		Logger:           log,
-		Stats:            stats,
+		Limits: tunnel.NewLimiter(tunnel.LimitConfig{
+			MaxClients:             o.maxClients,
+			MaxSessionsPerIdentity: o.maxSessionsPerID,
+			MaxHandshakes:          o.maxHandshakes,
+			HandshakeRate:          o.handshakeRate,
+			HandshakeBurst:         int(2 * max(o.handshakeRate, 1)),
+		}),
+		TuneConn:  func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
+		CheckPeer: checkPeer,
+		Logger:    log,
+		Stats:     stats,
 	})
 	if err != nil {
 		dev.Close()
@@ -223,11 +280,49 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 	}
+	go watchPeers(ctx, srv, rev, o.crlCheck, log)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
 		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive)
 	err = srv.Serve(ctx, ln) // closes dev
 	log.Info("stopped", cli.StatsAttrs(stats)...)
 	return err
+}
+
+// watchPeers reloads the CRL when its file changes or on SIGHUP, and
+// closes live sessions whose certificate was revoked or has expired.
+func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, every time.Duration, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	t := time.NewTicker(max(every, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		force := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			force = true
+		case <-t.C:
+		}
+		if rev != nil {
+			var err error
+			reloaded := force
+			if force {
+				err = rev.Reload()
+			} else {
+				reloaded, err = rev.ReloadIfChanged()
+			}
+			if err != nil {
+				log.Error("revocation list unusable: refusing every client until it is fixed", "file", rev.Path(), "err", err)
+			} else if reloaded {
+				log.Info("revocation list reloaded", "file", rev.Path())
+			}
+		}
+		if n := srv.CheckSessions(); n > 0 {
+			log.Warn("closed sessions of revoked or expired certificates", "sessions", n)
+		}
+	}
 }
 
 // warnExpiry logs when a certificate expires, as a warning within 30 days.

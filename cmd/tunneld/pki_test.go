@@ -6,12 +6,15 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -87,7 +90,8 @@ func TestPKIHelp(t *testing.T) {
 		args []string
 		want []string // substrings of stdout
 	}{
-		{"no command", nil, []string{"Usage: tunneld pki <command>", "init ", "issue ", "tunneld pki init  --dir /etc/tlsvpn/pki"}},
+		{"no command", nil, []string{"Usage: tunneld pki <command>", "init ", "issue ", "revoke ", "crl ", "list ",
+			"tunneld pki init  --dir /etc/tlsvpn/pki", "tunneld pki revoke --dir /etc/tlsvpn/pki --name laptop --reason keyCompromise"}},
 		{"help", []string{"help"}, []string{"Commands:"}},
 		{"--help", []string{"--help"}, []string{"Commands:"}},
 		{"init --help", []string{"init", "--help"}, []string{
@@ -100,6 +104,17 @@ func TestPKIHelp(t *testing.T) {
 			"tunneld pki issue --dir /etc/tlsvpn/pki --client --name laptop",
 		}},
 		{"help wins over other flags", []string{"issue", "--client", "--help"}, []string{"--name NAME"}},
+		{"init --crl-days", []string{"init", "--help"}, []string{"--crl-days N", "(default 30)", "DIR/crl.pem"}},
+		{"revoke --help", []string{"revoke", "--help"}, []string{
+			"Usage: tunneld pki revoke --dir DIR --name NAME", "tunneld pki revoke --dir DIR --serial SERIAL",
+			"--dir DIR", "--name NAME", "--serial SERIAL", "--reason REASON", "keyCompromise", "--crl-days N",
+			"Examples:\n  tunneld pki revoke --dir /etc/tlsvpn/pki --name laptop --reason keyCompromise\n",
+		}},
+		{"crl --help", []string{"crl", "--help"}, []string{
+			"Usage: tunneld pki crl --dir DIR [--crl-days N]", "cron", "17 3 * * *  root  tunneld pki crl --dir /etc/tlsvpn/pki",
+			"Examples:\n  tunneld pki crl --dir /etc/tlsvpn/pki\n",
+		}},
+		{"list --help", []string{"list", "-h"}, []string{"Usage: tunneld pki list --dir DIR", "tunneld pki list --dir /etc/tlsvpn/pki"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,7 +143,20 @@ func TestPKIErrors(t *testing.T) {
 		args    []string
 		wantErr string
 	}{
-		{"unknown command", []string{"frob"}, `unknown pki command "frob": use 'tunneld pki init' or 'tunneld pki issue'`},
+		{"unknown command", []string{"frob"}, `unknown pki command "frob": use init, issue, revoke, crl or list (see 'tunneld pki --help')`},
+		{"init zero crl days", []string{"init", "--dir", empty, "--crl-days", "0"}, "--crl-days 0: pass a positive number of days, e.g. --crl-days 30"},
+		{"revoke without dir", []string{"revoke", "--name", "laptop"}, "--dir is required, e.g. tunneld pki revoke --dir /etc/tlsvpn/pki --name laptop"},
+		{"revoke nothing", []string{"revoke", "--dir", dir}, "say what to revoke with --name NAME or --serial SERIAL, e.g. tunneld pki revoke --dir " + dir + " --name laptop"},
+		{"revoke both", []string{"revoke", "--dir", dir, "--name", "laptop", "--serial", "0x1"}, "--name and --serial are mutually exclusive"},
+		{"revoke bad serial", []string{"revoke", "--dir", dir, "--serial", "xyz"}, `--serial: "xyz" is not a serial number: pass hex like 0x1A2B3C`},
+		{"revoke bad reason", []string{"revoke", "--dir", dir, "--name", "laptop", "--reason", "lost"}, `--reason: unknown revocation reason "lost": use one of unspecified, keyCompromise`},
+		{"revoke unknown name", []string{"revoke", "--dir", dir, "--name", "tablet"}, "certificate " + filepath.Join(dir, "tablet.crt") + " not found: check --name"},
+		{"revoke missing CA", []string{"revoke", "--dir", empty, "--serial", "5"}, "run 'tunneld pki init --dir " + empty + "' first"},
+		{"revoke zero crl days", []string{"revoke", "--dir", dir, "--name", "laptop", "--crl-days", "-1"}, "--crl-days -1: pass a positive number of days"},
+		{"crl without dir", []string{"crl"}, "--dir is required, e.g. tunneld pki crl --dir /etc/tlsvpn/pki"},
+		{"crl missing CA", []string{"crl", "--dir", empty}, "run 'tunneld pki init --dir " + empty + "' first"},
+		{"list without dir", []string{"list"}, "--dir is required, e.g. tunneld pki list --dir /etc/tlsvpn/pki"},
+		{"list missing CA", []string{"list", "--dir", empty}, "CA certificate " + filepath.Join(empty, "ca.crt") + " not found"},
 		{"init without dir", []string{"init"}, "--dir is required, e.g. tunneld pki init --dir /etc/tlsvpn/pki"},
 		{"init bad algo", []string{"init", "--dir", empty, "--algo", "rsa"}, `--algo "rsa" is not supported: use ecdsa or ed25519`},
 		{"init zero days", []string{"init", "--dir", empty, "--days", "0"}, "pass a positive number of days"},
@@ -183,25 +211,26 @@ func TestPKIUnknownCommandPrintsUsage(t *testing.T) {
 
 func TestPKIInit(t *testing.T) {
 	tests := []struct {
-		name    string
-		args    []string
-		wantCN  string
-		wantKey string
+		name        string
+		args        []string
+		wantCN      string
+		wantKey     string
+		wantCRLDays int
 	}{
-		{"defaults", nil, "tlsvpn CA", "ECDSA P-256"},
-		{"ed25519", []string{"--algo", "ed25519", "--cn", "Example VPN CA", "--days", "30"}, "Example VPN CA", "Ed25519"},
+		{"defaults", nil, "tlsvpn CA", "ECDSA P-256", 30},
+		{"ed25519", []string{"--algo", "ed25519", "--cn", "Example VPN CA", "--days", "30", "--crl-days", "7"}, "Example VPN CA", "Ed25519", 7},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "new", "pki")
 			out := pkiMustRun(t, append([]string{"init", "--dir", dir}, tt.args...)...)
-			caCrt, caKey := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-			for _, want := range []string{caCrt, caKey, "tunneld pki issue --dir " + dir + " --server --name "} {
+			caCrt, caKey, crlPEM := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"), filepath.Join(dir, "crl.pem")
+			for _, want := range []string{caCrt, caKey, crlPEM, "tunneld pki crl --dir " + dir + "\n", "tunneld pki issue --dir " + dir + " --server --name "} {
 				if !strings.Contains(out, want) {
 					t.Errorf("init output lacks %q; got:\n%s", want, out)
 				}
 			}
-			for path, want := range map[string]fs.FileMode{dir: 0o700, caKey: 0o600, caCrt: 0o644} {
+			for path, want := range map[string]fs.FileMode{dir: 0o700, caKey: 0o600, caCrt: 0o644, crlPEM: 0o644} {
 				if got := pkiMode(t, path); got != want {
 					t.Errorf("mode of %s = %v, want %v", path, got, want)
 				}
@@ -214,8 +243,25 @@ func TestPKIInit(t *testing.T) {
 			if got := certs.DescribeKey(c); got != tt.wantKey {
 				t.Errorf("ca.crt key = %s, want %s", got, tt.wantKey)
 			}
+			crl := pkiLoadCRL(t, dir)
+			if crl.List.Number.Int64() != 1 || len(crl.List.RevokedCertificateEntries) != 0 {
+				t.Errorf("crl.pem: number %v with %d entries, want an empty CRL number 1", crl.List.Number, len(crl.List.RevokedCertificateEntries))
+			}
+			if got := crl.List.NextUpdate.Sub(crl.List.ThisUpdate); got != time.Duration(tt.wantCRLDays)*24*time.Hour {
+				t.Errorf("crl.pem valid for %v, want %d days", got, tt.wantCRLDays)
+			}
 		})
 	}
+}
+
+// pkiLoadCRL loads dir/crl.pem, checking it against dir/ca.crt.
+func pkiLoadCRL(t *testing.T, dir string) *certs.CRL {
+	t.Helper()
+	crl, err := certs.LoadCRL(filepath.Join(dir, "crl.pem"), pkiReadCert(t, filepath.Join(dir, "ca.crt")))
+	if err != nil {
+		t.Fatalf("LoadCRL: %v", err)
+	}
+	return crl
 }
 
 func TestPKIIssue(t *testing.T) {
@@ -370,5 +416,272 @@ func TestPKIQuote(t *testing.T) {
 		if got := pkiQuote(tt.in); got != tt.want {
 			t.Errorf("pkiQuote(%q) = %s, want %s", tt.in, got, tt.want)
 		}
+	}
+}
+
+// pkiSerial returns the serial number of dir/name.crt.
+func pkiSerial(t *testing.T, dir, name string) *big.Int {
+	t.Helper()
+	return pkiReadCert(t, filepath.Join(dir, name+".crt")).SerialNumber
+}
+
+// pkiColonHex formats n as colon-separated hex bytes, as 'openssl x509 -text' prints serials.
+func pkiColonHex(n *big.Int) string {
+	var parts []string
+	for _, b := range n.Bytes() {
+		parts = append(parts, fmt.Sprintf("%02x", b))
+	}
+	return strings.Join(parts, ":")
+}
+
+func TestPKIRevoke(t *testing.T) {
+	dir := pkiNewDir(t)
+	for _, name := range []string{"laptop", "phone", "tablet"} {
+		pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", name)
+	}
+	pkiMustRun(t, "issue", "--dir", dir, "--server", "--name", "vpn.test")
+	laptop, phone, tablet := pkiSerial(t, dir, "laptop"), pkiSerial(t, dir, "phone"), pkiSerial(t, dir, "tablet")
+	crlFile := filepath.Join(dir, "crl.pem")
+
+	// Each step runs on the directory the previous one left.
+	steps := []struct {
+		name       string
+		args       []string
+		wantOut    []string
+		wantNumber int64 // CRL number afterwards
+		wantSerial *big.Int
+		wantReason int
+	}{
+		{"by name", []string{"--name", "laptop", "--reason", "keyCompromise"}, []string{
+			`Revoked client certificate "laptop" (serial ` + certs.FormatSerial(laptop) + ", " + filepath.Join(dir, "laptop.crt") + "), reason keyCompromise.",
+			"Updated " + crlFile + ": CRL number 2, 1 revoked, next update ",
+			"tunneld pki crl --dir " + dir + "\n",
+		}, 2, laptop, 1},
+		{"twice", []string{"--name", "laptop", "--reason", "superseded"}, []string{
+			`Client certificate "laptop" (serial ` + certs.FormatSerial(laptop) + ", " + filepath.Join(dir, "laptop.crt") + ") was already revoked on ",
+			"(keyCompromise): nothing to do; " + crlFile + " is unchanged.",
+		}, 2, laptop, 1},
+		{"by 0x serial", []string{"--serial", certs.FormatSerial(phone), "--reason", "superseded"}, []string{
+			`Revoked client certificate "phone"`, "reason superseded.", "CRL number 3, 2 revoked",
+		}, 3, phone, 4},
+		{"by openssl serial", []string{"--serial", pkiColonHex(tablet)}, []string{`Revoked client certificate "tablet"`, "reason unspecified."}, 4, tablet, 0},
+		{"by decimal serial without file", []string{"--serial", "4660", "--reason", "cessationOfOperation"}, []string{
+			"Revoked serial 0x1234, reason cessationOfOperation.",
+			"No certificate in " + dir + " has this serial number: if you expected one, check the number",
+		}, 5, big.NewInt(0x1234), 5},
+		{"server certificate", []string{"--name", "vpn.test"}, []string{
+			`Revoked server certificate "vpn.test"`, "Clients do not check the CRL: also issue a new server certificate",
+		}, 6, pkiSerial(t, dir, "vpn.test"), 0},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			before, err := os.ReadFile(crlFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := pkiMustRun(t, append([]string{"revoke", "--dir", dir}, st.args...)...)
+			for _, w := range st.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("revoke output lacks %q; got:\n%s", w, out)
+				}
+			}
+			after, err := os.ReadFile(crlFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if unchanged := bytes.Equal(before, after); unchanged != (st.name == "twice") {
+				t.Errorf("crl.pem unchanged = %v", unchanged)
+			}
+			if got := pkiMode(t, crlFile); got != 0o644 {
+				t.Errorf("mode of crl.pem = %v, want 0644", got)
+			}
+			crl := pkiLoadCRL(t, dir)
+			if crl.List.Number.Int64() != st.wantNumber {
+				t.Errorf("CRL number = %v, want %d", crl.List.Number, st.wantNumber)
+			}
+			if e, ok := crl.Lookup(st.wantSerial); !ok || e.ReasonCode != st.wantReason {
+				t.Errorf("CRL entry for %v = %+v, %v; want reason %d", st.wantSerial, e, ok, st.wantReason)
+			}
+		})
+	}
+	if entries, _ := os.ReadDir(dir); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return strings.HasSuffix(e.Name(), ".tmp") }) {
+		t.Errorf("revoke left a temporary file in %s", dir)
+	}
+}
+
+func TestPKIRevokeCreatesCRL(t *testing.T) {
+	dir := pkiNewDir(t)
+	pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", "laptop")
+	if err := os.Remove(filepath.Join(dir, "crl.pem")); err != nil {
+		t.Fatal(err)
+	}
+	out := pkiMustRun(t, "revoke", "--dir", dir, "--name", "laptop", "--crl-days", "3")
+	if want := "Created " + filepath.Join(dir, "crl.pem") + ": CRL number 1, 1 revoked"; !strings.Contains(out, want) {
+		t.Errorf("revoke output lacks %q; got:\n%s", want, out)
+	}
+	crl := pkiLoadCRL(t, dir)
+	if !crl.IsRevoked(pkiSerial(t, dir, "laptop")) {
+		t.Errorf("new crl.pem does not list laptop")
+	}
+	if got := crl.List.NextUpdate.Sub(crl.List.ThisUpdate); got != 3*24*time.Hour {
+		t.Errorf("crl.pem valid for %v, want 3 days (--crl-days 3)", got)
+	}
+}
+
+func TestPKICRL(t *testing.T) {
+	dir := pkiNewDir(t)
+	pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", "laptop")
+	pkiMustRun(t, "revoke", "--dir", dir, "--name", "laptop")
+	crlFile := filepath.Join(dir, "crl.pem")
+	tests := []struct {
+		name       string
+		args       []string
+		remove     bool
+		wantOut    string
+		wantNumber int64
+		wantDays   int
+		wantLaptop bool
+	}{
+		{"refresh", nil, false, "Re-signed " + crlFile + ": CRL number 3, 1 revoked, next update ", 3, 30, true},
+		{"refresh with days", []string{"--crl-days", "7"}, false, "CRL number 4, 1 revoked", 4, 7, true},
+		{"missing", nil, true, "Created " + crlFile + ": CRL number 1, 0 revoked", 1, 30, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.remove {
+				if err := os.Remove(crlFile); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out := pkiMustRun(t, append([]string{"crl", "--dir", dir}, tt.args...)...)
+			if !strings.Contains(out, tt.wantOut) {
+				t.Errorf("crl output lacks %q; got:\n%s", tt.wantOut, out)
+			}
+			crl := pkiLoadCRL(t, dir)
+			if revoked := crl.IsRevoked(pkiSerial(t, dir, "laptop")); crl.List.Number.Int64() != tt.wantNumber || revoked != tt.wantLaptop {
+				t.Errorf("CRL number %v, laptop revoked %v; want %d, %v", crl.List.Number, revoked, tt.wantNumber, tt.wantLaptop)
+			}
+			if got := crl.List.NextUpdate.Sub(crl.List.ThisUpdate); got != time.Duration(tt.wantDays)*24*time.Hour {
+				t.Errorf("crl.pem valid for %v, want %d days", got, tt.wantDays)
+			}
+		})
+	}
+}
+
+func TestPKICRLRefusesForeignCRL(t *testing.T) {
+	dir, other := pkiNewDir(t), pkiNewDir(t)
+	b, err := os.ReadFile(filepath.Join(other, "crl.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "crl.pem"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = pkiRun(t, "crl", "--dir", dir)
+	if err == nil || !strings.Contains(err.Error(), "is not signed by the CA") || !strings.Contains(err.Error(), "move it away and run the command again") {
+		t.Fatalf("pki crl over another CA's crl.pem = %v, want refusal with advice", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "crl.pem")); !bytes.Equal(after, b) {
+		t.Errorf("pki crl replaced another CA's crl.pem")
+	}
+}
+
+func TestPKIList(t *testing.T) {
+	dir := pkiNewDir(t)
+	pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", "laptop")
+	pkiMustRun(t, "issue", "--dir", dir, "--server", "--name", "vpn.test")
+	pkiMustRun(t, "revoke", "--dir", dir, "--name", "laptop", "--reason", "keyCompromise")
+	pkiMustRun(t, "revoke", "--dir", dir, "--serial", "0xC0FFEE")
+	if err := os.WriteFile(filepath.Join(dir, "junk.crt"), []byte("junk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := pkiMustRun(t, "list", "--dir", dir)
+	lines := strings.Split(out, "\n")
+	want := []string{
+		"CRL " + filepath.Join(dir, "crl.pem") + ": CRL number 3, 2 revoked, next update ",
+		"NAME     KIND    SERIAL",
+		"junk     -       -",
+		"laptop   client  " + certs.FormatSerial(pkiSerial(t, dir, "laptop")),
+		"vpn.test server  " + certs.FormatSerial(pkiSerial(t, dir, "vpn.test")),
+		"Revoked serial numbers without a certificate file in " + dir + ":",
+		"  0xC0FFEE  revoked ",
+	}
+	for _, w := range want {
+		// Column widths depend on the serials; compare with runs of spaces squeezed.
+		w = strings.Join(strings.Fields(w), " ")
+		if !slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(strings.Join(strings.Fields(l), " "), w) }) {
+			t.Errorf("list output lacks a line starting %q; got:\n%s", w, out)
+		}
+	}
+	for _, w := range []string{"(keyCompromise)", "unreadable: ", " valid\n"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("list output lacks %q; got:\n%s", w, out)
+		}
+	}
+}
+
+// TestPKIRevokedHandshake checks the whole path: certificates and CRL from 'tunneld pki', a
+// server config with revocation, and a client refused once it is revoked and the CRL reloaded.
+func TestPKIRevokedHandshake(t *testing.T) {
+	dir := pkiNewDir(t)
+	pkiMustRun(t, "issue", "--dir", dir, "--server", "--name", "vpn.test")
+	pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", "laptop")
+	pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", "phone")
+	file := func(name string) string { return filepath.Join(dir, name) }
+	server, err := certs.ServerConfig(file("vpn.test.crt"), file("vpn.test.key"), file("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := certs.LoadCACert(file("ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Handshake runs in a synctest bubble, where time.Now is fake: give the checker real time.
+	now := time.Now()
+	rev, err := certs.NewRevocation(file("crl.pem"), caCert, certs.RevocationOptions{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatalf("NewRevocation: %v", err)
+	}
+	server = certs.WithRevocation(server, rev)
+	client := func(name string) *tls.Config {
+		t.Helper()
+		cfg, err := certs.ClientConfig(file(name+".crt"), file(name+".key"), file("ca.crt"), "vpn.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+
+	pkiMustRun(t, "revoke", "--dir", dir, "--name", "phone", "--reason", "keyCompromise")
+	// Before the reload the server still enforces the old (empty) CRL.
+	if res := certstest.Handshake(t, server, client("phone")); res.ServerErr != nil {
+		t.Errorf("phone before reload: server error %v, want success", res.ServerErr)
+	}
+	if reloaded, err := rev.ReloadIfChanged(); !reloaded || err != nil {
+		t.Fatalf("ReloadIfChanged after revoke = %v, %v; want true, nil", reloaded, err)
+	}
+	tests := []struct {
+		client  string
+		wantErr error
+	}{
+		{"laptop", nil},
+		{"phone", certs.ErrRevoked},
+	}
+	for _, tt := range tests {
+		t.Run(tt.client, func(t *testing.T) {
+			res := certstest.Handshake(t, server, client(tt.client))
+			if tt.wantErr == nil {
+				if res.ServerErr != nil || res.ClientErr != nil {
+					t.Fatalf("handshake: server %v, client %v; want success", res.ServerErr, res.ClientErr)
+				}
+				return
+			}
+			if !errors.Is(res.ServerErr, tt.wantErr) || !strings.Contains(res.ServerErr.Error(), `"phone"`) {
+				t.Errorf("server error = %v, want %v naming phone", res.ServerErr, tt.wantErr)
+			}
+			if res.ClientErr == nil || !strings.Contains(res.ClientErr.Error(), "bad certificate") {
+				t.Errorf("client error = %v, want a bad certificate alert", res.ClientErr)
+			}
+		})
 	}
 }

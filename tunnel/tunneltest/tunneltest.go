@@ -175,11 +175,15 @@ func (s *Server) TryClient(t testing.TB, tlsCfg *tls.Config) (*Client, error) {
 		TLS:   tlsCfg,
 		Hello: tunnel.Hello{Software: "tunneltest"},
 		Setup: func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
-			ready <- cfg
+			select {
+			case ready <- cfg:
+			default:
+			}
 			return dev, nil
 		},
-		Stats:  stats,
-		Logger: testLogger(t, "client"),
+		MinBackoff: time.Minute, // tests that want reconnects set their own
+		Stats:      stats,
+		Logger:     testLogger(t, "client"),
 	})
 	if err != nil {
 		return nil, err

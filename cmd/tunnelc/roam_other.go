@@ -1,0 +1,13 @@
+//go:build !linux
+
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"tlsvpn/tunnel"
+)
+
+// watch is Linux-only; elsewhere keepalives detect a dead path.
+func (r *roamWatch) watch(ctx context.Context, c *tunnel.Client, log *slog.Logger) {}
