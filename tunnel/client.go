@@ -52,8 +52,11 @@ type ClientConfig struct {
 	RotateRecords uint64
 	RotateBytes   uint64
 	RotateAfter   time.Duration
-	Logger        *slog.Logger
-	Stats         *Stats
+	// NoResumption turns off TLS session resumption on reconnect (every
+	// connection then does a full handshake).
+	NoResumption bool
+	Logger       *slog.Logger
+	Stats        *Stats
 }
 
 // Client connects to a server, keeps reconnecting, and rotates sessions.
@@ -94,7 +97,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
-	if t.ClientSessionCache == nil {
+	if cfg.NoResumption {
+		t.ClientSessionCache = nil
+	} else if t.ClientSessionCache == nil {
 		t.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 	}
 	if !cfg.NoOffload {

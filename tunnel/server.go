@@ -257,6 +257,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		Stats:        s.stats,
 	})
 	sess.tlsState = tc.ConnectionState()
+	sess.releaseLimit = releaseSession
 	s.mu.Lock()
 	old := s.sessions[id]
 	s.sessions[id] = sess
@@ -287,6 +288,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	// answers, so a reconnect or rotation loses nothing in flight.
 	if old != nil {
 		s.stats.SessionsReplaced.Add(1)
+		// A retiring session no longer counts against the identity's
+		// session limit: a client roaming twice in quick succession must
+		// not be refused by its own lingering sessions.
+		old.releaseLimit()
 		old.Close(CloseReplaced, "replaced by a new connection from "+remote)
 	}
 	for _, o := range others {

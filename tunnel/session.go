@@ -117,6 +117,9 @@ type Session struct {
 
 	started  time.Time           // when NewSession ran
 	tlsState tls.ConnectionState // set by the server before Run
+	// releaseLimit frees the session's slot in the server's limiter; set
+	// by the server before Run, idempotent.
+	releaseLimit func()
 
 	ctx    context.Context // set by Run; canceled with the cause of the end
 	cancel context.CancelCauseFunc
@@ -164,19 +167,20 @@ func NewSession(cfg SessionConfig) *Session {
 		batch = 1
 	}
 	s := &Session{
-		cfg:     cfg,
-		conn:    cfg.Conn,
-		log:     log,
-		stats:   stats,
-		queue:   make(chan *chunk, cfg.QueueLen),
-		pongs:   make(chan [PingLen]byte, 4),
-		done:    make(chan struct{}),
-		peerGSO: cfg.PeerGSO,
-		started: time.Now(),
-		ctlT:    time.Now(),
-		ready:   make(chan struct{}),
-		rx:      make([]*chunk, batch),
-		rxBatch: make([][]byte, batch),
+		cfg:          cfg,
+		conn:         cfg.Conn,
+		log:          log,
+		stats:        stats,
+		queue:        make(chan *chunk, cfg.QueueLen),
+		pongs:        make(chan [PingLen]byte, 4),
+		done:         make(chan struct{}),
+		peerGSO:      cfg.PeerGSO,
+		started:      time.Now(),
+		ctlT:         time.Now(),
+		releaseLimit: func() {},
+		ready:        make(chan struct{}),
+		rx:           make([]*chunk, batch),
+		rxBatch:      make([][]byte, batch),
 	}
 	for i := range s.rx {
 		s.rx[i] = &chunk{buf: make([]byte, bufSize)}

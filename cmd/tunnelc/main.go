@@ -72,6 +72,7 @@ type options struct {
 	maxAttempts         int
 	rotateBytes         int64
 	rotateAfter         time.Duration
+	noResumption        bool
 	cpuProfile          string
 	logLevel, logFormat string
 }
@@ -92,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s)")
 	fs.Int64Var(&o.rotateBytes, "rotate-bytes", 0, "open a fresh session (new keys) after N bytes through the tunnel, e.g. 1073741824 (0: only the TLS record budget and --rotate-after)")
 	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
+	fs.BoolVar(&o.noResumption, "no-resumption", false, "always do a full TLS handshake on reconnect instead of resuming with a session ticket")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
@@ -216,6 +218,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		MaxAttempts:      o.maxAttempts,
 		RotateBytes:      uint64(o.rotateBytes),
 		RotateAfter:      o.rotateAfter,
+		NoResumption:     o.noResumption,
 		TLS:              tlsCfg,
 		Hello:            tunnel.Hello{Software: "tunnelc"},
 		Setup:            setup,

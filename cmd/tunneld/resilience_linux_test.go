@@ -212,6 +212,39 @@ func TestNetNSResilience(t *testing.T) {
 		report(t, "client underlay address changed (roaming)", "address watch replaced the session from the new address", lastOutage(p.cli.log.String()), err)
 	})
 
+	t.Run("reconnect time with and without resumption", func(t *testing.T) {
+		// The client moves to a new address twice; the second reconnect
+		// of each client is timed (the first one may lack a ticket).
+		for _, mode := range []struct {
+			name  string
+			flags []string
+			want  string
+		}{
+			{"with session resumption", nil, "resumed=true"},
+			{"full handshake (--no-resumption)", []string{"--no-resumption"}, "resumed=false"},
+		} {
+			p := newPair(t, mode.flags...)
+			for i, addr := range []string{"198.18.0.3/29", "198.18.0.4/29"} {
+				old := "198.18.0.2/29"
+				if i == 1 {
+					old = "198.18.0.3/29"
+				}
+				p.laptop.Run(t, "ip", "addr", "del", old, "dev", p.laptopIf)
+				p.laptop.Run(t, "ip", "addr", "add", addr, "dev", p.laptopIf)
+				n := i + 1
+				eventually(t, "reconnect", func() bool { return strings.Count(p.cli.log.String(), "msg=reconnected") >= n })
+			}
+			log := p.cli.log.String()
+			lines := regexp.MustCompile(`msg=reconnected [^\n]*`).FindAllString(log, -1)
+			last := lines[len(lines)-1]
+			if !strings.Contains(last, mode.want) {
+				t.Errorf("%s: reconnect line lacks %s: %s", mode.name, mode.want, last)
+			}
+			hs := regexp.MustCompile(`handshake_ms=(\d+)`).FindStringSubmatch(last)
+			report(t, "reconnect "+mode.name, "handshake "+hs[1]+" ms, "+mode.want, lastOutage(log), nil)
+		}
+	})
+
 	t.Run("1% random loss on the underlay", func(t *testing.T) {
 		p := newPair(t)
 		table := "tvtloss"

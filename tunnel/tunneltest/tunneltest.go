@@ -181,9 +181,10 @@ func (s *Server) TryClient(t testing.TB, tlsCfg *tls.Config) (*Client, error) {
 			}
 			return dev, nil
 		},
-		MinBackoff: time.Minute, // tests that want reconnects set their own
-		Stats:      stats,
-		Logger:     testLogger(t, "client"),
+		MinBackoff:  time.Minute, // tests that want reconnects set their own
+		MaxAttempts: 1,           // a refused client returns at once
+		Stats:       stats,
+		Logger:      testLogger(t, "client"),
 	})
 	if err != nil {
 		return nil, err
