@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net/netip"
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
+	"tlsvpn/tunnel"
 
 	"tlsvpn/certs/certstest"
 	"tlsvpn/tunnel/tunneltest"
@@ -188,4 +191,31 @@ func BenchmarkPairThroughput(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(lost())/float64(b.N), "dropped/op")
+}
+
+// TestPairSilentPeerTimesOut: a client that completes the handshake and
+// then goes silent is declared dead after three keepalive intervals, its
+// session closed with a timeout and counted.
+func TestPairSilentPeerTimesOut(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{Keepalive: 50 * time.Millisecond})
+	cfg := srv.CA.ClientConfig(t, "silent", "server")
+	cfg.NextProtos = []string{tunnel.ALPN}
+	raw, err := srv.Listener.Dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := tls.Client(raw, cfg)
+	if _, err := c.Write(tunnel.AppendFrame(nil, tunnel.TypeHello, false, tunnel.MarshalHello(tunnel.Hello{}))); err != nil {
+		t.Fatal(err)
+	}
+	// Say nothing more, read nothing: the server's pings go unanswered.
+	tunneltest.Eventually(t, func() bool { return srv.Stats.KeepaliveTimeouts.Load() == 1 },
+		"KeepaliveTimeouts = %d, want 1", &srv.Stats.KeepaliveTimeouts)
+	// The server told us why before closing.
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	all, _ := io.ReadAll(c)
+	if !bytes.Contains(all, []byte("keepalive timeout")) {
+		t.Fatalf("server did not send a keepalive-timeout Close; got %d bytes", len(all))
+	}
 }
