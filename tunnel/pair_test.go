@@ -3,6 +3,7 @@ package tunnel_test
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -218,4 +219,32 @@ func TestPairSilentPeerTimesOut(t *testing.T) {
 	if !bytes.Contains(all, []byte("keepalive timeout")) {
 		t.Fatalf("server did not send a keepalive-timeout Close; got %d bytes", len(all))
 	}
+}
+
+// TestPairCheckSessionsClosesRevoked: when a live client's certificate
+// stops passing the server's check (revoked by a new CRL, or expired), the
+// next CheckSessions closes exactly that session, telling the client why.
+func TestPairCheckSessionsClosesRevoked(t *testing.T) {
+	var revoked atomic.Value
+	revoked.Store("")
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{CheckPeer: func(cs tls.ConnectionState) error {
+		if cs.PeerCertificates[0].Subject.CommonName == revoked.Load().(string) {
+			return errors.New("certificate revoked")
+		}
+		return nil
+	}})
+	good := srv.StartClient(t, "good")
+	srv.StartClient(t, "bad")
+	if n := srv.Server.CheckSessions(); n != 0 {
+		t.Fatalf("CheckSessions closed %d sessions before any revocation", n)
+	}
+	revoked.Store("bad")
+	if n := srv.Server.CheckSessions(); n != 1 {
+		t.Fatalf("CheckSessions closed %d sessions, want 1", n)
+	}
+	tunneltest.Eventually(t, func() bool { return srv.Stats.SessionsClosed.Load() == 1 },
+		"SessionsClosed = %d, want 1", &srv.Stats.SessionsClosed)
+	p := tunneltest.UDP4(serverAddr, good.Config.Addr.Addr(), []byte("unaffected"))
+	srv.Dev.Inbound <- p
+	tunneltest.Expect(t, good.Dev.Outbound, p)
 }

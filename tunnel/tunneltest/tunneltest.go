@@ -92,6 +92,8 @@ type ServerOptions struct {
 	Keepalive time.Duration
 	Routes    []netip.Prefix
 	BatchSize int
+	// CheckPeer is passed to the server (see tunnel.ServerConfig).
+	CheckPeer func(tls.ConnectionState) error
 }
 
 // StartServer starts a server; it stops in t.Cleanup.
@@ -115,6 +117,7 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		Routes:     opts.Routes,
 		Keepalive:  opts.Keepalive,
 		Stats:      stats,
+		CheckPeer:  opts.CheckPeer,
 		Logger:     testLogger(t, "server"),
 	})
 	if err != nil {
