@@ -493,20 +493,12 @@ func (s *Session) readFrame() error {
 	s.rxFrames.Add(1)
 	switch h.Type {
 	case TypeData:
-		c := s.rx[s.rxK]
-		p := c.buf[tun.Headroom : tun.Headroom+h.Len]
-		if _, err := io.ReadFull(s.conn, p); err != nil {
-			return s.ioErr("read", err)
+		c, ok, err := s.readPacket(h.Len)
+		if err != nil {
+			return err
 		}
-		switch {
-		case !checkIP(p):
-			s.stats.DropMalformed.Add(1)
-		case s.cfg.Allowed != nil && !s.allowedSrc(srcAddr(p)):
-			s.stats.DropSpoofed.Add(1)
-		default:
-			c.end = tun.Headroom + h.Len
-			s.rxK++
-			s.rxBytes += uint64(h.Len)
+		if ok {
+			s.accept(c, h.Len, false)
 		}
 		if h.End || s.rxK == len(s.rx) {
 			return s.flushRx()
@@ -520,26 +512,17 @@ func (s *Session) readFrame() error {
 		}
 		g, _ := ParseGSO(s.ctl[:GSOMetaLen])
 		n := h.Len - GSOMetaLen
-		c := s.rx[s.rxK]
-		p := c.buf[tun.Headroom : tun.Headroom+n]
-		if _, err := io.ReadFull(s.conn, p); err != nil {
-			return s.ioErr("read", err)
+		c, ok, err := s.readPacket(n)
+		if err != nil {
+			return err
 		}
-		switch {
-		case !checkIP(p):
-			s.stats.DropMalformed.Add(1)
-		case s.cfg.Allowed != nil && !s.allowedSrc(srcAddr(p)):
-			s.stats.DropSpoofed.Add(1)
-		default:
-			vh, err := virtioFor(g, p, s.cfg.MTU)
+		if ok {
+			vh, err := virtioFor(g, c.buf[tun.Headroom:tun.Headroom+n], s.cfg.MTU)
 			if err != nil {
 				return &ProtocolError{Err: err}
 			}
 			vh.Encode(c.buf[tun.Headroom-tun.VirtioNetHdrLen:])
-			c.end = tun.Headroom + n
-			c.gso = true
-			s.rxK++
-			s.rxBytes += uint64(n)
+			s.accept(c, n, true)
 		}
 		if h.End || s.rxK == len(s.rx) {
 			return s.flushRx()
@@ -580,6 +563,34 @@ func (s *Session) readFrame() error {
 		return &ProtocolError{Err: fmt.Errorf("unexpected %s frame during session", typeName(h.Type))}
 	}
 	return nil
+}
+
+// readPacket reads an n-byte packet into the next receive slot and checks
+// it: well-formed IP and, on a server, an allowed source. ok is false when
+// the packet was dropped (and counted); err only for I/O errors.
+func (s *Session) readPacket(n int) (c *chunk, ok bool, err error) {
+	c = s.rx[s.rxK]
+	p := c.buf[tun.Headroom : tun.Headroom+n]
+	if _, err := io.ReadFull(s.conn, p); err != nil {
+		return nil, false, s.ioErr("read", err)
+	}
+	switch {
+	case !checkIP(p):
+		s.stats.DropMalformed.Add(1)
+		return c, false, nil
+	case s.cfg.Allowed != nil && !s.allowedSrc(srcAddr(p)):
+		s.stats.DropSpoofed.Add(1)
+		return c, false, nil
+	}
+	return c, true, nil
+}
+
+// accept adds the packet in slot c to the batch for the TUN.
+func (s *Session) accept(c *chunk, n int, gso bool) {
+	c.end = tun.Headroom + n
+	c.gso = gso
+	s.rxK++
+	s.rxBytes += uint64(n)
 }
 
 // maxControlRate bounds the control frames a peer may send per second; a
