@@ -176,6 +176,7 @@ func (c *Client) Run(ctx context.Context) error {
 	backoff := c.cfg.MinBackoff
 	failures := 0
 	var down time.Time // when the last session ended
+	rotateWait, nextRotate := c.cfg.MinBackoff, time.Time{}
 	var cur *Session
 	var curEnd chan error
 	for {
@@ -278,14 +279,20 @@ func (c *Client) Run(ctx context.Context) error {
 			}(cur, curEnd)
 			cur = nil
 		case <-rotate:
-			if !c.rotationDue(cur) {
+			if !c.rotationDue(cur) || time.Now().Before(nextRotate) {
 				continue
 			}
 			next, nextEnd, err := c.rotate(ctx, cur, mux)
 			if err != nil {
-				c.log.Warn("session rotation failed; keeping the current session", "err", err)
+				// Keep the current session; retry with backoff so a
+				// server that refuses the overlap is not hammered.
+				wait := jitter(rotateWait)
+				nextRotate = time.Now().Add(wait)
+				rotateWait = min(2*rotateWait, c.cfg.MaxBackoff)
+				c.log.Warn("session rotation failed; keeping the current session", "err", err, "retry_in", wait.Round(time.Millisecond))
 				continue
 			}
+			rotateWait, nextRotate = c.cfg.MinBackoff, time.Time{}
 			// The old session drains and closes by itself (the server
 			// retires it when the new one registers); its end is logged
 			// here, not treated as a failure.

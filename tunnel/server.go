@@ -180,10 +180,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // handle runs one connection from accept to the end of its session.
 func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func()) {
+	defer releaseHandshake() // idempotent; also frees the slot after a panic
 	remote := raw.RemoteAddr().String()
 	log := s.log.With("remote_addr", remote)
 	defer func() {
 		if r := recover(); r != nil {
+			s.stats.Panics.Add(1)
 			log.Error("connection handler panicked", "panic", r)
 			raw.Close()
 		}

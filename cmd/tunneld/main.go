@@ -115,10 +115,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.crl, "crl", "", "certificate revocation list FILE (PEM) from 'tunneld pki revoke', e.g. /etc/tlsvpn/pki/crl.pem: checked on every handshake and resumption, reloaded when it changes or on SIGHUP; live sessions of newly revoked clients are closed. A missing, expired or wrongly signed CRL refuses every client (fail closed)")
 	fs.DurationVar(&o.crlCheck, "crl-check", 5*time.Second, "how often to look for a changed --crl file and re-check live sessions (revocation, certificate expiry)")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tlsvpn", "directory for state that must survive restarts: leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
-	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (-1: no limit)")
-	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (-1: no limit)")
-	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (-1: no limit)")
-	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64), with a burst of twice that (-1: no limit)")
+	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (0: the default; -1: no limit)")
+	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (0: the default; -1: no limit)")
+	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
+	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64), with a burst of twice that (0: the default; -1: no limit)")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
@@ -262,7 +262,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			MaxSessionsPerIdentity: o.maxSessionsPerID,
 			MaxHandshakes:          o.maxHandshakes,
 			HandshakeRate:          o.handshakeRate,
-			HandshakeBurst:         int(2 * max(o.handshakeRate, 1)),
+			HandshakeBurst:         handshakeBurst(o.handshakeRate),
 		}),
 		TuneConn:  func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
 		CheckPeer: checkPeer,
@@ -288,6 +288,15 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	return err
 }
 
+// handshakeBurst allows bursts of twice the per-source rate; a rate of 0
+// (the limiter's default) or below keeps the default burst too.
+func handshakeBurst(rate float64) int {
+	if rate <= 0 {
+		return 0
+	}
+	return int(max(2*rate, 1))
+}
+
 // watchPeers reloads the CRL when its file changes or on SIGHUP, and
 // closes live sessions whose certificate was revoked or has expired.
 func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, every time.Duration, log *slog.Logger) {
@@ -296,6 +305,7 @@ func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, 
 	defer signal.Stop(hup)
 	t := time.NewTicker(max(every, 100*time.Millisecond))
 	defer t.Stop()
+	crlBad := false
 	for {
 		force := false
 		select {
@@ -313,11 +323,18 @@ func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, 
 			} else {
 				reloaded, err = rev.ReloadIfChanged()
 			}
-			if err != nil {
+			if err == nil {
+				_, err = rev.Current() // also fails once a loaded CRL expires
+			}
+			switch {
+			case err != nil && !crlBad:
 				log.Error("revocation list unusable: refusing every client until it is fixed", "file", rev.Path(), "err", err)
-			} else if reloaded {
+			case err == nil && crlBad:
+				log.Info("revocation list usable again", "file", rev.Path())
+			case err == nil && reloaded:
 				log.Info("revocation list reloaded", "file", rev.Path())
 			}
+			crlBad = err != nil
 		}
 		if n := srv.CheckSessions(); n > 0 {
 			log.Warn("closed sessions of revoked or expired certificates", "sessions", n)

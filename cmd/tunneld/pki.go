@@ -394,7 +394,7 @@ is replaced atomically (mode 0644), or created empty if it is missing.
 tunneld refuses every client once its CRL is past its next-update time, so run
 this regularly, well within --crl-days; a daily cron job is typical, e.g. in
 /etc/cron.d/tlsvpn-crl:
-  17 3 * * *  root  tunneld pki crl --dir ` + pkiExampleDir + `
+  17 3 * * *  root  /usr/local/bin/tunneld pki crl --dir ` + pkiExampleDir + `
 `
 
 const pkiCRLExamples = `Examples:

@@ -98,6 +98,7 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	counter("protocol_errors_total", "Sessions closed because the peer broke the protocol.", &stats.ProtocolErrors)
 	counter("keepalive_timeouts_total", "Sessions closed because the peer went silent.", &stats.KeepaliveTimeouts)
 	counter("control_frames_total", "Control frames received.", &stats.ControlFrames)
+	counter("panics_total", "Recovered panics; each closed only its own session or connection.", &stats.Panics)
 	for _, g := range gauges {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: prefix + "_" + g.Name, Help: g.Help}, g.Value))
 	}
@@ -135,6 +136,7 @@ func (d dropCollector) Collect(ch chan<- prometheus.Metric) {
 		{"no_session", d.stats.DropNoSession.Load()},
 		{"queue_full", d.stats.DropQueueFull.Load()},
 		{"tun_write", d.stats.DropTUNWrite.Load()},
+		{"no_gso", d.stats.DropNoGSO.Load()},
 	} {
 		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(r.v), r.reason)
 	}
@@ -147,7 +149,7 @@ func StatsAttrs(s *tunnel.Stats) []any {
 		"rx_packets", s.RxPackets.Load(), "rx_bytes", s.RxBytes.Load(),
 		"drop_spoofed", s.DropSpoofed.Load(), "drop_malformed", s.DropMalformed.Load(),
 		"drop_no_session", s.DropNoSession.Load(), "drop_queue_full", s.DropQueueFull.Load(),
-		"drop_tun_write", s.DropTUNWrite.Load(),
+		"drop_tun_write", s.DropTUNWrite.Load(), "panics", s.Panics.Load(),
 	}
 }
 
