@@ -1,0 +1,144 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+)
+
+// FirewallTable is the name of the one nftables table this program owns,
+// in the inet family (IPv4 and IPv6): `nft list table inet tlsvpn`. A
+// Firewall replaces its whole content on every Set and deletes it on Close;
+// CleanupFirewall (or `nft delete table inet tlsvpn`) removes it after a
+// crash. Tables, chains and rules of anyone else are never touched.
+const FirewallTable = "tlsvpn"
+
+// FirewallConfig is the desired content of the FirewallTable.
+//
+// The zero value means "no rules": Set with it leaves an empty table.
+type FirewallConfig struct {
+	// TunnelIf is the name of the tunnel interface (the TUN device). It
+	// need not exist yet: rules match interface names, not indexes, so
+	// they keep working when the device is re-created. Required by
+	// ClampMSS and KillSwitch.
+	TunnelIf string
+
+	// Masquerade lists source prefixes whose traffic is masqueraded
+	// (source NAT to the address of the outgoing interface) when it leaves
+	// through any interface other than TunnelIf: the server side of
+	// --nat, or full-tunnel egress. Prefixes are normalized with Masked.
+	// With TunnelIf empty, traffic leaving through any interface is
+	// masqueraded.
+	Masquerade []netip.Prefix
+
+	// ClampMSS clamps the TCP MSS option of forwarded SYN and SYN-ACK
+	// segments entering or leaving through TunnelIf to the MTU of the
+	// route they take (`tcp option maxseg size set rt mtu`), so that TCP
+	// through the tunnel works where ICMP "packet too big" is filtered
+	// (a PMTU black hole, RFC 2923 section 2.1).
+	ClampMSS bool
+
+	// KillSwitch drops every packet the host sends or forwards, IPv4 and
+	// IPv6, except:
+	//   - packets through the loopback interface or TunnelIf (forwarded
+	//     packets may also come in from TunnelIf);
+	//   - TCP packets to one of ServerEndpoints, through any interface, so
+	//     the tunnel can be (re-)established;
+	//   - DHCPv4 client requests (udp 68 -> 67), and DHCPv6 client requests
+	//     (udp 546 -> 547) from a link-local address;
+	//   - the ICMPv6 a host needs on its link: router and neighbor
+	//     solicitation, neighbor advertisement, MLDv2 reports (RFC 4861,
+	//     RFC 3810).
+	// Locally generated packets that are dropped make the sending call
+	// fail at once with EPERM. Incoming packets are not filtered.
+	KillSwitch bool
+	// ServerEndpoints are the tunnel server addresses the kill switch
+	// lets through. Plain IPv4, not IPv4-mapped IPv6; no zones.
+	ServerEndpoints []netip.AddrPort
+}
+
+// Validate reports whether c is well-formed, wrapping ErrInvalidConfig.
+func (c FirewallConfig) Validate() error {
+	// IFNAMSIZ is 16 including the terminating NUL.
+	if len(c.TunnelIf) > 15 {
+		return fmt.Errorf("%w: tunnel interface name %q longer than 15 bytes", ErrInvalidConfig, c.TunnelIf)
+	}
+	if c.TunnelIf == "" && (c.ClampMSS || c.KillSwitch) {
+		return fmt.Errorf("%w: MSS clamping and the kill switch need a tunnel interface", ErrInvalidConfig)
+	}
+	for _, p := range c.Masquerade {
+		if err := checkPrefix(p); err != nil {
+			return fmt.Errorf("%w: masquerade %v: %w", ErrInvalidConfig, p, err)
+		}
+	}
+	for _, ap := range c.ServerEndpoints {
+		switch a := ap.Addr(); {
+		case !a.IsValid():
+			return fmt.Errorf("%w: server endpoint %v: invalid address", ErrInvalidConfig, ap)
+		case a.Is4In6():
+			return fmt.Errorf("%w: server endpoint %v: IPv4-mapped IPv6 address", ErrInvalidConfig, ap)
+		case a.Zone() != "":
+			return fmt.Errorf("%w: server endpoint %v: zones are not supported", ErrInvalidConfig, ap)
+		case ap.Port() == 0:
+			return fmt.Errorf("%w: server endpoint %v: port 0", ErrInvalidConfig, ap)
+		}
+	}
+	return nil
+}
+
+// Normalized returns a copy of c, not sharing its slices, with Masquerade
+// masked, sorted and deduplicated, and ServerEndpoints sorted and
+// deduplicated. Equal normalized configs produce identical tables. It does
+// not validate.
+func (c FirewallConfig) Normalized() FirewallConfig {
+	masq := make([]netip.Prefix, len(c.Masquerade))
+	for i, p := range c.Masquerade {
+		masq[i] = p.Masked()
+	}
+	c.Masquerade = sortedUnique(masq)
+	c.ServerEndpoints = slices.Clone(c.ServerEndpoints)
+	slices.SortFunc(c.ServerEndpoints, netip.AddrPort.Compare)
+	c.ServerEndpoints = slices.Compact(c.ServerEndpoints)
+	return c
+}
+
+// IsZero reports whether c asks for no rules at all.
+func (c FirewallConfig) IsZero() bool {
+	return len(c.Masquerade) == 0 && !c.ClampMSS && !c.KillSwitch
+}
+
+// Firewall converges the FirewallTable to a desired FirewallConfig. There
+// must be at most one Firewall per network namespace: they would share the
+// table.
+//
+// Implementations are safe for concurrent use; calls are serialized.
+type Firewall interface {
+	// Set replaces the content of the FirewallTable with the rules cfg
+	// asks for, creating the table if needed, in one atomic nftables
+	// transaction: packets see either the old rules or the new ones,
+	// never a table without the kill switch. On error nothing changed.
+	// Set is idempotent; repeating it also repairs rules that someone
+	// else changed inside the table. The zero cfg leaves an empty table.
+	//
+	// Set returns ErrClosed after Close and an error wrapping
+	// ErrInvalidConfig if cfg.Validate fails.
+	Set(ctx context.Context, cfg FirewallConfig) error
+
+	// Close deletes the FirewallTable, including a table left behind by
+	// an earlier process, and releases the Firewall's resources. After
+	// Close, Set returns ErrClosed; Close is idempotent.
+	Close() error
+}
+
+// FirewallOptions configures NewFirewall and CleanupFirewall. The zero
+// value is ready to use.
+type FirewallOptions struct {
+	// NetNS is the path of a network namespace file to work in, such as
+	// /var/run/netns/NAME or /proc/PID/ns/net. Empty means the network
+	// namespace of the process.
+	NetNS string
+	// Logger receives one record per table change. Nil discards.
+	Logger *slog.Logger
+}

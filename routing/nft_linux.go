@@ -1,0 +1,381 @@
+package routing
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Base chains of the FirewallTable, by name as `nft list` shows them. Only
+// the chains a FirewallConfig needs exist; a Set that no longer needs one
+// removes it with the rest of the old table.
+const (
+	// type nat hook postrouting priority srcnat
+	chainMasquerade = "masquerade"
+	// type filter hook forward priority mangle: before any filter chain
+	// of the forward hook, so the clamped SYN is what they see.
+	chainClampMSS = "clamp_mss"
+	// type filter hook output/forward priority filter, policy drop
+	chainKillOutput  = "killswitch_output"
+	chainKillForward = "killswitch_forward"
+)
+
+// NewFirewall returns a Firewall that manages the FirewallTable through
+// nftables netlink (github.com/google/nftables), in the network namespace
+// named by opts.NetNS. It checks that nftables can be reached there (root,
+// or CAP_NET_ADMIN, is needed) but changes nothing until Set.
+//
+// Rules are independent of other tables: a packet dropped by any base
+// chain of any table is dropped, so the kill switch holds whatever other
+// tables accept, and the kill switch's accepts do not override their drops.
+func NewFirewall(opts FirewallOptions) (Firewall, error) {
+	f := &linuxFirewall{log: opts.Logger}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.NetNS != "" {
+		ns, err := os.Open(opts.NetNS)
+		if err != nil {
+			return nil, fmt.Errorf("open netns %s: %w", opts.NetNS, err)
+		}
+		f.ns = ns
+	}
+	if _, err := f.conn().ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		f.closeNS()
+		return nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	return f, nil
+}
+
+// CleanupFirewall deletes the FirewallTable, if present, in the network
+// namespace named by opts.NetNS: what a crashed process left behind. It is
+// what Firewall.Close does, without needing the Firewall.
+func CleanupFirewall(ctx context.Context, opts FirewallOptions) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete nftables table inet %s: %w", FirewallTable, err)
+	}
+	f, err := NewFirewall(opts)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// linuxFirewall implements Firewall. Every operation is one nftables
+// transaction (a netlink batch), which the kernel applies completely or not
+// at all.
+type linuxFirewall struct {
+	// Immutable after NewFirewall.
+	ns  *os.File // network namespace to work in; nil: the process's
+	log *slog.Logger
+
+	mu     sync.Mutex
+	closed bool           // guarded by mu
+	last   FirewallConfig // guarded by mu; normalized, last successful Set
+	set    bool           // guarded by mu; last is valid
+}
+
+// conn returns a new nftables connection. A fresh Conn per transaction,
+// because a Conn keeps the first message encoding error forever.
+func (f *linuxFirewall) conn() *nftables.Conn {
+	if f.ns == nil {
+		c, _ := nftables.New() // cannot fail without AsLasting
+		return c
+	}
+	c, _ := nftables.New(nftables.WithNetNSFd(int(f.ns.Fd())))
+	return c
+}
+
+func (f *linuxFirewall) closeNS() {
+	if f.ns != nil {
+		f.ns.Close()
+	}
+}
+
+func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.Normalized()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+	}
+
+	c := f.conn()
+	t := firewallTable()
+	// Add (a no-op if the table exists), delete, and build again from
+	// nothing, all in one transaction: whatever the table held before, it
+	// ends up holding exactly cfg's rules, and no packet ever sees it
+	// half-built or empty.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	addFirewallRules(c, t, cfg)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+	}
+
+	level := slog.LevelInfo
+	if f.set && f.last.equal(cfg) {
+		level = slog.LevelDebug // re-applied, nothing changed
+	}
+	f.last, f.set = cfg, true
+	f.log.Log(ctx, level, "set nftables table",
+		"table", "inet "+FirewallTable,
+		"tunnel_if", cfg.TunnelIf,
+		"masquerade", cfg.Masquerade,
+		"clamp_mss", cfg.ClampMSS,
+		"kill_switch", cfg.KillSwitch,
+		"server_endpoints", cfg.ServerEndpoints)
+	return nil
+}
+
+func (f *linuxFirewall) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	defer f.closeNS()
+
+	c := f.conn()
+	t := firewallTable()
+	c.AddTable(t) // so that deleting an absent table is not an error
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("delete nftables table inet %s: %w", FirewallTable, err)
+	}
+	f.log.Info("deleted nftables table", "table", "inet "+FirewallTable)
+	return nil
+}
+
+// equal reports whether two normalized configs are the same.
+func (c FirewallConfig) equal(d FirewallConfig) bool {
+	return c.TunnelIf == d.TunnelIf && c.ClampMSS == d.ClampMSS && c.KillSwitch == d.KillSwitch &&
+		slices.Equal(c.Masquerade, d.Masquerade) && slices.Equal(c.ServerEndpoints, d.ServerEndpoints)
+}
+
+func firewallTable() *nftables.Table {
+	return &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
+}
+
+// addFirewallRules queues the chains and rules of cfg (normalized) into c.
+// The comments show each rule as `nft list` prints it.
+func addFirewallRules(c *nftables.Conn, t *nftables.Table, cfg FirewallConfig) {
+	accept := nftables.ChainPolicyAccept
+	drop := nftables.ChainPolicyDrop
+	rule := func(ch *nftables.Chain, exprs ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
+	}
+
+	if len(cfg.Masquerade) > 0 {
+		ch := c.AddChain(&nftables.Chain{
+			Name: chainMasquerade, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+			Policy: &accept,
+		})
+		for _, p := range cfg.Masquerade {
+			// oifname != "tun0" ip saddr 100.64.0.0/10 masquerade
+			var oif []expr.Any
+			if cfg.TunnelIf != "" {
+				oif = matchIfname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, cfg.TunnelIf)
+			}
+			rule(ch, oif, matchPrefix(true, p), []expr.Any{&expr.Masq{}})
+		}
+	}
+
+	if cfg.ClampMSS {
+		ch := c.AddChain(&nftables.Chain{
+			Name: chainClampMSS, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityMangle,
+			Policy: &accept,
+		})
+		// oifname "tun0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+		// iifname "tun0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu
+		for _, key := range []expr.MetaKey{expr.MetaKeyOIFNAME, expr.MetaKeyIIFNAME} {
+			rule(ch, matchIfname(key, expr.CmpOpEq, cfg.TunnelIf), clampMSS())
+		}
+	}
+
+	if cfg.KillSwitch {
+		for _, name := range []string{chainKillOutput, chainKillForward} {
+			hook := nftables.ChainHookOutput
+			if name == chainKillForward {
+				hook = nftables.ChainHookForward
+			}
+			ch := c.AddChain(&nftables.Chain{
+				Name: name, Table: t, Type: nftables.ChainTypeFilter,
+				Hooknum: hook, Priority: nftables.ChainPriorityFilter,
+				Policy: &drop,
+			})
+			for _, e := range killSwitchExceptions(cfg, name == chainKillForward) {
+				rule(ch, e, acceptVerdict())
+			}
+		}
+	}
+}
+
+// killSwitchExceptions returns the matches of the packets the kill switch
+// lets through; see FirewallConfig.KillSwitch.
+func killSwitchExceptions(cfg FirewallConfig, forward bool) [][]expr.Any {
+	ms := [][]expr.Any{
+		matchIfname(expr.MetaKeyOIFNAME, expr.CmpOpEq, "lo"),         // oifname "lo"
+		matchIfname(expr.MetaKeyOIFNAME, expr.CmpOpEq, cfg.TunnelIf), // oifname "tun0"
+	}
+	if forward {
+		ms = append(ms, matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, cfg.TunnelIf)) // iifname "tun0"
+	}
+	for _, ep := range cfg.ServerEndpoints {
+		// ip daddr 192.0.2.1 tcp dport 443
+		a := ep.Addr()
+		ms = append(ms, slices.Concat(
+			matchPrefix(false, netip.PrefixFrom(a, a.BitLen())),
+			matchL4(unix.IPPROTO_TCP),
+			matchPort(false, ep.Port()),
+		))
+	}
+	// meta nfproto ipv4 udp sport 68 udp dport 67
+	ms = append(ms, slices.Concat(
+		matchNFProto(false), matchL4(unix.IPPROTO_UDP), matchPort(true, 68), matchPort(false, 67)))
+	// ip6 saddr fe80::/10 udp sport 546 udp dport 547
+	ms = append(ms, slices.Concat(
+		matchPrefix(true, netip.MustParsePrefix("fe80::/10")),
+		matchL4(unix.IPPROTO_UDP), matchPort(true, 546), matchPort(false, 547)))
+	// icmpv6 type nd-router-solicit, ... (one rule each: no anonymous sets
+	// to keep the table simple)
+	for _, typ := range []byte{
+		133, // nd-router-solicit
+		135, // nd-neighbor-solicit
+		136, // nd-neighbor-advert
+		143, // mld2-listener-report
+	} {
+		ms = append(ms, slices.Concat(matchNFProto(true), matchL4(unix.IPPROTO_ICMPV6), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{typ}},
+		}))
+	}
+	return ms
+}
+
+// clampMSS returns `tcp flags syn / syn,rst tcp option maxseg size set rt
+// mtu`: SYN and SYN-ACK (not RST) segments that carry an MSS option get it
+// lowered to what the MTU of their route allows (NFT_RT_TCPMSS: the route
+// MTU minus IP and TCP headers). The kernel only ever lowers the option
+// (nft_exthdr_tcp_set_eval: an increase can break the connection).
+func clampMSS() []expr.Any {
+	const (
+		tcpFlagsOffset = 13
+		syn, rst       = 0x02, 0x04
+		tcpoptMaxseg   = 2 // RFC 9293 MSS option kind; its value is at offset 2, 2 bytes
+	)
+	return slices.Concat(matchL4(unix.IPPROTO_TCP), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: tcpFlagsOffset, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{syn | rst}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{syn}},
+		&expr.Rt{Register: 1, Key: expr.RtTCPMSS},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 2, Size: 2},
+		&expr.Exthdr{SourceRegister: 1, Type: tcpoptMaxseg, Offset: 2, Len: 2, Op: expr.ExthdrOpTcpopt},
+	})
+}
+
+func acceptVerdict() []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}
+}
+
+// matchIfname compares the interface name (meta iifname/oifname) with
+// name, NUL-padded to IFNAMSIZ as nft does.
+func matchIfname(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: b},
+	}
+}
+
+// matchNFProto matches the packet's family (meta nfproto): in an inet
+// table, the dependency every IP header match needs.
+func matchNFProto(ipv6 bool) []expr.Any {
+	proto := byte(unix.NFPROTO_IPV4)
+	if ipv6 {
+		proto = unix.NFPROTO_IPV6
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// matchL4 matches the transport protocol (meta l4proto), the dependency of
+// every transport header match.
+func matchL4(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// matchPrefix matches the source (src) or destination address against p
+// (ip saddr 100.64.0.0/10), including the family.
+func matchPrefix(src bool, p netip.Prefix) []expr.Any {
+	a := p.Addr()
+	m := matchNFProto(a.Is6())
+	if p.Bits() == 0 {
+		return m
+	}
+	var off uint32
+	switch {
+	case a.Is4() && src:
+		off = 12
+	case a.Is4():
+		off = 16
+	case src:
+		off = 8
+	default:
+		off = 24
+	}
+	addr := p.Masked().Addr().AsSlice()
+	if p.Bits()%8 == 0 {
+		// Whole bytes: compare just those, as nft does.
+		n := p.Bits() / 8
+		return append(m,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(n)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:n]})
+	}
+	// The whole address, masked: the form nft recognizes as a prefix.
+	n := len(addr)
+	mask := net.CIDRMask(p.Bits(), 8*n)
+	return append(m,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(n)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr})
+}
+
+// matchPort matches the source (src) or destination port of a TCP or UDP
+// header; precede it with matchL4.
+func matchPort(src bool, port uint16) []expr.Any {
+	off := uint32(2)
+	if src {
+		off = 0
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+	}
+}
