@@ -3,9 +3,11 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 )
 
@@ -68,6 +70,13 @@ func ClientHandshake(ctx context.Context, c *tls.Conn, h Hello) (Config, error) 
 		return Config{}, err
 	}
 	if err := writeControlFrame(ctx, c, TypeHello, MarshalHello(h)); err != nil {
+		// A TLS 1.3 server checks the client certificate after the client
+		// has finished its handshake: a refusal arrives as an alert that
+		// the failed write did not see. Read once to report it.
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, rerr := c.Read(make([]byte, 1)); rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
+			return Config{}, fmt.Errorf("%w (server: %w)", err, rerr)
+		}
 		return Config{}, err
 	}
 	p, err := readControl(ctx, c, TypeConfig)

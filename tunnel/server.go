@@ -316,7 +316,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 // from the peer is parsed before the TLS handshake has verified it.
 func (s *Server) handshake(ctx context.Context, tc *tls.Conn) (string, Hello, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return "", Hello{}, fmt.Errorf("tls: %w", err)
+		return "", Hello{}, fmt.Errorf("handshake: %w", err)
 	}
 	cs := tc.ConnectionState()
 	if cs.Version != tls.VersionTLS13 {

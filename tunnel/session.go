@@ -422,7 +422,7 @@ func (s *Session) writeControl(typ byte, payload []byte) error {
 // ioErr turns an I/O error into the session's end cause. When the session
 // is already ending, the error is a consequence and cancel ignores it.
 func (s *Session) ioErr(op string, err error) error {
-	if errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return fmt.Errorf("%s: connection closed by peer without Close frame: %w", op, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
@@ -601,7 +601,7 @@ const maxControlRate = 100
 func (s *Session) countControl() error {
 	s.stats.ControlFrames.Add(1)
 	s.ctlN++
-	if s.ctlN < maxControlRate {
+	if s.ctlN <= maxControlRate {
 		return nil
 	}
 	now := time.Now()

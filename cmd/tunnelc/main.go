@@ -232,7 +232,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	if o.metrics != "" {
-		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, log); err != nil {
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
 			return err
 		}
 	}

@@ -74,6 +74,7 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 	t.Helper()
 	p := &pair{server: netnstest.New(t), laptop: netnstest.New(t)}
 	h := &hostileEnv{pair: p, attacker: netnstest.New(t), scrape: &env{server: p.server}}
+	t.Logf("namespaces: server %s, laptop %s, attacker %s", p.server.Name, p.laptop.Name, h.attacker.Name)
 	p.tunneld, p.tunnelc = binaries(t)
 	_, p.laptopIf = netnstest.Veth(t, p.server, netip.MustParsePrefix("198.18.0.1/29"), p.laptop, netip.MustParsePrefix("198.18.0.2/29"))
 	_, attIf := netnstest.Veth(t, p.server, netip.MustParsePrefix(attackerSrv+"/24"), h.attacker, netip.MustParsePrefix("198.18.1.2/24"))
@@ -489,7 +490,7 @@ type hostileResult struct{ input, did, evidence string }
 
 func TestNetNSHostile(t *testing.T) {
 	h := newHostileEnv(t)
-	// The legitimate transfer outlasts the whole battery (about 6 s; the
+	// The legitimate transfer outlasts the whole battery (about 5 s; the
 	// transfer takes 12 s at this rate) and must finish byte-exact.
 	const transferSize, transferRate = 48 << 20, 4 << 20
 	res := h.pacedTransfer(t, 6101, transferSize, transferRate)
@@ -543,7 +544,7 @@ func TestNetNSHostile(t *testing.T) {
 		return []hostileResult{{fmt.Sprintf("random bytes (%d conns x 64 KiB)", conns),
 			"closed each connection before any TLS progress",
 			fmt.Sprintf("closed within %.1f ms; server sent %s; log err=%q; %s +%v", float64(slowest.Microseconds())/1000, strings.Join(dedup(answers), " / "),
-				logAttr(logLine(h.srv.log.String(), `msg="handshake failed"`, "198.18.1.10:"), "err"), handshakeFailures, d)}}
+				logAttr(logLine(h.srv.log.String(), `msg="handshake failed"`, src.String()+":"), "err"), handshakeFailures, d)}}
 	})
 
 	hostile("slowloris", func(t *testing.T) []hostileResult {
@@ -941,7 +942,10 @@ func TestNetNSHostile(t *testing.T) {
 		if l := logLine(h.srv.log.String(), "panic"); l != "" {
 			t.Errorf("server log shows a panic: %s", l)
 		}
-		t.Logf("HOSTILE | (legitimate client, throughout) | kept its one session | %d MiB byte-exact at %d KiB/s over %v, battery took %v; no reconnect |",
+		if n := h.metric(t, "tunneld_panics_total"); n != 0 {
+			t.Errorf("tunneld_panics_total = %v, want 0", n)
+		}
+		t.Logf("HOSTILE | (legitimate client, throughout) | kept its one session | %d MiB byte-exact at %d KiB/s over %v, battery took %v; no reconnect; tunneld_panics_total 0 |",
 			transferSize>>20, transferRate>>10, time.Since(transferStart).Round(time.Second), battery.Round(time.Second))
 	})
 }

@@ -244,6 +244,13 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 
 	stats := new(tunnel.Stats)
+	limits := tunnel.NewLimiter(tunnel.LimitConfig{
+		MaxClients:             o.maxClients,
+		MaxSessionsPerIdentity: o.maxSessionsPerID,
+		MaxHandshakes:          o.maxHandshakes,
+		HandshakeRate:          o.handshakeRate,
+		HandshakeBurst:         handshakeBurst(o.handshakeRate),
+	})
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		TLS:              tlsCfg,
 		Identity:         certs.PeerIdentity,
@@ -257,17 +264,11 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,
 		NoOffload:        o.noOffload,
-		Limits: tunnel.NewLimiter(tunnel.LimitConfig{
-			MaxClients:             o.maxClients,
-			MaxSessionsPerIdentity: o.maxSessionsPerID,
-			MaxHandshakes:          o.maxHandshakes,
-			HandshakeRate:          o.handshakeRate,
-			HandshakeBurst:         handshakeBurst(o.handshakeRate),
-		}),
-		TuneConn:  func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
-		CheckPeer: checkPeer,
-		Logger:    log,
-		Stats:     stats,
+		Limits:           limits,
+		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
+		CheckPeer:        checkPeer,
+		Logger:           log,
+		Stats:            stats,
 	})
 	if err != nil {
 		dev.Close()
@@ -275,7 +276,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if o.metrics != "" {
 		gauges := []cli.Gauge{{Name: "sessions", Help: "Live client sessions.", Value: func() float64 { return float64(srv.Sessions()) }}}
-		if err := cli.ServeMetrics(ctx, o.metrics, "tunneld", stats, gauges, log); err != nil {
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunneld", stats, gauges, limits, log); err != nil {
 			dev.Close()
 			return err
 		}

@@ -111,7 +111,7 @@ func TestPKIHelp(t *testing.T) {
 			"Examples:\n  tunneld pki revoke --dir /etc/tlsvpn/pki --name laptop --reason keyCompromise\n",
 		}},
 		{"crl --help", []string{"crl", "--help"}, []string{
-			"Usage: tunneld pki crl --dir DIR [--crl-days N]", "cron", "17 3 * * *  root  tunneld pki crl --dir /etc/tlsvpn/pki",
+			"Usage: tunneld pki crl --dir DIR [--crl-days N]", "cron", "17 3 * * *  root  /usr/local/bin/tunneld pki crl --dir /etc/tlsvpn/pki",
 			"Examples:\n  tunneld pki crl --dir /etc/tlsvpn/pki\n",
 		}},
 		{"list --help", []string{"list", "-h"}, []string{"Usage: tunneld pki list --dir DIR", "tunneld pki list --dir /etc/tlsvpn/pki"}},

@@ -78,8 +78,14 @@ type Gauge struct {
 // ServeMetrics serves Prometheus metrics for stats (and the extra gauges)
 // at http://addr/metrics until ctx ends. The counters are read from the
 // tunnel's atomics at scrape time, so the data path pays nothing.
-func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, log *slog.Logger) error {
+func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, lim *tunnel.Limiter, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
+	if lim != nil {
+		reg.MustRegister(refusedCollector{
+			desc: prometheus.NewDesc(prefix+"_refused_connections_total", "Connections refused by a limit, by limit.", []string{"limit"}, nil),
+			lim:  lim,
+		})
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	counter := func(name, help string, v interface{ Load() uint64 }) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: prefix + "_" + name, Help: help},
@@ -117,6 +123,28 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 		}
 	}()
 	return nil
+}
+
+type refusedCollector struct {
+	desc *prometheus.Desc
+	lim  *tunnel.Limiter
+}
+
+func (r refusedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- r.desc }
+
+func (r refusedCollector) Collect(ch chan<- prometheus.Metric) {
+	st := r.lim.Stats()
+	for _, v := range []struct {
+		limit string
+		n     uint64
+	}{
+		{"handshake_rate", st.RefusedRate.Load()},
+		{"handshakes_in_progress", st.RefusedHandshakes.Load()},
+		{"clients", st.RefusedClients.Load()},
+		{"sessions_per_client", st.RefusedSessions.Load()},
+	} {
+		ch <- prometheus.MustNewConstMetric(r.desc, prometheus.CounterValue, float64(v.n), v.limit)
+	}
 }
 
 type dropCollector struct {
