@@ -39,9 +39,6 @@ func putChunk(c *chunk) {
 	chunkPool.Put(c)
 }
 
-// room reports whether a DATA frame of n bytes still fits a coalesced chunk.
-func (c *chunk) room(n int) bool { return c.end+HeaderLen+n <= len(c.buf) }
-
 // appendPacket copies pkt into the coalesced chunk as a DATA frame.
 func (c *chunk) appendPacket(pkt []byte) {
 	c.lastHdr = c.end
@@ -51,8 +48,8 @@ func (c *chunk) appendPacket(pkt []byte) {
 	c.ipBytes += len(pkt)
 }
 
-// roomGSO reports whether a DATA_GSO frame for a packet of n bytes still
-// fits a coalesced chunk.
+// roomGSO reports whether a frame for a packet of n bytes (DATA_GSO, the
+// larger kind) still fits a coalesced chunk.
 func (c *chunk) roomGSO(n int) bool { return c.end+HeaderLen+GSOMetaLen+n <= len(c.buf) }
 
 // appendGSO copies pkt into the coalesced chunk as a DATA_GSO frame.
