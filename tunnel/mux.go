@@ -68,7 +68,7 @@ type MuxConfig struct {
 }
 
 // DefaultQueueWait is the default QueueWait.
-const DefaultQueueWait = 2 * time.Millisecond
+const DefaultQueueWait = 20 * time.Millisecond
 
 // NewMux returns a Mux reading from dev.
 func NewMux(dev tun.Device, cfg MuxConfig) *Mux {

@@ -392,7 +392,7 @@ func (s *Session) writeChunks(c *chunk) error {
 			err = ferr
 		}
 	}
-	if len(s.queue) == 0 {
+	if len(s.queue) <= cap(s.queue)/2 {
 		s.congested.Store(false)
 	}
 	if err != nil {
