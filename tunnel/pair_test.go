@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 
 	"tlsvpn/certs/certstest"
@@ -247,4 +248,34 @@ func TestPairCheckSessionsClosesRevoked(t *testing.T) {
 	p := tunneltest.UDP4(serverAddr, good.Config.Addr.Addr(), []byte("unaffected"))
 	srv.Dev.Inbound <- p
 	tunneltest.Expect(t, good.Dev.Outbound, p)
+}
+
+// panicDevice panics when asked to write a packet carrying "boom", as a
+// stand-in for any bug on one session's path.
+type panicDevice struct{ tun.Device }
+
+func (d panicDevice) Write(bufs [][]byte, offset int) (int, error) {
+	for _, b := range bufs {
+		if bytes.Contains(b[offset:], []byte("boom")) {
+			panic("injected fault")
+		}
+	}
+	return d.Device.Write(bufs, offset)
+}
+
+// TestPairPanicClosesOnlyItsSession: a panic on one session's receive path
+// is recovered and counted, closes that session, and leaves the others
+// (and the server) running.
+func TestPairPanicClosesOnlyItsSession(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{
+		WrapDev: func(d tun.Device) tun.Device { return panicDevice{d} },
+	})
+	victim := srv.StartClient(t, "victim")
+	other := srv.StartClient(t, "other")
+	victim.Dev.Inbound <- tunneltest.UDP4(victim.Config.Addr.Addr(), serverAddr, []byte("boom"))
+	tunneltest.Eventually(t, func() bool { return srv.Stats.Panics.Load() == 1 && srv.Stats.SessionsClosed.Load() == 1 },
+		"Panics = %d, want 1 (and the victim's session closed)", &srv.Stats.Panics)
+	p := tunneltest.UDP4(other.Config.Addr.Addr(), serverAddr, []byte("still fine"))
+	other.Dev.Inbound <- p
+	tunneltest.Expect(t, srv.Dev.Outbound, p)
 }

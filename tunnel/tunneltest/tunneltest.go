@@ -94,6 +94,8 @@ type ServerOptions struct {
 	BatchSize int
 	// CheckPeer is passed to the server (see tunnel.ServerConfig).
 	CheckPeer func(tls.ConnectionState) error
+	// WrapDev, if set, wraps the server's device (fault injection).
+	WrapDev func(tun.Device) tun.Device
 }
 
 // StartServer starts a server; it stops in t.Cleanup.
@@ -106,10 +108,14 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 	dev := tuntest.NewChannelDevice("srv0", 1500, opts.BatchSize, 1024)
 	ln := NewListener(t)
 	stats := new(tunnel.Stats)
+	var sdev tun.Device = dev
+	if opts.WrapDev != nil {
+		sdev = opts.WrapDev(dev)
+	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		TLS:        ca.ServerConfig(t, "server"),
 		Identity:   certs.PeerIdentity,
-		Dev:        dev,
+		Dev:        sdev,
 		Pool:       &Pool{},
 		Subnet:     Subnet,
 		ServerAddr: Subnet.Addr().Next(),
