@@ -549,3 +549,35 @@ func tlsDial(t *testing.T, ns *netnstest.NS, addr string, cfg *tls.Config) error
 	}
 	return err
 }
+
+// TestNetNSCleanup: after a crash, --cleanup removes our routes and our
+// nftables table, and nothing of anyone else's.
+func TestNetNSCleanup(t *testing.T) {
+	tunneld, tunnelc := binaries(t)
+	for _, bin := range []string{tunneld, tunnelc} {
+		t.Run(filepath.Base(bin), func(t *testing.T) {
+			ns := netnstest.New(t)
+			proto := strconv.Itoa(routing.RouteProtocol)
+			ns.Run(t, "ip", "route", "add", "198.18.200.0/24", "dev", "lo", "proto", proto)
+			ns.Run(t, "ip", "route", "add", "198.18.201.0/24", "dev", "lo", "proto", "static")
+			ns.Run(t, "nft", "add", "table", "inet", routing.FirewallTable)
+			ns.Run(t, "nft", "add", "table", "inet", "someone_else")
+			out := ns.Run(t, bin, "--cleanup")
+			if !strings.Contains(out, "cleanup done") {
+				t.Errorf("--cleanup output lacks its summary:\n%s", out)
+			}
+			if got := ns.Run(t, "ip", "route", "show", "proto", proto); strings.TrimSpace(got) != "" {
+				t.Errorf("our route survived --cleanup: %s", got)
+			}
+			if got := ns.Run(t, "ip", "route", "show", "198.18.201.0/24"); !strings.Contains(got, "198.18.201.0/24") {
+				t.Error("--cleanup removed a route that is not ours")
+			}
+			tables := ns.Run(t, "nft", "list", "tables")
+			if strings.Contains(tables, "inet "+routing.FirewallTable+"\n") || !strings.Contains(tables, "someone_else") {
+				t.Errorf("after --cleanup, nft tables are:\n%s", tables)
+			}
+			// Running it again on a clean system is fine.
+			ns.Run(t, bin, "--cleanup")
+		})
+	}
+}
