@@ -34,6 +34,11 @@ type ServerConfig struct {
 	// Subnet is the tunnel subnet; ServerAddr is the server's address in it.
 	Subnet     netip.Prefix
 	ServerAddr netip.Addr
+	// Pool6, Subnet6 and ServerAddr6 add an IPv6 address per client
+	// (dual stack); Pool6 nil means IPv4 only.
+	Pool6       Assigner
+	Subnet6     netip.Prefix
+	ServerAddr6 netip.Addr
 	// MTU is pushed to clients.
 	MTU int
 	// Routes are pushed to clients to be installed via the tunnel.
@@ -87,6 +92,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, errors.New("server: no TUN device or address pool")
 	case !cfg.Subnet.Contains(cfg.ServerAddr):
 		return nil, fmt.Errorf("server: address %v outside subnet %v", cfg.ServerAddr, cfg.Subnet)
+	case cfg.Pool6 != nil && (!cfg.Subnet6.Addr().Is6() || !cfg.Subnet6.Contains(cfg.ServerAddr6)):
+		return nil, fmt.Errorf("server: IPv6 address %v outside IPv6 subnet %v", cfg.ServerAddr6, cfg.Subnet6)
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
@@ -228,6 +235,16 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		tc.Close()
 		return
 	}
+	var addr6 netip.Addr
+	if s.cfg.Pool6 != nil {
+		if addr6, err = s.cfg.Pool6.Assign(id); err != nil {
+			s.stats.HandshakeFailures.Add(1)
+			log.Warn("refusing client: no IPv6 address", "err", err)
+			writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, "no IPv6 tunnel address available: "+err.Error()))
+			tc.Close()
+			return
+		}
+	}
 	gso := !s.cfg.NoOffload && s.mux.CanGSO()
 	caps := uint32(0)
 	if gso {
@@ -241,13 +258,21 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		Keepalive:  s.cfg.Keepalive,
 		Caps:       caps,
 	}
+	allowed := []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}
+	addrs := []netip.Addr{addr}
+	if addr6.IsValid() {
+		cfg.Addr6 = netip.PrefixFrom(addr6, s.cfg.Subnet6.Bits())
+		cfg.Server6 = s.cfg.ServerAddr6
+		allowed = append(allowed, netip.PrefixFrom(addr6, 128))
+		addrs = append(addrs, addr6)
+	}
 	// Register before sending Config: once the client knows its address,
 	// packets for it must find the session (they wait in its queue).
 	sess := NewSession(SessionConfig{
 		Conn:         tc,
 		Batch:        bc,
 		Dev:          s.cfg.Dev,
-		Allowed:      []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())},
+		Allowed:      allowed,
 		MTU:          s.cfg.MTU,
 		PeerGSO:      gso && hello.Caps&CapGSO != 0,
 		AcceptGSO:    gso,
@@ -269,7 +294,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	// Read super-packets whole only while every client can take them.
 	s.mux.SetGSO(gso && s.nonGSO == 0)
 	s.mu.Unlock()
-	others := s.mux.Add(sess, addr)
+	others := s.mux.Add(sess, addrs...)
 	payload, err := MarshalConfig(cfg)
 	if err == nil {
 		err = writeControlFrame(hctx, tc, TypeConfig, payload)
@@ -303,7 +328,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	}
 
 	s.stats.SessionsOpened.Add(1)
-	log.Info("session established", append([]any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}, TLSAttrs(tc.ConnectionState())...)...)
+	attrs := []any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}
+	if cfg.Addr6.IsValid() {
+		attrs = append(attrs, "tunnel_addr6", cfg.Addr6)
+	}
+	log.Info("session established", append(attrs, TLSAttrs(tc.ConnectionState())...)...)
 
 	err = sess.Run(ctx)
 	s.unregister(id, sess)

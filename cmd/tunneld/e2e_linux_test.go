@@ -203,7 +203,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e.srv = start(t, e.server, e.tunneld, "--listen", "0.0.0.0:443",
 		"--cert", e.file("server.crt"), "--key", e.file("server.key"), "--ca", e.file("ca.crt"),
-		"--subnet", "100.64.0.0/24", "--route", "198.18.10.0/24", "--keepalive", "2s",
+		"--subnet", "100.64.0.0/24", "--subnet6", "fd00:64::/64", "--route", "198.18.10.0/24", "--keepalive", "2s",
 		"--state-dir", filepath.Join(t.TempDir(), "state"),
 		"--metrics", metricsAddr, "--log-level", "debug")
 	eventually(t, "tunneld listening", func() bool { return strings.Contains(e.srv.log.String(), "msg=listening") })
@@ -361,6 +361,27 @@ func TestNetNSTunnel(t *testing.T) {
 		out := laptop1.Run(t, "ip", "route", "show", "198.18.10.0/24")
 		if !strings.Contains(out, "dev tunnelc0") || !strings.Contains(out, "proto "+strconv.Itoa(routing.RouteProtocol)) {
 			t.Fatalf("route 198.18.10.0/24 = %q, want it via tunnelc0 with proto %d", out, routing.RouteProtocol)
+		}
+	})
+
+	t.Run("dual stack: IPv6 inside the tunnel", func(t *testing.T) {
+		addr6 := netip.MustParsePrefix("fd00:64::2/64")
+		eventually(t, "client IPv6 tunnel address", func() bool { return hasAddr(laptop1, "tunnelc0", addr6) })
+		if err := ping(t, laptop1, "-6", "fd00:64::1"); err != nil {
+			t.Fatal(err)
+		}
+		transfer(t, laptop1, e.server, "[fd00:64::1]:5011", 8<<20)
+		transfer(t, e.server, laptop1, "[fd00:64::2]:5012", 8<<20)
+		// IPv6 anti-spoofing: a source outside the client's /128 is dropped.
+		laptop1.Run(t, "ip", "-6", "addr", "add", "fd00:64::99/128", "dev", "tunnelc0", "nodad")
+		defer laptop1.Run(t, "ip", "-6", "addr", "del", "fd00:64::99/128", "dev", "tunnelc0")
+		series := `tunneld_dropped_packets_total{reason="spoofed_source"}`
+		before := e.metric(t, series)
+		if err := ping(t, laptop1, "-6", "-I", "fd00:64::99", "fd00:64::1"); err == nil {
+			t.Fatal("IPv6 ping from a spoofed source got answers")
+		}
+		if got := e.metric(t, series); got < before+3 {
+			t.Fatalf("%s = %v, want >= %v", series, got, before+3)
 		}
 	})
 

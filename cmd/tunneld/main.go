@@ -70,6 +70,7 @@ Examples:
 type options struct {
 	listen, cert, key, ca string
 	subnet                string
+	subnet6               string
 	tunName               string
 	mtu                   int
 	routes                []string
@@ -107,6 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.key, "key", "", "server private key FILE (PEM), e.g. /etc/tlsvpn/pki/server.key (required)")
 	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE that client certificates must chain to, e.g. /etc/tlsvpn/pki/ca.crt (required)")
 	fs.StringVar(&o.subnet, "subnet", "100.64.0.0/24", "tunnel subnet CIDR; the server takes the first host address, clients the rest")
+	fs.StringVar(&o.subnet6, "subnet6", "", "IPv6 tunnel subnet CIDR for dual stack, e.g. fd00:64::/64: each client also gets an IPv6 address from it, the server the first one (off if empty)")
 	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
 	fs.IntVar(&o.mtu, "mtu", 1500, "tunnel MTU, pushed to clients (576-65535)")
 	fs.StringArrayVar(&o.routes, "route", nil, "CIDR that clients route through the tunnel, e.g. --route 198.18.10.0/24 (repeatable)")
@@ -179,20 +181,34 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if o.mtu < 576 || o.mtu > tun.MaxPacketSize {
 		return cli.Usagef("--mtu %d: want 576 to %d", o.mtu, tun.MaxPacketSize)
 	}
-	var pool *routing.Pool
-	if o.stateDir == "" {
-		pool, err = routing.NewPool(subnet)
-	} else {
-		var warnings []error
-		pool, warnings, err = routing.OpenPool(subnet, filepath.Join(o.stateDir, "leases.json"))
+	openPool := func(p netip.Prefix, file string) (*routing.Pool, error) {
+		if o.stateDir == "" {
+			return routing.NewPool(p)
+		}
+		pool, warnings, err := routing.OpenPool(p, filepath.Join(o.stateDir, file))
 		for _, w := range warnings {
 			log.Warn("leases", "warning", w)
 		}
+		return pool, err
 	}
+	pool, err := openPool(subnet, "leases.json")
 	if err != nil {
 		return fmt.Errorf("address pool for --subnet %v: %w", subnet, err)
 	}
 	defer pool.Flush()
+	var subnet6 netip.Prefix
+	var pool6 *routing.Pool
+	if o.subnet6 != "" {
+		subnet6, err = netip.ParsePrefix(o.subnet6)
+		if err != nil || !subnet6.Addr().Is6() || subnet6.Addr().Is4In6() {
+			return cli.Usagef("--subnet6 %q: want an IPv6 CIDR such as fd00:64::/64", o.subnet6)
+		}
+		subnet6 = subnet6.Masked()
+		if pool6, err = openPool(subnet6, "leases6.json"); err != nil {
+			return fmt.Errorf("address pool for --subnet6 %v: %w", subnet6, err)
+		}
+		defer pool6.Flush()
+	}
 	tlsCfg, err := certs.ServerConfig(o.cert, o.key, o.ca)
 	if err != nil {
 		return err
@@ -243,7 +259,11 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}()
 	serverPrefix := netip.PrefixFrom(pool.ServerAddr(), subnet.Bits())
-	if err := mgr.Set(ctx, routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: []netip.Prefix{serverPrefix}}); err != nil {
+	tunAddrs := []netip.Prefix{serverPrefix}
+	if pool6 != nil {
+		tunAddrs = append(tunAddrs, netip.PrefixFrom(pool6.ServerAddr(), subnet6.Bits()))
+	}
+	if err := mgr.Set(ctx, routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs}); err != nil {
 		dev.Close()
 		return err
 	}
@@ -256,13 +276,14 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		HandshakeRate:          o.handshakeRate,
 		HandshakeBurst:         handshakeBurst(o.handshakeRate),
 	})
-	srv, err := tunnel.NewServer(tunnel.ServerConfig{
+	scfg := tunnel.ServerConfig{
 		TLS:              tlsCfg,
 		Identity:         certs.PeerIdentity,
 		Dev:              dev,
 		Pool:             pool,
 		Subnet:           subnet,
 		ServerAddr:       pool.ServerAddr(),
+		Subnet6:          subnet6,
 		MTU:              o.mtu,
 		Routes:           routes,
 		Keepalive:        o.keepalive,
@@ -274,7 +295,11 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		CheckPeer:        checkPeer,
 		Logger:           log,
 		Stats:            stats,
-	})
+	}
+	if pool6 != nil { // a nil *Pool must not become a non-nil Assigner
+		scfg.Pool6, scfg.ServerAddr6 = pool6, pool6.ServerAddr()
+	}
+	srv, err := tunnel.NewServer(scfg)
 	if err != nil {
 		dev.Close()
 		return err
