@@ -278,3 +278,34 @@ func TestNetNSResilience(t *testing.T) {
 		report(t, "forced rotation every 4 MB", fmt.Sprintf("%d rotations, no reconnect", rotations), "0 (new session before old closes)", err)
 	})
 }
+
+// TestNetNSIPv6Underlay: the server listens on an IPv6 address and the
+// client reaches it over IPv6; both IPv4 and IPv6 work inside the tunnel.
+func TestNetNSIPv6Underlay(t *testing.T) {
+	server, laptop := netnstest.New(t), netnstest.New(t)
+	tunneld, tunnelc := binaries(t)
+	netnstest.Veth(t, server, netip.MustParsePrefix("2001:db8:6::1/64"), laptop, netip.MustParsePrefix("2001:db8:6::2/64"))
+	pki, state := t.TempDir(), t.TempDir()
+	e := &env{}
+	e.run(t, tunneld, "pki", "init", "--dir", pki)
+	e.run(t, tunneld, "pki", "issue", "--dir", pki, "--server", "--name", "server", "--ip", "2001:db8:6::1")
+	e.run(t, tunneld, "pki", "issue", "--dir", pki, "--client", "--name", "laptop")
+	srv := start(t, server, tunneld, "--listen", "[2001:db8:6::1]:443",
+		"--cert", pki+"/server.crt", "--key", pki+"/server.key", "--ca", pki+"/ca.crt",
+		"--subnet", "100.64.0.0/24", "--subnet6", "fd00:64::/64", "--state-dir", state)
+	eventually(t, "tunneld listening", func() bool { return strings.Contains(srv.log.String(), "msg=listening") })
+	cli := start(t, laptop, tunnelc, "--server", "[2001:db8:6::1]:443",
+		"--cert", pki+"/laptop.crt", "--key", pki+"/laptop.key", "--ca", pki+"/ca.crt")
+	eventually(t, "client addresses", func() bool {
+		return hasAddr(laptop, "tunnelc0", clientAddr) && hasAddr(laptop, "tunnelc0", netip.MustParsePrefix("fd00:64::2/64"))
+	})
+	if !strings.Contains(cli.log.String(), "server=[2001:db8:6::1]:443") {
+		t.Errorf("client did not connect over IPv6:\n%s", cli.log.String())
+	}
+	for _, dst := range []string{"100.64.0.1", "fd00:64::1"} {
+		if err := ping(t, laptop, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	transfer(t, laptop, server, "[fd00:64::1]:5021", 4<<20)
+}
