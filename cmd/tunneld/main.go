@@ -71,6 +71,7 @@ type options struct {
 	listen, cert, key, ca string
 	subnet                string
 	subnet6               string
+	nat                   bool
 	tunName               string
 	mtu                   int
 	routes                []string
@@ -109,6 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE that client certificates must chain to, e.g. /etc/tlsvpn/pki/ca.crt (required)")
 	fs.StringVar(&o.subnet, "subnet", "100.64.0.0/24", "tunnel subnet CIDR; the server takes the first host address, clients the rest")
 	fs.StringVar(&o.subnet6, "subnet6", "", "IPv6 tunnel subnet CIDR for dual stack, e.g. fd00:64::/64: each client also gets an IPv6 address from it, the server the first one (off if empty)")
+	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn), so networks behind the server need no route back to --subnet")
 	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
 	fs.IntVar(&o.mtu, "mtu", 1500, "tunnel MTU, pushed to clients (576-65535)")
 	fs.StringArrayVar(&o.routes, "route", nil, "CIDR that clients route through the tunnel, e.g. --route 198.18.10.0/24 (repeatable)")
@@ -266,6 +268,45 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err := mgr.Set(ctx, routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs}); err != nil {
 		dev.Close()
 		return err
+	}
+
+	// Routing between the tunnel and other networks: forwarding on, TCP
+	// MSS clamped on forwarded SYNs (no PMTU black holes toward links with
+	// a smaller MTU), and masquerading with --nat. All of it is undone at
+	// exit; --cleanup removes the nftables table after a crash.
+	if len(routes) > 0 || o.nat {
+		restore, err := routing.EnableForwarding(pool6 != nil)
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				log.Warn("restoring forwarding settings", "err", err)
+			}
+		}()
+		fw, err := routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		defer func() {
+			if err := fw.Close(); err != nil {
+				log.Warn("removing nftables table", "err", err)
+			}
+		}()
+		fc := routing.FirewallConfig{TunnelIf: o.tunName, ClampMSS: true}
+		if o.nat {
+			fc.Masquerade = []netip.Prefix{subnet}
+			if pool6 != nil {
+				fc.Masquerade = append(fc.Masquerade, subnet6)
+			}
+		}
+		if err := fw.Set(ctx, fc); err != nil {
+			dev.Close()
+			return err
+		}
+		log.Info("forwarding between the tunnel and other networks", "nat", o.nat, "clamp_mss", true)
 	}
 
 	stats := new(tunnel.Stats)
