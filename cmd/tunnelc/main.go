@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -73,6 +74,8 @@ type options struct {
 	rotateBytes         int64
 	rotateAfter         time.Duration
 	noResumption        bool
+	fullTunnel          bool
+	killSwitch          bool
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
@@ -94,6 +97,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s)")
 	fs.Int64Var(&o.rotateBytes, "rotate-bytes", 0, "open a fresh session (new keys) after N bytes through the tunnel, e.g. 1073741824 (0: only the TLS record budget and --rotate-after)")
 	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
+	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
+	fs.BoolVar(&o.killSwitch, "kill-switch", false, "with --full-tunnel: drop everything that would leave outside the tunnel (IPv4 and IPv6), except the connection to the server, DHCP and loopback, from start to exit, including while reconnecting")
 	fs.BoolVar(&o.noResumption, "no-resumption", false, "always do a full TLS handshake on reconnect instead of resuming with a session ticket")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
@@ -135,9 +140,12 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if o.server == "" {
 		return cli.Usagef("--server is required, e.g. --server vpn.example.com:443")
 	}
-	host, _, err := net.SplitHostPort(o.server)
+	host, portStr, err := net.SplitHostPort(o.server)
 	if err != nil {
 		return cli.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
+	}
+	if o.killSwitch && !o.fullTunnel {
+		return cli.Usagef("--kill-switch needs --full-tunnel")
 	}
 	if o.serverName == "" {
 		o.serverName = host
@@ -170,6 +178,43 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			dev.Close()
 		}
 	}()
+	// Full tunnel and kill switch need the server's addresses.
+	var serverAddrs []netip.AddrPort
+	if o.fullTunnel {
+		port, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			return cli.Usagef("--server %q: bad port", o.server)
+		}
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			return fmt.Errorf("resolve %s: %w", host, err)
+		}
+		for _, ip := range ips {
+			serverAddrs = append(serverAddrs, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
+		}
+		o.server = serverAddrs[0].String() // dial what the bypass and kill switch allow
+	}
+	if o.killSwitch {
+		fw, err := routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		if err != nil {
+			return err
+		}
+		if err := fw.Set(ctx, routing.FirewallConfig{TunnelIf: o.tunName, KillSwitch: true, ServerEndpoints: serverAddrs}); err != nil {
+			fw.Close()
+			return err
+		}
+		defer fw.Close()
+		log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
+	}
+	var removeBypass func() error
+	defer func() {
+		if removeBypass != nil {
+			if err := removeBypass(); err != nil {
+				log.Warn("removing the route to the server", "err", err)
+			}
+		}
+	}()
+
 	// setup runs for every session. The first creates the TUN device;
 	// later ones (reconnects, rotations) keep it and only converge the
 	// addresses and routes, which is a no-op when nothing changed.
@@ -189,7 +234,24 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			dev, mgr = d, m
 		}
-		rc := routing.Config{Interface: o.tunName, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: cfg.Routes}
+		routes, full := fullTunnelRoutes(cfg.Routes, o.fullTunnel, cfg.Addr6.IsValid())
+		if full && removeBypass == nil {
+			// Keep the way to the server outside the tunnel before the
+			// tunnel takes everything else.
+			if len(serverAddrs) == 0 {
+				ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+				if err != nil || len(ips) == 0 {
+					return nil, fmt.Errorf("resolve %s for the full tunnel: %w", host, err)
+				}
+				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
+			}
+			rm, err := routing.AddBypass(ctx, serverAddrs[0].Addr())
+			if err != nil {
+				return nil, err
+			}
+			removeBypass = rm
+		}
+		rc := routing.Config{Interface: o.tunName, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: routes}
 		if cfg.Addr6.IsValid() {
 			rc.Addresses = append(rc.Addresses, cfg.Addr6)
 		}
@@ -245,6 +307,31 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
 	return err
+}
+
+// fullTunnelRoutes returns the routes to install: the pushed ones, with a
+// default route (pushed, or asked for with --full-tunnel) replaced by two
+// halves that win over the system's default without removing it.
+func fullTunnelRoutes(pushed []netip.Prefix, force, have6 bool) ([]netip.Prefix, bool) {
+	var out []netip.Prefix
+	full4, full6 := force, force && have6
+	for _, r := range pushed {
+		switch {
+		case r.Bits() == 0 && r.Addr().Is4():
+			full4 = true
+		case r.Bits() == 0:
+			full6 = true
+		default:
+			out = append(out, r)
+		}
+	}
+	if full4 {
+		out = append(out, netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1"))
+	}
+	if full6 {
+		out = append(out, netip.MustParsePrefix("::/1"), netip.MustParsePrefix("8000::/1"))
+	}
+	return out, full4 || full6
 }
 
 func errString(err error) string {

@@ -100,3 +100,101 @@ func TestNetNSSplitTunnelToLAN(t *testing.T) {
 		})
 	}
 }
+
+// TestNetNSFullTunnelKillSwitch: tunnelc --full-tunnel --kill-switch sends
+// everything through the tunnel without cutting its own connection; a host
+// past the server sees the server's address; while the tunnel is down
+// nothing leaves outside it; on exit the original routes come back.
+func TestNetNSFullTunnelKillSwitch(t *testing.T) {
+	server, laptop, inet := netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	tunneld, tunnelc := binaries(t)
+	_, lapIf := netnstest.Veth(t, server, netip.MustParsePrefix("198.18.0.1/29"), laptop, netip.MustParsePrefix("198.18.0.2/29"))
+	netnstest.Veth(t, server, netip.MustParsePrefix("198.18.20.1/24"), inet, netip.MustParsePrefix("198.18.20.2/24"))
+	laptop.Run(t, "ip", "route", "add", "default", "via", "198.18.0.1")
+	server.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1") // the laptop's plain path, for the "after" check
+	pki, state := t.TempDir(), t.TempDir()
+	e := &env{}
+	e.run(t, tunneld, "pki", "init", "--dir", pki)
+	e.run(t, tunneld, "pki", "issue", "--dir", pki, "--server", "--name", "server", "--ip", "198.18.0.1")
+	e.run(t, tunneld, "pki", "issue", "--dir", pki, "--client", "--name", "laptop")
+	srvArgs := []string{"--listen", "198.18.0.1:443", "--cert", pki + "/server.crt", "--key", pki + "/server.key",
+		"--ca", pki + "/ca.crt", "--subnet", "100.64.0.0/24", "--nat", "--state-dir", state}
+	srv := start(t, server, tunneld, srvArgs...)
+	eventually(t, "tunneld listening", func() bool { return strings.Contains(srv.log.String(), "msg=listening") })
+	cli := start(t, laptop, tunnelc, "--server", "198.18.0.1:443", "--cert", pki+"/laptop.crt",
+		"--key", pki+"/laptop.key", "--ca", pki+"/ca.crt", "--full-tunnel", "--kill-switch")
+	eventually(t, "client address", func() bool { return hasAddr(laptop, "tunnelc0", clientAddr) })
+
+	if out := laptop.Run(t, "ip", "route", "get", "198.18.20.2"); !strings.Contains(out, "dev tunnelc0") {
+		t.Fatalf("internet traffic does not use the tunnel: %s", out)
+	}
+	if out := laptop.Run(t, "ip", "route", "get", "198.18.0.1"); strings.Contains(out, "tunnelc0") {
+		t.Fatalf("the route to the server goes into the tunnel: %s", out)
+	}
+	// The host "on the internet" sees the server's address.
+	ln := inet.Listen(t, "tcp", "198.18.20.2:8001")
+	seen := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			seen <- err.Error()
+			return
+		}
+		seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := laptop.Dial(ctx, "tcp", "198.18.20.2:8001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := <-seen; got != "198.18.20.1" {
+		t.Fatalf("internet host saw %s, want the server's 198.18.20.1", got)
+	}
+	ln.Close()
+
+	// Tunnel down (server stopped): the client keeps reconnecting, and the
+	// kill switch lets nothing out but the server endpoint.
+	srv.stop(t)
+	eventually(t, "client notices", func() bool { return strings.Contains(cli.log.String(), "reconnecting") })
+	dial := func(addr string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, err := laptop.Dial(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	// Port 80 on the server is closed: without the kill switch the dial
+	// would be refused at once; dropped, it fails with EPERM or times out.
+	if err := dial("198.18.0.1:80"); err == nil || strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial outside the tunnel while it is down = %v, want it dropped by the kill switch", err)
+	}
+	if err := dial("198.18.0.1:443"); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial to the (stopped) server endpoint = %v, want 'connection refused' (allowed through)", err)
+	}
+	if err := ping(t, laptop, "-I", lapIf, "198.18.0.1"); err == nil {
+		t.Fatal("ping outside the tunnel got through the kill switch")
+	}
+
+	// Server back: the client reconnects through the kill switch.
+	srv = start(t, server, tunneld, srvArgs...)
+	eventually(t, "client reconnected", func() bool { return strings.Contains(cli.log.String(), "msg=reconnected") })
+
+	// Exit: routes, bypass route and kill switch are gone, the plain path works.
+	if err := cli.stop(t); err != nil {
+		t.Fatalf("tunnelc exit: %v", err)
+	}
+	if out := laptop.Run(t, "ip", "route", "get", "198.18.20.2"); !strings.Contains(out, "via 198.18.0.1") {
+		t.Fatalf("after exit the original route is not back: %s", out)
+	}
+	if out := laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, routing.FirewallTable) {
+		t.Fatalf("kill switch table left after exit:\n%s", out)
+	}
+	if err := dial("198.18.0.1:80"); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("after exit, dial to a closed port = %v, want 'connection refused' (not dropped)", err)
+	}
+}
