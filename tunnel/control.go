@@ -43,11 +43,13 @@ const (
 	cfgTagAddr6      = 0x87 // 16-byte address + prefix length (critical)
 	cfgTagServer6    = 0x08 // 16-byte address
 	cfgTagSessionTTL = 0x09 // uint32 seconds, informative
+	cfgTagDNS        = 0x0a // 4- or 16-byte resolver address; repeated
 )
 
 // Limits on control content.
 const (
 	MaxRoutes    = 256
+	MaxDNS       = 8
 	maxSoftware  = 64
 	MaxReasonLen = 1024
 )
@@ -72,6 +74,7 @@ type Config struct {
 	Routes     []netip.Prefix // routes to install via the tunnel
 	Keepalive  time.Duration  // ping interval; 0 disables pings
 	Caps       uint32         // what the server accepts (CapGSO)
+	DNS        []netip.Addr   // resolvers the client should use
 }
 
 func appendAttr(b []byte, tag byte, v []byte) []byte {
@@ -225,6 +228,15 @@ func MarshalConfig(c Config) ([]byte, error) {
 		}
 		b = appendPrefix(b, cfgTagRoute, r.Masked(), true)
 	}
+	if len(c.DNS) > MaxDNS {
+		return nil, fmt.Errorf("config: %d DNS servers, at most %d", len(c.DNS), MaxDNS)
+	}
+	for _, d := range c.DNS {
+		if !d.IsValid() || d.Is4In6() || d.Zone() != "" {
+			return nil, fmt.Errorf("config: invalid DNS server %v", d)
+		}
+		b = appendAttr(b, cfgTagDNS, d.AsSlice())
+	}
 	b = appendU32(b, cfgTagKeepalive, uint32(c.Keepalive/time.Millisecond))
 	b = appendU32(b, cfgTagCaps, c.Caps)
 	if len(b) > MaxControlLen {
@@ -277,6 +289,21 @@ func UnmarshalConfig(b []byte) (Config, error) {
 			c.Caps, err = u32(v)
 		case cfgTagSessionTTL:
 			_, err = u32(v)
+		case cfgTagDNS:
+			if len(c.DNS) >= MaxDNS {
+				return true, fmt.Errorf("more than %d DNS servers", MaxDNS)
+			}
+			var a netip.Addr
+			switch len(v) {
+			case 4:
+				a, err = addrOf(v, 4)
+			default:
+				a, err = addrOf(v, 16)
+				if err == nil && a.Is4In6() {
+					err = errors.New("IPv4-mapped DNS server")
+				}
+			}
+			c.DNS = append(c.DNS, a)
 		default:
 			return false, nil
 		}

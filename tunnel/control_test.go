@@ -32,6 +32,7 @@ func TestConfigRoundTrip(t *testing.T) {
 			},
 			Keepalive: 10 * time.Second,
 			Caps:      CapGSO,
+			DNS:       []netip.Addr{netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd00:64::1")},
 		}},
 	}
 	for _, tt := range tests {

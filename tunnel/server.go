@@ -43,6 +43,8 @@ type ServerConfig struct {
 	MTU int
 	// Routes are pushed to clients to be installed via the tunnel.
 	Routes []netip.Prefix
+	// DNS lists resolvers pushed to clients.
+	DNS []netip.Addr
 	// Keepalive is the ping interval pushed to clients and used here.
 	Keepalive time.Duration
 	// HandshakeTimeout bounds the TLS and protocol handshakes; default 10s.
@@ -257,6 +259,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		Routes:     s.cfg.Routes,
 		Keepalive:  s.cfg.Keepalive,
 		Caps:       caps,
+		DNS:        s.cfg.DNS,
 	}
 	allowed := []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}
 	addrs := []netip.Addr{addr}

@@ -206,8 +206,14 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		defer fw.Close()
 		log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
 	}
-	var removeBypass func() error
+	var removeBypass, restoreDNS func() error
+	var appliedDNS string
 	defer func() {
+		if restoreDNS != nil {
+			if err := restoreDNS(); err != nil {
+				log.Warn("restoring DNS settings", "err", err)
+			}
+		}
 		if removeBypass != nil {
 			if err := removeBypass(); err != nil {
 				log.Warn("removing the route to the server", "err", err)
@@ -257,6 +263,19 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		if err := mgr.Set(ctx, rc); err != nil {
 			return nil, err
+		}
+		if d := fmt.Sprint(cfg.DNS); d != appliedDNS {
+			if restoreDNS != nil {
+				if err := restoreDNS(); err != nil {
+					log.Warn("restoring DNS settings", "err", err)
+				}
+				restoreDNS = nil
+			}
+			r, err := routing.SetDNS(ctx, o.tunName, cfg.DNS, log)
+			if err != nil {
+				return nil, err
+			}
+			restoreDNS, appliedDNS = r, d
 		}
 		if desc := fmt.Sprint(rc); desc != applied {
 			if applied != "" {

@@ -72,6 +72,7 @@ type options struct {
 	subnet                string
 	subnet6               string
 	nat                   bool
+	dns                   []string
 	tunName               string
 	mtu                   int
 	routes                []string
@@ -110,6 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE that client certificates must chain to, e.g. /etc/tlsvpn/pki/ca.crt (required)")
 	fs.StringVar(&o.subnet, "subnet", "100.64.0.0/24", "tunnel subnet CIDR; the server takes the first host address, clients the rest")
 	fs.StringVar(&o.subnet6, "subnet6", "", "IPv6 tunnel subnet CIDR for dual stack, e.g. fd00:64::/64: each client also gets an IPv6 address from it, the server the first one (off if empty)")
+	fs.StringArrayVar(&o.dns, "dns", nil, "DNS server IP pushed to clients, e.g. --dns 100.64.0.1 (repeatable); tunnelc applies it through systemd-resolved or /etc/resolv.conf while connected")
 	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn), so networks behind the server need no route back to --subnet")
 	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
 	fs.IntVar(&o.mtu, "mtu", 1500, "tunnel MTU, pushed to clients (576-65535)")
@@ -176,6 +178,17 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			return cli.Usagef("--route %q: want a CIDR such as 198.18.10.0/24", r)
 		}
 		routes = append(routes, p.Masked())
+	}
+	var dns []netip.Addr
+	for _, d := range o.dns {
+		a, err := netip.ParseAddr(d)
+		if err != nil || a.Zone() != "" {
+			return cli.Usagef("--dns %q: want an IP address such as 100.64.0.1", d)
+		}
+		dns = append(dns, a.Unmap())
+	}
+	if len(dns) > tunnel.MaxDNS {
+		return cli.Usagef("at most %d --dns flags", tunnel.MaxDNS)
 	}
 	if len(routes) > tunnel.MaxRoutes {
 		return cli.Usagef("at most %d --route flags", tunnel.MaxRoutes)
@@ -327,6 +340,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		Subnet6:          subnet6,
 		MTU:              o.mtu,
 		Routes:           routes,
+		DNS:              dns,
 		Keepalive:        o.keepalive,
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,

@@ -36,6 +36,13 @@ var clientAddr = netip.MustParsePrefix("100.64.0.2/24")
 
 func newPair(t *testing.T, clientFlags ...string) *pair {
 	t.Helper()
+	return newPairWith(t, nil, nil, clientFlags...)
+}
+
+// newPairWith is newPair with extra tunneld flags and a hook that runs on
+// the laptop namespace before tunnelc starts.
+func newPairWith(t *testing.T, serverFlags []string, prepare func(laptop *netnstest.NS), clientFlags ...string) *pair {
+	t.Helper()
 	p := &pair{server: netnstest.New(t), laptop: netnstest.New(t)}
 	p.tunneld, p.tunnelc = binaries(t)
 	_, p.laptopIf = netnstest.Veth(t, p.server, netip.MustParsePrefix("198.18.0.1/29"), p.laptop, netip.MustParsePrefix("198.18.0.2/29"))
@@ -51,7 +58,11 @@ func newPair(t *testing.T, clientFlags ...string) *pair {
 	p.srvArgs = []string{"--listen", "198.18.0.1:443",
 		"--cert", p.pki + "/server.crt", "--key", p.pki + "/server.key", "--ca", p.pki + "/ca.crt",
 		"--subnet", "100.64.0.0/24", "--keepalive", "2s", "--state-dir", p.state, "--log-level", "debug"}
+	p.srvArgs = append(p.srvArgs, serverFlags...)
 	p.startServer(t)
+	if prepare != nil {
+		prepare(p.laptop)
+	}
 	args := append([]string{"--server", "198.18.0.1:443",
 		"--cert", p.pki + "/laptop.crt", "--key", p.pki + "/laptop.key", "--ca", p.pki + "/ca.crt", "--log-level", "debug"}, clientFlags...)
 	p.cli = start(t, p.laptop, p.tunnelc, args...)

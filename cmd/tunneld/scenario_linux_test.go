@@ -8,6 +8,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +198,36 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 	}
 	if err := dial("198.18.0.1:80"); err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("after exit, dial to a closed port = %v, want 'connection refused' (not dropped)", err)
+	}
+}
+
+// TestNetNSDNS: the resolver the server pushes (--dns) is applied while
+// the tunnel is up and the previous resolv.conf comes back at exit.
+// (`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over
+// /etc/resolv.conf, so tunnelc's changes land in that file.)
+func TestNetNSDNS(t *testing.T) {
+	p := newPairWith(t, []string{"--dns", "100.64.0.1"}, func(laptop *netnstest.NS) {
+		dir := filepath.Join("/etc/netns", laptop.Name)
+		if _, err := os.Stat("/etc/netns"); os.IsNotExist(err) {
+			t.Cleanup(func() { os.Remove("/etc/netns") }) // only if we made it (and it is empty)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver 192.0.2.53\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	file := filepath.Join("/etc/netns", p.laptop.Name, "resolv.conf")
+	eventually(t, "pushed resolver applied", func() bool {
+		b, _ := os.ReadFile(file)
+		return strings.Contains(string(b), "nameserver 100.64.0.1") && !strings.Contains(string(b), "192.0.2.53")
+	})
+	if err := p.cli.stop(t); err != nil {
+		t.Fatalf("tunnelc exit: %v", err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "nameserver 192.0.2.53\n" {
+		t.Fatalf("resolv.conf after exit = %q, want the original back", b)
 	}
 }

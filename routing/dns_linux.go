@@ -1,0 +1,76 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+)
+
+// ResolvConf is the file SetDNS manages when systemd-resolved is absent.
+// It is written in place (not replaced), so a bind-mounted file, as
+// `ip netns exec` sets up, keeps working.
+var ResolvConf = "/etc/resolv.conf"
+
+// SetDNS makes the system resolve names through servers while the tunnel
+// is up: through systemd-resolved on ifname when it runs (all domains,
+// "~."), otherwise by writing ResolvConf. restore puts back what was there.
+func SetDNS(ctx context.Context, ifname string, servers []netip.Addr, log *slog.Logger) (restore func() error, err error) {
+	if len(servers) == 0 {
+		return func() error { return nil }, nil
+	}
+	addrs := make([]string, len(servers))
+	for i, s := range servers {
+		addrs[i] = s.String()
+	}
+	// systemd-resolved manages the links of the host's network namespace
+	// only; inside another one, the (bind-mounted) resolv.conf is ours.
+	if _, err := os.Stat("/run/systemd/resolve/resolv.conf"); err == nil && inInitNetNS() {
+		if path, err := exec.LookPath("resolvectl"); err == nil {
+			if out, err := exec.CommandContext(ctx, path, append([]string{"dns", ifname}, addrs...)...).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("resolvectl dns %s: %v: %s", ifname, err, out)
+			}
+			if out, err := exec.CommandContext(ctx, path, "domain", ifname, "~.").CombinedOutput(); err != nil {
+				exec.Command(path, "revert", ifname).Run()
+				return nil, fmt.Errorf("resolvectl domain %s: %v: %s", ifname, err, out)
+			}
+			log.Info("DNS through the tunnel (systemd-resolved)", "ifname", ifname, "servers", strings.Join(addrs, ","))
+			return func() error {
+				if out, err := exec.Command(path, "revert", ifname).CombinedOutput(); err != nil {
+					return fmt.Errorf("resolvectl revert %s: %v: %s", ifname, err, out)
+				}
+				return nil
+			}, nil
+		}
+	}
+	old, err := os.ReadFile(ResolvConf)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("read %s: %w", ResolvConf, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# written by tunnelc while %s is up; the previous content comes back when it exits\n", ifname)
+	for _, a := range addrs {
+		fmt.Fprintf(&b, "nameserver %s\n", a)
+	}
+	if err := os.WriteFile(ResolvConf, []byte(b.String()), 0o644); err != nil {
+		return nil, fmt.Errorf("write %s: %w", ResolvConf, err)
+	}
+	log.Info("DNS through the tunnel", "file", ResolvConf, "servers", strings.Join(addrs, ","))
+	return func() error {
+		if err := os.WriteFile(ResolvConf, old, 0o644); err != nil {
+			return fmt.Errorf("restore %s: %w", ResolvConf, err)
+		}
+		return nil
+	}, nil
+}
+
+// inInitNetNS reports whether this process shares PID 1's network
+// namespace.
+func inInitNetNS() bool {
+	self, err1 := os.Readlink("/proc/self/ns/net")
+	init, err2 := os.Readlink("/proc/1/ns/net")
+	return err1 == nil && err2 == nil && self == init
+}
