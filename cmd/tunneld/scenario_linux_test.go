@@ -68,28 +68,9 @@ func TestNetNSSplitTunnelToLAN(t *testing.T) {
 
 			// A TCP transfer to the LAN host: byte-exact, and the LAN host
 			// sees the expected source address.
-			ln := lan.Listen(t, "tcp", "198.18.10.2:7001")
-			seen := make(chan string, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					seen <- err.Error()
-					return
-				}
-				seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
-				c.Close()
-			}()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := laptop.Dial(ctx, "tcp", "198.18.10.2:7001")
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.Close()
-			if got := <-seen; got != tc.wantSrc {
+			if got := sourceSeen(t, laptop, lan, "198.18.10.2:7001"); got != tc.wantSrc {
 				t.Fatalf("LAN host saw the connection from %s, want %s", got, tc.wantSrc)
 			}
-			ln.Close()
 			transfer(t, laptop, lan, "198.18.10.2:7002", 8<<20)
 			if tc.lanRoute {
 				transfer(t, lan, laptop, "100.64.0.2:7003", 4<<20) // the LAN can reach the laptop too
@@ -134,28 +115,9 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 		t.Fatalf("the route to the server goes into the tunnel: %s", out)
 	}
 	// The host "on the internet" sees the server's address.
-	ln := inet.Listen(t, "tcp", "198.18.20.2:8001")
-	seen := make(chan string, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			seen <- err.Error()
-			return
-		}
-		seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
-		c.Close()
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := laptop.Dial(ctx, "tcp", "198.18.20.2:8001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if got := <-seen; got != "198.18.20.1" {
+	if got := sourceSeen(t, laptop, inet, "198.18.20.2:8001"); got != "198.18.20.1" {
 		t.Fatalf("internet host saw %s, want the server's 198.18.20.1", got)
 	}
-	ln.Close()
 
 	// Tunnel down (server stopped): the client keeps reconnecting, and the
 	// kill switch lets nothing out but the server endpoint.
@@ -230,4 +192,30 @@ func TestNetNSDNS(t *testing.T) {
 	if b, _ := os.ReadFile(file); string(b) != "nameserver 192.0.2.53\n" {
 		t.Fatalf("resolv.conf after exit = %q, want the original back", b)
 	}
+}
+
+// sourceSeen connects from one namespace to a listener on addr in another
+// and returns the source address the listener saw.
+func sourceSeen(t *testing.T, from, to *netnstest.NS, addr string) string {
+	t.Helper()
+	ln := to.Listen(t, "tcp", addr)
+	defer ln.Close()
+	seen := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			seen <- err.Error()
+			return
+		}
+		seen <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := from.Dial(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	return <-seen
 }
