@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"sync"
@@ -198,6 +199,60 @@ func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 		return fmt.Errorf("reserve %v for %q: %w", addr, identity, err)
 	}
 	return nil
+}
+
+// Pin leases the fixed address addr to identity, as Reserve does, but
+// wins every conflict: the lease identity held before (if another address)
+// is released, and a dynamic lease of addr by another identity is taken
+// away; that identity is returned as evicted (it gets a new address on its
+// next Assign, and its live session must be told). tunneld pins the
+// addresses of its --clients file, so editing the file never fails at
+// runtime on a lease made before the edit.
+func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error) {
+	if identity == "" {
+		return "", errors.New("pin address: empty identity")
+	}
+	if !p.contains(addr) {
+		return "", fmt.Errorf("pin %v for %q: not a client address of pool %v", addr, identity, p.subnet)
+	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	p.mu.Lock()
+	owner, taken := p.byAddr[addr]
+	if taken && owner == identity {
+		p.mu.Unlock()
+		p.touch(identity)
+		return "", nil
+	}
+	// Work on copies so a failed write changes nothing.
+	byID, byAddr := maps.Clone(p.byID), maps.Clone(p.byAddr)
+	if old, ok := byID[identity]; ok {
+		delete(byAddr, old.addr)
+	}
+	if taken {
+		delete(byID, owner)
+		evicted = owner
+	}
+	now := p.now()
+	byID[identity] = lease{addr: addr, first: now, last: now}
+	byAddr[addr] = identity
+	var f *leaseFile
+	if p.path != "" {
+		saved := p.byID
+		p.byID = byID
+		f = p.fileLocked("", lease{})
+		p.byID = saved
+	}
+	p.mu.Unlock()
+	if f != nil {
+		if err := writeLeases(p.path, f, p.syncFile); err != nil {
+			return "", fmt.Errorf("pin %v for %q: %w", addr, identity, err)
+		}
+	}
+	p.mu.Lock()
+	p.byID, p.byAddr = byID, byAddr
+	p.mu.Unlock()
+	return evicted, nil
 }
 
 // touch returns the address leased to identity, if any, and records that

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"testing"
 )
@@ -168,6 +169,61 @@ func TestPoolReserve(t *testing.T) {
 	got, err = p.Assign("dave")
 	if err != nil || got != addr("100.64.0.4") {
 		t.Errorf("Assign(dave) = %v, %v; want 100.64.0.4 (skipping reserved .3)", got, err)
+	}
+}
+
+func TestPoolPin(t *testing.T) {
+	addr := netip.MustParseAddr
+	path := filepath.Join(t.TempDir(), "leases.json")
+	p, _, err := OpenPool(netip.MustParsePrefix("100.64.0.0/24"), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"alice", "bob"} { // .2, .3
+		if _, err := p.Assign(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		identity    string
+		addr        netip.Addr
+		wantEvicted string
+		wantErr     bool
+	}{
+		{"alice", addr("100.64.0.10"), "", false}, // moves alice, frees .2
+		{"alice", addr("100.64.0.10"), "", false}, // again: no change
+		{"carol", addr("100.64.0.3"), "bob", false},
+		{"carol", addr("100.64.0.1"), "", true}, // the server's
+		{"carol", addr("192.0.2.1"), "", true},  // outside
+		{"", addr("100.64.0.20"), "", true},     // no identity
+	}
+	for _, st := range steps {
+		evicted, err := p.Pin(st.identity, st.addr)
+		if (err != nil) != st.wantErr || evicted != st.wantEvicted {
+			t.Errorf("Pin(%q, %v) = %q, %v; want evicted %q, error %v", st.identity, st.addr, evicted, err, st.wantEvicted, st.wantErr)
+		}
+	}
+	want := map[string]netip.Addr{"alice": addr("100.64.0.10"), "carol": addr("100.64.0.3")}
+	check := func(p *Pool, when string) {
+		t.Helper()
+		for id, a := range want {
+			if got, ok := p.Lookup(id); !ok || got != a {
+				t.Errorf("%s: Lookup(%s) = %v, %v; want %v", when, id, got, ok, a)
+			}
+		}
+		if got, ok := p.Lookup("bob"); ok {
+			t.Errorf("%s: evicted bob still holds %v", when, got)
+		}
+	}
+	check(p, "after Pin")
+	// The move is durable, and bob gets the lowest free address again.
+	p2, _, err := OpenPool(netip.MustParsePrefix("100.64.0.0/24"), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(p2, "after reopening")
+	if got, err := p2.Assign("bob"); err != nil || got == addr("100.64.0.3") || got == addr("100.64.0.10") {
+		t.Errorf("Assign(bob) after eviction = %v, %v; want a free address", got, err)
 	}
 }
 

@@ -261,6 +261,8 @@ func (c *Client) Run(ctx context.Context) error {
 				wait = jitter(backoff)
 				backoff = min(2*backoff, c.cfg.MaxBackoff)
 				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			} else if errors.As(err, &pc) && pc.Code == CloseReconfigure {
+				c.log.Info("server changed this client's configuration; reconnecting to apply it", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			} else {
 				c.log.Warn("session ended; reconnecting", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			}

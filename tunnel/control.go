@@ -28,8 +28,9 @@ const (
 
 // Attribute tags of Hello.
 const (
-	helloTagCaps     = 0x01 // uint32
-	helloTagSoftware = 0x02 // UTF-8, informative
+	helloTagCaps      = 0x01 // uint32
+	helloTagSoftware  = 0x02 // UTF-8, informative
+	helloTagAdvertise = 0x03 // 1-byte family (4|6) + address + prefix length; repeated
 )
 
 // Attribute tags of Config.
@@ -44,6 +45,7 @@ const (
 	cfgTagServer6    = 0x08 // 16-byte address
 	cfgTagSessionTTL = 0x09 // uint32 seconds, informative
 	cfgTagDNS        = 0x0a // 4- or 16-byte resolver address; repeated
+	cfgTagAccepted   = 0x0b // like cfgTagRoute: an advertised prefix the server accepted; repeated
 )
 
 // Limits on control content.
@@ -61,6 +63,10 @@ var ErrBadControl = errors.New("malformed control message")
 type Hello struct {
 	Caps     uint32
 	Software string // e.g. "tunnelc/0.1"; informative only
+	// Advertise lists the networks behind the client (a site gateway's
+	// LANs) that it asks the server to route to it. The server accepts
+	// only those its policy allows for the client's identity.
+	Advertise []netip.Prefix
 }
 
 // Config is the server's answer to Hello: everything the client needs to
@@ -75,6 +81,7 @@ type Config struct {
 	Keepalive  time.Duration  // ping interval; 0 disables pings
 	Caps       uint32         // what the server accepts (CapGSO)
 	DNS        []netip.Addr   // resolvers the client should use
+	Accepted   []netip.Prefix // advertised prefixes the server routes to the client
 }
 
 func appendAttr(b []byte, tag byte, v []byte) []byte {
@@ -170,7 +177,37 @@ func MarshalHello(h Hello) []byte {
 	if sw != "" {
 		b = appendAttr(b, helloTagSoftware, []byte(sw))
 	}
+	for i, p := range h.Advertise {
+		if i == MaxRoutes {
+			break
+		}
+		if p.IsValid() {
+			b = appendPrefix(b, helloTagAdvertise, p.Masked(), true)
+		}
+	}
 	return b
+}
+
+// familyPrefix decodes a 1-byte family (4 or 6) followed by an address and
+// a prefix length.
+func familyPrefix(v []byte) (netip.Prefix, error) {
+	if len(v) < 1 {
+		return netip.Prefix{}, errors.New("empty prefix")
+	}
+	var p netip.Prefix
+	var err error
+	switch v[0] {
+	case 4:
+		p, err = prefixOf(v[1:], 4)
+	case 6:
+		p, err = prefixOf(v[1:], 16)
+		if err == nil && p.Addr().Is4In6() {
+			err = errors.New("IPv4-mapped prefix")
+		}
+	default:
+		err = fmt.Errorf("prefix family %d", v[0])
+	}
+	return p.Masked(), err
 }
 
 // UnmarshalHello decodes a Hello payload.
@@ -186,6 +223,15 @@ func UnmarshalHello(b []byte) (Hello, error) {
 				return true, errors.New("software name too long or not UTF-8")
 			}
 			h.Software = string(v)
+		case helloTagAdvertise:
+			if len(h.Advertise) >= MaxRoutes {
+				return true, fmt.Errorf("more than %d advertised prefixes", MaxRoutes)
+			}
+			p, err := familyPrefix(v)
+			if err != nil {
+				return true, err
+			}
+			h.Advertise = append(h.Advertise, p)
 		default:
 			return false, nil
 		}
@@ -237,6 +283,15 @@ func MarshalConfig(c Config) ([]byte, error) {
 		}
 		b = appendAttr(b, cfgTagDNS, d.AsSlice())
 	}
+	if len(c.Accepted) > MaxRoutes {
+		return nil, fmt.Errorf("config: %d accepted prefixes, at most %d", len(c.Accepted), MaxRoutes)
+	}
+	for _, r := range c.Accepted {
+		if !r.IsValid() {
+			return nil, fmt.Errorf("config: invalid accepted prefix %v", r)
+		}
+		b = appendPrefix(b, cfgTagAccepted, r.Masked(), true)
+	}
 	b = appendU32(b, cfgTagKeepalive, uint32(c.Keepalive/time.Millisecond))
 	b = appendU32(b, cfgTagCaps, c.Caps)
 	if len(b) > MaxControlLen {
@@ -268,19 +323,16 @@ func UnmarshalConfig(b []byte) (Config, error) {
 			if len(c.Routes) >= MaxRoutes {
 				return true, fmt.Errorf("more than %d routes", MaxRoutes)
 			}
-			if len(v) < 1 {
-				return true, errors.New("empty route")
+			var p netip.Prefix
+			p, err = familyPrefix(v)
+			c.Routes = append(c.Routes, p)
+		case cfgTagAccepted:
+			if len(c.Accepted) >= MaxRoutes {
+				return true, fmt.Errorf("more than %d accepted prefixes", MaxRoutes)
 			}
 			var p netip.Prefix
-			switch v[0] {
-			case 4:
-				p, err = prefixOf(v[1:], 4)
-			case 6:
-				p, err = prefixOf(v[1:], 16)
-			default:
-				err = fmt.Errorf("route family %d", v[0])
-			}
-			c.Routes = append(c.Routes, p.Masked())
+			p, err = familyPrefix(v)
+			c.Accepted = append(c.Accepted, p)
 		case cfgTagKeepalive:
 			var ms uint32
 			ms, err = u32(v)
@@ -330,16 +382,17 @@ func UnmarshalConfig(b []byte) (Config, error) {
 
 // Close codes carried in a Close frame.
 const (
-	CloseNormal      uint16 = 0 // orderly shutdown
-	CloseShutdown    uint16 = 1 // the server is shutting down
-	CloseReplaced    uint16 = 2 // a newer session of the same identity took over
-	CloseProtocol    uint16 = 3 // the peer broke the protocol
-	CloseTimeout     uint16 = 4 // keepalive deadline missed
-	ClosePolicy      uint16 = 5 // refused by policy (pool exhausted, limits)
-	CloseInternal    uint16 = 6 // a bug on the sender's side
-	CloseUnsupported uint16 = 7 // version or capability mismatch
-	CloseRekey       uint16 = 8 // the key's record budget is spent; reconnect
-	CloseRevoked     uint16 = 9 // the peer's certificate was revoked or expired
+	CloseNormal      uint16 = 0  // orderly shutdown
+	CloseShutdown    uint16 = 1  // the server is shutting down
+	CloseReplaced    uint16 = 2  // a newer session of the same identity took over
+	CloseProtocol    uint16 = 3  // the peer broke the protocol
+	CloseTimeout     uint16 = 4  // keepalive deadline missed
+	ClosePolicy      uint16 = 5  // refused by policy (pool exhausted, limits)
+	CloseInternal    uint16 = 6  // a bug on the sender's side
+	CloseUnsupported uint16 = 7  // version or capability mismatch
+	CloseRekey       uint16 = 8  // the key's record budget is spent; reconnect
+	CloseRevoked     uint16 = 9  // the peer's certificate was revoked or expired
+	CloseReconfigure uint16 = 10 // the client's configuration changed; reconnect at once
 )
 
 // CloseCodeName returns a short name for a close code.
@@ -365,6 +418,8 @@ func CloseCodeName(c uint16) string {
 		return "rekey"
 	case CloseRevoked:
 		return "revoked"
+	case CloseReconfigure:
+		return "reconfigure"
 	}
 	return fmt.Sprintf("code_%d", c)
 }

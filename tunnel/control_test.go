@@ -33,6 +33,7 @@ func TestConfigRoundTrip(t *testing.T) {
 			Keepalive: 10 * time.Second,
 			Caps:      CapGSO,
 			DNS:       []netip.Addr{netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("fd00:64::1")},
+			Accepted:  []netip.Prefix{netip.MustParsePrefix("198.18.20.0/24"), netip.MustParsePrefix("2001:db8:20::/64")},
 		}},
 	}
 	for _, tt := range tests {
@@ -101,14 +102,6 @@ func TestUnmarshalConfigErrors(t *testing.T) {
 	}
 }
 
-func TestHelloRoundTrip(t *testing.T) {
-	h := Hello{Caps: CapGSO, Software: "tunnelc/test"}
-	got, err := UnmarshalHello(MarshalHello(h))
-	if err != nil || got != h {
-		t.Fatalf("hello round trip = %+v, %v; want %+v", got, err, h)
-	}
-}
-
 func TestCloseRoundTrip(t *testing.T) {
 	long := strings.Repeat("é", MaxReasonLen)
 	code, reason, err := UnmarshalClose(MarshalClose(CloseReplaced, long))
@@ -145,14 +138,53 @@ func FuzzUnmarshalConfig(f *testing.F) {
 	})
 }
 
+func TestHelloRoundTrip(t *testing.T) {
+	for _, h := range []Hello{
+		{},
+		{Caps: CapGSO, Software: "tunnelc"},
+		{Caps: CapGSO, Advertise: []netip.Prefix{
+			netip.MustParsePrefix("198.18.20.0/24"),
+			netip.MustParsePrefix("2001:db8:20::/64"),
+		}},
+	} {
+		got, err := UnmarshalHello(MarshalHello(h))
+		if err != nil || !reflect.DeepEqual(got, h) {
+			t.Errorf("round trip of %+v = %+v, %v", h, got, err)
+		}
+	}
+	// Host bits are masked away; a mapped or unknown-family prefix is an error.
+	b := appendPrefix([]byte{ControlVersion}, helloTagAdvertise, netip.MustParsePrefix("198.18.20.7/24"), true)
+	if h, err := UnmarshalHello(b); err != nil || h.Advertise[0] != netip.MustParsePrefix("198.18.20.0/24") {
+		t.Errorf("advertise 198.18.20.7/24 decodes to %+v, %v; want 198.18.20.0/24", h, err)
+	}
+	for _, bad := range [][]byte{
+		appendPrefix([]byte{ControlVersion}, helloTagAdvertise, netip.MustParsePrefix("::ffff:198.18.0.0/112"), true),
+		appendAttr([]byte{ControlVersion}, helloTagAdvertise, []byte{5, 1, 2, 3, 4, 24}),
+		appendAttr([]byte{ControlVersion}, helloTagAdvertise, []byte{4, 1, 2, 3, 4, 33}),
+		appendAttr([]byte{ControlVersion}, helloTagAdvertise, nil),
+	} {
+		if h, err := UnmarshalHello(bad); !errors.Is(err, ErrBadControl) {
+			t.Errorf("UnmarshalHello(%x) = %+v, %v; want ErrBadControl", bad, h, err)
+		}
+	}
+	many := Hello{Advertise: make([]netip.Prefix, MaxRoutes+1)}
+	for i := range many.Advertise {
+		many.Advertise[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
+	}
+	if h, err := UnmarshalHello(MarshalHello(many)); err != nil || len(h.Advertise) != MaxRoutes {
+		t.Errorf("hello with %d prefixes: decoded %d, %v; want the first %d", MaxRoutes+1, len(h.Advertise), err, MaxRoutes)
+	}
+}
+
 func FuzzUnmarshalHello(f *testing.F) {
 	f.Add(MarshalHello(Hello{Caps: 1, Software: "x"}))
+	f.Add(MarshalHello(Hello{Caps: 1, Advertise: []netip.Prefix{netip.MustParsePrefix("198.18.20.0/24"), netip.MustParsePrefix("2001:db8:20::/64")}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := UnmarshalHello(b)
 		if err != nil {
 			return
 		}
-		if h2, err := UnmarshalHello(MarshalHello(h)); err != nil || h2 != h {
+		if h2, err := UnmarshalHello(MarshalHello(h)); err != nil || !reflect.DeepEqual(h2, h) {
 			t.Fatalf("hello %+v re-decodes to %+v, %v", h, h2, err)
 		}
 	})

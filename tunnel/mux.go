@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +42,7 @@ type Mux struct {
 	queueWait time.Duration
 
 	mu     sync.Mutex                 // serializes route-table updates
-	routes atomic.Pointer[routeTable] // dst address -> session; copy on write
+	routes atomic.Pointer[routeTable] // dst -> session; copy on write
 	def    atomic.Pointer[Session]    // if set, receives every packet
 	gso    atomic.Bool                // read super-packets whole
 
@@ -52,7 +54,41 @@ type Mux struct {
 	timer   *time.Timer
 }
 
-type routeTable map[netip.Addr]*Session
+// routeTable maps destinations to sessions: tunnel addresses exactly (the
+// common case, one map lookup), and networks behind clients (site-to-site
+// prefixes) by longest match.
+type routeTable struct {
+	hosts map[netip.Addr]*Session
+	nets  []netRoute // longest prefix first
+}
+
+type netRoute struct {
+	p netip.Prefix
+	s *Session
+}
+
+// lookup returns the session for dst, or nil.
+func (t *routeTable) lookup(dst netip.Addr) *Session {
+	if s := t.hosts[dst]; s != nil {
+		return s
+	}
+	for i := range t.nets {
+		if t.nets[i].p.Contains(dst) {
+			return t.nets[i].s
+		}
+	}
+	return nil
+}
+
+// clone returns a copy of t that can be changed without disturbing
+// readers of t.
+func (t *routeTable) clone() *routeTable {
+	n := &routeTable{hosts: make(map[netip.Addr]*Session, len(t.hosts)+2), nets: slices.Clone(t.nets)}
+	for a, s := range t.hosts {
+		n.hosts[a] = s
+	}
+	return n
+}
 
 // maxGSOBatch bounds the packets one ReadGSO call takes: super-packets are
 // up to 64 KiB each, so a few fill a TLS write.
@@ -101,7 +137,7 @@ func NewMux(dev tun.Device, cfg MuxConfig) *Mux {
 		m.rd[i] = getChunk()
 		m.bufs[i] = m.rd[i].buf
 	}
-	m.routes.Store(&routeTable{})
+	m.routes.Store(&routeTable{hosts: map[netip.Addr]*Session{}})
 	return m
 }
 
@@ -122,51 +158,68 @@ func (m *Mux) SetDefault(s *Session) { m.def.Store(s) }
 func (m *Mux) Add(s *Session, addrs ...netip.Addr) []*Session {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	old := *m.routes.Load()
-	next := make(routeTable, len(old)+len(addrs))
-	for a, o := range old {
-		next[a] = o
-	}
+	next := m.routes.Load().clone()
 	var replaced []*Session
 	for _, a := range addrs {
-		if o := next[a]; o != nil && o != s {
+		if o := next.hosts[a]; o != nil && o != s {
 			replaced = append(replaced, o)
 		}
-		next[a] = s
+		next.hosts[a] = s
 	}
-	m.routes.Store(&next)
+	m.routes.Store(next)
 	return replaced
 }
 
-// Remove drops every route to s. It is a no-op for addresses that were
-// already taken over by another session.
+// SetNets routes packets for the networks nets (a site gateway's LANs) to
+// s, replacing the networks s had before. A network routed to another
+// session moves to s. Addresses added with Add take precedence over any
+// network, and the most specific network wins.
+func (m *Mux) SetNets(s *Session, nets []netip.Prefix) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	next := m.routes.Load().clone()
+	next.nets = slices.DeleteFunc(next.nets, func(r netRoute) bool {
+		return r.s == s || slices.Contains(nets, r.p)
+	})
+	for _, p := range nets {
+		next.nets = append(next.nets, netRoute{p.Masked(), s})
+	}
+	slices.SortStableFunc(next.nets, func(a, b netRoute) int { return b.p.Bits() - a.p.Bits() })
+	m.routes.Store(next)
+}
+
+// Remove drops every route to s. It is a no-op for addresses and networks
+// that were already taken over by another session.
 func (m *Mux) Remove(s *Session) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	old := *m.routes.Load()
-	next := make(routeTable, len(old))
-	for a, o := range old {
-		if o != s {
-			next[a] = o
-		}
-	}
-	m.routes.Store(&next)
+	next := m.routes.Load().clone()
+	maps.DeleteFunc(next.hosts, func(_ netip.Addr, o *Session) bool { return o == s })
+	next.nets = slices.DeleteFunc(next.nets, func(r netRoute) bool { return r.s == s })
+	m.routes.Store(next)
 	m.def.CompareAndSwap(s, nil)
 }
 
 // Sessions calls fn for every routed session (once per session).
 func (m *Mux) Sessions(fn func(*Session)) {
 	seen := map[*Session]bool{}
-	for _, s := range *m.routes.Load() {
+	t := m.routes.Load()
+	for _, s := range t.hosts {
 		if !seen[s] {
 			seen[s] = true
 			fn(s)
 		}
 	}
+	for _, r := range t.nets {
+		if !seen[r.s] {
+			seen[r.s] = true
+			fn(r.s)
+		}
+	}
 }
 
-// Lookup returns the session that owns addr, or nil.
-func (m *Mux) Lookup(addr netip.Addr) *Session { return (*m.routes.Load())[addr] }
+// Lookup returns the session that packets for addr go to, or nil.
+func (m *Mux) Lookup(addr netip.Addr) *Session { return m.routes.Load().lookup(addr) }
 
 // Run reads the device until it is closed or ctx ends. It returns nil when
 // the device was closed.
@@ -204,7 +257,7 @@ func (m *Mux) read() (n int, raw bool, err error) {
 // says the packets carry virtio-net headers (GSO mode).
 func (m *Mux) dispatch(n int, raw bool) {
 	def := m.def.Load()
-	routes := *m.routes.Load()
+	routes := m.routes.Load()
 	for i := 0; i < n; i++ {
 		size := m.sizes[i]
 		pkt := m.rd[i].buf[tun.Headroom : tun.Headroom+size]
@@ -215,7 +268,7 @@ func (m *Mux) dispatch(n int, raw bool) {
 				m.stats.DropMalformed.Add(1)
 				continue
 			}
-			if s = routes[dst]; s == nil {
+			if s = routes.lookup(dst); s == nil {
 				m.stats.DropNoSession.Add(1)
 				continue
 			}

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,8 +65,51 @@ type ServerConfig struct {
 	// CheckSessions runs (after a CRL reload, on a timer): a non-nil error
 	// closes that session with CloseRevoked and the error as reason.
 	CheckPeer func(tls.ConnectionState) error
-	Logger    *slog.Logger
-	Stats     *Stats
+	// Policy, if set, returns the per-client policy of an identity
+	// (tunneld --clients); nil gives every client DefaultPolicy.
+	Policy func(identity string) Policy
+	// DefaultPolicy applies to clients Policy says nothing special about.
+	// Its Routes are ignored: ServerConfig.Routes are the default routes.
+	DefaultPolicy Policy
+	// PeersChanged, if set, is called with the current Peers after every
+	// change to them (a session registered or gone), one call at a time,
+	// so the caller can install kernel routes to networks behind clients
+	// and the firewall's client-to-client rules. It must not call back
+	// into the Server, except Peers.
+	PeersChanged func([]Peer)
+	Logger       *slog.Logger
+	Stats        *Stats
+}
+
+// Policy is the server's configuration for one client identity.
+type Policy struct {
+	// Routes, if not nil, replaces ServerConfig.Routes as the routes
+	// pushed to this client (empty and not nil: push none).
+	Routes []netip.Prefix
+	// Advertise lists the networks this client may announce (a site
+	// gateway's LANs): an announced prefix is accepted if it lies inside
+	// one of them. Accepted prefixes are routed to the client and allowed
+	// as inner source addresses of its packets (anti-spoofing).
+	Advertise []netip.Prefix
+	// ReachClients lets the client open connections to other clients
+	// (enforced by the host firewall; see Peer).
+	ReachClients bool
+}
+
+// Equal reports whether p and q are the same policy.
+func (p Policy) Equal(q Policy) bool {
+	return (p.Routes == nil) == (q.Routes == nil) && slices.Equal(p.Routes, q.Routes) &&
+		slices.Equal(p.Advertise, q.Advertise) && p.ReachClients == q.ReachClients
+}
+
+// Peer describes one live client session for the host's routing and
+// firewall: its tunnel addresses, the networks behind it that the server
+// accepted, and whether it may reach other clients.
+type Peer struct {
+	Identity     string
+	Addrs        []netip.Addr
+	Nets         []netip.Prefix
+	ReachClients bool
 }
 
 // Server accepts clients and runs their sessions over one TUN device.
@@ -81,6 +126,8 @@ type Server struct {
 	mu       sync.Mutex          // guards sessions and nonGSO
 	sessions map[string]*Session // by identity
 	nonGSO   int                 // registered sessions that cannot take DATA_GSO
+
+	peersMu sync.Mutex // serializes PeersChanged calls
 }
 
 // NewServer validates cfg and returns a Server.
@@ -247,6 +294,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 			return
 		}
 	}
+	pol := s.policy(id)
+	routes := s.cfg.Routes
+	if pol.Routes != nil {
+		routes = pol.Routes
+	}
 	gso := !s.cfg.NoOffload && s.mux.CanGSO()
 	caps := uint32(0)
 	if gso {
@@ -256,7 +308,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		Addr:       netip.PrefixFrom(addr, s.cfg.Subnet.Bits()),
 		ServerAddr: s.cfg.ServerAddr,
 		MTU:        s.cfg.MTU,
-		Routes:     s.cfg.Routes,
+		Routes:     routes,
 		Keepalive:  s.cfg.Keepalive,
 		Caps:       caps,
 		DNS:        s.cfg.DNS,
@@ -269,6 +321,14 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		allowed = append(allowed, netip.PrefixFrom(addr6, 128))
 		addrs = append(addrs, addr6)
 	}
+	// Networks behind the client: only what its policy allows, and only
+	// what no other client already holds; the session is checked and
+	// registered under mu so two clients cannot both win a prefix.
+	s.mu.Lock()
+	nets := s.acceptNets(log, id, hello.Advertise, pol.Advertise)
+	s.mu.Unlock()
+	cfg.Accepted = nets
+	allowed = append(allowed, nets...)
 	// Register before sending Config: once the client knows its address,
 	// packets for it must find the session (they wait in its queue).
 	sess := NewSession(SessionConfig{
@@ -288,7 +348,17 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	})
 	sess.tlsState = tc.ConnectionState()
 	sess.releaseLimit = releaseSession
+	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	s.mu.Lock()
+	// Re-check: another identity may have taken one of the networks
+	// while this one was being set up.
+	if n := s.acceptNets(log, id, nets, nets); len(n) != len(nets) {
+		s.mu.Unlock()
+		s.stats.HandshakeFailures.Add(1)
+		writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, "an advertised network was claimed by another client meanwhile; retry"))
+		tc.Close()
+		return
+	}
 	old := s.sessions[id]
 	s.sessions[id] = sess
 	if !sess.peerGSO {
@@ -298,6 +368,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	s.mux.SetGSO(gso && s.nonGSO == 0)
 	s.mu.Unlock()
 	others := s.mux.Add(sess, addrs...)
+	if len(nets) > 0 {
+		s.mux.SetNets(sess, nets)
+	}
+	s.peersChanged()
 	payload, err := MarshalConfig(cfg)
 	if err == nil {
 		err = writeControlFrame(hctx, tc, TypeConfig, payload)
@@ -334,6 +408,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	attrs := []any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}
 	if cfg.Addr6.IsValid() {
 		attrs = append(attrs, "tunnel_addr6", cfg.Addr6)
+	}
+	if len(nets) > 0 {
+		attrs = append(attrs, "networks", fmt.Sprint(nets))
 	}
 	log.Info("session established", append(attrs, TLSAttrs(tc.ConnectionState())...)...)
 
@@ -385,6 +462,130 @@ func (s *Server) unregister(id string, sess *Session) {
 	}
 	s.mux.SetGSO(!s.cfg.NoOffload && s.nonGSO == 0)
 	s.mu.Unlock()
+	s.peersChanged()
+}
+
+// policy returns the policy for identity.
+func (s *Server) policy(id string) Policy {
+	if s.cfg.Policy != nil {
+		return s.cfg.Policy(id)
+	}
+	p := s.cfg.DefaultPolicy
+	p.Routes = nil
+	return p
+}
+
+// acceptNets returns the prefixes of adv that identity id may announce:
+// inside one of allowed, not a default route, not overlapping the tunnel
+// subnets, and not overlapping a network another identity's live session
+// holds. Each refusal is logged and counted. The caller holds s.mu.
+func (s *Server) acceptNets(log *slog.Logger, id string, adv, allowed []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range adv {
+		reason := ""
+		switch {
+		case p.Bits() == 0:
+			reason = "a default route cannot be advertised"
+		case p.Overlaps(s.cfg.Subnet) || (s.cfg.Subnet6.IsValid() && p.Overlaps(s.cfg.Subnet6)):
+			reason = "overlaps the tunnel subnet"
+		case !slices.ContainsFunc(allowed, func(a netip.Prefix) bool { return a.Bits() <= p.Bits() && a.Contains(p.Addr()) }):
+			reason = "not allowed for this client (advertise in --clients)"
+		case slices.Contains(out, p):
+			continue
+		default:
+			for other, o := range s.sessions {
+				if other == id {
+					continue
+				}
+				if slices.ContainsFunc(o.nets, p.Overlaps) {
+					reason = "overlaps a network of client " + other
+					break
+				}
+			}
+		}
+		if reason != "" {
+			s.stats.AdvertiseRefused.Add(1)
+			log.Warn("refusing advertised network", "network", p, "reason", reason)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// Peers returns the live sessions' addresses, accepted networks and
+// policies, sorted by identity.
+func (s *Server) Peers() []Peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	peers := make([]Peer, 0, len(s.sessions))
+	for id, sess := range s.sessions {
+		peers = append(peers, Peer{Identity: id, Addrs: sess.addrs, Nets: sess.nets, ReachClients: sess.policy.ReachClients})
+	}
+	slices.SortFunc(peers, func(a, b Peer) int { return strings.Compare(a.Identity, b.Identity) })
+	return peers
+}
+
+// peersChanged reports the current Peers to PeersChanged.
+func (s *Server) peersChanged() {
+	if s.cfg.PeersChanged == nil {
+		return
+	}
+	s.peersMu.Lock()
+	defer s.peersMu.Unlock()
+	s.cfg.PeersChanged(s.Peers())
+}
+
+// Reconfigure closes the live session of identity, if any, with
+// CloseReconfigure so that the client reconnects at once and receives its
+// new configuration (after a --clients change). It reports whether there
+// was a session.
+func (s *Server) Reconfigure(identity, reason string) bool {
+	s.mu.Lock()
+	sess := s.sessions[identity]
+	s.mu.Unlock()
+	if sess == nil {
+		return false
+	}
+	s.log.Info("closing session to apply a new configuration", "peer", identity, "reason", reason)
+	sess.Close(CloseReconfigure, reason)
+	return true
+}
+
+// Policies re-reads every live session's policy (after a --clients
+// change): a session whose routes or advertise list changed is closed
+// with CloseReconfigure (its client reconnects at once); a change of
+// ReachClients alone is applied in place. Sessions whose policy did not
+// change are untouched. It returns the identities it closed.
+func (s *Server) Policies() []string {
+	s.mu.Lock()
+	var closing []*Session
+	var ids []string
+	changed := false
+	for id, sess := range s.sessions {
+		pol := s.policy(id)
+		if pol.Equal(sess.policy) {
+			continue
+		}
+		if (pol.Routes == nil) == (sess.policy.Routes == nil) && slices.Equal(pol.Routes, sess.policy.Routes) &&
+			slices.Equal(pol.Advertise, sess.policy.Advertise) {
+			sess.policy = pol // only ReachClients changed
+			changed = true
+			continue
+		}
+		closing = append(closing, sess)
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	if changed {
+		s.peersChanged()
+	}
+	for i, sess := range closing {
+		s.log.Info("closing session to apply a new configuration", "peer", ids[i], "reason", "client policy changed")
+		sess.Close(CloseReconfigure, "client policy changed")
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // CheckSessions closes every live session whose peer no longer passes

@@ -117,6 +117,11 @@ type Session struct {
 
 	started  time.Time           // when NewSession ran
 	tlsState tls.ConnectionState // set by the server before Run
+	// Set by the server before registering the session; addrs and nets
+	// are immutable, policy is guarded by the server's mu.
+	addrs  []netip.Addr
+	nets   []netip.Prefix
+	policy Policy
 	// releaseLimit frees the session's slot in the server's limiter; set
 	// by the server before Run, idempotent.
 	releaseLimit func()

@@ -27,4 +27,5 @@ type Stats struct {
 	KeepaliveTimeouts atomic.Uint64
 	ControlFrames     atomic.Uint64 // control frames received
 	Panics            atomic.Uint64 // recovered panics (each closed only its session)
+	AdvertiseRefused  atomic.Uint64 // advertised networks refused by policy
 }

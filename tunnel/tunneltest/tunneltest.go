@@ -96,6 +96,9 @@ type ServerOptions struct {
 	CheckPeer func(tls.ConnectionState) error
 	// WrapDev, if set, wraps the server's device (fault injection).
 	WrapDev func(tun.Device) tun.Device
+	// Policy and PeersChanged are passed to the server.
+	Policy       func(identity string) tunnel.Policy
+	PeersChanged func([]tunnel.Peer)
 }
 
 // StartServer starts a server; it stops in t.Cleanup.
@@ -113,18 +116,20 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		sdev = opts.WrapDev(dev)
 	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
-		TLS:        ca.ServerConfig(t, "server"),
-		Identity:   certs.PeerIdentity,
-		Dev:        sdev,
-		Pool:       &Pool{},
-		Subnet:     Subnet,
-		ServerAddr: Subnet.Addr().Next(),
-		MTU:        1500,
-		Routes:     opts.Routes,
-		Keepalive:  opts.Keepalive,
-		Stats:      stats,
-		CheckPeer:  opts.CheckPeer,
-		Logger:     testLogger(t, "server"),
+		TLS:          ca.ServerConfig(t, "server"),
+		Identity:     certs.PeerIdentity,
+		Dev:          sdev,
+		Pool:         &Pool{},
+		Subnet:       Subnet,
+		ServerAddr:   Subnet.Addr().Next(),
+		MTU:          1500,
+		Routes:       opts.Routes,
+		Keepalive:    opts.Keepalive,
+		Stats:        stats,
+		CheckPeer:    opts.CheckPeer,
+		Policy:       opts.Policy,
+		PeersChanged: opts.PeersChanged,
+		Logger:       testLogger(t, "server"),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -173,8 +178,24 @@ func (s *Server) StartClientTLS(t testing.TB, tlsCfg *tls.Config) *Client {
 	return c
 }
 
+// StartClientHello is StartClient with the client announcing advertise
+// (a site gateway's networks) in its Hello.
+func (s *Server) StartClientHello(t testing.TB, name string, advertise ...netip.Prefix) *Client {
+	t.Helper()
+	c, err := s.tryClient(t, s.CA.ClientConfig(t, name, "server"), advertise)
+	if err != nil {
+		t.Fatalf("client connect: %v", err)
+	}
+	return c
+}
+
 // TryClient starts a client and waits until it is set up or has failed.
 func (s *Server) TryClient(t testing.TB, tlsCfg *tls.Config) (*Client, error) {
+	t.Helper()
+	return s.tryClient(t, tlsCfg, nil)
+}
+
+func (s *Server) tryClient(t testing.TB, tlsCfg *tls.Config, advertise []netip.Prefix) (*Client, error) {
 	t.Helper()
 	dev := tuntest.NewChannelDevice("cli0", 1500, 16, 1024)
 	ready := make(chan tunnel.Config, 1)
@@ -182,7 +203,7 @@ func (s *Server) TryClient(t testing.TB, tlsCfg *tls.Config) (*Client, error) {
 	cl, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial:  s.Listener.Dial,
 		TLS:   tlsCfg,
-		Hello: tunnel.Hello{Software: "tunneltest"},
+		Hello: tunnel.Hello{Software: "tunneltest", Advertise: advertise},
 		Setup: func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 			select {
 			case ready <- cfg:
