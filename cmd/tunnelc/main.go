@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -60,6 +61,13 @@ Examples:
 
   # dial an IP address; the certificate must carry it (tunneld pki issue --ip)
   tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --tun vpn0
+
+  # all traffic through the tunnel, nothing outside it even while reconnecting
+  tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch
+
+  # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
+  # server (the server's --clients file must allow it: advertise)
+  tunnelc --server 192.0.2.1:443 --cert site-b.crt --key site-b.key --ca ca.crt --advertise 198.18.20.0/24
 `
 
 type options struct {
@@ -76,6 +84,7 @@ type options struct {
 	noResumption        bool
 	fullTunnel          bool
 	killSwitch          bool
+	advertise           []string
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
@@ -99,6 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
 	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
 	fs.BoolVar(&o.killSwitch, "kill-switch", false, "with --full-tunnel: drop everything that would leave outside the tunnel (IPv4 and IPv6), except the connection to the server, DHCP and loopback, from start to exit, including while reconnecting")
+	fs.StringArrayVar(&o.advertise, "advertise", nil, "CIDR of a network behind this host (site-to-site) to route through the tunnel to here, e.g. --advertise 198.18.20.0/24 (repeatable); the server accepts only what its --clients file allows this certificate. Turns on IP forwarding (IPv6 forwarding only for IPv6 networks) and TCP MSS clamping while connected")
 	fs.BoolVar(&o.noResumption, "no-resumption", false, "always do a full TLS handshake on reconnect instead of resuming with a session ticket")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
@@ -150,6 +160,24 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if o.serverName == "" {
 		o.serverName = host
 	}
+	var advertise []netip.Prefix
+	adv6 := false
+	for _, a := range o.advertise {
+		p, err := netip.ParsePrefix(a)
+		switch {
+		case err != nil || p.Addr().Is4In6():
+			return cli.Usagef("--advertise %q: want a CIDR such as 198.18.20.0/24", a)
+		case p.Masked() != p:
+			return cli.Usagef("--advertise %q has host bits set; did you mean %v?", a, p.Masked())
+		case p.Bits() == 0:
+			return cli.Usagef("--advertise %q: a default route cannot be advertised", a)
+		}
+		advertise = append(advertise, p)
+		adv6 = adv6 || p.Addr().Is6()
+	}
+	if len(advertise) > tunnel.MaxRoutes {
+		return cli.Usagef("at most %d --advertise flags", tunnel.MaxRoutes)
+	}
 	if o.cert == "" || o.key == "" || o.ca == "" {
 		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
 	}
@@ -194,17 +222,35 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		o.server = serverAddrs[0].String() // dial what the bypass and kill switch allow
 	}
-	if o.killSwitch {
+	if len(advertise) > 0 {
+		// A site gateway forwards between its LAN and the tunnel.
+		restore, err := routing.EnableForwarding(adv6)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				log.Warn("restoring forwarding settings", "err", err)
+			}
+		}()
+	}
+	if o.killSwitch || len(advertise) > 0 {
 		fw, err := routing.NewFirewall(routing.FirewallOptions{Logger: log})
 		if err != nil {
 			return err
 		}
-		if err := fw.Set(ctx, routing.FirewallConfig{TunnelIf: o.tunName, KillSwitch: true, ServerEndpoints: serverAddrs}); err != nil {
+		fc := routing.FirewallConfig{TunnelIf: o.tunName, ClampMSS: len(advertise) > 0}
+		if o.killSwitch {
+			fc.KillSwitch, fc.ServerEndpoints = true, serverAddrs
+		}
+		if err := fw.Set(ctx, fc); err != nil {
 			fw.Close()
 			return err
 		}
 		defer fw.Close()
-		log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
+		if o.killSwitch {
+			log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
+		}
 	}
 	var removeBypass, restoreDNS func() error
 	var appliedDNS string
@@ -277,6 +323,13 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			restoreDNS, appliedDNS = r, d
 		}
+		if len(advertise) > 0 {
+			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
+				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
+			} else if applied == "" {
+				log.Info("the server routes the networks behind this host", "accepted", fmt.Sprint(cfg.Accepted))
+			}
+		}
 		if desc := fmt.Sprint(rc); desc != applied {
 			if applied != "" {
 				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
@@ -306,7 +359,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		RotateAfter:      o.rotateAfter,
 		NoResumption:     o.noResumption,
 		TLS:              tlsCfg,
-		Hello:            tunnel.Hello{Software: "tunnelc"},
+		Hello:            tunnel.Hello{Software: "tunnelc", Advertise: advertise},
 		Setup:            setup,
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,
@@ -358,4 +411,15 @@ func errString(err error) string {
 		return "stopped"
 	}
 	return err.Error()
+}
+
+// notIn returns the prefixes of want that are not in got.
+func notIn(want, got []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range want {
+		if !slices.Contains(got, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -11,11 +11,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,6 +75,8 @@ type options struct {
 	subnet                string
 	subnet6               string
 	nat                   bool
+	clients               string
+	clientToClient        bool
 	dns                   []string
 	tunName               string
 	mtu                   int
@@ -113,6 +118,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.subnet6, "subnet6", "", "IPv6 tunnel subnet CIDR for dual stack, e.g. fd00:64::/64: each client also gets an IPv6 address from it, the server the first one (off if empty)")
 	fs.StringArrayVar(&o.dns, "dns", nil, "DNS server IP pushed to clients, e.g. --dns 100.64.0.1 (repeatable); tunnelc applies it through systemd-resolved or /etc/resolv.conf while connected")
 	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn), so networks behind the server need no route back to --subnet")
+	fs.StringVar(&o.clients, "clients", "", "per-client policy FILE (YAML keyed by certificate name: address, routes, advertise, reach_clients; see README), e.g. /etc/tlsvpn/clients.yaml; re-read on SIGHUP: only clients whose entry changed reconnect")
+	fs.BoolVar(&o.clientToClient, "client-to-client", false, "let clients open connections to each other through the server (the default for reach_clients in --clients); replies to allowed connections always pass")
 	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
 	fs.IntVar(&o.mtu, "mtu", 1500, "tunnel MTU, pushed to clients (576-65535)")
 	fs.StringArrayVar(&o.routes, "route", nil, "CIDR that clients route through the tunnel, e.g. --route 198.18.10.0/24 (repeatable)")
@@ -224,6 +231,19 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		defer pool6.Flush()
 	}
+	var clients clientPolicies
+	if o.clients != "" {
+		if clients, err = loadClients(o.clients, subnet, subnet6, pool.ServerAddr(), serverAddr6(pool6)); err != nil {
+			return err
+		}
+		if _, err := pinAddresses(clients, pool, pool6); err != nil {
+			return fmt.Errorf("--clients %s: %w", o.clients, err)
+		}
+		log.Info("client policies loaded", "file", o.clients, "clients", len(clients))
+	}
+	var policies atomic.Pointer[clientPolicies]
+	policies.Store(&clients)
+
 	tlsCfg, err := certs.ServerConfig(o.cert, o.key, o.ca)
 	if err != nil {
 		return err
@@ -285,9 +305,13 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 
 	// Routing between the tunnel and other networks: forwarding on, TCP
 	// MSS clamped on forwarded SYNs (no PMTU black holes toward links with
-	// a smaller MTU), and masquerading with --nat. All of it is undone at
-	// exit; --cleanup removes the nftables table after a crash.
-	if len(routes) > 0 || o.nat {
+	// a smaller MTU), masquerading with --nat, and client isolation (only
+	// reach_clients clients open connections to other clients). All of it
+	// is undone at exit; --cleanup removes the nftables table after a
+	// crash.
+	var fw routing.Firewall
+	var fc routing.FirewallConfig
+	if len(routes) > 0 || o.nat || o.clients != "" || o.clientToClient {
 		restore, err := routing.EnableForwarding(pool6 != nil)
 		if err != nil {
 			dev.Close()
@@ -298,7 +322,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 				log.Warn("restoring forwarding settings", "err", err)
 			}
 		}()
-		fw, err := routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		fw, err = routing.NewFirewall(routing.FirewallOptions{Logger: log})
 		if err != nil {
 			dev.Close()
 			return err
@@ -308,7 +332,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 				log.Warn("removing nftables table", "err", err)
 			}
 		}()
-		fc := routing.FirewallConfig{TunnelIf: o.tunName, ClampMSS: true}
+		fc = routing.FirewallConfig{TunnelIf: o.tunName, ClampMSS: true, IsolateClients: true}
 		if o.nat {
 			fc.Masquerade = []netip.Prefix{subnet}
 			if pool6 != nil {
@@ -319,7 +343,33 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			dev.Close()
 			return err
 		}
-		log.Info("forwarding between the tunnel and other networks", "nat", o.nat, "clamp_mss", true)
+		log.Info("forwarding between the tunnel and other networks", "nat", o.nat, "clamp_mss", true, "client_to_client", o.clientToClient)
+	}
+	// Networks behind clients (site gateways) get kernel routes into the
+	// tunnel while their session lives; the firewall lets reach_clients
+	// clients (and their networks) open connections to other clients.
+	peersChanged := func(peers []tunnel.Peer) {
+		var nets, reach []netip.Prefix
+		for _, p := range peers {
+			nets = append(nets, p.Nets...)
+			if p.ReachClients {
+				for _, a := range p.Addrs {
+					reach = append(reach, netip.PrefixFrom(a, a.BitLen()))
+				}
+				reach = append(reach, p.Nets...)
+			}
+		}
+		ctx := context.WithoutCancel(ctx) // also on the way out: sessions end after ctx
+		if err := mgr.Set(ctx, routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs, Routes: nets}); err != nil {
+			log.Error("routes to networks behind clients", "err", err)
+		}
+		if fw != nil {
+			c := fc
+			c.ReachClients = reach
+			if err := fw.Set(ctx, c); err != nil {
+				log.Error("client-to-client firewall rules", "err", err)
+			}
+		}
 	}
 
 	stats := new(tunnel.Stats)
@@ -348,6 +398,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		Limits:           limits,
 		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
 		CheckPeer:        checkPeer,
+		Policy:           func(id string) tunnel.Policy { return policies.Load().policy(id, o.clientToClient) },
+		PeersChanged:     peersChanged,
 		Logger:           log,
 		Stats:            stats,
 	}
@@ -361,12 +413,24 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if o.metrics != "" {
 		gauges := []cli.Gauge{{Name: "sessions", Help: "Live client sessions.", Value: func() float64 { return float64(srv.Sessions()) }}}
+		if fw != nil {
+			gauges = append(gauges, cli.Gauge{Name: "client_isolation_drops_total", Counter: true,
+				Help: "Packets between clients dropped because the sender may not reach other clients (reach_clients).",
+				Value: func() float64 {
+					n, _ := fw.IsolationDrops()
+					return float64(n)
+				}})
+		}
 		if err := cli.ServeMetrics(ctx, o.metrics, "tunneld", stats, gauges, limits, log); err != nil {
 			dev.Close()
 			return err
 		}
 	}
-	go watchPeers(ctx, srv, rev, o.crlCheck, log)
+	reload := func() {}
+	if o.clients != "" {
+		reload = func() { reloadClients(o.clients, subnet, subnet6, pool, pool6, &policies, srv, log) }
+	}
+	go watchPeers(ctx, srv, rev, o.crlCheck, reload, log)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
 		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive)
 	err = srv.Serve(ctx, ln) // closes dev
@@ -384,8 +448,9 @@ func handshakeBurst(rate float64) int {
 }
 
 // watchPeers reloads the CRL when its file changes or on SIGHUP, and
-// closes live sessions whose certificate was revoked or has expired.
-func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, every time.Duration, log *slog.Logger) {
+// closes live sessions whose certificate was revoked or has expired. On
+// SIGHUP it also calls reload (the --clients file).
+func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, every time.Duration, reload func(), log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -399,6 +464,7 @@ func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, 
 			return
 		case <-hup:
 			force = true
+			reload()
 		case <-t.C:
 		}
 		if rev != nil {
@@ -439,4 +505,64 @@ func warnExpiry(log *slog.Logger, what, file string, notAfter time.Time) {
 	default:
 		log.Debug(what, "file", file, "not_after", notAfter)
 	}
+}
+
+func serverAddr6(pool6 *routing.Pool) netip.Addr {
+	if pool6 == nil {
+		return netip.Addr{}
+	}
+	return pool6.ServerAddr()
+}
+
+// pinAddresses leases each configured address to its client, taking it
+// from any client that held it dynamically; it returns the identities
+// whose address changed (their live sessions must reconnect).
+func pinAddresses(c clientPolicies, pool, pool6 *routing.Pool) ([]string, error) {
+	var moved []string
+	for _, id := range slices.Sorted(maps.Keys(c)) {
+		e := c[id]
+		for _, pin := range []struct {
+			p *routing.Pool
+			a netip.Addr
+		}{{pool, e.Addr}, {pool6, e.Addr6}} {
+			if !pin.a.IsValid() || pin.p == nil {
+				continue
+			}
+			before, _ := pin.p.Lookup(id)
+			evicted, err := pin.p.Pin(id, pin.a)
+			if err != nil {
+				return moved, err
+			}
+			if before.IsValid() && before != pin.a {
+				moved = append(moved, id)
+			}
+			if evicted != "" {
+				moved = append(moved, evicted)
+			}
+		}
+	}
+	slices.Sort(moved)
+	return slices.Compact(moved), nil
+}
+
+// reloadClients re-reads the --clients file (on SIGHUP) and applies it:
+// clients whose address, routes or advertised networks changed reconnect,
+// reach_clients changes apply in place, everyone else is untouched. A file
+// that does not parse changes nothing.
+func reloadClients(path string, subnet, subnet6 netip.Prefix, pool, pool6 *routing.Pool, cur *atomic.Pointer[clientPolicies], srv *tunnel.Server, log *slog.Logger) {
+	next, err := loadClients(path, subnet, subnet6, pool.ServerAddr(), serverAddr6(pool6))
+	if err != nil {
+		log.Error("keeping the previous client policies", "err", err)
+		return
+	}
+	moved, err := pinAddresses(next, pool, pool6)
+	if err != nil {
+		log.Error("fixed addresses from --clients", "err", err)
+	}
+	cur.Store(&next)
+	for _, id := range moved {
+		srv.Reconfigure(id, "tunnel address changed")
+	}
+	closed := srv.Policies()
+	log.Info("client policies reloaded", "file", path, "clients", len(next), "readdressed", len(moved), "reconfigured", len(closed))
 }

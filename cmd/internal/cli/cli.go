@@ -73,6 +73,8 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 type Gauge struct {
 	Name, Help string
 	Value      func() float64
+	// Counter exports the value as a counter (it only grows).
+	Counter bool
 }
 
 // ServeMetrics serves Prometheus metrics for stats (and the extra gauges)
@@ -105,7 +107,12 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	counter("keepalive_timeouts_total", "Sessions closed because the peer went silent.", &stats.KeepaliveTimeouts)
 	counter("control_frames_total", "Control frames received.", &stats.ControlFrames)
 	counter("panics_total", "Recovered panics; each closed only its own session or connection.", &stats.Panics)
+	counter("advertise_refused_total", "Networks a client advertised that its policy does not allow.", &stats.AdvertiseRefused)
 	for _, g := range gauges {
+		if g.Counter {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: prefix + "_" + g.Name, Help: g.Help}, g.Value))
+			continue
+		}
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: prefix + "_" + g.Name, Help: g.Help}, g.Value))
 	}
 	ln, err := net.Listen("tcp", addr)
