@@ -239,11 +239,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		fc := routing.FirewallConfig{TunnelIf: o.tunName, ClampMSS: len(advertise) > 0}
-		if o.killSwitch {
-			fc.KillSwitch, fc.ServerEndpoints = true, serverAddrs
-		}
-		if err := fw.Set(ctx, fc); err != nil {
+		if err := fw.Set(ctx, clientFirewall(o.tunName, o.killSwitch, len(advertise) > 0, serverAddrs)); err != nil {
 			fw.Close()
 			return err
 		}
@@ -286,7 +282,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			dev, mgr = d, m
 		}
-		routes, full := fullTunnelRoutes(cfg.Routes, o.fullTunnel, cfg.Addr6.IsValid())
+		rc, full := clientRouting(o.tunName, cfg, o.fullTunnel)
 		if full && removeBypass == nil {
 			// Keep the way to the server outside the tunnel before the
 			// tunnel takes everything else.
@@ -302,10 +298,6 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 				return nil, err
 			}
 			removeBypass = rm
-		}
-		rc := routing.Config{Interface: o.tunName, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: routes}
-		if cfg.Addr6.IsValid() {
-			rc.Addresses = append(rc.Addresses, cfg.Addr6)
 		}
 		if err := mgr.Set(ctx, rc); err != nil {
 			return nil, err
@@ -411,6 +403,30 @@ func errString(err error) string {
 		return "stopped"
 	}
 	return err.Error()
+}
+
+// clientRouting is the interface state for the configuration the server
+// pushed: its addresses, MTU and routes, the full tunnel's halves in place
+// of default routes. full reports a full tunnel (a route to the server
+// must then bypass it).
+func clientRouting(ifname string, cfg tunnel.Config, fullTunnel bool) (rc routing.Config, full bool) {
+	routes, full := fullTunnelRoutes(cfg.Routes, fullTunnel, cfg.Addr6.IsValid())
+	rc = routing.Config{Interface: ifname, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: routes}
+	if cfg.Addr6.IsValid() {
+		rc.Addresses = append(rc.Addresses, cfg.Addr6)
+	}
+	return rc, full
+}
+
+// clientFirewall is the client's nftables state: the kill switch letting
+// only the server endpoints out, and MSS clamping for a site gateway that
+// forwards its LAN into the tunnel.
+func clientFirewall(ifname string, killSwitch, gateway bool, server []netip.AddrPort) routing.FirewallConfig {
+	fc := routing.FirewallConfig{TunnelIf: ifname, ClampMSS: gateway}
+	if killSwitch {
+		fc.KillSwitch, fc.ServerEndpoints = true, server
+	}
+	return fc
 }
 
 // notIn returns the prefixes of want that are not in got.

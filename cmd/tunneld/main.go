@@ -332,13 +332,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 				log.Warn("removing nftables table", "err", err)
 			}
 		}()
-		fc = routing.FirewallConfig{TunnelIf: o.tunName, ClampMSS: true, IsolateClients: true}
-		if o.nat {
-			fc.Masquerade = []netip.Prefix{subnet}
-			if pool6 != nil {
-				fc.Masquerade = append(fc.Masquerade, subnet6)
-			}
-		}
+		fc = serverFirewall(o.tunName, o.nat, subnet, subnet6)
 		if err := fw.Set(ctx, fc); err != nil {
 			dev.Close()
 			return err
@@ -349,23 +343,12 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	// tunnel while their session lives; the firewall lets reach_clients
 	// clients (and their networks) open connections to other clients.
 	peersChanged := func(peers []tunnel.Peer) {
-		var nets, reach []netip.Prefix
-		for _, p := range peers {
-			nets = append(nets, p.Nets...)
-			if p.ReachClients {
-				for _, a := range p.Addrs {
-					reach = append(reach, netip.PrefixFrom(a, a.BitLen()))
-				}
-				reach = append(reach, p.Nets...)
-			}
-		}
+		rc, c := peerState(routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs}, fc, peers)
 		ctx := context.WithoutCancel(ctx) // also on the way out: sessions end after ctx
-		if err := mgr.Set(ctx, routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs, Routes: nets}); err != nil {
+		if err := mgr.Set(ctx, rc); err != nil {
 			log.Error("routes to networks behind clients", "err", err)
 		}
 		if fw != nil {
-			c := fc
-			c.ReachClients = reach
 			if err := fw.Set(ctx, c); err != nil {
 				log.Error("client-to-client firewall rules", "err", err)
 			}
@@ -505,6 +488,39 @@ func warnExpiry(log *slog.Logger, what, file string, notAfter time.Time) {
 	default:
 		log.Debug(what, "file", file, "not_after", notAfter)
 	}
+}
+
+// serverFirewall is the server's nftables state when it forwards: MSS
+// clamping, client isolation, and masquerading of the tunnel subnets with
+// --nat (subnet6 invalid without an IPv6 pool).
+func serverFirewall(ifname string, nat bool, subnet, subnet6 netip.Prefix) routing.FirewallConfig {
+	fc := routing.FirewallConfig{TunnelIf: ifname, ClampMSS: true, IsolateClients: true}
+	if nat {
+		fc.Masquerade = []netip.Prefix{subnet}
+		if subnet6.IsValid() {
+			fc.Masquerade = append(fc.Masquerade, subnet6)
+		}
+	}
+	return fc
+}
+
+// peerState adds to the server's interface state (base) and firewall
+// (fc) what the live sessions need: a route for every network behind a
+// client, and the reach_clients clients' addresses and networks as the
+// sources that may open connections to other clients.
+func peerState(base routing.Config, fc routing.FirewallConfig, peers []tunnel.Peer) (routing.Config, routing.FirewallConfig) {
+	base.Routes = slices.Clone(base.Routes)
+	fc.ReachClients = nil
+	for _, p := range peers {
+		base.Routes = append(base.Routes, p.Nets...)
+		if p.ReachClients {
+			for _, a := range p.Addrs {
+				fc.ReachClients = append(fc.ReachClients, netip.PrefixFrom(a, a.BitLen()))
+			}
+			fc.ReachClients = append(fc.ReachClients, p.Nets...)
+		}
+	}
+	return base, fc
 }
 
 func serverAddr6(pool6 *routing.Pool) netip.Addr {
