@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -10,10 +11,6 @@ import (
 	"strings"
 )
 
-// ResolvConf is the file SetDNS manages when systemd-resolved is absent.
-// It is written in place (not replaced), so a bind-mounted file, as
-// `ip netns exec` sets up, keeps working.
-var ResolvConf = "/etc/resolv.conf"
 
 // SetDNS makes the system resolve names through servers while the tunnel
 // is up: through systemd-resolved on ifname when it runs (all domains,
@@ -50,16 +47,22 @@ func SetDNS(ctx context.Context, ifname string, servers []netip.Addr, log *slog.
 	if err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("read %s: %w", ResolvConf, err)
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# written by tunnelc while %s is up; the previous content comes back when it exits\n", ifname)
-	for _, a := range addrs {
-		fmt.Fprintf(&b, "nameserver %s\n", a)
+	if saved, ours, err := savedResolvConf(old); ours && err == nil {
+		old = saved // left by a crashed run: keep the real original
 	}
-	if err := os.WriteFile(ResolvConf, []byte(b.String()), 0o644); err != nil {
+	mine := resolvConfContent(ifname, servers, old)
+	if err := os.WriteFile(ResolvConf, mine, 0o644); err != nil {
 		return nil, fmt.Errorf("write %s: %w", ResolvConf, err)
 	}
 	log.Info("DNS through the tunnel", "file", ResolvConf, "servers", strings.Join(addrs, ","))
 	return func() error {
+		// Put the original back only if the file is still ours: if
+		// something else (a DHCP client) rewrote it meanwhile, that is
+		// newer than what we saved.
+		if cur, err := os.ReadFile(ResolvConf); err == nil && !bytes.Equal(cur, mine) {
+			log.Warn("not restoring DNS settings: the file changed while the tunnel was up", "file", ResolvConf)
+			return nil
+		}
 		if err := os.WriteFile(ResolvConf, old, 0o644); err != nil {
 			return fmt.Errorf("restore %s: %w", ResolvConf, err)
 		}

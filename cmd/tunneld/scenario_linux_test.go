@@ -164,7 +164,8 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 }
 
 // TestNetNSDNS: the resolver the server pushes (--dns) is applied while
-// the tunnel is up and the previous resolv.conf comes back at exit.
+// the tunnel is up and the previous resolv.conf comes back at exit, or
+// with --cleanup after a crash.
 // (`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over
 // /etc/resolv.conf, so tunnelc's changes land in that file.)
 func TestNetNSDNS(t *testing.T) {
@@ -191,6 +192,24 @@ func TestNetNSDNS(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(file); string(b) != "nameserver 192.0.2.53\n" {
 		t.Fatalf("resolv.conf after exit = %q, want the original back", b)
+	}
+
+	// A crashed tunnelc leaves its resolv.conf; --cleanup restores the
+	// original from what it saved in the file.
+	cli := start(t, p.laptop, p.tunnelc, "--server", "198.18.0.1:443",
+		"--cert", p.pki+"/laptop.crt", "--key", p.pki+"/laptop.key", "--ca", p.pki+"/ca.crt")
+	eventually(t, "pushed resolver applied again", func() bool {
+		b, _ := os.ReadFile(file)
+		return strings.Contains(string(b), "nameserver 100.64.0.1")
+	})
+	cli.cmd.Process.Kill()
+	<-cli.done
+	if b, _ := os.ReadFile(file); !strings.Contains(string(b), "nameserver 100.64.0.1") {
+		t.Fatalf("after SIGKILL resolv.conf = %q; want tunnelc's still there", b)
+	}
+	p.laptop.Run(t, p.tunnelc, "--cleanup")
+	if b, _ := os.ReadFile(file); string(b) != "nameserver 192.0.2.53\n" {
+		t.Fatalf("resolv.conf after --cleanup = %q, want the original back", b)
 	}
 }
 

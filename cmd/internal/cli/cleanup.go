@@ -15,7 +15,11 @@ import (
 func Cleanup(ctx context.Context, ifname string, log *slog.Logger) error {
 	errRoutes := routing.Cleanup(ctx, ifname)
 	errTable := routing.CleanupFirewall(ctx, routing.FirewallOptions{Logger: log})
-	if err := errors.Join(errRoutes, errTable); err != nil {
+	restored, errDNS := routing.RestoreResolvConf()
+	if restored {
+		log.Info("restored the resolv.conf a crashed tunnelc had replaced", "file", routing.ResolvConf)
+	}
+	if err := errors.Join(errRoutes, errTable, errDNS); err != nil {
 		return err
 	}
 	log.Info("cleanup done: removed our routes (protocol 116), addresses on the tunnel interface and the nftables table, where present", "ifname", ifname)
