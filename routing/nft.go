@@ -22,7 +22,7 @@ type FirewallConfig struct {
 	// TunnelIf is the name of the tunnel interface (the TUN device). It
 	// need not exist yet: rules match interface names, not indexes, so
 	// they keep working when the device is re-created. Required by
-	// ClampMSS and KillSwitch.
+	// ClampMSS, KillSwitch and IsolateClients.
 	TunnelIf string
 
 	// Masquerade lists source prefixes whose traffic is masqueraded
@@ -57,6 +57,28 @@ type FirewallConfig struct {
 	// ServerEndpoints are the tunnel server addresses the kill switch
 	// lets through. Plain IPv4, not IPv4-mapped IPv6; no zones.
 	ServerEndpoints []netip.AddrPort
+
+	// IsolateClients stops tunnel clients from opening connections to
+	// each other through the server. A forwarded packet that comes in
+	// through TunnelIf and goes out through TunnelIf again (client to
+	// client) passes only if conntrack places it in an established or
+	// related flow (a reply, or an ICMP error about a flow), or if its
+	// source address is in ReachClients; any other such packet is dropped
+	// and counted (Firewall.IsolationDrops). Packets between TunnelIf and
+	// any other interface, and packets to or from the host itself, are
+	// not affected.
+	//
+	// A reply passes because the flow it belongs to was allowed to start:
+	// a client outside ReachClients can answer, but not initiate.
+	// Connections that were established before isolation was turned on
+	// or ReachClients shrank keep working until conntrack forgets them.
+	IsolateClients bool
+	// ReachClients lists the source prefixes that may open new flows to
+	// other clients while IsolateClients is on: single clients (/32,
+	// /128) or whole networks behind one (a site's LAN). IPv4 and IPv6
+	// may be mixed; plain IPv4, not IPv4-mapped IPv6. Normalized masks
+	// them and drops those inside others. Unused without IsolateClients.
+	ReachClients []netip.Prefix
 }
 
 // Validate reports whether c is well-formed, wrapping ErrInvalidConfig.
@@ -65,12 +87,17 @@ func (c FirewallConfig) Validate() error {
 	if len(c.TunnelIf) > 15 {
 		return fmt.Errorf("%w: tunnel interface name %q longer than 15 bytes", ErrInvalidConfig, c.TunnelIf)
 	}
-	if c.TunnelIf == "" && (c.ClampMSS || c.KillSwitch) {
-		return fmt.Errorf("%w: MSS clamping and the kill switch need a tunnel interface", ErrInvalidConfig)
+	if c.TunnelIf == "" && (c.ClampMSS || c.KillSwitch || c.IsolateClients) {
+		return fmt.Errorf("%w: MSS clamping, the kill switch and client isolation need a tunnel interface", ErrInvalidConfig)
 	}
 	for _, p := range c.Masquerade {
 		if err := checkPrefix(p); err != nil {
 			return fmt.Errorf("%w: masquerade %v: %w", ErrInvalidConfig, p, err)
+		}
+	}
+	for _, p := range c.ReachClients {
+		if err := checkPrefix(p); err != nil {
+			return fmt.Errorf("%w: reach clients %v: %w", ErrInvalidConfig, p, err)
 		}
 	}
 	for _, ap := range c.ServerEndpoints {
@@ -89,9 +116,11 @@ func (c FirewallConfig) Validate() error {
 }
 
 // Normalized returns a copy of c, not sharing its slices, with Masquerade
-// masked, sorted and deduplicated, and ServerEndpoints sorted and
-// deduplicated. Equal normalized configs produce identical tables. It does
-// not validate.
+// masked, sorted and deduplicated, ServerEndpoints sorted and
+// deduplicated, and ReachClients masked, without the prefixes that another
+// one contains, and sorted by address (IPv4 first). Equal normalized
+// configs produce identical tables. It does not validate; invalid prefixes
+// are kept, in no particular place.
 func (c FirewallConfig) Normalized() FirewallConfig {
 	masq := make([]netip.Prefix, len(c.Masquerade))
 	for i, p := range c.Masquerade {
@@ -101,12 +130,45 @@ func (c FirewallConfig) Normalized() FirewallConfig {
 	c.ServerEndpoints = slices.Clone(c.ServerEndpoints)
 	slices.SortFunc(c.ServerEndpoints, netip.AddrPort.Compare)
 	c.ServerEndpoints = slices.Compact(c.ServerEndpoints)
+	c.ReachClients = outermostPrefixes(c.ReachClients)
 	return c
+}
+
+// outermostPrefixes returns ps masked, without the prefixes that another
+// one covers (duplicates included), sorted by address and then by length:
+// a set of disjoint prefixes covering the same addresses as ps. An nftables
+// interval set rejects overlapping elements, so this is what it can hold.
+func outermostPrefixes(ps []netip.Prefix) []netip.Prefix {
+	sorted := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		sorted[i] = p.Masked()
+	}
+	// By first address, and the shortest prefix first among those that
+	// start at the same one: a prefix that covers another starts at or
+	// before it, so it comes first.
+	slices.SortFunc(sorted, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	out := sorted[:0]
+	for _, p := range sorted {
+		// The kept prefixes are disjoint and sorted, so only the last one
+		// can cover p: one further back that covered p would also cover
+		// the last one, which would then not have been kept.
+		if n := len(out); n > 0 && p.IsValid() && out[n-1].IsValid() &&
+			out[n-1].Bits() <= p.Bits() && out[n-1].Contains(p.Addr()) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // IsZero reports whether c asks for no rules at all.
 func (c FirewallConfig) IsZero() bool {
-	return len(c.Masquerade) == 0 && !c.ClampMSS && !c.KillSwitch
+	return len(c.Masquerade) == 0 && !c.ClampMSS && !c.KillSwitch && !c.IsolateClients
 }
 
 // Firewall converges the FirewallTable to a desired FirewallConfig. There
@@ -125,6 +187,19 @@ type Firewall interface {
 	// Set returns ErrClosed after Close and an error wrapping
 	// ErrInvalidConfig if cfg.Validate fails.
 	Set(ctx context.Context, cfg FirewallConfig) error
+
+	// IsolationDrops returns how many packets client isolation
+	// (FirewallConfig.IsolateClients) has dropped since this Firewall
+	// was created: a counter that never decreases, meant to be exported
+	// as a metric. Set carries the count over when it replaces the table,
+	// and it keeps the count while isolation is off; packets dropped
+	// while Set is replacing the table may be missed. It is 0 until a Set
+	// turns isolation on.
+	//
+	// IsolationDrops returns ErrClosed after Close, and an error if the
+	// counter cannot be read (for example because someone deleted the
+	// table; the next Set puts it back, with the count it last read).
+	IsolationDrops() (uint64, error)
 
 	// Close deletes the FirewallTable, including a table left behind by
 	// an earlier process, and releases the Firewall's resources. After

@@ -28,6 +28,19 @@ const (
 	// type filter hook output/forward priority filter, policy drop
 	chainKillOutput  = "killswitch_output"
 	chainKillForward = "killswitch_forward"
+	// type filter hook forward priority filter, policy accept
+	chainIsolate = "isolate_clients"
+)
+
+// Sets and stateful objects of the FirewallTable, by name.
+const (
+	// type ipv4_addr / ipv6_addr, flags interval: FirewallConfig.ReachClients
+	setReachClients4 = "reach_clients4"
+	setReachClients6 = "reach_clients6"
+	// The counter of the client isolation drop rule, named so that
+	// IsolationDrops can read it with one request and Set can carry its
+	// value over to the new table.
+	counterIsolationDrops = "isolation_drops"
 )
 
 // NewFirewall returns a Firewall that manages the FirewallTable through
@@ -83,7 +96,14 @@ type linuxFirewall struct {
 	closed bool           // guarded by mu
 	last   FirewallConfig // guarded by mu; normalized, last successful Set
 	set    bool           // guarded by mu; last is valid
+	// Guarded by mu. drops is the running total of the isolation drop
+	// counter; kernelDrops is what the kernel counter held when last read
+	// or written, so that a read adds only what is new.
+	drops, kernelDrops nftCount
 }
+
+// nftCount is the value of an nftables counter.
+type nftCount struct{ packets, bytes uint64 }
 
 // conn returns a new nftables connection. A fresh Conn per transaction,
 // because a Conn keeps the first message encoding error forever.
@@ -115,6 +135,12 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
 	}
+	if f.set && f.last.IsolateClients {
+		// The new table starts its counter where the old one is now.
+		// Failing to read (someone deleted the table) must not stop Set
+		// from repairing it: the count then resumes from the last read.
+		_ = f.readDropsLocked()
+	}
 
 	c := f.conn()
 	t := firewallTable()
@@ -125,9 +151,14 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
-	addFirewallRules(c, t, cfg)
+	if err := addFirewallRules(c, t, cfg, f.drops); err != nil {
+		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+	}
+	if cfg.IsolateClients {
+		f.kernelDrops = f.drops
 	}
 
 	level := slog.LevelInfo
@@ -141,7 +172,46 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 		"masquerade", cfg.Masquerade,
 		"clamp_mss", cfg.ClampMSS,
 		"kill_switch", cfg.KillSwitch,
-		"server_endpoints", cfg.ServerEndpoints)
+		"server_endpoints", cfg.ServerEndpoints,
+		"isolate_clients", cfg.IsolateClients,
+		"reach_clients", cfg.ReachClients)
+	return nil
+}
+
+func (f *linuxFirewall) IsolationDrops() (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, ErrClosed
+	}
+	if f.set && f.last.IsolateClients {
+		if err := f.readDropsLocked(); err != nil {
+			return 0, err
+		}
+	}
+	return f.drops.packets, nil
+}
+
+// readDropsLocked adds to f.drops what the kernel's isolation drop counter
+// counted since it was last read or created. A counter that went down was
+// reset (`nft reset counter`) and has counted everything it holds since.
+func (f *linuxFirewall) readDropsLocked() error {
+	o, err := f.conn().GetObject(&nftables.CounterObj{Table: firewallTable(), Name: counterIsolationDrops})
+	if err != nil {
+		return fmt.Errorf("read nftables counter inet %s %s: %w", FirewallTable, counterIsolationDrops, err)
+	}
+	co, ok := o.(*nftables.CounterObj)
+	if !ok {
+		return fmt.Errorf("read nftables counter inet %s %s: got %T", FirewallTable, counterIsolationDrops, o)
+	}
+	now := nftCount{packets: co.Packets, bytes: co.Bytes}
+	since := now
+	if now.packets >= f.kernelDrops.packets && now.bytes >= f.kernelDrops.bytes {
+		since = nftCount{now.packets - f.kernelDrops.packets, now.bytes - f.kernelDrops.bytes}
+	}
+	f.drops.packets += since.packets
+	f.drops.bytes += since.bytes
+	f.kernelDrops = now
 	return nil
 }
 
@@ -168,16 +238,19 @@ func (f *linuxFirewall) Close() error {
 // equal reports whether two normalized configs are the same.
 func (c FirewallConfig) equal(d FirewallConfig) bool {
 	return c.TunnelIf == d.TunnelIf && c.ClampMSS == d.ClampMSS && c.KillSwitch == d.KillSwitch &&
-		slices.Equal(c.Masquerade, d.Masquerade) && slices.Equal(c.ServerEndpoints, d.ServerEndpoints)
+		c.IsolateClients == d.IsolateClients &&
+		slices.Equal(c.Masquerade, d.Masquerade) && slices.Equal(c.ServerEndpoints, d.ServerEndpoints) &&
+		slices.Equal(c.ReachClients, d.ReachClients)
 }
 
 func firewallTable() *nftables.Table {
 	return &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
 }
 
-// addFirewallRules queues the chains and rules of cfg (normalized) into c.
-// The comments show each rule as `nft list` prints it.
-func addFirewallRules(c *nftables.Conn, t *nftables.Table, cfg FirewallConfig) {
+// addFirewallRules queues the chains, sets, objects and rules of cfg
+// (normalized) into c; the isolation drop counter starts at drops. The
+// comments show each rule as `nft list` prints it.
+func addFirewallRules(c *nftables.Conn, t *nftables.Table, cfg FirewallConfig, drops nftCount) error {
 	accept := nftables.ChainPolicyAccept
 	drop := nftables.ChainPolicyDrop
 	rule := func(ch *nftables.Chain, exprs ...[]expr.Any) {
@@ -228,6 +301,126 @@ func addFirewallRules(c *nftables.Conn, t *nftables.Table, cfg FirewallConfig) {
 				rule(ch, e, acceptVerdict())
 			}
 		}
+	}
+
+	if cfg.IsolateClients {
+		return addIsolation(c, t, cfg, drops)
+	}
+	return nil
+}
+
+// addIsolation queues the client isolation chain, its sets and its counter;
+// see FirewallConfig.IsolateClients:
+//
+//	chain isolate_clients {
+//		type filter hook forward priority filter; policy accept;
+//		iifname != "tun0" accept
+//		oifname != "tun0" accept
+//		ct state established,related accept
+//		ip saddr @reach_clients4 accept
+//		ip6 saddr @reach_clients6 accept
+//		counter name "isolation_drops" drop
+//	}
+//
+// Accepting here ends only this chain: other chains of the forward hook,
+// in this table (the kill switch) or in others, still see the packet.
+func addIsolation(c *nftables.Conn, t *nftables.Table, cfg FirewallConfig, drops nftCount) error {
+	c.AddObj(&nftables.CounterObj{Table: t, Name: counterIsolationDrops, Packets: drops.packets, Bytes: drops.bytes})
+
+	var lookups [][]expr.Any
+	for i, fam := range []struct {
+		name string
+		typ  nftables.SetDatatype
+		is4  bool
+	}{{setReachClients4, nftables.TypeIPAddr, true}, {setReachClients6, nftables.TypeIP6Addr, false}} {
+		var ps []netip.Prefix
+		for _, p := range cfg.ReachClients {
+			if p.Addr().Is4() == fam.is4 {
+				ps = append(ps, p)
+			}
+		}
+		// A fixed ID (it need only be unique in the transaction) rather
+		// than the library's, which is a global counter incremented
+		// without a lock shared between Conns.
+		set := &nftables.Set{Table: t, ID: uint32(i + 1), Name: fam.name, KeyType: fam.typ, Interval: true}
+		if err := c.AddSet(set, intervalElements(ps)); err != nil {
+			return fmt.Errorf("add set %s: %w", fam.name, err)
+		}
+		// ip saddr @reach_clients4
+		lookups = append(lookups, slices.Concat(
+			matchNFProto(!fam.is4),
+			[]expr.Any{
+				addrPayload(true, !fam.is4),
+				&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+			}))
+	}
+
+	accept := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{
+		Name: chainIsolate, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter,
+		Policy: &accept,
+	})
+	rule := func(exprs ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
+	}
+	// Not client to client: none of isolation's business.
+	rule(matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, cfg.TunnelIf), acceptVerdict())
+	rule(matchIfname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, cfg.TunnelIf), acceptVerdict())
+	rule(matchCtState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), acceptVerdict())
+	for _, l := range lookups {
+		rule(l, acceptVerdict())
+	}
+	rule([]expr.Any{
+		&expr.Objref{Type: unix.NFT_OBJECT_COUNTER, Name: counterIsolationDrops},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	})
+	return nil
+}
+
+// intervalElements returns the elements of an interval set holding the
+// addresses of ps: disjoint prefixes of one family, sorted (as Normalized
+// leaves them). Each range is a start element and an end element holding
+// the first address after it; adjacent ranges are merged into one, as
+// nft's auto-merge would, so the set holds as few elements as it can. A
+// range that reaches the last address has no end element, as nft does it.
+func intervalElements(ps []netip.Prefix) []nftables.SetElement {
+	var els []nftables.SetElement
+	var end netip.Addr // first address after the last range; invalid: none, or reached the top
+	for _, p := range ps {
+		first, last := p.Masked().Addr(), lastAddr(p)
+		if n := len(els); n > 0 && els[n-1].IntervalEnd && end == first {
+			els = els[:n-1] // adjacent: extend the previous range
+		} else {
+			els = append(els, nftables.SetElement{Key: first.AsSlice()})
+		}
+		end = last.Next()
+		if end.IsValid() {
+			els = append(els, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return els
+}
+
+// lastAddr returns the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// matchCtState matches packets whose conntrack state is one of the
+// expr.CtStateBit* in states (ct state established,related). The state is
+// a bitmask in host byte order.
+func matchCtState(states uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, states), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	}
 }
 
@@ -365,6 +558,21 @@ func matchPrefix(src bool, p netip.Prefix) []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(n)},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr})
+}
+
+// addrPayload loads the source (src) or destination address of the IPv4
+// or IPv6 (ipv6) header into register 1.
+func addrPayload(src, ipv6 bool) *expr.Payload {
+	off, n := uint32(16), uint32(4)
+	switch {
+	case !ipv6 && src:
+		off = 12
+	case ipv6 && src:
+		off, n = 8, 16
+	case ipv6:
+		off, n = 24, 16
+	}
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
 }
 
 // matchPort matches the source (src) or destination port of a TCP or UDP

@@ -31,9 +31,23 @@ func TestNFTConfigValidate(t *testing.T) {
 		{name: "full", cfg: routing.FirewallConfig{
 			TunnelIf: "tunnelc0", Masquerade: nftPfxs("100.64.0.0/10", "fd00::/64"),
 			ClampMSS: true, KillSwitch: true, ServerEndpoints: []netip.AddrPort{ap("192.0.2.1:443"), ap("[2001:db8::1]:443")},
+			IsolateClients: true, ReachClients: nftPfxs("100.64.0.2/32", "198.18.20.0/24", "fd00::2/128", "2001:db8:20::/48"),
 		}},
+		{name: "isolation without reach", cfg: routing.FirewallConfig{TunnelIf: "tunneld0", IsolateClients: true}},
+		{name: "overlapping reach", cfg: routing.FirewallConfig{
+			TunnelIf: "tunneld0", IsolateClients: true, ReachClients: nftPfxs("100.64.0.0/24", "100.64.0.7/32", "100.64.0.7/32"),
+		}},
+		{name: "reach without isolation", cfg: routing.FirewallConfig{ReachClients: nftPfxs("100.64.0.2/32")}},
 		{name: "kill switch without tunnel", cfg: routing.FirewallConfig{KillSwitch: true}, wantErr: true},
 		{name: "clamp without tunnel", cfg: routing.FirewallConfig{ClampMSS: true}, wantErr: true},
+		{name: "isolation without tunnel", cfg: routing.FirewallConfig{IsolateClients: true, ReachClients: nftPfxs("100.64.0.2/32")}, wantErr: true},
+		{name: "invalid reach prefix", cfg: routing.FirewallConfig{
+			TunnelIf: "tunneld0", IsolateClients: true, ReachClients: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/32"), {}},
+		}, wantErr: true},
+		{name: "mapped reach prefix", cfg: routing.FirewallConfig{
+			TunnelIf: "tunneld0", IsolateClients: true, ReachClients: nftPfxs("::ffff:100.64.0.2/128"),
+		}, wantErr: true},
+		{name: "bad reach prefix without isolation", cfg: routing.FirewallConfig{ReachClients: nftPfxs("::ffff:100.64.0.2/128")}, wantErr: true},
 		{name: "long name", cfg: routing.FirewallConfig{TunnelIf: "a234567890123456"}, wantErr: true},
 		{name: "invalid prefix", cfg: routing.FirewallConfig{Masquerade: []netip.Prefix{{}}}, wantErr: true},
 		{name: "mapped prefix", cfg: routing.FirewallConfig{Masquerade: nftPfxs("::ffff:100.64.0.0/106")}, wantErr: true},
@@ -67,6 +81,48 @@ func TestNFTConfigValidate(t *testing.T) {
 	}
 	if in.Masquerade[0] != netip.MustParsePrefix("fd00::5/64") {
 		t.Errorf("Normalized modified its input: %v", in.Masquerade)
+	}
+}
+
+func TestNFTConfigNormalizedReachClients(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []netip.Prefix
+		want []netip.Prefix
+	}{
+		{name: "nil", in: nil, want: nil},
+		{name: "contained host", in: nftPfxs("198.18.20.7/32", "198.18.20.0/24"), want: nftPfxs("198.18.20.0/24")},
+		{name: "duplicates, unmasked", in: nftPfxs("198.18.20.9/24", "198.18.20.0/24", "198.18.20.0/24"), want: nftPfxs("198.18.20.0/24")},
+		{name: "same start", in: nftPfxs("198.18.20.0/25", "198.18.20.0/24", "198.18.20.0/26"), want: nftPfxs("198.18.20.0/24")},
+		{name: "by address, IPv4 first",
+			in:   nftPfxs("fd00::1/128", "198.18.22.0/24", "2001:db8::/32", "198.18.0.5/32"),
+			want: nftPfxs("198.18.0.5/32", "198.18.22.0/24", "2001:db8::/32", "fd00::1/128")},
+		{name: "adjacent kept", in: nftPfxs("198.18.21.128/25", "198.18.21.0/25"), want: nftPfxs("198.18.21.0/25", "198.18.21.128/25")},
+		{name: "nested",
+			in:   nftPfxs("2001:db8:5:1::/64", "2001:db8::/32", "2001:db9::1/128", "2001:db8:5::/48"),
+			want: nftPfxs("2001:db8::/32", "2001:db9::1/128")},
+		{name: "all of one family",
+			in:   nftPfxs("198.18.0.1/32", "fd00::/8", "0.0.0.0/0", "255.255.255.255/32"),
+			want: nftPfxs("0.0.0.0/0", "fd00::/8")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := slices.Clone(tt.in)
+			got := routing.FirewallConfig{ReachClients: in}.Normalized().ReachClients
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("Normalized().ReachClients of %v = %v, want %v", tt.in, got, tt.want)
+			}
+			if !slices.Equal(in, tt.in) {
+				t.Errorf("Normalized modified its input: %v, was %v", in, tt.in)
+			}
+		})
+	}
+
+	if c := (routing.FirewallConfig{ReachClients: nftPfxs("198.18.0.1/32")}); !c.IsZero() {
+		t.Errorf("%+v.IsZero() = false, want true: ReachClients is unused without IsolateClients", c)
+	}
+	if c := (routing.FirewallConfig{TunnelIf: "tunneld0", IsolateClients: true}); c.IsZero() {
+		t.Errorf("%+v.IsZero() = true, want false", c)
 	}
 }
 
