@@ -11,7 +11,6 @@ import (
 	"strings"
 )
 
-
 // SetDNS makes the system resolve names through servers while the tunnel
 // is up: through systemd-resolved on ifname when it runs (all domains,
 // "~."), otherwise by writing ResolvConf. restore puts back what was there.

@@ -248,7 +248,8 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
 		}
 	}
-	var removeBypass, restoreDNS func() error
+	var restoreDNS func() error
+	var bypass *routing.Bypass // guarded by mu
 	var appliedDNS string
 	defer func() {
 		if restoreDNS != nil {
@@ -256,8 +257,10 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 				log.Warn("restoring DNS settings", "err", err)
 			}
 		}
-		if removeBypass != nil {
-			if err := removeBypass(); err != nil {
+		mu.Lock()
+		defer mu.Unlock()
+		if bypass != nil {
+			if err := bypass.Close(); err != nil {
 				log.Warn("removing the route to the server", "err", err)
 			}
 		}
@@ -283,7 +286,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			dev, mgr = d, m
 		}
 		rc, full := clientRouting(o.tunName, cfg, o.fullTunnel)
-		if full && removeBypass == nil {
+		if full && bypass == nil {
 			// Keep the way to the server outside the tunnel before the
 			// tunnel takes everything else.
 			if len(serverAddrs) == 0 {
@@ -293,11 +296,11 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 				}
 				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
 			}
-			rm, err := routing.AddBypass(ctx, serverAddrs[0].Addr())
+			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.tunName)
 			if err != nil {
 				return nil, err
 			}
-			removeBypass = rm
+			bypass = b
 		}
 		if err := mgr.Set(ctx, rc); err != nil {
 			return nil, err
@@ -339,6 +342,20 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
+			mu.Lock()
+			b := bypass
+			mu.Unlock()
+			if b != nil {
+				// After roaming, the way to the server is another
+				// gateway or interface: move the pinned route first.
+				// With no such route, the dial would only loop into the
+				// tunnel itself: fail it and retry after the backoff.
+				if changed, err := b.Refresh(ctx); err != nil {
+					return nil, err
+				} else if changed {
+					log.Info("route to the server moved outside the tunnel", "server", o.server)
+				}
+			}
 			c, err := dialer.DialContext(ctx, "tcp", o.server)
 			if err == nil {
 				cli.TuneTCP(c, 3*keepalive)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -237,4 +238,52 @@ func sourceSeen(t *testing.T, from, to *netnstest.NS, addr string) string {
 	}
 	c.Close()
 	return <-seen
+}
+
+// TestNetNSFullTunnelRoam: a full-tunnel laptop moves to another network
+// (its first uplink loses its address and goes down; a second uplink
+// with another gateway takes over). The route that keeps the server
+// outside the tunnel moves to the new gateway, so the client reconnects
+// instead of dialing the server through its own dead tunnel.
+// Topology: laptop =(uplink A 198.18.0.0/29, uplink B 198.18.0.8/29)=
+// server, which listens on 198.18.100.1 (on its loopback).
+func TestNetNSFullTunnelRoam(t *testing.T) {
+	server, laptop := netnstest.New(t), netnstest.New(t)
+	tunneld, tunnelc := binaries(t)
+	_, upA := netnstest.Veth(t, server, netip.MustParsePrefix("198.18.0.1/29"), laptop, netip.MustParsePrefix("198.18.0.2/29"))
+	netnstest.Veth(t, server, netip.MustParsePrefix("198.18.0.9/29"), laptop, netip.MustParsePrefix("198.18.0.10/29"))
+	server.Run(t, "ip", "addr", "add", "198.18.100.1/32", "dev", "lo")
+	laptop.Run(t, "ip", "route", "add", "default", "via", "198.18.0.1")
+	pki, state := t.TempDir(), t.TempDir()
+	e := &env{}
+	e.run(t, tunneld, "pki", "init", "--dir", pki)
+	e.run(t, tunneld, "pki", "issue", "--dir", pki, "--server", "--name", "server", "--ip", "198.18.100.1")
+	e.run(t, tunneld, "pki", "issue", "--dir", pki, "--client", "--name", "laptop")
+	srv := start(t, server, tunneld, "--listen", "198.18.100.1:443", "--cert", pki+"/server.crt", "--key", pki+"/server.key",
+		"--ca", pki+"/ca.crt", "--subnet", "100.64.0.0/24", "--keepalive", "1s", "--state-dir", state)
+	eventually(t, "tunneld listening", func() bool { return strings.Contains(srv.log.String(), "msg=listening") })
+	cli := start(t, laptop, tunnelc, "--server", "198.18.100.1:443", "--cert", pki+"/laptop.crt",
+		"--key", pki+"/laptop.key", "--ca", pki+"/ca.crt", "--full-tunnel")
+	eventually(t, "client address", func() bool { return hasAddr(laptop, "tunnelc0", clientAddr) })
+	if out := laptop.Run(t, "ip", "route", "get", "198.18.100.1"); !strings.Contains(out, "via 198.18.0.1") {
+		t.Fatalf("route to the server is not pinned via uplink A: %s", out)
+	}
+
+	// Roam: uplink A is gone, uplink B's gateway is the new default.
+	laptop.Run(t, "ip", "addr", "flush", "dev", upA)
+	laptop.Run(t, "ip", "link", "set", upA, "down")
+	laptop.Run(t, "ip", "route", "add", "default", "via", "198.18.0.9")
+	eventually(t, "client reconnected over uplink B", func() bool { return strings.Contains(cli.log.String(), "msg=reconnected") })
+	if out := laptop.Run(t, "ip", "route", "get", "198.18.100.1"); !strings.Contains(out, "via 198.18.0.9") {
+		t.Fatalf("route to the server did not move to uplink B: %s", out)
+	}
+	if err := ping(t, laptop, "100.64.0.1"); err != nil {
+		t.Fatalf("tunnel after roaming: %v", err)
+	}
+	if err := cli.stop(t); err != nil {
+		t.Fatalf("tunnelc exit: %v", err)
+	}
+	if out := laptop.Run(t, "ip", "route", "show", "proto", strconv.Itoa(routing.RouteProtocol)); strings.TrimSpace(out) != "" {
+		t.Fatalf("routes left after exit: %s", out)
+	}
 }
