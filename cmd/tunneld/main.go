@@ -68,6 +68,11 @@ Examples:
   tunneld --listen 0.0.0.0:443 --cert /etc/tlsvpn/pki/vpn.example.com.crt \
     --key /etc/tlsvpn/pki/vpn.example.com.key --ca /etc/tlsvpn/pki/ca.crt \
     --subnet 100.64.0.0/24 --route 198.18.10.0/24
+
+  # per-client policy (fixed addresses, routes, site networks, client-to-client);
+  # edit the file and send SIGHUP to apply it
+  tunneld --cert ... --key ... --ca ... --subnet 100.64.0.0/24 --clients /etc/tlsvpn/clients.yaml
+  kill -HUP $(pidof tunneld)
 `
 
 type options struct {

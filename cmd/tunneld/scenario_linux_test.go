@@ -170,7 +170,7 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 // (`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over
 // /etc/resolv.conf, so tunnelc's changes land in that file.)
 func TestNetNSDNS(t *testing.T) {
-	p := newPairWith(t, []string{"--dns", "100.64.0.1"}, func(laptop *netnstest.NS) {
+	p := newPairWith(t, []string{"--dns", "100.64.0.1", "--dns", "2001:db8:53::53"}, func(laptop *netnstest.NS) {
 		dir := filepath.Join("/etc/netns", laptop.Name)
 		if _, err := os.Stat("/etc/netns"); os.IsNotExist(err) {
 			t.Cleanup(func() { os.Remove("/etc/netns") }) // only if we made it (and it is empty)
@@ -186,7 +186,7 @@ func TestNetNSDNS(t *testing.T) {
 	file := filepath.Join("/etc/netns", p.laptop.Name, "resolv.conf")
 	eventually(t, "pushed resolver applied", func() bool {
 		b, _ := os.ReadFile(file)
-		return strings.Contains(string(b), "nameserver 100.64.0.1") && !strings.Contains(string(b), "192.0.2.53")
+		return strings.Contains(string(b), "nameserver 100.64.0.1\nnameserver 2001:db8:53::53\n") && !strings.Contains(string(b), "\nnameserver 192.0.2.53")
 	})
 	if err := p.cli.stop(t); err != nil {
 		t.Fatalf("tunnelc exit: %v", err)
