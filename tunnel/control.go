@@ -188,6 +188,20 @@ func MarshalHello(h Hello) []byte {
 	return b
 }
 
+// appendFamilyPrefix decodes a repeated prefix attribute onto list,
+// refusing more than MaxRoutes of them.
+func appendFamilyPrefix(list *[]netip.Prefix, v []byte, what string) error {
+	if len(*list) >= MaxRoutes {
+		return fmt.Errorf("more than %d %s", MaxRoutes, what)
+	}
+	p, err := familyPrefix(v)
+	if err != nil {
+		return err
+	}
+	*list = append(*list, p)
+	return nil
+}
+
 // familyPrefix decodes a 1-byte family (4 or 6) followed by an address and
 // a prefix length.
 func familyPrefix(v []byte) (netip.Prefix, error) {
@@ -224,14 +238,7 @@ func UnmarshalHello(b []byte) (Hello, error) {
 			}
 			h.Software = string(v)
 		case helloTagAdvertise:
-			if len(h.Advertise) >= MaxRoutes {
-				return true, fmt.Errorf("more than %d advertised prefixes", MaxRoutes)
-			}
-			p, err := familyPrefix(v)
-			if err != nil {
-				return true, err
-			}
-			h.Advertise = append(h.Advertise, p)
+			return true, appendFamilyPrefix(&h.Advertise, v, "advertised prefixes")
 		default:
 			return false, nil
 		}
@@ -320,19 +327,9 @@ func UnmarshalConfig(b []byte) (Config, error) {
 			}
 			c.MTU = int(binary.BigEndian.Uint16(v))
 		case cfgTagRoute:
-			if len(c.Routes) >= MaxRoutes {
-				return true, fmt.Errorf("more than %d routes", MaxRoutes)
-			}
-			var p netip.Prefix
-			p, err = familyPrefix(v)
-			c.Routes = append(c.Routes, p)
+			err = appendFamilyPrefix(&c.Routes, v, "routes")
 		case cfgTagAccepted:
-			if len(c.Accepted) >= MaxRoutes {
-				return true, fmt.Errorf("more than %d accepted prefixes", MaxRoutes)
-			}
-			var p netip.Prefix
-			p, err = familyPrefix(v)
-			c.Accepted = append(c.Accepted, p)
+			err = appendFamilyPrefix(&c.Accepted, v, "accepted prefixes")
 		case cfgTagKeepalive:
 			var ms uint32
 			ms, err = u32(v)
