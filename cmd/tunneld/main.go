@@ -347,15 +347,27 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	// Networks behind clients (site gateways) get kernel routes into the
 	// tunnel while their session lives; the firewall lets reach_clients
 	// clients (and their networks) open connections to other clients.
+	// Most sessions change neither (no networks, no reach_clients), so
+	// only a change of the desired state costs netlink calls: a crowd of
+	// clients reconnecting after a restart must not rewrite the nftables
+	// table once per client. (Calls are serialized by the server.)
+	appliedRC := fmt.Sprint(routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs}.Normalized())
+	appliedFC := fmt.Sprint(fc.Normalized())
 	peersChanged := func(peers []tunnel.Peer) {
 		rc, c := peerState(routing.Config{Interface: o.tunName, MTU: o.mtu, Addresses: tunAddrs}, fc, peers)
 		ctx := context.WithoutCancel(ctx) // also on the way out: sessions end after ctx
-		if err := mgr.Set(ctx, rc); err != nil {
-			log.Error("routes to networks behind clients", "err", err)
+		if d := fmt.Sprint(rc.Normalized()); d != appliedRC {
+			if err := mgr.Set(ctx, rc); err != nil {
+				log.Error("routes to networks behind clients", "err", err)
+			} else {
+				appliedRC = d
+			}
 		}
-		if fw != nil {
+		if d := fmt.Sprint(c.Normalized()); fw != nil && d != appliedFC {
 			if err := fw.Set(ctx, c); err != nil {
 				log.Error("client-to-client firewall rules", "err", err)
+			} else {
+				appliedFC = d
 			}
 		}
 	}
