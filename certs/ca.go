@@ -42,12 +42,9 @@ type CA struct {
 // The certificate is a CA (BasicConstraints cA=TRUE) with MaxPathLen 0, so it can sign leaf
 // certificates only, and key usages certSign and cRLSign (the latter for revocation lists).
 func NewCA(opts CAOptions) (*CA, error) {
-	days := opts.Days
-	if days == 0 {
-		days = DefaultCADays
-	}
-	if days < 0 {
-		return nil, fmt.Errorf("CA validity of %d days: use a positive number of days", days)
+	days, err := validityDays(opts.Days, DefaultCADays, "CA validity")
+	if err != nil {
+		return nil, err
 	}
 	cn := opts.CommonName
 	if cn == "" {
@@ -202,4 +199,16 @@ func randomSerial() (*big.Int, error) {
 			return n, nil
 		}
 	}
+}
+
+// validityDays returns days, or def when days is 0; a negative number is
+// an error naming what.
+func validityDays(days, def int, what string) (int, error) {
+	if days == 0 {
+		return def, nil
+	}
+	if days < 0 {
+		return 0, fmt.Errorf("%s of %d days: use a positive number of days", what, days)
+	}
+	return days, nil
 }

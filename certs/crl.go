@@ -50,12 +50,9 @@ type CRLRequest struct {
 // SignCRL signs a CRL for req with the CA's key and returns it parsed (Raw holds the DER).
 // It writes nothing; see [Revoke] and [RefreshCRL] for the file in a PKI directory.
 func (ca *CA) SignCRL(req CRLRequest) (*x509.RevocationList, error) {
-	days := req.Days
-	if days == 0 {
-		days = DefaultCRLDays
-	}
-	if days < 0 {
-		return nil, fmt.Errorf("CRL validity of %d days: use a positive number of days", days)
+	days, err := validityDays(req.Days, DefaultCRLDays, "CRL validity")
+	if err != nil {
+		return nil, err
 	}
 	number := req.Number
 	if number == nil {

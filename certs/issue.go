@@ -43,12 +43,9 @@ func (r IssueRequest) template(caCert *x509.Certificate) (*x509.Certificate, err
 	if r.Server == r.Client {
 		return nil, errors.New("say which kind of certificate to issue: pass exactly one of --server or --client")
 	}
-	days := r.Days
-	if days == 0 {
-		days = DefaultLeafDays
-	}
-	if days < 0 {
-		return nil, fmt.Errorf("validity of %d days: use a positive number of days", days)
+	days, err := validityDays(r.Days, DefaultLeafDays, "validity")
+	if err != nil {
+		return nil, err
 	}
 	now := r.Now
 	if now.IsZero() {

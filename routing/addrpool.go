@@ -177,7 +177,7 @@ func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 	if identity == "" {
 		return errors.New("reserve address: empty identity")
 	}
-	if !p.contains(addr) {
+	if !p.IsClientAddr(addr) {
 		return fmt.Errorf("reserve %v for %q: not a client address of pool %v", addr, identity, p.subnet)
 	}
 	p.writeMu.Lock()
@@ -212,7 +212,7 @@ func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error)
 	if identity == "" {
 		return "", errors.New("pin address: empty identity")
 	}
-	if !p.contains(addr) {
+	if !p.IsClientAddr(addr) {
 		return "", fmt.Errorf("pin %v for %q: not a client address of pool %v", addr, identity, p.subnet)
 	}
 	p.writeMu.Lock()
@@ -347,8 +347,10 @@ func (p *Pool) Flush() error {
 	return nil
 }
 
-// contains reports whether a is one of the pool's client addresses.
-func (p *Pool) contains(a netip.Addr) bool {
+// IsClientAddr reports whether a is one of the addresses the pool hands to
+// clients: inside the subnet, and not its network, server or (IPv4)
+// broadcast address.
+func (p *Pool) IsClientAddr(a netip.Addr) bool {
 	last := addOffset(p.first, uint64(p.size-1))
 	return a.IsValid() && a.Zone() == "" && a.BitLen() == p.first.BitLen() &&
 		a.Compare(p.first) >= 0 && a.Compare(last) <= 0

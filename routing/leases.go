@@ -157,7 +157,7 @@ func (p *Pool) load(f *leaseFile) (warnings []error) {
 		drop := func(why string) {
 			warnings = append(warnings, fmt.Errorf("leases file %s: dropping lease of %v to %q: %s", p.path, a, e.Identity, why))
 		}
-		if !p.contains(a) {
+		if !p.IsClientAddr(a) {
 			drop(fmt.Sprintf("not a client address of %v", p.subnet))
 			continue
 		}

@@ -98,8 +98,14 @@ type Policy struct {
 
 // Equal reports whether p and q are the same policy.
 func (p Policy) Equal(q Policy) bool {
+	return p.sameConfig(q) && p.ReachClients == q.ReachClients
+}
+
+// sameConfig reports whether p and q give a client the same CONFIG
+// (routes and accepted networks): if not, the client must reconnect.
+func (p Policy) sameConfig(q Policy) bool {
 	return (p.Routes == nil) == (q.Routes == nil) && slices.Equal(p.Routes, q.Routes) &&
-		slices.Equal(p.Advertise, q.Advertise) && p.ReachClients == q.ReachClients
+		slices.Equal(p.Advertise, q.Advertise)
 }
 
 // Peer describes one live client session for the host's routing and
@@ -321,14 +327,6 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		allowed = append(allowed, netip.PrefixFrom(addr6, 128))
 		addrs = append(addrs, addr6)
 	}
-	// Networks behind the client: only what its policy allows, and only
-	// what no other client already holds; the session is checked and
-	// registered under mu so two clients cannot both win a prefix.
-	s.mu.Lock()
-	nets := s.acceptNets(log, id, hello.Advertise, pol.Advertise)
-	s.mu.Unlock()
-	cfg.Accepted = nets
-	allowed = append(allowed, nets...)
 	// Register before sending Config: once the client knows its address,
 	// packets for it must find the session (they wait in its queue).
 	sess := NewSession(SessionConfig{
@@ -348,17 +346,15 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	})
 	sess.tlsState = tc.ConnectionState()
 	sess.releaseLimit = releaseSession
-	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	s.mu.Lock()
-	// Re-check: another identity may have taken one of the networks
-	// while this one was being set up.
-	if n := s.acceptNets(log, id, nets, nets); len(n) != len(nets) {
-		s.mu.Unlock()
-		s.stats.HandshakeFailures.Add(1)
-		writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, "an advertised network was claimed by another client meanwhile; retry"))
-		tc.Close()
-		return
-	}
+	// Networks behind the client: only what its policy allows and no
+	// other client holds. Accepting them in the same hold of mu as the
+	// registration keeps two clients from both winning a network. (The
+	// session has not started: its allowed sources can still grow.)
+	nets := s.acceptNets(log, id, hello.Advertise, pol.Advertise)
+	cfg.Accepted = nets
+	sess.cfg.Allowed = append(sess.cfg.Allowed, nets...)
+	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	old := s.sessions[id]
 	s.sessions[id] = sess
 	if !sess.peerGSO {
@@ -567,8 +563,7 @@ func (s *Server) Policies() []string {
 		if pol.Equal(sess.policy) {
 			continue
 		}
-		if (pol.Routes == nil) == (sess.policy.Routes == nil) && slices.Equal(pol.Routes, sess.policy.Routes) &&
-			slices.Equal(pol.Advertise, sess.policy.Advertise) {
+		if pol.sameConfig(sess.policy) {
 			sess.policy = pol // only ReachClients changed
 			changed = true
 			continue

@@ -25,14 +25,14 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"tlsvpn/routing"
 	"tlsvpn/tunnel"
 )
 
 // clientEntry is one client's policy from the --clients file.
 type clientEntry struct {
-	Addr, Addr6 netip.Addr // fixed tunnel addresses (invalid: from the pool)
-	Routes      []netip.Prefix
-	HasRoutes   bool // routes given (possibly empty: push none)
+	Addr, Addr6 netip.Addr     // fixed tunnel addresses (invalid: from the pool)
+	Routes      []netip.Prefix // nil: not given (--route applies); empty: push none
 	Advertise   []netip.Prefix
 	Reach       *bool // reach_clients; nil: the --client-to-client default
 }
@@ -47,13 +47,7 @@ func (c clientPolicies) policy(identity string, reach bool) tunnel.Policy {
 	if !ok {
 		return tunnel.Policy{ReachClients: reach}
 	}
-	p := tunnel.Policy{Advertise: e.Advertise, ReachClients: reach}
-	if e.HasRoutes {
-		p.Routes = e.Routes
-		if p.Routes == nil {
-			p.Routes = []netip.Prefix{}
-		}
-	}
+	p := tunnel.Policy{Routes: e.Routes, Advertise: e.Advertise, ReachClients: reach}
 	if e.Reach != nil {
 		p.ReachClients = *e.Reach
 	}
@@ -91,14 +85,14 @@ func (l *yamlList) UnmarshalYAML(n *yaml.Node) error {
 	return fmt.Errorf("line %d: want a value or a list of values", n.Line)
 }
 
-// loadClients reads and validates a --clients file against the tunnel
-// subnets (subnet6 invalid when there is no IPv6 pool).
-func loadClients(path string, subnet, subnet6 netip.Prefix, server, server6 netip.Addr) (clientPolicies, error) {
+// loadClients reads and validates a --clients file against the address
+// pools (pool6 nil when there is no IPv6 pool).
+func loadClients(path string, pool, pool6 *routing.Pool) (clientPolicies, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--clients: %w", err)
 	}
-	c, err := parseClients(b, subnet, subnet6, server, server6)
+	c, err := parseClients(b, pool, pool6)
 	if err != nil {
 		return nil, fmt.Errorf("--clients %s: %w", path, err)
 	}
@@ -106,12 +100,16 @@ func loadClients(path string, subnet, subnet6 netip.Prefix, server, server6 neti
 }
 
 // parseClients parses and validates the YAML of a --clients file.
-func parseClients(b []byte, subnet, subnet6 netip.Prefix, server, server6 netip.Addr) (clientPolicies, error) {
+func parseClients(b []byte, pool, pool6 *routing.Pool) (clientPolicies, error) {
 	var raw map[string]yamlEntry
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&raw); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
+	}
+	subnet, subnet6 := pool.Subnet(), netip.Prefix{}
+	if pool6 != nil {
+		subnet6 = pool6.Subnet()
 	}
 	out := clientPolicies{}
 	owner := map[netip.Addr]string{}
@@ -127,25 +125,24 @@ func parseClients(b []byte, subnet, subnet6 netip.Prefix, server, server6 netip.
 				return nil, fmt.Errorf("client %q: address %q: want an IP address such as 100.64.0.10", name, s)
 			}
 			a = a.Unmap()
-			pool, srv, slot := subnet, server, &e.Addr
+			p, slot := pool, &e.Addr
 			if a.Is6() {
-				pool, srv, slot = subnet6, server6, &e.Addr6
-				if !subnet6.IsValid() {
+				p, slot = pool6, &e.Addr6
+				if pool6 == nil {
 					return nil, fmt.Errorf("client %q: IPv6 address %v needs --subnet6", name, a)
 				}
 			}
 			switch {
 			case slot.IsValid():
 				return nil, fmt.Errorf("client %q: more than one %s address", name, family(a))
-			case !pool.Contains(a) || a == srv || a == pool.Addr() || (a.Is4() && a == lastAddr(pool)):
-				return nil, fmt.Errorf("client %q: address %v is not a client address of %v", name, a, pool)
+			case !p.IsClientAddr(a):
+				return nil, fmt.Errorf("client %q: address %v is not a client address of %v", name, a, p.Subnet())
 			case owner[a] != "":
 				return nil, fmt.Errorf("client %q: address %v is already %q's", name, a, owner[a])
 			}
 			*slot, owner[a] = a, name
 		}
 		if y.Routes != nil {
-			e.HasRoutes = true
 			rs, err := prefixes(*y.Routes)
 			if err != nil {
 				return nil, fmt.Errorf("client %q: routes: %w", name, err)
@@ -153,7 +150,7 @@ func parseClients(b []byte, subnet, subnet6 netip.Prefix, server, server6 netip.
 			if len(rs) > tunnel.MaxRoutes {
 				return nil, fmt.Errorf("client %q: %d routes, at most %d", name, len(rs), tunnel.MaxRoutes)
 			}
-			e.Routes = rs
+			e.Routes = append([]netip.Prefix{}, rs...) // not nil: given, if empty
 		}
 		adv, err := prefixes(y.Advertise)
 		if err != nil {
@@ -197,12 +194,4 @@ func family(a netip.Addr) string {
 		return "IPv4"
 	}
 	return "IPv6"
-}
-
-// lastAddr returns the last address of an IPv4 prefix (its broadcast).
-func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	host := uint32(1)<<(32-p.Bits()) - 1
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -6,15 +6,23 @@ import (
 	"strings"
 	"testing"
 
+	"tlsvpn/routing"
 	"tlsvpn/tunnel"
 )
 
-var (
-	testSubnet  = netip.MustParsePrefix("100.64.0.0/24")
-	testSubnet6 = netip.MustParsePrefix("fd00:64::/64")
-	testServer  = netip.MustParseAddr("100.64.0.1")
-	testServer6 = netip.MustParseAddr("fd00:64::1")
-)
+// testPools returns the pools of --subnet 100.64.0.0/24 --subnet6 fd00:64::/64.
+func testPools(t *testing.T) (pool, pool6 *routing.Pool) {
+	t.Helper()
+	pool, err := routing.NewPool(netip.MustParsePrefix("100.64.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool6, err = routing.NewPool(netip.MustParsePrefix("fd00:64::/64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, pool6
+}
 
 func TestParseClients(t *testing.T) {
 	const file = `
@@ -33,16 +41,17 @@ quiet:
   reach_clients: false
 plain:
 `
-	got, err := parseClients([]byte(file), testSubnet, testSubnet6, testServer, testServer6)
+	pool, pool6 := testPools(t)
+	got, err := parseClients([]byte(file), pool, pool6)
 	if err != nil {
 		t.Fatal(err)
 	}
 	yes, no := true, false
 	want := clientPolicies{
-		"laptop": {Addr: netip.MustParseAddr("100.64.0.10"), HasRoutes: true, Routes: []netip.Prefix{netip.MustParsePrefix("198.18.10.0/24")}},
+		"laptop": {Addr: netip.MustParseAddr("100.64.0.10"), Routes: []netip.Prefix{netip.MustParsePrefix("198.18.10.0/24")}},
 		"site-b": {Addr: netip.MustParseAddr("100.64.0.20"), Addr6: netip.MustParseAddr("fd00:64::20"),
 			Advertise: []netip.Prefix{netip.MustParsePrefix("198.18.20.0/24"), netip.MustParsePrefix("2001:db8:20::/64")}, Reach: &yes},
-		"quiet": {HasRoutes: true, Reach: &no},
+		"quiet": {Routes: []netip.Prefix{}, Reach: &no},
 		"plain": {},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -71,6 +80,7 @@ plain:
 }
 
 func TestParseClientsErrors(t *testing.T) {
+	pool, pool6 := testPools(t)
 	for _, tc := range []struct{ file, want string }{
 		{"laptop:\n  adress: 100.64.0.10\n", "field adress not found"},
 		{"laptop:\n  address: 100.64.1.10\n", "not a client address of 100.64.0.0/24"},
@@ -89,17 +99,17 @@ func TestParseClientsErrors(t *testing.T) {
 		{"gw:\n  address: {x: 1}\n", "want a value or a list"},
 		{"- a\n- b\n", "cannot unmarshal"},
 	} {
-		_, err := parseClients([]byte(tc.file), testSubnet, testSubnet6, testServer, testServer6)
+		_, err := parseClients([]byte(tc.file), pool, pool6)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseClients(%q) = %v, want an error containing %q", tc.file, err, tc.want)
 		}
 	}
 	// IPv6 addresses need an IPv6 pool.
-	if _, err := parseClients([]byte("a:\n  address: \"fd00:64::9\"\n"), testSubnet, netip.Prefix{}, testServer, netip.Addr{}); err == nil || !strings.Contains(err.Error(), "needs --subnet6") {
+	if _, err := parseClients([]byte("a:\n  address: \"fd00:64::9\"\n"), pool, nil); err == nil || !strings.Contains(err.Error(), "needs --subnet6") {
 		t.Errorf("IPv6 address without --subnet6: %v", err)
 	}
 	// An empty file is an empty policy.
-	if c, err := parseClients(nil, testSubnet, testSubnet6, testServer, testServer6); err != nil || len(c) != 0 {
+	if c, err := parseClients(nil, pool, pool6); err != nil || len(c) != 0 {
 		t.Errorf("empty file = %v, %v", c, err)
 	}
 }

@@ -238,7 +238,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	var clients clientPolicies
 	if o.clients != "" {
-		if clients, err = loadClients(o.clients, subnet, subnet6, pool.ServerAddr(), serverAddr6(pool6)); err != nil {
+		if clients, err = loadClients(o.clients, pool, pool6); err != nil {
 			return err
 		}
 		if _, err := pinAddresses(clients, pool, pool6); err != nil {
@@ -428,7 +428,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	reload := func() {}
 	if o.clients != "" {
-		reload = func() { reloadClients(o.clients, subnet, subnet6, pool, pool6, &policies, srv, log) }
+		reload = func() { reloadClients(o.clients, pool, pool6, &policies, srv, log) }
 	}
 	go watchPeers(ctx, srv, rev, o.crlCheck, reload, log)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
@@ -540,13 +540,6 @@ func peerState(base routing.Config, fc routing.FirewallConfig, peers []tunnel.Pe
 	return base, fc
 }
 
-func serverAddr6(pool6 *routing.Pool) netip.Addr {
-	if pool6 == nil {
-		return netip.Addr{}
-	}
-	return pool6.ServerAddr()
-}
-
 // pinAddresses leases each configured address to its client, taking it
 // from any client that held it dynamically; it returns the identities
 // whose address changed (their live sessions must reconnect).
@@ -582,8 +575,8 @@ func pinAddresses(c clientPolicies, pool, pool6 *routing.Pool) ([]string, error)
 // clients whose address, routes or advertised networks changed reconnect,
 // reach_clients changes apply in place, everyone else is untouched. A file
 // that does not parse changes nothing.
-func reloadClients(path string, subnet, subnet6 netip.Prefix, pool, pool6 *routing.Pool, cur *atomic.Pointer[clientPolicies], srv *tunnel.Server, log *slog.Logger) {
-	next, err := loadClients(path, subnet, subnet6, pool.ServerAddr(), serverAddr6(pool6))
+func reloadClients(path string, pool, pool6 *routing.Pool, cur *atomic.Pointer[clientPolicies], srv *tunnel.Server, log *slog.Logger) {
+	next, err := loadClients(path, pool, pool6)
 	if err != nil {
 		log.Error("keeping the previous client policies", "err", err)
 		return
