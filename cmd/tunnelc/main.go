@@ -78,6 +78,8 @@ type options struct {
 	queueLen            int
 	metrics             string
 	noOffload           bool
+	congestion          string
+	congestionSet       bool
 	maxAttempts         int
 	rotateBytes         int64
 	rotateAfter         time.Duration
@@ -111,6 +113,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringArrayVar(&o.advertise, "advertise", nil, "CIDR of a network behind this host (site-to-site) to route through the tunnel to here, e.g. --advertise 198.18.20.0/24 (repeatable); the server accepts only what its --clients file allows this certificate. Turns on IP forwarding (IPv6 forwarding only for IPv6 networks) and TCP MSS clamping while connected")
 	fs.BoolVar(&o.noResumption, "no-resumption", false, "always do a full TLS handshake on reconnect instead of resuming with a session ticket")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
+	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
@@ -131,6 +134,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunnelc --help')", fs.Arg(0))
 	}
+	o.congestionSet = fs.Changed("congestion")
 	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -159,6 +163,13 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if o.serverName == "" {
 		o.serverName = host
+	}
+	congestion, note, err := cli.Congestion(o.congestion, o.congestionSet)
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		log.Warn(note)
 	}
 	var advertise []netip.Prefix
 	adv6 := false
@@ -329,7 +340,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			if applied != "" {
 				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
 			} else {
-				log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+				log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", cli.CongestionName(congestion))
 			}
 			applied = desc
 		}
@@ -358,7 +369,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			c, err := dialer.DialContext(ctx, "tcp", o.server)
 			if err == nil {
-				cli.TuneTCP(c, 3*keepalive)
+				cli.TuneTCP(c, 3*keepalive, congestion)
 				local.set(c.LocalAddr())
 			}
 			return c, err

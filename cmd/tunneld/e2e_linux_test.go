@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -339,7 +340,25 @@ func TestNetNSTunnel(t *testing.T) {
 	e := newEnv(t)
 	laptop1, laptop2 := e.laptops[0], e.laptops[1]
 	addr1 := netip.MustParsePrefix("100.64.0.2/24")
+	// The laptop's own default is reno (a per-namespace sysctl), so that
+	// the outer connection shows whether tunnelc chose bbr itself.
+	laptop1.Run(t, "sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control=reno")
 	c1 := e.connect(t, 0, "laptop1", addr1)
+
+	t.Run("outer connection uses bbr by default", func(t *testing.T) {
+		if avail, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control"); !strings.Contains(string(avail), "bbr") {
+			t.Skipf("this kernel has no bbr (available: %s)", strings.TrimSpace(string(avail)))
+		}
+		for _, side := range []struct {
+			ns     *netnstest.NS
+			filter string
+		}{{laptop1, "dport = :443"}, {e.server, "sport = :443"}} {
+			out := side.ns.Run(t, "ss", "-Htin", "state", "established", side.filter)
+			if !slices.Contains(strings.Fields(out), "bbr") {
+				t.Errorf("outer connection (%s) does not use bbr:\n%s", side.filter, out)
+			}
+		}
+	})
 
 	t.Run("connected with TLS 1.3 and X25519MLKEM768", func(t *testing.T) {
 		eventually(t, "connected log line", func() bool { return strings.Contains(c1.log.String(), "msg=connected") })

@@ -91,6 +91,8 @@ type options struct {
 	queueLen              int
 	metrics               string
 	noOffload             bool
+	congestion            string
+	congestionSet         bool
 	stateDir              string
 	crl                   string
 	crlCheck              time.Duration
@@ -139,6 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
 	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64), with a burst of twice that (0: the default; -1: no limit)")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
+	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
@@ -159,6 +162,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunneld --help')", fs.Arg(0))
 	}
+	o.congestionSet = fs.Changed("congestion")
 	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -177,6 +181,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if o.cert == "" || o.key == "" || o.ca == "" {
 		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert pki/server.crt --key pki/server.key --ca pki/ca.crt (create them with 'tunneld pki')")
+	}
+	congestion, note, err := cli.Congestion(o.congestion, o.congestionSet)
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		log.Warn(note)
 	}
 	subnet, err := netip.ParsePrefix(o.subnet)
 	if err != nil || !subnet.Addr().Is4() {
@@ -396,7 +407,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		QueueLen:         o.queueLen,
 		NoOffload:        o.noOffload,
 		Limits:           limits,
-		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive) },
+		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive, congestion) },
 		CheckPeer:        checkPeer,
 		Policy:           func(id string) tunnel.Policy { return policies.Load().policy(id, o.clientToClient) },
 		PeersChanged:     peersChanged,
@@ -432,7 +443,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	go watchPeers(ctx, srv, rev, o.crlCheck, reload, log)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
-		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive)
+		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive, "congestion", cli.CongestionName(congestion))
 	err = srv.Serve(ctx, ln) // closes dev
 	log.Info("stopped", cli.StatsAttrs(stats)...)
 	return err
