@@ -6,8 +6,8 @@
 #
 #   sudo scripts/bench.sh
 #
-# Two network namespaces joined by one veth pair carry, one after the other,
-# three paths (selectable with BENCH_PATHS):
+# Two network namespaces joined by one veth pair carry three paths
+# (selectable with BENCH_PATHS), all up at once during a round:
 #
 #   veth    bare veth, 198.18.0.2 -> 198.18.0.1           (ceiling)
 #   wg      wireguard-go (version pinned in go.mod), 100.65.0.2 -> 100.65.0.1
@@ -19,8 +19,10 @@
 # Per path and round it measures TCP 1 stream both ways, 4 streams, ping RTT
 # idle and under a 1-stream load, TCP 1 stream with 1% random loss on the
 # underlay (nftables numgen), CPU seconds per GB and peak RSS of the tunnel
-# processes. Rounds alternate the order of the paths; the markdown table on
-# stdout has the medians, BENCH_JSON gets every raw value.
+# processes. Each test runs on every path back to back before the next
+# test starts, so the values of one ratio are measured seconds apart. Rounds
+# alternate the order of the paths; the markdown table on stdout has the
+# medians, BENCH_JSON gets every raw value.
 #
 # Environment:
 #   BENCH_PATHS          paths to run, default "veth wg tlsvpn"
@@ -86,7 +88,6 @@ WORK=""
 PIDS=()              # every background process started by this script
 LAST_PID=""
 IPERF_PID=""
-TUN_PIDS=()          # the two tunnel processes of the current path
 WG_SOCK_DIR_CREATED=0
 CLEANED=0
 SKIP_TLSVPN_REASON=""
@@ -387,87 +388,100 @@ loss_off() {
   return 0
 }
 
-# tunnel_alive ROUND PATH: both tunnel processes still running?
-tunnel_alive() {
-  local p
-  for p in "${TUN_PIDS[@]}"; do
+# Per-path state of the current round, keyed by path name.
+declare -A UP=()      # 1 while the path is up and its processes alive
+declare -A TARGET=()  # address iperf3 and ping aim at
+declare -A PPIDS=()   # the path's tunnel processes (space-separated)
+declare -A CPU_T=()   # CPU ticks of those processes during the throughput tests
+declare -A BYTES_T=() # bytes received in those tests
+
+# path_alive ROUND PATH: is the path up with every tunnel process running?
+# A dead process takes the path down for the rest of the round.
+path_alive() {
+  local round=$1 path=$2 p
+  [[ ${UP[$path]:-0} == 1 ]] || return 1
+  for p in ${PPIDS[$path]:-}; do
     if ! alive "$p"; then
-      log "[$2] tunnel process $p died; skipping the rest of round $1"
-      NOTES+=("$2: a tunnel process died during round $1; later tests of that round are n/a")
+      log "[$path] tunnel process $p died; skipping the rest of round $round"
+      NOTES+=("$path: a tunnel process died during round $round; later tests of that round are n/a")
+      UP[$path]=0
       return 1
     fi
   done
   return 0
 }
 
-# run_tests ROUND PATH TARGET: every measurement of one path. Stops early
-# (missing values are n/a) when a tunnel process dies.
-run_tests() {
-  local round=$1 path=$2 target=$3
-  local total_bytes=0 c0="" c1 tag="$WORK/iperf/r${round}-${path}"
-
-  if ((${#TUN_PIDS[@]})); then c0=$(cpu_ticks "${TUN_PIDS[@]}"); fi
-
-  log "[$path] TCP 1 stream client->server"
-  iperf "$target" "$tag-tcp1-c2s.json"
-  record "$round" "$path" tcp1_c2s_bps "$BPS"
-  total_bytes=$((total_bytes + BYTES))
+# throughput ROUND PATH METRIC LABEL IPERF_ARGS...: one iperf3 test; the
+# tunnel processes' CPU during it counts towards the path's CPU per GB.
+throughput() {
+  local round=$1 path=$2 metric=$3 label=$4
+  shift 4
+  path_alive "$round" "$path" || return 0
+  local pids=() c0="" c1
+  read -r -a pids <<<"${PPIDS[$path]:-}"
+  if ((${#pids[@]})); then c0=$(cpu_ticks "${pids[@]}"); fi
+  log "[$path] $label"
+  iperf "${TARGET[$path]}" "$WORK/iperf/r${round}-${path}-${metric}.json" "$@"
+  record "$round" "$path" "$metric" "$BPS"
+  if [[ -n $c0 ]] && c1=$(cpu_ticks "${pids[@]}"); then
+    CPU_T[$path]=$((${CPU_T[$path]:-0} + c1 - c0))
+    BYTES_T[$path]=$((${BYTES_T[$path]:-0} + BYTES))
+  fi
   sleep 1
+}
 
-  tunnel_alive "$round" "$path" || return 0
-  log "[$path] TCP 1 stream server->client"
-  iperf "$target" "$tag-tcp1-s2c.json" -R
-  record "$round" "$path" tcp1_s2c_bps "$BPS"
-  total_bytes=$((total_bytes + BYTES))
-  sleep 1
-
-  tunnel_alive "$round" "$path" || return 0
-  log "[$path] TCP 4 streams client->server"
-  iperf "$target" "$tag-tcp4-c2s.json" -P 4
-  record "$round" "$path" tcp4_c2s_bps "$BPS"
-  total_bytes=$((total_bytes + BYTES))
-
-  # CPU over the three throughput tests above
-  if [[ -n $c0 ]] && c1=$(cpu_ticks "${TUN_PIDS[@]}") && ((total_bytes > 0)); then
+# record_cpu ROUND PATH: CPU seconds per GB over the path's throughput tests.
+record_cpu() {
+  local round=$1 path=$2
+  [[ $path == veth ]] && return 0
+  if [[ -n ${CPU_T[$path]:-} ]] && ((${BYTES_T[$path]:-0} > 0)); then
     local cpu_s gb
-    cpu_s=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
-    gb=$(awk -v b="$total_bytes" 'BEGIN {printf "%.6f", b / 1e9}')
+    cpu_s=$(awk -v t="${CPU_T[$path]}" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
+    gb=$(awk -v b="${BYTES_T[$path]}" 'BEGIN {printf "%.6f", b / 1e9}')
     record "$round" "$path" cpu_seconds "$cpu_s"
     record "$round" "$path" gb_moved "$gb"
     record "$round" "$path" cpu_s_per_gb "$(awk -v c="$cpu_s" -v g="$gb" 'BEGIN {printf "%.4f", c / g}')"
-  elif [[ $path != veth ]]; then
+  else
     record "$round" "$path" cpu_s_per_gb null
   fi
-  sleep 1
+}
 
-  tunnel_alive "$round" "$path" || return 0
+ping_idle() {
+  local round=$1 path=$2
+  path_alive "$round" "$path" || return 0
   log "[$path] ping idle"
-  record "$round" "$path" ping_idle_ms "$(ping_avg "$target" "$BENCH_PINGS")"
+  record "$round" "$path" ping_idle_ms "$(ping_avg "${TARGET[$path]}" "$BENCH_PINGS")"
+}
 
-  tunnel_alive "$round" "$path" || return 0
+ping_load() {
+  local round=$1 path=$2
+  path_alive "$round" "$path" || return 0
   log "[$path] ping under 1-stream load"
   local n=$(((BENCH_SECONDS * 1000 - 1500) / 50))
   ((n > BENCH_PINGS)) && n=$BENCH_PINGS
   ((n < 5)) && n=5
-  local load_json="$tag-tcp1-load.json"
+  local load_json="$WORK/iperf/r${round}-${path}-tcp1-load.json"
   timeout --foreground $((BENCH_SECONDS + 20)) \
-    ip netns exec "$NS_B" iperf3 -c "$target" -p "$IPERF_PORT" -t "$BENCH_SECONDS" \
+    ip netns exec "$NS_B" iperf3 -c "${TARGET[$path]}" -p "$IPERF_PORT" -t "$BENCH_SECONDS" \
     --connect-timeout 5000 -J >"$load_json" 2>/dev/null &
   local load_pid=$!
   PIDS+=("$load_pid")
   sleep 1
-  record "$round" "$path" ping_load_ms "$(ping_avg "$target" "$n")"
+  record "$round" "$path" ping_load_ms "$(ping_avg "${TARGET[$path]}" "$n")"
   if ! wait "$load_pid" || jq -e '.error' "$load_json" >/dev/null 2>&1; then
     log "[$path] load iperf3 failed"
     restart_iperf_server
   fi
   forget_pid "$load_pid"
   sleep 1
+}
 
-  tunnel_alive "$round" "$path" || return 0
+loss_test() {
+  local round=$1 path=$2
+  path_alive "$round" "$path" || return 0
   log "[$path] TCP 1 stream client->server, ${BENCH_LOSS_PCT}% loss"
   if loss_on; then
-    iperf "$target" "$tag-tcp1-loss.json"
+    iperf "${TARGET[$path]}" "$WORK/iperf/r${round}-${path}-tcp1-loss.json"
     record "$round" "$path" tcp1_loss_c2s_bps "$BPS"
     local drops
     drops=$(ip netns exec "$NS_A" nft -j list table inet "$NFT_TABLE" 2>/dev/null |
@@ -478,11 +492,13 @@ run_tests() {
     record "$round" "$path" tcp1_loss_c2s_bps null
   fi
   loss_off
+}
 
-  tunnel_alive "$round" "$path" || return 0
-  if ((${#TUN_PIDS[@]})); then
-    record "$round" "$path" peak_rss_kib "$(peak_rss_kib "${TUN_PIDS[@]}")"
-  fi
+record_rss() {
+  local round=$1 path=$2 pids=()
+  path_alive "$round" "$path" || return 0
+  read -r -a pids <<<"${PPIDS[$path]:-}"
+  ((${#pids[@]})) && record "$round" "$path" peak_rss_kib "$(peak_rss_kib "${pids[@]}")"
   return 0
 }
 
@@ -493,20 +509,27 @@ record_all_null() {
   done
 }
 
-stop_tunnel() {
+# path_down PATH: stop the path's processes.
+path_down() {
   local p
-  for p in "${TUN_PIDS[@]}"; do kill_pid "$p"; done
-  TUN_PIDS=()
+  for p in ${PPIDS[$1]:-}; do kill_pid "$p"; done
+  PPIDS[$1]=""
+  UP[$1]=0
 }
 
 # ---------------------------------------------------------------- paths
-path_veth() {
-  TUN_PIDS=()
-  run_tests "$1" veth "$UL_A"
+# up_PATH ROUND brings a path up: UP, TARGET and PPIDS are set on success;
+# on failure the round's values of the path are recorded as n/a.
+up_veth() {
+  UP[veth]=1
+  TARGET[veth]=$UL_A
+  PPIDS[veth]=""
 }
+down_veth() { path_down veth; }
 
-path_wg() {
-  local round=$1
+up_wg() {
+  local round=$1 pids=()
+  UP[wg]=0
   if [[ -n $SKIP_WG_REASON ]]; then record_all_null "$round" wg; return; fi
   [[ -d $WG_SOCK_DIR ]] || WG_SOCK_DIR_CREATED=1
   local k=$WORK/wg
@@ -521,12 +544,13 @@ path_wg() {
     [[ $ns == b ]] && nsname=$NS_B
     start_bg "$WORK/logs/wg-$ns-r$round.log" env WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1 LOG_LEVEL=error \
       ip netns exec "$nsname" "$WORK/bin/wireguard" -f "$ifn"
-    TUN_PIDS+=("$LAST_PID")
+    pids+=("$LAST_PID")
   done
+  PPIDS[wg]="${pids[*]}"
   local i ok=0
   for ((i = 0; i < 100; i++)); do
     if [[ -S $WG_SOCK_DIR/$WG_IF_A.sock && -S $WG_SOCK_DIR/$WG_IF_B.sock ]]; then ok=1; break; fi
-    if ! { alive "${TUN_PIDS[0]}" && alive "${TUN_PIDS[1]}"; }; then break; fi
+    if ! { alive "${pids[0]}" && alive "${pids[1]}"; }; then break; fi
     sleep 0.1
   done
   if ((ok)) &&
@@ -547,20 +571,25 @@ path_wg() {
     ok=0
   fi
   if ((ok)); then
-    log "[wg] up (pids ${TUN_PIDS[*]})"
-    run_tests "$round" wg "$WG_A"
+    log "[wg] up (pids ${PPIDS[wg]})"
+    UP[wg]=1
+    TARGET[wg]=$WG_A
   else
     log "[wg] tunnel did not come up"
     NOTES+=("wireguard-go: tunnel did not come up in round $round")
     tail -n 10 "$WORK/logs/wg-"*"-r$round.log" >&2
     record_all_null "$round" wg
+    down_wg
   fi
-  stop_tunnel
+}
+down_wg() {
+  path_down wg
   rm -f "$WG_SOCK_DIR/$WG_IF_A.sock" "$WG_SOCK_DIR/$WG_IF_B.sock"
 }
 
-path_tlsvpn() {
-  local round=$1
+up_tlsvpn() {
+  local round=$1 pids=()
+  UP[tlsvpn]=0
   if [[ -n $SKIP_TLSVPN_REASON ]]; then record_all_null "$round" tlsvpn; return; fi
   local D=$WORK/pki sflags cflags
   read -r -a sflags <<<"$TUNNEL_FLAGS_SERVER"
@@ -568,22 +597,24 @@ path_tlsvpn() {
   start_bg "$WORK/logs/tunneld-r$round.log" ip netns exec "$NS_A" "$TUNNELD" \
     --listen "$UL_A:443" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
     --subnet 100.64.0.0/24 --tun "$TV_IF_S" --state-dir "$WORK/state-r$round" "${sflags[@]}"
-  TUN_PIDS=("$LAST_PID")
+  pids=("$LAST_PID")
+  PPIDS[tlsvpn]="${pids[*]}"
   # wait for the listener before starting the client
   local i ok=0
   for ((i = 0; i < BENCH_TUNNEL_WAIT * 10; i++)); do
     ip netns exec "$NS_A" ss -Hltn "sport = :443" 2>/dev/null | grep -q . && { ok=1; break; }
-    alive "${TUN_PIDS[0]}" || break
+    alive "${pids[0]}" || break
     sleep 0.1
   done
   if ((ok)); then
     start_bg "$WORK/logs/tunnelc-r$round.log" ip netns exec "$NS_B" "$TUNNELC" \
       --server "$UL_A:443" --cert "$D/client.crt" --key "$D/client.key" --ca "$D/ca.crt" \
       --tun "$TV_IF_C" "${cflags[@]}"
-    TUN_PIDS+=("$LAST_PID")
+    pids+=("$LAST_PID")
+    PPIDS[tlsvpn]="${pids[*]}"
     ok=0
     for ((i = 0; i < BENCH_TUNNEL_WAIT * 2; i++)); do
-      if ! { alive "${TUN_PIDS[0]}" && alive "${TUN_PIDS[1]}"; }; then break; fi
+      if ! { alive "${pids[0]}" && alive "${pids[1]}"; }; then break; fi
       if ip -n "$NS_B" -4 addr show dev "$TV_IF_C" 2>/dev/null | grep -q "inet $TV_C/" &&
         ip netns exec "$NS_B" ping -c 1 -W 1 "$TV_S" >/dev/null 2>&1; then
         ok=1
@@ -593,8 +624,9 @@ path_tlsvpn() {
     done
   fi
   if ((ok)); then
-    log "[tlsvpn] up (pids ${TUN_PIDS[*]})"
-    run_tests "$round" tlsvpn "$TV_S"
+    log "[tlsvpn] up (pids ${PPIDS[tlsvpn]})"
+    UP[tlsvpn]=1
+    TARGET[tlsvpn]=$TV_S
   else
     log "[tlsvpn] tunnel did not come up within ${BENCH_TUNNEL_WAIT}s"
     NOTES+=("tlsvpn: tunnel did not come up in round $round")
@@ -603,11 +635,16 @@ path_tlsvpn() {
       [[ -f $f ]] && { log "--- $(basename "$f")"; tail -n 15 "$f" >&2; }
     done
     record_all_null "$round" tlsvpn
+    down_tlsvpn
   fi
-  stop_tunnel
 }
+down_tlsvpn() { path_down tlsvpn; }
 
 # ---------------------------------------------------------------- rounds
+# Every path of a round is up at once (an idle tunnel costs nothing), and
+# each test runs on every path back to back before the next test, so the
+# values compared in a ratio are measured seconds apart rather than a
+# minute or more: this machine's speed drifts over minutes.
 ORDERS_JSON="[]"
 for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   order=("${PATHS_REQ[@]}")
@@ -617,9 +654,18 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   fi
   log "round $round/$BENCH_ROUNDS: ${order[*]}"
   ORDERS_JSON=$(jq -c --arg o "${order[*]}" '. + [$o | split(" ")]' <<<"$ORDERS_JSON")
-  for p in "${order[@]}"; do
-    "path_$p" "$round"
-  done
+  CPU_T=()
+  BYTES_T=()
+  for p in "${order[@]}"; do "up_$p" "$round"; done
+  for p in "${order[@]}"; do throughput "$round" "$p" tcp1_c2s_bps "TCP 1 stream client->server"; done
+  for p in "${order[@]}"; do throughput "$round" "$p" tcp1_s2c_bps "TCP 1 stream server->client" -R; done
+  for p in "${order[@]}"; do throughput "$round" "$p" tcp4_c2s_bps "TCP 4 streams client->server" -P 4; done
+  for p in "${order[@]}"; do record_cpu "$round" "$p"; done
+  for p in "${order[@]}"; do ping_idle "$round" "$p"; done
+  for p in "${order[@]}"; do ping_load "$round" "$p"; done
+  for p in "${order[@]}"; do loss_test "$round" "$p"; done
+  for p in "${order[@]}"; do record_rss "$round" "$p"; done
+  for p in "${order[@]}"; do "down_$p"; done
 done
 
 # ---------------------------------------------------------------- report
