@@ -35,6 +35,11 @@
 #                        the loss test so each nft verdict hits one wire-sized
 #                        packet; "on": leave offloads, the rule then drops
 #                        whole GSO super-packets
+#   BENCH_PAIRS          after the rounds, N alternating pairs of short 1-stream
+#                        tests (wireguard-go next to tlsvpn, each direction), with
+#                        the ratio of each pair; default 0 (off). Needs both
+#                        wg and tlsvpn in BENCH_PATHS
+#   BENCH_PAIR_SECONDS   seconds per paired test, default 4
 #   BENCH_TUNNEL_WAIT    seconds to wait for a tunnel to come up, default 20
 #   BENCH_KEEP_LOGS      directory to copy daemon logs into (optional)
 #   BENCH_NO_INSTALL     set to 1 to never apt-get install missing tools
@@ -58,6 +63,8 @@ BENCH_PINGS=${BENCH_PINGS:-20}
 BENCH_LOSS_PCT=${BENCH_LOSS_PCT:-1}
 BENCH_LOSS_OFFLOAD=${BENCH_LOSS_OFFLOAD:-off}
 BENCH_TUNNEL_WAIT=${BENCH_TUNNEL_WAIT:-20}
+BENCH_PAIRS=${BENCH_PAIRS:-0}
+BENCH_PAIR_SECONDS=${BENCH_PAIR_SECONDS:-4}
 BENCH_KEEP_LOGS=${BENCH_KEEP_LOGS:-}
 BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
 TUNNEL_FLAGS_SERVER=${TUNNEL_FLAGS_SERVER:-}
@@ -174,6 +181,8 @@ trap 'log "terminated"; exit 143' TERM
 [[ $BENCH_SECONDS =~ ^[0-9]+$ && $BENCH_SECONDS -ge 1 ]] || die "BENCH_SECONDS must be a positive integer"
 [[ $BENCH_ROUNDS =~ ^[0-9]+$ && $BENCH_ROUNDS -ge 1 ]] || die "BENCH_ROUNDS must be a positive integer"
 [[ $BENCH_PINGS =~ ^[0-9]+$ && $BENCH_PINGS -ge 1 ]] || die "BENCH_PINGS must be a positive integer"
+[[ $BENCH_PAIRS =~ ^[0-9]+$ ]] || die "BENCH_PAIRS must be a non-negative integer"
+[[ $BENCH_PAIR_SECONDS =~ ^[0-9]+$ && $BENCH_PAIR_SECONDS -ge 1 ]] || die "BENCH_PAIR_SECONDS must be a positive integer"
 [[ $BENCH_LOSS_PCT =~ ^[0-9]+$ && $BENCH_LOSS_PCT -le 100 ]] || die "BENCH_LOSS_PCT must be an integer 0..100"
 
 json_dir=$(dirname -- "$BENCH_JSON")
@@ -187,6 +196,9 @@ for p in "${PATHS_REQ[@]}"; do
 done
 ((${#PATHS_REQ[@]} > 0)) || die "BENCH_PATHS is empty"
 want() { [[ " ${PATHS_REQ[*]} " == *" $1 "* ]]; }
+if ((BENCH_PAIRS > 0)) && ! { want wg && want tlsvpn; }; then
+  die "BENCH_PAIRS needs both wg and tlsvpn in BENCH_PATHS"
+fi
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -313,8 +325,8 @@ iperf() {
   local target=$1 out=$2 res; shift 2
   BPS=null
   BYTES=0
-  if ! timeout --foreground $((BENCH_SECONDS + 20)) \
-    ip netns exec "$NS_B" iperf3 -c "$target" -p "$IPERF_PORT" -t "$BENCH_SECONDS" \
+  if ! timeout --foreground $((${IPERF_SECONDS:-$BENCH_SECONDS} + 20)) \
+    ip netns exec "$NS_B" iperf3 -c "$target" -p "$IPERF_PORT" -t "${IPERF_SECONDS:-$BENCH_SECONDS}" \
     --connect-timeout 5000 -J "$@" >"$out" 2>"$out.err"; then
     log "iperf3 -c $target $* failed: $(jq -r '.error // empty' "$out" 2>/dev/null | head -c 200)$(head -c 200 "$out.err")"
     restart_iperf_server
@@ -668,6 +680,44 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   for p in "${order[@]}"; do "down_$p"; done
 done
 
+# ---------------------------------------------------------------- pairs
+# Short tests in alternating pairs, wireguard-go next to tlsvpn: the ratio
+# of each pair compares two values measured seconds apart, and the spread
+# of the ratios shows how far one full run can be trusted.
+PAIRS_TSV="$WORK/pairs.tsv"
+: >"$PAIRS_TSV"
+if ((BENCH_PAIRS > 0)); then
+  log "pairs: $BENCH_PAIRS x ${BENCH_PAIR_SECONDS}s, wg and tlsvpn"
+  # up_* record n/a values for a failed round; those belong to no round here
+  rounds_results=$RESULTS
+  RESULTS="$WORK/pairs-discard.tsv"
+  up_wg pairs
+  up_tlsvpn pairs
+  RESULTS=$rounds_results
+  if [[ ${UP[wg]} == 1 && ${UP[tlsvpn]} == 1 ]]; then
+    IPERF_SECONDS=$BENCH_PAIR_SECONDS
+    for ((i = 1; i <= BENCH_PAIRS; i++)); do
+      order=(wg tlsvpn)
+      ((i % 2 == 0)) && order=(tlsvpn wg)
+      for t in c2s s2c; do
+        args=()
+        [[ $t == s2c ]] && args=(-R)
+        for p in "${order[@]}"; do
+          path_alive pairs "$p" || continue
+          iperf "${TARGET[$p]}" "$WORK/iperf/pair${i}-${p}-${t}.json" "${args[@]}"
+          printf '%s\t%s\t%s\t%s\n' "$i" "$t" "$p" "$BPS" >>"$PAIRS_TSV"
+        done
+      done
+      log "pair $i/$BENCH_PAIRS done"
+    done
+    unset IPERF_SECONDS
+  else
+    NOTES+=("pairs: a tunnel did not come up; no pairs measured")
+  fi
+  down_tlsvpn
+  down_wg
+fi
+
 # ---------------------------------------------------------------- report
 META=$(jq -n \
   --arg nproc "$NPROC" --arg cpu "$CPU_MODEL" --arg kernel "$KERNEL" --arg go "$GO_VERSION" \
@@ -701,6 +751,19 @@ jq -R -s --argjson meta "$META" '
       median: ($rows | group_by(.path) | map({key: .[0].path,
         value: (group_by(.metric) | map({key: .[0].metric, value: (map(.value) | median)}) | from_entries)}) | from_entries)
     }' "$RESULTS" >"$WORK/bench.json" || die "building JSON failed"
+PAIRS_JSON=$(jq -R -s '
+  split("\n") | map(select(length > 0) | split("\t") |
+    {pair: (.[0] | tonumber), test: .[1], path: .[2],
+     bps: (if .[3] == "null" then null else (.[3] | tonumber) end)})
+  | group_by([.pair, .test]) | map({pair: .[0].pair, test: .[0].test,
+      wg: (map(select(.path == "wg")) | .[0].bps // null),
+      tlsvpn: (map(select(.path == "tlsvpn")) | .[0].bps // null)})
+  | map(. + {ratio: (if .wg and .tlsvpn and .wg > 0 then .tlsvpn / .wg else null end)})' "$PAIRS_TSV") ||
+  die "building the pairs JSON failed"
+if ! jq --argjson pairs "$PAIRS_JSON" '. + {pairs: $pairs}' "$WORK/bench.json" >"$WORK/bench.json.tmp" ||
+  ! mv "$WORK/bench.json.tmp" "$WORK/bench.json"; then
+  die "building JSON failed"
+fi
 cp "$WORK/bench.json" "$BENCH_JSON" || die "cannot write $BENCH_JSON"
 log "raw values written to $BENCH_JSON"
 
@@ -762,3 +825,23 @@ row "ping RTT under 1-stream load, avg (ms)" ping_load_ms 3 1
 row "TCP 1 stream client→server, ${BENCH_LOSS_PCT}% loss (Gbit/s)" tcp1_loss_c2s_bps 2 1e9
 row "CPU seconds per GB (tunnel processes)" cpu_s_per_gb 2 1 1
 row "peak RSS, max of two (MiB)" peak_rss_kib 1 1024 1
+
+if ((BENCH_PAIRS > 0)); then
+  echo
+  echo "Paired tests: $BENCH_PAIRS alternating pairs of ${BENCH_PAIR_SECONDS}-second 1-stream tests, tlsvpn/wireguard-go per pair:"
+  echo
+  echo "| test | ratio per pair | median | mean |"
+  echo "|---|---|---:|---:|"
+  for t in c2s s2c; do
+    label="client→server"
+    [[ $t == s2c ]] && label="server→client"
+    jq -r --arg t "$t" --arg name "$label" '
+      [.pairs[] | select(.test == $t) | .ratio | select(. != null)] as $r
+      | if ($r | length) == 0 then "| \($name) | n/a | n/a | n/a |"
+        else ($r | sort) as $s
+        | "| \($name) | \($r | map(. * 100 | round / 100 | tostring) | join(" ")) | \(
+            if ($s | length) % 2 == 1 then $s[($s | length - 1) / 2]
+            else ($s[($s | length) / 2 - 1] + $s[($s | length) / 2]) / 2 end | . * 100 | round / 100) | \(
+            ($r | add / length) * 100 | round / 100) |" end' "$WORK/bench.json"
+  done
+fi
