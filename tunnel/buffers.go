@@ -7,8 +7,10 @@ import (
 )
 
 // bufSize is the size of every packet buffer: headroom for the frame header
-// (and GSO metadata) plus the largest packet a TUN device returns.
-const bufSize = tun.Headroom + tun.MaxPacketSize
+// (and GSO metadata), the largest packet a TUN device returns, and one
+// byte for the TLS record layer, which puts a record's content type after
+// its content when it seals or opens it in place (RecordConn).
+const bufSize = tun.Headroom + tun.MaxPacketSize + 1
 
 // bigPacket is the size from which a packet is sent framed in place, in its
 // own TLS write, instead of being copied into a coalesced chunk: above it a

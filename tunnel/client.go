@@ -38,6 +38,10 @@ type ClientConfig struct {
 	// Otherwise the client offers them, and uses them when the server
 	// accepts them and the device Setup returns can pass them.
 	NoOffload bool
+	// StdlibRecords keeps the data phase on crypto/tls's record layer
+	// instead of handing it over to this package's own (RecordConn). The
+	// bytes on the wire are the same either way; it is slower.
+	StdlibRecords bool
 	// Reconnect backoff: the first retry waits MinBackoff, each failure
 	// doubles it up to MaxBackoff, with ±25% jitter. Defaults 250ms, 30s.
 	MinBackoff, MaxBackoff time.Duration
@@ -125,7 +129,7 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 		return nil, nil, Connected{}, fmt.Errorf("dial: %w", err)
 	}
 	bc := NewBatchConn(raw)
-	tc := tls.Client(bc, c.tls)
+	tc := bc.Client(c.tls)
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		return nil, nil, Connected{}, fmt.Errorf("tls handshake: %w", err)
@@ -327,18 +331,19 @@ func (c *Client) setup(ctx context.Context, tc *tls.Conn, info Connected) (tun.D
 func (c *Client) startSession(ctx context.Context, tc *tls.Conn, bc *BatchConn, info Connected, mux *Mux) (*Session, chan error) {
 	gso := !c.cfg.NoOffload && mux.CanGSO()
 	sess := NewSession(SessionConfig{
-		Conn:         tc,
-		Batch:        bc,
-		Dev:          mux.dev,
-		MTU:          info.Config.MTU,
-		PeerGSO:      gso && info.Config.Caps&CapGSO != 0,
-		AcceptGSO:    gso,
-		Keepalive:    info.Config.Keepalive,
-		QueueLen:     c.cfg.QueueLen,
-		ShutdownCode: CloseNormal,
-		Peer:         "server",
-		Logger:       c.log,
-		Stats:        c.cfg.Stats,
+		Conn:          tc,
+		Batch:         bc,
+		StdlibRecords: c.cfg.StdlibRecords,
+		Dev:           mux.dev,
+		MTU:           info.Config.MTU,
+		PeerGSO:       gso && info.Config.Caps&CapGSO != 0,
+		AcceptGSO:     gso,
+		Keepalive:     info.Config.Keepalive,
+		QueueLen:      c.cfg.QueueLen,
+		ShutdownCode:  CloseNormal,
+		Peer:          "server",
+		Logger:        c.log,
+		Stats:         c.cfg.Stats,
 	})
 	end := make(chan error, 1)
 	go func() { end <- sess.Run(ctx) }()

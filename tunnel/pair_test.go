@@ -52,6 +52,11 @@ func TestPairExchangesPackets(t *testing.T) {
 	tunneltest.Expect(t, cl.Dev.Outbound, small)
 	tunneltest.Expect(t, cl.Dev.Outbound, big)
 	tunneltest.Expect(t, cl.Dev.Outbound, small)
+
+	// Both data phases ran on the record layer (record.go), not crypto/tls.
+	if s, c := srv.Stats.RecordHandOvers.Load(), cl.Stats.RecordHandOvers.Load(); s != 1 || c != 1 {
+		t.Fatalf("record hand-overs: server %d, client %d; want 1 each", s, c)
+	}
 }
 
 func TestPairDropsSpoofedSource(t *testing.T) {

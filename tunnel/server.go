@@ -56,6 +56,10 @@ type ServerConfig struct {
 	// NoOffload turns off GSO super-packets (DATA_GSO) in both directions;
 	// packets are then split by the TUN device and sent one per frame.
 	NoOffload bool
+	// StdlibRecords keeps the data phase on crypto/tls's record layer
+	// instead of handing it over to this package's own (RecordConn). The
+	// bytes on the wire are the same either way; it is slower.
+	StdlibRecords bool
 	// TuneConn, if set, is called on every accepted connection before the
 	// TLS handshake (socket options).
 	TuneConn func(net.Conn)
@@ -161,6 +165,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
+	t = CaptureSecrets(t)
 	lim := cfg.Limits
 	if lim == nil {
 		lim = NewLimiter(LimitConfig{})
@@ -330,19 +335,20 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	// Register before sending Config: once the client knows its address,
 	// packets for it must find the session (they wait in its queue).
 	sess := NewSession(SessionConfig{
-		Conn:         tc,
-		Batch:        bc,
-		Dev:          s.cfg.Dev,
-		Allowed:      allowed,
-		MTU:          s.cfg.MTU,
-		PeerGSO:      gso && hello.Caps&CapGSO != 0,
-		AcceptGSO:    gso,
-		Keepalive:    s.cfg.Keepalive,
-		QueueLen:     s.cfg.QueueLen,
-		ShutdownCode: CloseShutdown,
-		Peer:         id,
-		Logger:       log,
-		Stats:        s.stats,
+		Conn:          tc,
+		Batch:         bc,
+		StdlibRecords: s.cfg.StdlibRecords,
+		Dev:           s.cfg.Dev,
+		Allowed:       allowed,
+		MTU:           s.cfg.MTU,
+		PeerGSO:       gso && hello.Caps&CapGSO != 0,
+		AcceptGSO:     gso,
+		Keepalive:     s.cfg.Keepalive,
+		QueueLen:      s.cfg.QueueLen,
+		ShutdownCode:  CloseShutdown,
+		Peer:          id,
+		Logger:        log,
+		Stats:         s.stats,
 	})
 	sess.tlsState = tc.ConnectionState()
 	sess.releaseLimit = releaseSession

@@ -56,7 +56,8 @@ type SessionConfig struct {
 	// it when Run returns.
 	Conn net.Conn
 	// Batch is the BatchConn under Conn, used to gather a batch's records
-	// into one send. Nil disables gathering.
+	// into one send and, when Conn is its *tls.Conn, to hand the data phase
+	// over to a RecordConn (record.go). Nil disables both.
 	Batch *BatchConn
 	// Dev receives the packets that arrive from the peer.
 	Dev tun.Device
@@ -83,6 +84,9 @@ type SessionConfig struct {
 	// AcceptGSO: this side announced that it accepts DATA_GSO frames; Dev
 	// must then be a tun.GSODevice with SupportsGSO.
 	AcceptGSO bool
+	// StdlibRecords keeps the data phase on Conn (crypto/tls) even when
+	// Batch could hand it over to a RecordConn.
+	StdlibRecords bool
 	// Peer names the peer in logs.
 	Peer   string
 	Logger *slog.Logger
@@ -114,6 +118,13 @@ type Session struct {
 	congested atomic.Bool // queue overflowed; the mux drops without waiting
 
 	wmu sync.Mutex // serializes frame writes on conn
+
+	// Set by Run before the session's goroutines start.
+	batch interface {
+		Hold()
+		Flush() error
+	}
+	rc *RecordConn // non-nil: the data phase runs on our record layer
 
 	started  time.Time           // when NewSession ran
 	tlsState tls.ConnectionState // set by the server before Run
@@ -224,6 +235,7 @@ func (s *Session) Run(ctx context.Context) error {
 	close(s.ready)
 	defer s.cancel(nil)
 	defer close(s.done)
+	s.handOver()
 
 	var wg sync.WaitGroup
 	run := func(f func() error, done chan struct{}) {
@@ -271,6 +283,43 @@ func (s *Session) Run(ctx context.Context) error {
 		putChunk(<-s.queue)
 	}
 	return cause
+}
+
+// handOver moves the session from its tls.Conn to a RecordConn when it
+// can; otherwise the session runs on the tls.Conn (still gathering writes).
+func (s *Session) handOver() {
+	if s.cfg.Batch == nil {
+		return
+	}
+	s.batch = s.cfg.Batch
+	tc, ok := s.conn.(*tls.Conn)
+	if !ok {
+		return
+	}
+	if s.cfg.StdlibRecords {
+		s.log.Debug("data phase on crypto/tls's record layer (stdlib TLS records requested)", "peer", s.cfg.Peer)
+		return
+	}
+	rc, err := s.cfg.Batch.Records(tc.ConnectionState().CipherSuite)
+	if err != nil {
+		// Our own peers always allow the hand-over: this is a bug or an
+		// unusual peer, and costs speed, not correctness.
+		s.log.Warn("data phase stays on crypto/tls: record hand-over not possible", "peer", s.cfg.Peer, "err", err)
+		return
+	}
+	s.stats.RecordHandOvers.Add(1)
+	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer", "peer", s.cfg.Peer)
+	s.conn, s.batch, s.rc = rc, rc, rc
+}
+
+// readFull fills p from the connection. With slack, the byte after p may
+// be overwritten (it must be within cap(p)).
+func (s *Session) readFull(p []byte, slack bool) error {
+	if s.rc != nil {
+		return s.rc.ReadFull(p, slack)
+	}
+	_, err := io.ReadFull(s.conn, p)
+	return err
 }
 
 // maxRecord is TLS 1.3's largest record plaintext.
@@ -366,8 +415,8 @@ func (s *Session) writeLoop() error {
 func (s *Session) writeChunks(c *chunk) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.cfg.Batch != nil {
-		s.cfg.Batch.Hold()
+	if s.batch != nil {
+		s.batch.Hold()
 	}
 	var pkts, bytes, records uint64
 	var err error
@@ -383,17 +432,17 @@ func (s *Session) writeChunks(c *chunk) error {
 			c.markEnd()
 		}
 		if err == nil {
-			b := c.bytes()
-			_, err = s.conn.Write(b)
-			records += uint64(len(b)+maxRecord-1) / maxRecord
+			var r uint64
+			r, err = s.writeChunk(c)
+			records += r
 			pkts += uint64(c.pkts)
 			bytes += uint64(c.ipBytes)
 		}
 		putChunk(c)
 		c = next
 	}
-	if s.cfg.Batch != nil {
-		if ferr := s.cfg.Batch.Flush(); err == nil {
+	if s.batch != nil {
+		if ferr := s.batch.Flush(); err == nil {
 			err = ferr
 		}
 	}
@@ -410,6 +459,30 @@ func (s *Session) writeChunks(c *chunk) error {
 		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of this key reached: reconnect"}
 	}
 	return nil
+}
+
+// writeChunk writes one chunk's frames and returns how many TLS records
+// that made (an upper bound without the record layer). On the record
+// layer a chunk framed in place is sealed without a copy, and its frame
+// header and GSO metadata go in a record of their own, so the receiver
+// can open every record of the packet straight into its packet buffer.
+func (s *Session) writeChunk(c *chunk) (uint64, error) {
+	b := c.bytes()
+	if s.rc == nil {
+		_, err := s.conn.Write(b)
+		return uint64(len(b)+maxRecord-1) / maxRecord, err
+	}
+	records := uint64(0)
+	if c.start != 0 { // framed in place: b starts with the frame's header
+		head := tun.Headroom - c.start
+		if _, err := s.rc.WriteOwned(b[:head]); err != nil {
+			return 0, err
+		}
+		b = b[head:]
+		records++
+	}
+	_, err := s.rc.WriteOwned(b)
+	return records + uint64(len(b)+maxRecord-1)/maxRecord, err
 }
 
 // writeControl sends one control frame.
@@ -488,7 +561,7 @@ func (s *Session) flushRx() error {
 // into their own receive buffer; the batch goes to the TUN when the sender
 // marked its end or the buffers are full.
 func (s *Session) readFrame() error {
-	if _, err := io.ReadFull(s.conn, s.hdr[:]); err != nil {
+	if err := s.readFull(s.hdr[:], false); err != nil {
 		return s.ioErr("read", err)
 	}
 	h, err := ParseHeader(s.hdr[:])
@@ -512,7 +585,7 @@ func (s *Session) readFrame() error {
 		if s.gdev == nil {
 			return &ProtocolError{Err: errors.New("DATA_GSO frame, but this side did not offer GSO")}
 		}
-		if _, err := io.ReadFull(s.conn, s.ctl[:GSOMetaLen]); err != nil {
+		if err := s.readFull(s.ctl[:GSOMetaLen], false); err != nil {
 			return s.ioErr("read", err)
 		}
 		g, _ := ParseGSO(s.ctl[:GSOMetaLen])
@@ -533,7 +606,7 @@ func (s *Session) readFrame() error {
 			return s.flushRx()
 		}
 	case TypePing:
-		if _, err := io.ReadFull(s.conn, s.ctl[:]); err != nil {
+		if err := s.readFull(s.ctl[:], false); err != nil {
 			return s.ioErr("read", err)
 		}
 		if err := s.countControl(); err != nil {
@@ -544,7 +617,7 @@ func (s *Session) readFrame() error {
 		default: // the peer pings faster than we answer: skip
 		}
 	case TypePong:
-		if _, err := io.ReadFull(s.conn, s.ctl[:]); err != nil {
+		if err := s.readFull(s.ctl[:], false); err != nil {
 			return s.ioErr("read", err)
 		}
 		if err := s.countControl(); err != nil {
@@ -556,7 +629,7 @@ func (s *Session) readFrame() error {
 		}
 	case TypeClose:
 		p := make([]byte, h.Len)
-		if _, err := io.ReadFull(s.conn, p); err != nil {
+		if err := s.readFull(p, false); err != nil {
 			return s.ioErr("read", err)
 		}
 		code, reason, err := UnmarshalClose(p)
@@ -576,7 +649,7 @@ func (s *Session) readFrame() error {
 func (s *Session) readPacket(n int) (c *chunk, ok bool, err error) {
 	c = s.rx[s.rxK]
 	p := c.buf[tun.Headroom : tun.Headroom+n]
-	if _, err := io.ReadFull(s.conn, p); err != nil {
+	if err := s.readFull(p, true); err != nil {
 		return nil, false, s.ioErr("read", err)
 	}
 	switch {

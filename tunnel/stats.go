@@ -28,4 +28,7 @@ type Stats struct {
 	ControlFrames     atomic.Uint64 // control frames received
 	Panics            atomic.Uint64 // recovered panics (each closed only its session)
 	AdvertiseRefused  atomic.Uint64 // advertised networks refused by policy
+	// RecordHandOvers counts sessions whose data phase runs on this
+	// package's record layer rather than on crypto/tls (record.go).
+	RecordHandOvers atomic.Uint64
 }

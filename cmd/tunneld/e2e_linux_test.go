@@ -362,8 +362,10 @@ func TestNetNSTunnel(t *testing.T) {
 
 	t.Run("connected with TLS 1.3 and X25519MLKEM768", func(t *testing.T) {
 		eventually(t, "connected log line", func() bool { return strings.Contains(c1.log.String(), "msg=connected") })
+		eventually(t, "record hand-over log line", func() bool { return strings.Contains(c1.log.String(), "record layer") })
 		line := c1.log.String()
-		for _, want := range []string{`tls_version="TLS 1.3"`, "curve=X25519MLKEM768", "cipher_suite=TLS_AES_", "alpn=tlsvpn/1"} {
+		for _, want := range []string{`tls_version="TLS 1.3"`, "curve=X25519MLKEM768", "cipher_suite=TLS_AES_", "alpn=tlsvpn/1",
+			"data phase handed over to tlsvpn's TLS 1.3 record layer"} {
 			if !strings.Contains(line, want) {
 				t.Errorf("client log lacks %s:\n%s", want, line)
 			}
@@ -419,7 +421,9 @@ func TestNetNSTunnel(t *testing.T) {
 		// laptop1 carries GSO super-packets, laptop2 (--no-offload) does
 		// not: the server falls back to splitting for everyone while
 		// laptop2 is connected, and both directions stay byte-exact.
-		e.connect(outer, 1, "laptop2", netip.MustParsePrefix("100.64.0.3/24"), "--no-offload")
+		// laptop2 also keeps its data phase on crypto/tls's record layer
+		// while the server uses its own: the two must interoperate.
+		l2 := e.connect(outer, 1, "laptop2", netip.MustParsePrefix("100.64.0.3/24"), "--no-offload", "--stdlib-tls-records")
 		if err := ping(t, laptop2, "100.64.0.1"); err != nil {
 			t.Fatal(err)
 		}
@@ -438,6 +442,12 @@ func TestNetNSTunnel(t *testing.T) {
 		if !strings.Contains(srvLog, "peer=laptop1 tunnel_addr=100.64.0.2/24 gso=true") ||
 			!strings.Contains(srvLog, "peer=laptop2 tunnel_addr=100.64.0.3/24 gso=false") {
 			t.Errorf("server log does not show laptop1 with GSO and laptop2 without:\n%s", srvLog)
+		}
+		eventually(t, "laptop2 (--stdlib-tls-records) to keep crypto/tls", func() bool {
+			return strings.Contains(l2.log.String(), "data phase on crypto/tls's record layer")
+		})
+		if got := e.metric(t, "tunneld_record_handovers_total"); got < 2 {
+			t.Errorf("tunneld_record_handovers_total = %v, want >= 2 (laptop1 and laptop2)", got)
 		}
 	})
 

@@ -91,6 +91,7 @@ type options struct {
 	queueLen              int
 	metrics               string
 	noOffload             bool
+	stdlibRecords         bool
 	congestion            string
 	congestionSet         bool
 	stateDir              string
@@ -141,6 +142,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
 	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64), with a burst of twice that (0: the default; -1: no limit)")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
+	fs.BoolVar(&o.stdlibRecords, "stdlib-tls-records", false, "carry the data phase through Go's crypto/tls instead of tlsvpn's own TLS 1.3 record layer: the same bytes on the wire, more copying (for comparison or troubleshooting)")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
@@ -406,6 +408,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		HandshakeTimeout: o.handshakeTimeout,
 		QueueLen:         o.queueLen,
 		NoOffload:        o.noOffload,
+		StdlibRecords:    o.stdlibRecords,
 		Limits:           limits,
 		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive, congestion) },
 		CheckPeer:        checkPeer,

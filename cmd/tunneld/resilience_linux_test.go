@@ -310,6 +310,8 @@ func TestNetNSIPv6Underlay(t *testing.T) {
 	eventually(t, "client addresses", func() bool {
 		return hasAddr(laptop, "tunnelc0", clientAddr) && hasAddr(laptop, "tunnelc0", netip.MustParsePrefix("fd00:64::2/64"))
 	})
+	// The client logs "connected" after it has set up its addresses.
+	eventually(t, "client connected", func() bool { return strings.Contains(cli.log.String(), "msg=connected") })
 	if !strings.Contains(cli.log.String(), "server=[2001:db8:6::1]:443") {
 		t.Errorf("client did not connect over IPv6:\n%s", cli.log.String())
 	}

@@ -108,6 +108,7 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	counter("control_frames_total", "Control frames received.", &stats.ControlFrames)
 	counter("panics_total", "Recovered panics; each closed only its own session or connection.", &stats.Panics)
 	counter("advertise_refused_total", "Networks a client advertised that its policy does not allow.", &stats.AdvertiseRefused)
+	counter("record_handovers_total", "Sessions whose data phase runs on tlsvpn's own TLS 1.3 record layer instead of crypto/tls.", &stats.RecordHandOvers)
 	for _, g := range gauges {
 		if g.Counter {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: prefix + "_" + g.Name, Help: g.Help}, g.Value))
