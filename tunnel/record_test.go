@@ -578,3 +578,42 @@ func cpuTime() int64 {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
+
+// TestRecordLayerCountsRecords: on the record layer a session's usage is
+// the exact number of records it sent, and it stops at the per-key limit
+// with a rekey Close instead of sending past it.
+func TestRecordLayerCountsRecords(t *testing.T) {
+	dev := &discardDevice{}
+	for i := range 8 {
+		dev.pkts = append(dev.pkts, testPacket(allocServer, allocClient, 100+i*5000))
+	}
+	sink := &bufConn{}
+	s := newAllocSession(t, nil, dev)
+	tx, _ := recordConns(t, sink, nil)
+	onRecords(s, tx)
+	m := NewMux(dev, MuxConfig{})
+	m.Add(s, allocClient)
+	n, raw, _ := m.read()
+	m.dispatch(n, raw)
+	for len(s.queue) > 0 {
+		if err := s.writeChunks(<-s.queue); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Count the records on the wire.
+	wire := 0
+	for off := 0; off < len(sink.buf); wire++ {
+		off += recordHeaderLen + int(binary.BigEndian.Uint16(sink.buf[off+3:]))
+	}
+	if got, _ := s.Usage(); got != uint64(wire) || wire == 0 {
+		t.Fatalf("Usage records = %d, %d records on the wire", got, wire)
+	}
+	tx.txSeq = MaxRecordsPerKey
+	n, raw, _ = m.read()
+	m.dispatch(n, raw)
+	err := s.writeChunks(<-s.queue)
+	var ce *CloseError
+	if !errors.As(err, &ce) || ce.Code != CloseRekey {
+		t.Fatalf("writeChunks past the record limit = %v, want a rekey CloseError", err)
+	}
+}

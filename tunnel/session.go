@@ -144,7 +144,7 @@ type Session struct {
 	rxFrames  atomic.Uint64 // frames received; the control loop watches it
 	rxIP      atomic.Uint64 // IP bytes received
 	txIP      atomic.Uint64 // IP bytes sent
-	txRecords atomic.Uint64 // TLS records sent (upper bound)
+	txRecords atomic.Uint64 // TLS records sent (exact on the record layer, else an upper bound)
 	rttNanos  atomic.Int64  // last ping round trip
 
 	// Reader-goroutine state.
@@ -331,7 +331,8 @@ const maxRecord = 16 << 10
 const MaxRecordsPerKey = 1 << 24
 
 // Usage returns an upper bound of the TLS records sent in either direction
-// under this session's keys, and the IP bytes moved both ways. The peer's
+// under this session's keys (exact for our own records on the record
+// layer), and the IP bytes moved both ways. The peer's
 // records are bounded by frames + bytes/16 KiB (each of its writes ends
 // at most one partial record per frame).
 func (s *Session) Usage() (records, bytes uint64) {
@@ -455,7 +456,14 @@ func (s *Session) writeChunks(c *chunk) error {
 	s.stats.TxPackets.Add(pkts)
 	s.stats.TxBytes.Add(bytes)
 	s.txIP.Add(bytes)
-	if s.txRecords.Add(records) > MaxRecordsPerKey {
+	used := s.txRecords.Add(records)
+	if s.rc != nil {
+		// The record layer knows the exact count (control frames and the
+		// records crypto/tls sent before the hand-over included).
+		used = s.rc.TxSeq()
+		s.txRecords.Store(used)
+	}
+	if used > MaxRecordsPerKey {
 		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of this key reached: reconnect"}
 	}
 	return nil
