@@ -203,40 +203,57 @@ func (d *gsoDevice) ReadGSO(bufs [][]byte, sizes []int, offset int) (int, error)
 func (d *gsoDevice) WriteGSO(bufs [][]byte, offset int) (int, error) { return d.Write(bufs, offset) }
 
 // TestGSOSendPathAllocs pins zero allocations for the super-packet path:
-// ReadGSO batch -> DATA_GSO frames (in place or coalesced) -> write.
+// ReadGSO batch -> DATA_GSO frames (in place or coalesced) -> write, on
+// crypto/tls's path (a plain conn here) and on the record layer, where
+// in-place chunks are sealed without a copy, their headers in records of
+// their own, all gathered into one send.
 func TestGSOSendPathAllocs(t *testing.T) {
 	skipIfRace(t)
-	dev := &gsoDevice{}
-	for i := range maxGSOBatch {
-		size := 60
-		if i%2 == 0 {
-			size = 60000
+	for _, records := range []bool{false, true} {
+		name := "conn"
+		if records {
+			name = "record layer"
 		}
-		p := testPacket(allocServer, allocClient, size)
-		p[9] = 6
-		dev.pkts = append(dev.pkts, p)
-	}
-	conn := &loopConn{}
-	s := newAllocSession(t, conn, dev)
-	s.peerGSO = true
-	m := NewMux(dev, MuxConfig{})
-	m.Add(s, allocClient)
-	m.SetGSO(true)
-	step := func() {
-		n, raw, _ := m.read()
-		m.dispatch(n, raw)
-		for len(s.queue) > 0 {
-			if err := s.writeChunks(<-s.queue); err != nil {
-				t.Fatal(err)
+		t.Run(name, func(t *testing.T) {
+			dev := &gsoDevice{}
+			for i := range maxGSOBatch {
+				size := 60
+				if i%2 == 0 {
+					size = 60000
+				}
+				p := testPacket(allocServer, allocClient, size)
+				p[9] = 6
+				dev.pkts = append(dev.pkts, p)
 			}
-		}
-	}
-	step()
-	if allocs := testing.AllocsPerRun(100, step); allocs != 0 {
-		t.Fatalf("GSO send path: %v allocs per batch, want 0", allocs)
-	}
-	if s.stats.DropNoGSO.Load() != 0 || s.stats.TxPackets.Load() != 102*maxGSOBatch {
-		t.Fatalf("GSO send path: sent %d packets, dropped %d", s.stats.TxPackets.Load(), s.stats.DropNoGSO.Load())
+			sink := &bufConn{buf: make([]byte, 0, 4<<20)}
+			s := newAllocSession(t, sink, dev)
+			if records {
+				tx, _ := recordConns(t, sink, nil)
+				onRecords(s, tx)
+			}
+			s.peerGSO = true
+			m := NewMux(dev, MuxConfig{})
+			m.Add(s, allocClient)
+			m.SetGSO(true)
+			step := func() {
+				sink.buf = sink.buf[:0]
+				n, raw, _ := m.read()
+				m.dispatch(n, raw)
+				for len(s.queue) > 0 {
+					if err := s.writeChunks(<-s.queue); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			step()
+			if allocs := testing.AllocsPerRun(100, step); allocs != 0 {
+				t.Fatalf("GSO send path: %v allocs per batch, want 0", allocs)
+			}
+			if s.stats.DropNoGSO.Load() != 0 || s.stats.TxPackets.Load() != 102*maxGSOBatch || len(sink.buf) == 0 {
+				t.Fatalf("GSO send path: sent %d packets, dropped %d, %d bytes in the last batch",
+					s.stats.TxPackets.Load(), s.stats.DropNoGSO.Load(), len(sink.buf))
+			}
+		})
 	}
 }
 
@@ -281,9 +298,7 @@ func recordConns(t testing.TB, txConn, rxConn net.Conn) (tx, rx *RecordConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx = &RecordConn{Conn: txConn, out: make([]byte, 0, outCap), tx: k, rx: k, rbuf: make([]byte, readBuf)}
-	rx = &RecordConn{Conn: rxConn, out: make([]byte, 0, outCap), tx: k, rx: k, rbuf: make([]byte, readBuf)}
-	return tx, rx
+	return newRecordConn(txConn, k, 0, k, 0, nil), newRecordConn(rxConn, k, 0, k, 0, nil)
 }
 
 // onRecords moves a session made by newAllocSession to the record layer
@@ -321,48 +336,6 @@ func (c *sealedLoop) Read(b []byte) (int, error) {
 	n := copy(b, c.pending)
 	c.pending = c.pending[n:]
 	return n, nil
-}
-
-// TestRecordSendPathAllocs pins zero allocations for the super-packet send
-// path on the record layer: in-place chunks sealed without a copy, their
-// headers in records of their own, all gathered into one send.
-func TestRecordSendPathAllocs(t *testing.T) {
-	skipIfRace(t)
-	dev := &gsoDevice{}
-	for i := range maxGSOBatch {
-		size := 60
-		if i%2 == 0 {
-			size = 60000
-		}
-		p := testPacket(allocServer, allocClient, size)
-		p[9] = 6
-		dev.pkts = append(dev.pkts, p)
-	}
-	sink := &bufConn{buf: make([]byte, 0, 4<<20)}
-	s := newAllocSession(t, nil, dev)
-	tx, _ := recordConns(t, sink, nil)
-	onRecords(s, tx)
-	s.peerGSO = true
-	m := NewMux(dev, MuxConfig{})
-	m.Add(s, allocClient)
-	m.SetGSO(true)
-	step := func() {
-		sink.buf = sink.buf[:0]
-		n, raw, _ := m.read()
-		m.dispatch(n, raw)
-		for len(s.queue) > 0 {
-			if err := s.writeChunks(<-s.queue); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	step()
-	if allocs := testing.AllocsPerRun(100, step); allocs != 0 {
-		t.Fatalf("record send path: %v allocs per batch, want 0", allocs)
-	}
-	if len(sink.buf) == 0 || s.stats.TxPackets.Load() != 102*maxGSOBatch {
-		t.Fatalf("record send path: sent %d packets, %d bytes in the last batch", s.stats.TxPackets.Load(), len(sink.buf))
-	}
 }
 
 // TestRecordReceivePathAllocs pins zero allocations for receiving

@@ -224,16 +224,7 @@ func (c *BatchConn) Records(suite uint16) (*RecordConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("record hand-over, receiving side: %w", err)
 	}
-	rc := &RecordConn{
-		Conn:  c.Conn,
-		out:   make([]byte, 0, outCap),
-		tx:    tx,
-		txSeq: txSeq,
-		rx:    rx,
-		rxSeq: rxSeq,
-		rbuf:  make([]byte, readBuf),
-	}
-	rc.rend = copy(rc.rbuf, c.rbuf[c.rpos:c.rend])
+	rc := newRecordConn(c.Conn, tx, txSeq, rx, rxSeq, c.rbuf[c.rpos:c.rend])
 	c.gone = true
 	c.rbuf, c.buf = nil, nil
 	c.tx, c.rx = recordTracker{}, recordTracker{}

@@ -189,6 +189,23 @@ type RecordConn struct {
 // outCap is the send buffer's capacity: a full gather plus one record.
 const outCap = maxGather + maxRecordWire
 
+// newRecordConn returns a RecordConn on c whose next records are sent and
+// expected with sequence numbers txSeq and rxSeq, and whose receive
+// buffer starts with pending (bytes already read from c).
+func newRecordConn(c net.Conn, tx *trafficKeys, txSeq uint64, rx *trafficKeys, rxSeq uint64, pending []byte) *RecordConn {
+	rc := &RecordConn{
+		Conn:  c,
+		out:   make([]byte, 0, outCap),
+		tx:    tx,
+		txSeq: txSeq,
+		rx:    rx,
+		rxSeq: rxSeq,
+		rbuf:  make([]byte, readBuf),
+	}
+	rc.rend = copy(rc.rbuf, pending)
+	return rc
+}
+
 // TxSeq returns the number of records sent so far under the current key
 // (the next record's sequence number).
 func (c *RecordConn) TxSeq() uint64 {

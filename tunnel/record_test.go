@@ -386,7 +386,7 @@ func pipeRecordConn(t *testing.T, c net.Conn, suite uint16, txSecret, rxSecret [
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &RecordConn{Conn: c, out: make([]byte, 0, outCap), tx: tx, rx: rx, rbuf: make([]byte, readBuf)}
+	return newRecordConn(c, tx, 0, rx, 0, nil)
 }
 
 // fuzzKeys are fixed keys for the fuzz targets.

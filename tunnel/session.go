@@ -433,9 +433,8 @@ func (s *Session) writeChunks(c *chunk) error {
 			c.markEnd()
 		}
 		if err == nil {
-			var r uint64
-			r, err = s.writeChunk(c)
-			records += r
+			records += uint64(c.end-c.start+maxRecord-1) / maxRecord
+			err = s.writeChunk(c)
 			pkts += uint64(c.pkts)
 			bytes += uint64(c.ipBytes)
 		}
@@ -456,12 +455,14 @@ func (s *Session) writeChunks(c *chunk) error {
 	s.stats.TxPackets.Add(pkts)
 	s.stats.TxBytes.Add(bytes)
 	s.txIP.Add(bytes)
-	used := s.txRecords.Add(records)
+	var used uint64
 	if s.rc != nil {
 		// The record layer knows the exact count (control frames and the
 		// records crypto/tls sent before the hand-over included).
 		used = s.rc.TxSeq()
 		s.txRecords.Store(used)
+	} else {
+		used = s.txRecords.Add(records) // an upper bound
 	}
 	if used > MaxRecordsPerKey {
 		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of this key reached: reconnect"}
@@ -469,28 +470,25 @@ func (s *Session) writeChunks(c *chunk) error {
 	return nil
 }
 
-// writeChunk writes one chunk's frames and returns how many TLS records
-// that made (an upper bound without the record layer). On the record
-// layer a chunk framed in place is sealed without a copy, and its frame
-// header and GSO metadata go in a record of their own, so the receiver
-// can open every record of the packet straight into its packet buffer.
-func (s *Session) writeChunk(c *chunk) (uint64, error) {
+// writeChunk writes one chunk's frames. On the record layer a chunk
+// framed in place is sealed without a copy, and its frame header and GSO
+// metadata go in a record of their own, so the receiver can open every
+// record of the packet straight into its packet buffer.
+func (s *Session) writeChunk(c *chunk) error {
 	b := c.bytes()
 	if s.rc == nil {
 		_, err := s.conn.Write(b)
-		return uint64(len(b)+maxRecord-1) / maxRecord, err
+		return err
 	}
-	records := uint64(0)
 	if c.start != 0 { // framed in place: b starts with the frame's header
 		head := tun.Headroom - c.start
 		if _, err := s.rc.WriteOwned(b[:head]); err != nil {
-			return 0, err
+			return err
 		}
 		b = b[head:]
-		records++
 	}
 	_, err := s.rc.WriteOwned(b)
-	return records + uint64(len(b)+maxRecord-1)/maxRecord, err
+	return err
 }
 
 // writeControl sends one control frame.
