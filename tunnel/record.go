@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
+
+	"tlsvpn/tunnel/internal/aesgcm"
 )
 
 // The data phase of a session runs on RecordConn, this package's own TLS
@@ -90,10 +91,7 @@ func newTrafficKeys(suite uint16, secret []byte) (*trafficKeys, error) {
 	if suite == tls.TLS_CHACHA20_POLY1305_SHA256 {
 		k.aead, err = chacha20poly1305.New(key)
 	} else {
-		var b cipher.Block
-		if b, err = aes.NewCipher(key); err == nil {
-			k.aead, err = cipher.NewGCM(b)
-		}
+		k.aead, err = aesgcm.New(key)
 	}
 	if err != nil {
 		return nil, err

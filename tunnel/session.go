@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"tlsvpn/tun"
+	"tlsvpn/tunnel/internal/aesgcm"
 )
 
 // ProtocolError is a peer's violation of the wire protocol. The session
@@ -300,7 +301,8 @@ func (s *Session) handOver() {
 		s.log.Debug("data phase on crypto/tls's record layer (stdlib TLS records requested)", "peer", s.cfg.Peer)
 		return
 	}
-	rc, err := s.cfg.Batch.Records(tc.ConnectionState().CipherSuite)
+	suite := tc.ConnectionState().CipherSuite
+	rc, err := s.cfg.Batch.Records(suite)
 	if err != nil {
 		// Our own peers always allow the hand-over: this is a bug or an
 		// unusual peer, and costs speed, not correctness.
@@ -308,7 +310,8 @@ func (s *Session) handOver() {
 		return
 	}
 	s.stats.RecordHandOvers.Add(1)
-	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer", "peer", s.cfg.Peer)
+	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer", "peer", s.cfg.Peer,
+		"cipher_suite", tls.CipherSuiteName(suite), "vaes_aes_gcm", aesgcm.Accelerated() && suite != tls.TLS_CHACHA20_POLY1305_SHA256)
 	s.conn, s.batch, s.rc = rc, rc, rc
 }
 

@@ -1,0 +1,231 @@
+package aesgcm
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func stdGCM(t testing.TB, key []byte) cipher.AEAD {
+	t.Helper()
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func mustNew(t testing.TB, key []byte) cipher.AEAD {
+	t.Helper()
+	g, err := New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// TestMatchesStdlib seals and opens every length up to a few hundred
+// bytes, and record-sized ones, with both key sizes and several
+// additional-data lengths, and compares each byte with crypto/cipher.
+func TestMatchesStdlib(t *testing.T) {
+	lengths := []int{}
+	for n := 0; n <= 300; n++ {
+		lengths = append(lengths, n)
+	}
+	lengths = append(lengths, 511, 512, 513, 4095, 4096, 4097, 16383, 16384, 16385, 16401, 65536+7)
+	for _, keyLen := range []int{16, 32} {
+		key := make([]byte, keyLen)
+		rand.Read(key)
+		ours, std := mustNew(t, key), stdGCM(t, key)
+		nonce := make([]byte, 12)
+		for _, adLen := range []int{0, 5, 13, 16, 17, 40, 300} {
+			ad := make([]byte, adLen)
+			rand.Read(ad)
+			for _, n := range lengths {
+				rand.Read(nonce)
+				pt := make([]byte, n)
+				rand.Read(pt)
+				want := std.Seal(nil, nonce, pt, ad)
+				got := ours.Seal(nil, nonce, pt, ad)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("key %d, ad %d, len %d: Seal differs from crypto/cipher", keyLen, adLen, n)
+				}
+				back, err := ours.Open(nil, nonce, want, ad)
+				if err != nil || !bytes.Equal(back, pt) {
+					t.Fatalf("key %d, ad %d, len %d: Open: %v", keyLen, adLen, n, err)
+				}
+			}
+		}
+	}
+}
+
+// TestOpenRejects flips each bit of a sealed message, its tag and its
+// additional data in turn; every change must fail, and a failed Open must
+// not write plaintext.
+func TestOpenRejects(t *testing.T) {
+	key := make([]byte, 16)
+	rand.Read(key)
+	g := mustNew(t, key)
+	nonce := make([]byte, 12)
+	ad := []byte{23, 3, 3, 0, 50}
+	pt := bytes.Repeat([]byte("secret!"), 5)
+	sealed := g.Seal(nil, nonce, pt, ad)
+	for i := range len(sealed) * 8 {
+		bad := bytes.Clone(sealed)
+		bad[i/8] ^= 1 << (i % 8)
+		dst := make([]byte, 0, len(bad))
+		if _, err := g.Open(dst, nonce, bad, ad); err == nil {
+			t.Fatalf("bit %d flipped: Open accepted it", i)
+		}
+		if bytes.Contains(dst[:cap(dst)], []byte("secret")) {
+			t.Fatalf("bit %d flipped: Open wrote plaintext", i)
+		}
+	}
+	for i := range len(ad) * 8 {
+		badAD := bytes.Clone(ad)
+		badAD[i/8] ^= 1 << (i % 8)
+		if _, err := g.Open(nil, nonce, sealed, badAD); err == nil {
+			t.Fatalf("additional data bit %d flipped: Open accepted it", i)
+		}
+	}
+	if _, err := g.Open(nil, nonce, sealed[:15], ad); err == nil {
+		t.Fatal("Open accepted a message shorter than the tag")
+	}
+}
+
+// TestInPlace seals and opens in the same buffer, the way the record
+// layer uses the AEAD.
+func TestInPlace(t *testing.T) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	ours, std := mustNew(t, key), stdGCM(t, key)
+	nonce := make([]byte, 12)
+	ad := []byte{23, 3, 3, 64, 17}
+	pt := make([]byte, 16385)
+	rand.Read(pt)
+	want := std.Seal(nil, nonce, pt, ad)
+	buf := make([]byte, len(pt), len(pt)+16)
+	copy(buf, pt)
+	sealed := ours.Seal(buf[:0], nonce, buf, ad)
+	if !bytes.Equal(sealed, want) {
+		t.Fatal("in-place Seal differs from crypto/cipher")
+	}
+	opened, err := ours.Open(sealed[:0], nonce, sealed, ad)
+	if err != nil || !bytes.Equal(opened, pt) {
+		t.Fatalf("in-place Open: %v", err)
+	}
+}
+
+// TestAccelerated checks that New picks this package's assembly for both
+// key sizes wherever the CPU allows it, so the tests above test it.
+func TestAccelerated(t *testing.T) {
+	if !Accelerated() {
+		t.Skip("this CPU lacks VAES or VPCLMULQDQ: New returns crypto/cipher's GCM")
+	}
+	for _, n := range []int{16, 32} {
+		if isStdlib(mustNew(t, make([]byte, n))) {
+			t.Fatalf("New with a %d-byte key returned crypto/cipher's GCM on a CPU with VAES", n)
+		}
+	}
+	if !isStdlib(mustNew(t, make([]byte, 24))) {
+		t.Fatal("New with an AES-192 key did not return crypto/cipher's GCM")
+	}
+}
+
+func TestInexactOverlapPanics(t *testing.T) {
+	key := make([]byte, 16)
+	g := mustNew(t, key)
+	buf := make([]byte, 100)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("Seal into a shifted copy of its input did not panic")
+		}
+	}()
+	g.Seal(buf[1:1], make([]byte, 12), buf[:50], nil)
+}
+
+func TestAllocs(t *testing.T) {
+	key := make([]byte, 16)
+	g := mustNew(t, key)
+	nonce := make([]byte, 12)
+	ad := make([]byte, 5)
+	buf := make([]byte, 16385+16)
+	n := testing.AllocsPerRun(100, func() {
+		s := g.Seal(buf[:0], nonce, buf[:16385], ad)
+		if _, err := g.Open(s[:0], nonce, s, ad); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n != 0 {
+		t.Fatalf("Seal+Open allocate %v times, want 0", n)
+	}
+}
+
+func FuzzMatchesStdlib(f *testing.F) {
+	f.Add([]byte("0123456789abcdef"), []byte("nonce-12byte"), []byte("hello"), []byte{23, 3, 3, 0, 21})
+	f.Fuzz(func(t *testing.T, key, nonce, pt, ad []byte) {
+		if len(key) != 16 && len(key) != 32 || len(nonce) != 12 {
+			return
+		}
+		ours, std := mustNew(t, key), stdGCM(t, key)
+		want := std.Seal(nil, nonce, pt, ad)
+		if got := ours.Seal(nil, nonce, pt, ad); !bytes.Equal(got, want) {
+			t.Fatal("Seal differs from crypto/cipher")
+		}
+		// pt read as a sealed message: both must agree on accepting it.
+		a, errA := ours.Open(nil, nonce, pt, ad)
+		b, errB := std.Open(nil, nonce, pt, ad)
+		if (errA == nil) != (errB == nil) || !bytes.Equal(a, b) {
+			t.Fatalf("Open disagrees with crypto/cipher: %v vs %v", errA, errB)
+		}
+	})
+}
+
+// BenchmarkAEAD times Seal and Open (with a copy of the sealed record
+// first, as Open works in place) against crypto/cipher's GCM, at an
+// MTU-sized packet and a full TLS record.
+func BenchmarkAEAD(b *testing.B) {
+	for _, impl := range []struct {
+		name string
+		new  func([]byte) (cipher.AEAD, error)
+	}{{"own", New}, {"stdlib", newStdlib}} {
+		for _, op := range []string{"seal", "open"} {
+			for _, size := range []int{1350, 16384} {
+				b.Run(impl.name+"/"+op+"/"+strconv.Itoa(size), func(b *testing.B) {
+					g, err := impl.new(make([]byte, 16))
+					if err != nil {
+						b.Fatal(err)
+					}
+					nonce, ad := make([]byte, 12), make([]byte, 5)
+					sealed := g.Seal(nil, nonce, make([]byte, size), ad)
+					buf := make([]byte, len(sealed))
+					b.SetBytes(int64(size))
+					for b.Loop() {
+						if op == "seal" {
+							g.Seal(buf[:0], nonce, buf[:size], ad)
+							continue
+						}
+						copy(buf, sealed)
+						if _, err := g.Open(buf[:0], nonce, buf, ad); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// isStdlib reports whether g is not this package's own type.
+func isStdlib(g cipher.AEAD) bool {
+	return !strings.HasPrefix(fmt.Sprintf("%T", g), "*aesgcm.")
+}
