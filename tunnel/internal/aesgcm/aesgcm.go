@@ -2,16 +2,17 @@
 // TLS_AES_128_GCM_SHA256 and TLS_AES_256_GCM_SHA384) for the data phase's
 // record layer.
 //
-// On amd64 CPUs with VAES and VPCLMULQDQ it uses its own assembly, which
-// encrypts and authenticates two blocks per instruction in 256-bit
-// registers. Go's crypto/aes does not use these instructions
-// (golang/go#42726) and reaches about half the speed on such CPUs.
+// On amd64 CPUs with VAES, VPCLMULQDQ and AVX-512 it uses its own
+// assembly: counter mode and GHASH in one pass over 256-byte chunks,
+// several blocks per instruction, one GHASH reduction per 16 blocks.
+// Go's crypto/aes does not use these instructions (golang/go#42726) and
+// on such a CPU (AMD EPYC, Zen 4) reaches about 60% of this speed.
 // Everywhere else, and for AES-192, New returns crypto/cipher's GCM.
 //
 // The output is byte for byte that of crypto/cipher's GCM with a 12-byte
 // nonce and a 16-byte tag; the tests and the fuzz target compare the two.
-// Open checks the tag before it decrypts, so no unauthenticated
-// plaintext is ever written.
+// Open returns plaintext only when the tag matches; on a mismatch it
+// wipes whatever it has decrypted.
 package aesgcm
 
 import (

@@ -12,10 +12,10 @@ import (
 	"golang.org/x/sys/cpu"
 )
 
-// useAsm: the assembly uses VEX-encoded 256-bit VAES and VPCLMULQDQ, and
-// AVX2. x/sys/cpu reports VAES and VPCLMULQDQ only together with AVX-512,
-// so CPUs with VAES but without AVX-512 use crypto/cipher.
-var useAsm = cpu.X86.HasAVX2 && cpu.X86.HasAVX512VAES && cpu.X86.HasAVX512VPCLMULQDQ
+// useAsm: the assembly uses VAES and VPCLMULQDQ on 256- and 512-bit
+// registers, AVX2 and AVX-512 (F, VL, BW).
+var useAsm = cpu.X86.HasAVX2 && cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512BW &&
+	cpu.X86.HasAVX512VAES && cpu.X86.HasAVX512VPCLMULQDQ
 
 // ctrBlocks encrypts nblocks 16-byte blocks of counter-mode keystream and
 // XORs them from src into dst (which may be src). ctr holds two counter
@@ -31,6 +31,15 @@ func ctrBlocks(rk *byte, rounds int, ctr *[32]byte, dst, src *byte, nblocks int)
 //
 //go:noescape
 func ghashBlocks(htab *[33][16]byte, acc *[16]byte, src *byte, nblocks int)
+
+// cryptHash is counter mode and GHASH in one pass over nchunks chunks of
+// 256 bytes: it XORs the keystream from src into dst and, meanwhile,
+// folds the 256 bytes at hsrc into acc, each pointer advancing 256 bytes
+// per chunk. Open passes hsrc = src; Seal passes hsrc = dst - 256, hashing
+// each chunk of ciphertext while it encrypts the next.
+//
+//go:noescape
+func cryptHash(rk *byte, rounds int, htab *[33][16]byte, acc *[16]byte, ctr *[32]byte, dst, src, hsrc *byte, nchunks int)
 
 // gcmAsm is one key's AES-GCM: the expanded AES key and the GHASH key
 // powers.
@@ -100,9 +109,20 @@ func (g *gcmAsm) Seal(dst, nonce, plaintext, additionalData []byte) []byte {
 		panic("aesgcm: invalid buffer overlap of output and additional data")
 	}
 	ct := out[:len(plaintext)]
-	g.counterXor(ct, plaintext, nonce)
+	var acc [16]byte
+	g.ghash(&acc, additionalData)
+	// From two chunks of 256 bytes on, encrypt the first alone, then each
+	// next one while hashing the one before; the rest follows block-wise.
+	done, hashed := 0, 0
+	if chunks := len(plaintext) / 256; chunks >= 2 {
+		g.counterXor(ct[:256], plaintext[:256], nonce, 2)
+		ctr := counterBlocks(nonce, 2+16)
+		cryptHash(&g.rk[0], g.rounds, &g.htab, &acc, &ctr, &ct[256], &plaintext[256], &ct[0], chunks-1)
+		done, hashed = chunks*256, (chunks-1)*256
+	}
+	g.counterXor(ct[done:], plaintext[done:], nonce, 2+uint32(done/16))
 	var tag [tagSize]byte
-	g.tag(&tag, nonce, ct, additionalData)
+	g.finish(&tag, &acc, nonce, ct[hashed:], len(additionalData), len(ct))
 	copy(out[len(plaintext):], tag[:])
 	return ret
 }
@@ -122,23 +142,31 @@ func (g *gcmAsm) Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, er
 	if anyOverlap(out, additionalData) {
 		panic("aesgcm: invalid buffer overlap of output and additional data")
 	}
-	// Authenticate first: nothing is decrypted unless the tag matches.
+	var acc [16]byte
+	g.ghash(&acc, additionalData)
+	// Whole 256-byte chunks are hashed and decrypted in one pass; the rest
+	// is decrypted only once the tag matches. If it does not, the
+	// plaintext already written is wiped.
+	done := 0
+	if chunks := len(ct) / 256; chunks >= 1 {
+		ctr := counterBlocks(nonce, 2)
+		cryptHash(&g.rk[0], g.rounds, &g.htab, &acc, &ctr, &out[0], &ct[0], &ct[0], chunks)
+		done = chunks * 256
+	}
 	var want [tagSize]byte
-	g.tag(&want, nonce, ct, additionalData)
+	g.finish(&want, &acc, nonce, ct[done:], len(additionalData), len(ct))
 	if subtle.ConstantTimeCompare(want[:], tag) != 1 {
+		clear(out[:done])
 		return nil, errOpen
 	}
-	g.counterXor(out, ct, nonce)
+	g.counterXor(out[done:], ct[done:], nonce, 2+uint32(done/16))
 	return ret, nil
 }
 
-// counterXor XORs src into dst with the keystream that starts at counter
-// 2 (counter 1 masks the tag).
-func (g *gcmAsm) counterXor(dst, src, nonce []byte) {
-	var ctr [32]byte
-	copy(ctr[:12], nonce)
-	copy(ctr[16:28], nonce)
-	setCounter(&ctr, 2)
+// counterXor XORs src into dst with the keystream from counter c on.
+// The message starts at counter 2; counter 1 masks the tag.
+func (g *gcmAsm) counterXor(dst, src, nonce []byte, c uint32) {
+	ctr := counterBlocks(nonce, c)
 	n := len(src) / 16
 	if n > 0 {
 		ctrBlocks(&g.rk[0], g.rounds, &ctr, &dst[0], &src[0], n)
@@ -146,10 +174,19 @@ func (g *gcmAsm) counterXor(dst, src, nonce []byte) {
 	if r := len(src) % 16; r > 0 {
 		var buf [16]byte
 		copy(buf[:], src[n*16:])
-		setCounter(&ctr, 2+uint32(n))
+		setCounter(&ctr, c+uint32(n))
 		ctrBlocks(&g.rk[0], g.rounds, &ctr, &buf[0], &buf[0], 1)
 		copy(dst[n*16:], buf[:r])
 	}
+}
+
+// counterBlocks returns the assembly's two counter blocks for counters c
+// and c+1.
+func counterBlocks(nonce []byte, c uint32) (ctr [32]byte) {
+	copy(ctr[:12], nonce)
+	copy(ctr[16:28], nonce)
+	setCounter(&ctr, c)
+	return
 }
 
 func setCounter(ctr *[32]byte, c uint32) {
@@ -157,30 +194,28 @@ func setCounter(ctr *[32]byte, c uint32) {
 	binary.LittleEndian.PutUint32(ctr[28:32], c+1)
 }
 
-// tag computes GCM's tag over additionalData and the ciphertext ct.
-func (g *gcmAsm) tag(out *[tagSize]byte, nonce, ct, additionalData []byte) {
-	var acc [16]byte
-	g.ghash(&acc, additionalData)
-	full := len(ct) / 16
+// finish folds the ciphertext not yet hashed (rest, the end of a
+// ctLen-byte ciphertext) and the lengths block into acc and computes the
+// tag.
+func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, adLen, ctLen int) {
+	full := len(rest) / 16
 	if full > 0 {
-		ghashBlocks(&g.htab, &acc, &ct[0], full)
+		ghashBlocks(&g.htab, acc, &rest[0], full)
 	}
 	// The ciphertext's last partial block, zero-padded, and the lengths
 	// block go in one call.
 	var last [32]byte
 	nb := 1
-	if copy(last[:16], ct[full*16:]) > 0 {
+	if copy(last[:16], rest[full*16:]) > 0 {
 		nb = 2
 	}
 	lens := last[(nb-1)*16:]
-	binary.BigEndian.PutUint64(lens[:8], uint64(len(additionalData))*8)
-	binary.BigEndian.PutUint64(lens[8:16], uint64(len(ct))*8)
-	ghashBlocks(&g.htab, &acc, &last[0], nb)
+	binary.BigEndian.PutUint64(lens[:8], uint64(adLen)*8)
+	binary.BigEndian.PutUint64(lens[8:16], uint64(ctLen)*8)
+	ghashBlocks(&g.htab, acc, &last[0], nb)
 
 	// E(K, J0), J0 = nonce || 1.
-	var ctr [32]byte
-	copy(ctr[:12], nonce)
-	setCounter(&ctr, 1)
+	ctr := counterBlocks(nonce, 1)
 	var mask [16]byte
 	ctrBlocks(&g.rk[0], g.rounds, &ctr, &mask[0], &mask[0], 1)
 
