@@ -111,29 +111,6 @@ func TestOpenRejects(t *testing.T) {
 	}
 }
 
-// TestInPlace seals and opens in the same buffer, the way the record
-// layer uses the AEAD.
-func TestInPlace(t *testing.T) {
-	key := make([]byte, 32)
-	rand.Read(key)
-	ours, std := mustNew(t, key), stdGCM(t, key)
-	nonce := make([]byte, 12)
-	ad := []byte{23, 3, 3, 64, 17}
-	pt := make([]byte, 16385)
-	rand.Read(pt)
-	want := std.Seal(nil, nonce, pt, ad)
-	buf := make([]byte, len(pt), len(pt)+16)
-	copy(buf, pt)
-	sealed := ours.Seal(buf[:0], nonce, buf, ad)
-	if !bytes.Equal(sealed, want) {
-		t.Fatal("in-place Seal differs from crypto/cipher")
-	}
-	opened, err := ours.Open(sealed[:0], nonce, sealed, ad)
-	if err != nil || !bytes.Equal(opened, pt) {
-		t.Fatalf("in-place Open: %v", err)
-	}
-}
-
 // TestAccelerated checks that New picks this package's assembly for both
 // key sizes wherever the CPU allows it, so the tests above test it.
 func TestAccelerated(t *testing.T) {
@@ -147,6 +124,35 @@ func TestAccelerated(t *testing.T) {
 	}
 	if !isStdlib(mustNew(t, make([]byte, 24))) {
 		t.Fatal("New with an AES-192 key did not return crypto/cipher's GCM")
+	}
+}
+
+// TestInPlace seals and opens in the same buffer, the way the record
+// layer uses the AEAD, at every offset within 16 bytes (the record layer's
+// buffers sit wherever framing puts them), with both key sizes.
+func TestInPlace(t *testing.T) {
+	nonce := make([]byte, 12)
+	ad := []byte{23, 3, 3, 64, 17}
+	const n = 16384 + 1
+	for _, keyLen := range []int{16, 32} {
+		key := make([]byte, keyLen)
+		rand.Read(key)
+		ours, std := mustNew(t, key), stdGCM(t, key)
+		for off := range 16 {
+			buf := make([]byte, off+n+16)
+			pt := buf[off : off+n]
+			rand.Read(pt)
+			orig := bytes.Clone(pt)
+			want := std.Seal(nil, nonce, pt, ad)
+			sealed := ours.Seal(pt[:0], nonce, pt, ad)
+			if !bytes.Equal(sealed, want) {
+				t.Fatalf("key %d, offset %d: in-place Seal differs from crypto/cipher", keyLen, off)
+			}
+			opened, err := ours.Open(sealed[:0], nonce, sealed, ad)
+			if err != nil || !bytes.Equal(opened, orig) {
+				t.Fatalf("key %d, offset %d: in-place Open: %v", keyLen, off, err)
+			}
+		}
 	}
 }
 
