@@ -12,10 +12,30 @@ import (
 	"golang.org/x/sys/cpu"
 )
 
-// useAsm: the assembly uses VAES and VPCLMULQDQ on 256- and 512-bit
-// registers, AVX2 and AVX-512 (F, VL, BW).
-var useAsm = cpu.X86.HasAVX2 && cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512BW &&
-	cpu.X86.HasAVX512VAES && cpu.X86.HasAVX512VPCLMULQDQ
+// The assembly needs VAES and VPCLMULQDQ with AVX2 (useAsm): Intel from
+// Ice Lake and Alder Lake on, AMD from Zen 3 on. With AVX-512 (F, VL, BW)
+// as well (useAVX512; AMD Zen 4 and later, Intel server and Ice Lake
+// clients), it stitches counter mode and GHASH into one pass and runs
+// GHASH on 512-bit registers; without, it makes two passes on 256-bit
+// registers. useAVX512 is a variable so that the tests can run both.
+var (
+	useAsm    = cpu.X86.HasAVX2 && cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ && hasVAES()
+	useAVX512 = useAsm && cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512BW
+)
+
+// hasVAES reports whether CPUID leaf 7 lists VAES and VPCLMULQDQ.
+// (x/sys/cpu reports them only together with AVX-512.)
+func hasVAES() bool {
+	if maxLeaf, _, _, _ := cpuid(0, 0); maxLeaf < 7 {
+		return false
+	}
+	_, _, ecx, _ := cpuid(7, 0)
+	const vaes, vpclmulqdq = 1 << 9, 1 << 10
+	return ecx&vaes != 0 && ecx&vpclmulqdq != 0
+}
+
+//go:noescape
+func cpuid(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
 
 // ctrBlocks encrypts nblocks 16-byte blocks of counter-mode keystream and
 // XORs them from src into dst (which may be src). ctr holds two counter
@@ -27,10 +47,10 @@ func ctrBlocks(rk *byte, rounds int, ctr *[32]byte, dst, src *byte, nblocks int)
 
 // ghashBlocks folds nblocks 16-byte blocks from src into the GHASH state
 // acc (kept byte-reversed, as the assembly holds it), using the key powers
-// in htab: H^16 first, H^1 last.
+// in htab: H^16 first, H^1 last. wide allows AVX-512.
 //
 //go:noescape
-func ghashBlocks(htab *[33][16]byte, acc *[16]byte, src *byte, nblocks int)
+func ghashBlocks(htab *[33][16]byte, acc *[16]byte, src *byte, nblocks int, wide bool)
 
 // cryptHash is counter mode and GHASH in one pass over nchunks chunks of
 // 256 bytes: it XORs the keystream from src into dst and, meanwhile,
@@ -111,10 +131,11 @@ func (g *gcmAsm) Seal(dst, nonce, plaintext, additionalData []byte) []byte {
 	ct := out[:len(plaintext)]
 	var acc [16]byte
 	g.ghash(&acc, additionalData)
-	// From two chunks of 256 bytes on, encrypt the first alone, then each
-	// next one while hashing the one before; the rest follows block-wise.
+	// With AVX-512, from two chunks of 256 bytes on, encrypt the first
+	// alone, then each next one while hashing the one before; the rest
+	// follows block-wise. Without, encrypt everything, then hash it.
 	done, hashed := 0, 0
-	if chunks := len(plaintext) / 256; chunks >= 2 {
+	if chunks := len(plaintext) / 256; useAVX512 && chunks >= 2 {
 		g.counterXor(ct[:256], plaintext[:256], nonce, 2)
 		ctr := counterBlocks(nonce, 2+16)
 		cryptHash(&g.rk[0], g.rounds, &g.htab, &acc, &ctr, &ct[256], &plaintext[256], &ct[0], chunks-1)
@@ -144,11 +165,12 @@ func (g *gcmAsm) Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, er
 	}
 	var acc [16]byte
 	g.ghash(&acc, additionalData)
-	// Whole 256-byte chunks are hashed and decrypted in one pass; the rest
-	// is decrypted only once the tag matches. If it does not, the
-	// plaintext already written is wiped.
+	// With AVX-512, whole 256-byte chunks are hashed and decrypted in one
+	// pass; the rest (without AVX-512, everything) is decrypted only once
+	// the tag matches. If it does not, the plaintext already written is
+	// wiped.
 	done := 0
-	if chunks := len(ct) / 256; chunks >= 1 {
+	if chunks := len(ct) / 256; useAVX512 && chunks >= 1 {
 		ctr := counterBlocks(nonce, 2)
 		cryptHash(&g.rk[0], g.rounds, &g.htab, &acc, &ctr, &out[0], &ct[0], &ct[0], chunks)
 		done = chunks * 256
@@ -200,7 +222,7 @@ func setCounter(ctr *[32]byte, c uint32) {
 func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, adLen, ctLen int) {
 	full := len(rest) / 16
 	if full > 0 {
-		ghashBlocks(&g.htab, acc, &rest[0], full)
+		ghashBlocks(&g.htab, acc, &rest[0], full, useAVX512)
 	}
 	// The ciphertext's last partial block, zero-padded, and the lengths
 	// block go in one call.
@@ -212,7 +234,7 @@ func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, a
 	lens := last[(nb-1)*16:]
 	binary.BigEndian.PutUint64(lens[:8], uint64(adLen)*8)
 	binary.BigEndian.PutUint64(lens[8:16], uint64(ctLen)*8)
-	ghashBlocks(&g.htab, acc, &last[0], nb)
+	ghashBlocks(&g.htab, acc, &last[0], nb, useAVX512)
 
 	// E(K, J0), J0 = nonce || 1.
 	ctr := counterBlocks(nonce, 1)
@@ -228,12 +250,12 @@ func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, a
 func (g *gcmAsm) ghash(acc *[16]byte, b []byte) {
 	full := len(b) / 16
 	if full > 0 {
-		ghashBlocks(&g.htab, acc, &b[0], full)
+		ghashBlocks(&g.htab, acc, &b[0], full, useAVX512)
 	}
 	if len(b)%16 != 0 {
 		var buf [16]byte
 		copy(buf[:], b[full*16:])
-		ghashBlocks(&g.htab, acc, &buf[0], 1)
+		ghashBlocks(&g.htab, acc, &buf[0], 1, useAVX512)
 	}
 }
 

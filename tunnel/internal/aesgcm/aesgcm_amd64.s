@@ -206,14 +206,11 @@ ctrdone:
 #define HSTATE(src, p) \
 	VMOVDQU64 (src), Z0; VPSHUFB Z11, Z0, Z0; VPXORQ Z12, Z0, Z0; MULZ(0, p, Z0)
 
-// REDUCE completes the Karatsuba middle product, adds the lanes of Z8, Z9
-// and Z10, joins the middle part into the 256-bit product, and reduces it
-// modulo the GHASH polynomial into X12.
-#define REDUCE \
-	VPXORQ Z8, Z9, Z9; VPXORQ Z10, Z9, Z9; \
-	VEXTRACTI64X4 $1, Z8, Y13; VPXOR Y13, Y8, Y8; \
-	VEXTRACTI64X4 $1, Z9, Y13; VPXOR Y13, Y9, Y9; \
-	VEXTRACTI64X4 $1, Z10, Y13; VPXOR Y13, Y10, Y10; \
+// REDUCEY completes the Karatsuba middle product, adds the two lanes of
+// Y8, Y9 and Y10, joins the middle part into the 256-bit product, and
+// reduces it modulo the GHASH polynomial into X12. AVX2 only.
+#define REDUCEY \
+	VPXOR Y8, Y9, Y9; VPXOR Y10, Y9, Y9; \
 	VEXTRACTI128 $1, Y8, X13; VPXOR X13, X8, X8; \
 	VEXTRACTI128 $1, Y9, X13; VPXOR X13, X9, X9; \
 	VEXTRACTI128 $1, Y10, X13; VPXOR X13, X10, X10; \
@@ -223,18 +220,37 @@ ctrdone:
 	VPCLMULQDQ $0x10, ghashPoly<>(SB), X8, X13; VPSHUFD $0x4e, X8, X8; VPXOR X13, X8, X8; \
 	VPXOR X10, X8, X12
 
-// func ghashBlocks(htab *[33][16]byte, acc *[16]byte, src *byte, nblocks int)
-TEXT ·ghashBlocks(SB), NOSPLIT, $0-32
-	MOVQ htab+0(FP), AX
-	MOVQ acc+8(FP), BX
-	MOVQ src+16(FP), SI
-	MOVQ nblocks+24(FP), CX
+// REDUCEZ first adds the upper halves of Z8, Z9 and Z10 into their lower
+// halves, then is REDUCEY.
+#define REDUCEZ \
+	VEXTRACTI64X4 $1, Z8, Y13; VPXOR Y13, Y8, Y8; \
+	VEXTRACTI64X4 $1, Z9, Y13; VPXOR Y13, Y9, Y9; \
+	VEXTRACTI64X4 $1, Z10, Y13; VPXOR Y13, Y10, Y10; \
+	REDUCEY
 
-	VMOVDQU64 bswapMask<>(SB), Z11
+// GPAIR multiplies the two blocks at off(SI) by the key powers at off(AX).
+#define GPAIR(off) \
+	VMOVDQU off(SI), Y1; VPSHUFB Y11, Y1, Y1; MUL(off, AX, Y1)
+
+// func ghashBlocks(htab *[33][16]byte, acc *[16]byte, src *byte, nblocks int, wide bool)
+//
+// With wide, whole 16-block groups use 512-bit registers (AVX-512);
+// without, only AVX2 instructions run.
+TEXT ·ghashBlocks(SB), NOSPLIT, $0-33
+	MOVQ    htab+0(FP), AX
+	MOVQ    acc+8(FP), BX
+	MOVQ    src+16(FP), SI
+	MOVQ    nblocks+24(FP), CX
+	MOVBQZX wide+32(FP), R8
+
+	VMOVDQU bswapMask<>(SB), Y11
 	// A VEX.128 load clears the upper bits.
-	VMOVDQU   (BX), X12
+	VMOVDQU (BX), X12
+	TESTQ   R8, R8
+	JZ      loop16y
+	VMOVDQU64 bswapMask<>(SB), Z11
 
-loop16:
+loop16z:
 	CMPQ CX, $16
 	JB   tail
 	VPXORQ Z8, Z8, Z8
@@ -244,10 +260,33 @@ loop16:
 	HQUAD(128, SI, AX)
 	HQUAD(192, SI, AX)
 	HSTATE(SI, AX)
-	REDUCE
+	REDUCEZ
 	ADDQ $256, SI
 	SUBQ $16, CX
-	JMP  loop16
+	JMP  loop16z
+
+loop16y:
+	CMPQ CX, $16
+	JB   tail
+	VPXOR Y8, Y8, Y8
+	VPXOR Y9, Y9, Y9
+	VPXOR Y10, Y10, Y10
+	// Blocks 2 to 15 first: they do not wait for the state.
+	GPAIR(32)
+	GPAIR(64)
+	GPAIR(96)
+	GPAIR(128)
+	GPAIR(160)
+	GPAIR(192)
+	GPAIR(224)
+	VMOVDQU 0(SI), Y0
+	VPSHUFB Y11, Y0, Y0
+	VPXOR   Y12, Y0, Y0
+	MUL(0, AX, Y0)
+	REDUCEY
+	ADDQ $256, SI
+	SUBQ $16, CX
+	JMP  loop16y
 
 tail:
 	TESTQ CX, CX
@@ -257,7 +296,7 @@ tail:
 	SUBQ  CX, DX
 	SHLQ  $4, DX
 	ADDQ  AX, DX
-	// VEX writes clear the upper bits, which REDUCE then adds as zeros.
+	// VEX writes clear the upper bits of any 512-bit register too.
 	VPXOR Y8, Y8, Y8
 	VPXOR Y9, Y9, Y9
 	VPXOR Y10, Y10, Y10
@@ -287,7 +326,7 @@ tail1:
 	MUL(0, DX, Y0)
 
 tailreduce:
-	REDUCE
+	REDUCEY
 
 ghashdone:
 	VMOVDQU X12, (BX)
@@ -354,7 +393,7 @@ chunk:
 	ROUNDZ(64)
 	HSTATE(R11, R12)
 	ROUNDZ(80)
-	REDUCE
+	REDUCEZ
 	ROUNDZ(96)
 	ROUNDZ(112)
 	ROUNDZ(128)

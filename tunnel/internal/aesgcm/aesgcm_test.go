@@ -37,35 +37,37 @@ func mustNew(t testing.TB, key []byte) cipher.AEAD {
 // bytes, and record-sized ones, with both key sizes and several
 // additional-data lengths, and compares each byte with crypto/cipher.
 func TestMatchesStdlib(t *testing.T) {
-	lengths := []int{}
-	for n := 0; n <= 300; n++ {
-		lengths = append(lengths, n)
-	}
-	lengths = append(lengths, 511, 512, 513, 4095, 4096, 4097, 16383, 16384, 16385, 16401, 65536+7)
-	for _, keyLen := range []int{16, 32} {
-		key := make([]byte, keyLen)
-		rand.Read(key)
-		ours, std := mustNew(t, key), stdGCM(t, key)
-		nonce := make([]byte, 12)
-		for _, adLen := range []int{0, 5, 13, 16, 17, 40, 300} {
-			ad := make([]byte, adLen)
-			rand.Read(ad)
-			for _, n := range lengths {
-				rand.Read(nonce)
-				pt := make([]byte, n)
-				rand.Read(pt)
-				want := std.Seal(nil, nonce, pt, ad)
-				got := ours.Seal(nil, nonce, pt, ad)
-				if !bytes.Equal(got, want) {
-					t.Fatalf("key %d, ad %d, len %d: Seal differs from crypto/cipher", keyLen, adLen, n)
-				}
-				back, err := ours.Open(nil, nonce, want, ad)
-				if err != nil || !bytes.Equal(back, pt) {
-					t.Fatalf("key %d, ad %d, len %d: Open: %v", keyLen, adLen, n, err)
+	paths(t, func(t *testing.T) {
+		lengths := []int{}
+		for n := 0; n <= 300; n++ {
+			lengths = append(lengths, n)
+		}
+		lengths = append(lengths, 511, 512, 513, 4095, 4096, 4097, 16383, 16384, 16385, 16401, 65536+7)
+		for _, keyLen := range []int{16, 32} {
+			key := make([]byte, keyLen)
+			rand.Read(key)
+			ours, std := mustNew(t, key), stdGCM(t, key)
+			nonce := make([]byte, 12)
+			for _, adLen := range []int{0, 5, 13, 16, 17, 40, 300} {
+				ad := make([]byte, adLen)
+				rand.Read(ad)
+				for _, n := range lengths {
+					rand.Read(nonce)
+					pt := make([]byte, n)
+					rand.Read(pt)
+					want := std.Seal(nil, nonce, pt, ad)
+					got := ours.Seal(nil, nonce, pt, ad)
+					if !bytes.Equal(got, want) {
+						t.Fatalf("key %d, ad %d, len %d: Seal differs from crypto/cipher", keyLen, adLen, n)
+					}
+					back, err := ours.Open(nil, nonce, want, ad)
+					if err != nil || !bytes.Equal(back, pt) {
+						t.Fatalf("key %d, ad %d, len %d: Open: %v", keyLen, adLen, n, err)
+					}
 				}
 			}
 		}
-	}
+	})
 }
 
 // TestOpenRejects flips each bit of a sealed message, its tag and its
@@ -73,42 +75,44 @@ func TestMatchesStdlib(t *testing.T) {
 // plaintext behind, neither in a separate buffer nor in place (a message
 // of 1000 bytes is decrypted in whole chunks before the tag is known).
 func TestOpenRejects(t *testing.T) {
-	key := make([]byte, 16)
-	rand.Read(key)
-	g := mustNew(t, key)
-	nonce := make([]byte, 12)
-	ad := []byte{23, 3, 3, 0, 50}
-	for _, n := range []int{35, 1000} {
-		pt := bytes.Repeat([]byte("secret!"), n/7)
-		sealed := g.Seal(nil, nonce, pt, ad)
-		for i := range len(sealed) * 8 {
-			bad := bytes.Clone(sealed)
-			bad[i/8] ^= 1 << (i % 8)
-			dst := make([]byte, 0, len(bad))
-			if _, err := g.Open(dst, nonce, bad, ad); err == nil {
-				t.Fatalf("%d bytes, bit %d flipped: Open accepted it", n, i)
+	paths(t, func(t *testing.T) {
+		key := make([]byte, 16)
+		rand.Read(key)
+		g := mustNew(t, key)
+		nonce := make([]byte, 12)
+		ad := []byte{23, 3, 3, 0, 50}
+		for _, n := range []int{35, 1000} {
+			pt := bytes.Repeat([]byte("secret!"), n/7)
+			sealed := g.Seal(nil, nonce, pt, ad)
+			for i := range len(sealed) * 8 {
+				bad := bytes.Clone(sealed)
+				bad[i/8] ^= 1 << (i % 8)
+				dst := make([]byte, 0, len(bad))
+				if _, err := g.Open(dst, nonce, bad, ad); err == nil {
+					t.Fatalf("%d bytes, bit %d flipped: Open accepted it", n, i)
+				}
+				if bytes.Contains(dst[:cap(dst)], []byte("secret")) {
+					t.Fatalf("%d bytes, bit %d flipped: Open left plaintext in dst", n, i)
+				}
+				if _, err := g.Open(bad[:0], nonce, bad, ad); err == nil {
+					t.Fatalf("%d bytes, bit %d flipped: in-place Open accepted it", n, i)
+				}
+				if bytes.Contains(bad, []byte("secret")) {
+					t.Fatalf("%d bytes, bit %d flipped: in-place Open left plaintext", n, i)
+				}
 			}
-			if bytes.Contains(dst[:cap(dst)], []byte("secret")) {
-				t.Fatalf("%d bytes, bit %d flipped: Open left plaintext in dst", n, i)
-			}
-			if _, err := g.Open(bad[:0], nonce, bad, ad); err == nil {
-				t.Fatalf("%d bytes, bit %d flipped: in-place Open accepted it", n, i)
-			}
-			if bytes.Contains(bad, []byte("secret")) {
-				t.Fatalf("%d bytes, bit %d flipped: in-place Open left plaintext", n, i)
+			for i := range len(ad) * 8 {
+				badAD := bytes.Clone(ad)
+				badAD[i/8] ^= 1 << (i % 8)
+				if _, err := g.Open(nil, nonce, sealed, badAD); err == nil {
+					t.Fatalf("%d bytes, additional data bit %d flipped: Open accepted it", n, i)
+				}
 			}
 		}
-		for i := range len(ad) * 8 {
-			badAD := bytes.Clone(ad)
-			badAD[i/8] ^= 1 << (i % 8)
-			if _, err := g.Open(nil, nonce, sealed, badAD); err == nil {
-				t.Fatalf("%d bytes, additional data bit %d flipped: Open accepted it", n, i)
-			}
+		if _, err := g.Open(nil, nonce, make([]byte, 15), ad); err == nil {
+			t.Fatal("Open accepted a message shorter than the tag")
 		}
-	}
-	if _, err := g.Open(nil, nonce, make([]byte, 15), ad); err == nil {
-		t.Fatal("Open accepted a message shorter than the tag")
-	}
+	})
 }
 
 // TestAccelerated checks that New picks this package's assembly for both
@@ -131,29 +135,31 @@ func TestAccelerated(t *testing.T) {
 // layer uses the AEAD, at every offset within 16 bytes (the record layer's
 // buffers sit wherever framing puts them), with both key sizes.
 func TestInPlace(t *testing.T) {
-	nonce := make([]byte, 12)
-	ad := []byte{23, 3, 3, 64, 17}
-	const n = 16384 + 1
-	for _, keyLen := range []int{16, 32} {
-		key := make([]byte, keyLen)
-		rand.Read(key)
-		ours, std := mustNew(t, key), stdGCM(t, key)
-		for off := range 16 {
-			buf := make([]byte, off+n+16)
-			pt := buf[off : off+n]
-			rand.Read(pt)
-			orig := bytes.Clone(pt)
-			want := std.Seal(nil, nonce, pt, ad)
-			sealed := ours.Seal(pt[:0], nonce, pt, ad)
-			if !bytes.Equal(sealed, want) {
-				t.Fatalf("key %d, offset %d: in-place Seal differs from crypto/cipher", keyLen, off)
-			}
-			opened, err := ours.Open(sealed[:0], nonce, sealed, ad)
-			if err != nil || !bytes.Equal(opened, orig) {
-				t.Fatalf("key %d, offset %d: in-place Open: %v", keyLen, off, err)
+	paths(t, func(t *testing.T) {
+		nonce := make([]byte, 12)
+		ad := []byte{23, 3, 3, 64, 17}
+		const n = 16384 + 1
+		for _, keyLen := range []int{16, 32} {
+			key := make([]byte, keyLen)
+			rand.Read(key)
+			ours, std := mustNew(t, key), stdGCM(t, key)
+			for off := range 16 {
+				buf := make([]byte, off+n+16)
+				pt := buf[off : off+n]
+				rand.Read(pt)
+				orig := bytes.Clone(pt)
+				want := std.Seal(nil, nonce, pt, ad)
+				sealed := ours.Seal(pt[:0], nonce, pt, ad)
+				if !bytes.Equal(sealed, want) {
+					t.Fatalf("key %d, offset %d: in-place Seal differs from crypto/cipher", keyLen, off)
+				}
+				opened, err := ours.Open(sealed[:0], nonce, sealed, ad)
+				if err != nil || !bytes.Equal(opened, orig) {
+					t.Fatalf("key %d, offset %d: in-place Open: %v", keyLen, off, err)
+				}
 			}
 		}
-	}
+	})
 }
 
 func TestInexactOverlapPanics(t *testing.T) {
@@ -169,20 +175,22 @@ func TestInexactOverlapPanics(t *testing.T) {
 }
 
 func TestAllocs(t *testing.T) {
-	key := make([]byte, 16)
-	g := mustNew(t, key)
-	nonce := make([]byte, 12)
-	ad := make([]byte, 5)
-	buf := make([]byte, 16385+16)
-	n := testing.AllocsPerRun(100, func() {
-		s := g.Seal(buf[:0], nonce, buf[:16385], ad)
-		if _, err := g.Open(s[:0], nonce, s, ad); err != nil {
-			t.Fatal(err)
+	paths(t, func(t *testing.T) {
+		key := make([]byte, 16)
+		g := mustNew(t, key)
+		nonce := make([]byte, 12)
+		ad := make([]byte, 5)
+		buf := make([]byte, 16385+16)
+		n := testing.AllocsPerRun(100, func() {
+			s := g.Seal(buf[:0], nonce, buf[:16385], ad)
+			if _, err := g.Open(s[:0], nonce, s, ad); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n != 0 {
+			t.Fatalf("Seal+Open allocate %v times, want 0", n)
 		}
 	})
-	if n != 0 {
-		t.Fatalf("Seal+Open allocate %v times, want 0", n)
-	}
 }
 
 func FuzzMatchesStdlib(f *testing.F) {
@@ -193,29 +201,40 @@ func FuzzMatchesStdlib(f *testing.F) {
 		}
 		ours, std := mustNew(t, key), stdGCM(t, key)
 		want := std.Seal(nil, nonce, pt, ad)
-		if got := ours.Seal(nil, nonce, pt, ad); !bytes.Equal(got, want) {
-			t.Fatal("Seal differs from crypto/cipher")
-		}
-		// pt read as a sealed message: both must agree on accepting it.
-		a, errA := ours.Open(nil, nonce, pt, ad)
 		b, errB := std.Open(nil, nonce, pt, ad)
-		if (errA == nil) != (errB == nil) || !bytes.Equal(a, b) {
-			t.Fatalf("Open disagrees with crypto/cipher: %v vs %v", errA, errB)
-		}
+		forEachPath(func() {
+			if got := ours.Seal(nil, nonce, pt, ad); !bytes.Equal(got, want) {
+				t.Fatal("Seal differs from crypto/cipher")
+			}
+			// pt read as a sealed message: both must agree on accepting it.
+			a, errA := ours.Open(nil, nonce, pt, ad)
+			if (errA == nil) != (errB == nil) || !bytes.Equal(a, b) {
+				t.Fatalf("Open disagrees with crypto/cipher: %v vs %v", errA, errB)
+			}
+		})
 	})
 }
 
 // BenchmarkAEAD times Seal and Open (with a copy of the sealed record
 // first, as Open works in place) against crypto/cipher's GCM, at an
-// MTU-sized packet and a full TLS record.
+// MTU-sized packet and a full TLS record; own-avx2 is the path of CPUs
+// without AVX-512.
 func BenchmarkAEAD(b *testing.B) {
 	for _, impl := range []struct {
-		name string
-		new  func([]byte) (cipher.AEAD, error)
-	}{{"own", New}, {"stdlib", newStdlib}} {
+		name   string
+		new    func([]byte) (cipher.AEAD, error)
+		narrow bool
+	}{{"own", New, false}, {"own-avx2", New, true}, {"stdlib", newStdlib, false}} {
 		for _, op := range []string{"seal", "open"} {
 			for _, size := range []int{1350, 16384} {
 				b.Run(impl.name+"/"+op+"/"+strconv.Itoa(size), func(b *testing.B) {
+					if impl.narrow {
+						undo, ok := narrow()
+						if !ok {
+							b.Skip("no VAES on this CPU")
+						}
+						defer undo()
+					}
 					g, err := impl.new(make([]byte, 16))
 					if err != nil {
 						b.Fatal(err)

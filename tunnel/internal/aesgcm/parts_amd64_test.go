@@ -5,7 +5,7 @@ package aesgcm
 import "testing"
 
 // BenchmarkParts times the assembly's loops alone on a 16 KiB record:
-// counter mode, GHASH, and the two stitched together.
+// counter mode, GHASH on either path, and (AVX-512) the two stitched.
 func BenchmarkParts(b *testing.B) {
 	if !useAsm {
 		b.Skip("no VAES on this CPU")
@@ -20,12 +20,24 @@ func BenchmarkParts(b *testing.B) {
 			ctrBlocks(&g.rk[0], g.rounds, &ctr, &buf[0], &buf[0], 1024)
 		}
 	})
-	b.Run("ghash", func(b *testing.B) {
-		b.SetBytes(16384)
-		for b.Loop() {
-			ghashBlocks(&g.htab, &acc, &buf[0], 1024)
+	for _, wide := range []bool{false, true} {
+		name := "ghash-avx2"
+		if wide {
+			if !useAVX512 {
+				continue
+			}
+			name = "ghash-avx512"
 		}
-	})
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(16384)
+			for b.Loop() {
+				ghashBlocks(&g.htab, &acc, &buf[0], 1024, wide)
+			}
+		})
+	}
+	if !useAVX512 {
+		return
+	}
 	b.Run("stitched", func(b *testing.B) {
 		b.SetBytes(16384)
 		for b.Loop() {
