@@ -93,13 +93,12 @@ func newAccelerated(key []byte) cipher.AEAD {
 func (g *gcmAsm) initPowers(h [16]byte) {
 	hi := binary.BigEndian.Uint64(h[:8])
 	lo := binary.BigEndian.Uint64(h[8:])
-	carry := hi >> 63
+	// Without a branch on H's top bit: mask is all ones when it is set.
+	mask := -(hi >> 63)
 	hi = hi<<1 | lo>>63
 	lo <<= 1
-	if carry != 0 {
-		hi ^= 0xc200000000000000
-		lo ^= 1
-	}
+	hi ^= 0xc200000000000000 & mask
+	lo ^= 1 & mask
 	h1 := u128{lo, hi}
 	p := h1
 	for i := 15; i >= 0; i-- {

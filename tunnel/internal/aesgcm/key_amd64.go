@@ -88,15 +88,14 @@ func expandKey(rk *[15 * 16]byte, key []byte) int {
 // as two little-endian 64-bit halves.
 type u128 struct{ lo, hi uint64 }
 
-// clmul64 is the carry-less product of a and b.
+// clmul64 is the carry-less product of a and b, without a branch on
+// either: the operands are GHASH key powers.
 func clmul64(a, b uint64) (hi, lo uint64) {
 	for i := range 64 {
-		if b>>i&1 != 0 {
-			lo ^= a << i
-			if i > 0 {
-				hi ^= a >> (64 - i)
-			}
-		}
+		mask := -(b >> i & 1)
+		lo ^= a << i & mask
+		// For i = 0 the shift is by 64, which is 0 in Go.
+		hi ^= a >> (64 - i) & mask
 	}
 	return
 }
