@@ -259,6 +259,15 @@ func BenchmarkAEAD(b *testing.B) {
 	}
 }
 
+// paths runs f as a subtest on each path (eachPath).
+func paths(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	eachPath(func(name string) { t.Run(name, f) })
+}
+
+// forEachPath is paths for fuzz targets.
+func forEachPath(f func()) { eachPath(func(string) { f() }) }
+
 // isStdlib reports whether g is not this package's own type.
 func isStdlib(g cipher.AEAD) bool {
 	return !strings.HasPrefix(fmt.Sprintf("%T", g), "*aesgcm.")

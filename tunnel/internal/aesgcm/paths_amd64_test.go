@@ -2,31 +2,20 @@
 
 package aesgcm
 
-import "testing"
-
-// paths runs f once for each assembly path this CPU can run: the
-// AVX-512 one and the AVX2 one (which an AVX-512 CPU runs too).
-func paths(t *testing.T, f func(t *testing.T)) {
-	t.Helper()
-	wide := useAVX512
-	t.Cleanup(func() { useAVX512 = wide })
-	if wide {
-		t.Run("avx512", f)
+// eachPath calls run once for each path this CPU can run, named: the
+// AVX-512 one and the AVX2 one (an AVX-512 CPU runs both), or
+// crypto/cipher's GCM where the assembly does not run.
+func eachPath(run func(name string)) {
+	if useAVX512 {
+		run("avx512")
 	}
-	useAVX512 = false
-	t.Run("avx2", f)
-	useAVX512 = wide
-}
-
-// forEachPath is paths for fuzz targets: it runs f on each path.
-func forEachPath(f func()) {
-	wide := useAVX512
-	defer func() { useAVX512 = wide }()
-	if wide {
-		f()
+	undo, ok := narrow()
+	if !ok {
+		run("stdlib")
+		return
 	}
-	useAVX512 = false
-	f()
+	defer undo()
+	run("avx2")
 }
 
 // narrow switches to the AVX2 path and returns the function that switches
