@@ -298,7 +298,7 @@ func TestGSOReceivePathAllocs(t *testing.T) {
 // keys, on the given conns.
 func recordConns(t testing.TB, txConn, rxConn net.Conn) (tx, rx *RecordConn) {
 	t.Helper()
-	k, err := newTrafficKeys(0x1301, make([]byte, 32)) // TLS_AES_128_GCM_SHA256
+	k, err := newTrafficKeys(0x1301, make([]byte, 32), false) // TLS_AES_128_GCM_SHA256
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,6 +309,7 @@ func recordConns(t testing.TB, txConn, rxConn net.Conn) (tx, rx *RecordConn) {
 // rc, as Run's hand-over does.
 func onRecords(s *Session, rc *RecordConn) {
 	s.conn, s.batch, s.rc = rc, rc, rc
+	s.rcLoaded.Store(rc)
 }
 
 // bufConn collects writes in a buffer whose capacity is kept.

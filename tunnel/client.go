@@ -42,6 +42,8 @@ type ClientConfig struct {
 	// instead of handing it over to this package's own (RecordConn). The
 	// bytes on the wire are the same either way; it is slower.
 	StdlibRecords bool
+	// OwnAESGCM: see ServerConfig.OwnAESGCM.
+	OwnAESGCM bool
 	// Reconnect backoff: the first retry waits MinBackoff, each failure
 	// doubles it up to MaxBackoff, with ±25% jitter. Defaults 250ms, 30s.
 	MinBackoff, MaxBackoff time.Duration
@@ -52,7 +54,9 @@ type ClientConfig struct {
 	// RotateRecords TLS records (default 2^23, well under AES-GCM's limit),
 	// carried RotateBytes bytes (0: no byte budget) or lived RotateAfter
 	// (0: no age limit), a new connection is opened, traffic moves to it,
-	// and the old one is closed after it drained.
+	// and the old one is closed after it drained. On the own record layer,
+	// with a server that accepts KeyUpdate, the record budget is kept
+	// in-band instead: the keys are updated every RotateRecords records.
 	RotateRecords uint64
 	RotateBytes   uint64
 	RotateAfter   time.Duration
@@ -109,6 +113,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if !cfg.NoOffload {
 		cfg.Hello.Caps |= CapGSO
 	}
+	cfg.Hello.Caps |= CapKeyUpdate // crypto/tls and the own record layer both accept it
 	return &Client{cfg: cfg, tls: t, log: cfg.Logger, kick: make(chan string, 1)}, nil
 }
 
@@ -129,16 +134,22 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 		return nil, nil, Connected{}, fmt.Errorf("dial: %w", err)
 	}
 	bc := NewBatchConn(raw)
-	tc := bc.Client(c.tls)
+	var tc *tls.Conn
+	if !c.cfg.StdlibRecords && OwnRecordLayer() == nil {
+		tc = bc.Client(c.tls) // captures the secrets for the hand-over
+	} else {
+		tc = tls.Client(bc, c.tls)
+	}
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		return nil, nil, Connected{}, fmt.Errorf("tls handshake: %w", err)
 	}
-	cfg, err := ClientHandshake(hctx, tc, c.cfg.Hello)
+	cfg, n, err := clientHandshake(hctx, tc, c.cfg.Hello)
 	if err != nil {
 		tc.Close()
 		return nil, nil, Connected{}, fmt.Errorf("protocol handshake: %w", err)
 	}
+	bc.noteAppRead(n)
 	return tc, bc, Connected{Config: cfg, TLS: tc.ConnectionState(), Handshake: time.Since(start)}, nil
 }
 
@@ -334,6 +345,9 @@ func (c *Client) startSession(ctx context.Context, tc *tls.Conn, bc *BatchConn, 
 		Conn:          tc,
 		Batch:         bc,
 		StdlibRecords: c.cfg.StdlibRecords,
+		OwnAESGCM:     c.cfg.OwnAESGCM,
+		RekeyRecords:  c.cfg.RotateRecords,
+		PeerKeyUpdate: info.Config.Caps&CapKeyUpdate != 0,
 		Dev:           mux.dev,
 		MTU:           info.Config.MTU,
 		PeerGSO:       gso && info.Config.Caps&CapGSO != 0,
@@ -367,7 +381,7 @@ func (c *Client) rotateCheck() time.Duration {
 func (c *Client) rotationDue(s *Session) bool {
 	records, bytes := s.Usage()
 	switch {
-	case records >= c.cfg.RotateRecords:
+	case records >= c.cfg.RotateRecords && !s.RekeysInBand():
 		return true
 	case c.cfg.RotateBytes > 0 && bytes >= c.cfg.RotateBytes:
 		return true

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // BatchConn wraps the TCP connection under a tls.Conn. It does three jobs:
@@ -21,10 +22,12 @@ import (
 //     ahead into a large buffer saves most of those read syscalls. Reads
 //     never go past the end of the record crypto/tls is reading, so what
 //     it has not asked for stays here.
-//   - Hand-over: it follows the record stream in both directions and keeps
-//     the traffic secrets that crypto/tls logs (see Client and
-//     CaptureSecrets), so that Records can take the connection over with
-//     this package's own record layer after the handshake (record.go).
+//   - Hand-over: it follows the record stream in both directions, counts
+//     the records (so the per-key limit holds on crypto/tls too) and, on a
+//     connection made to capture them (Client, CaptureSecrets), keeps the
+//     traffic secrets that crypto/tls logs and every encrypted record of
+//     the handshake, so that Records can prove where the stream stands and
+//     take it over with this package's own record layer (record.go).
 //
 // Only the session's writer calls Hold and Flush, under the session's write
 // lock; Read is called only by the tls.Conn's reader.
@@ -38,6 +41,13 @@ type BatchConn struct {
 	gone    bool   // handed over to a RecordConn
 	tx, rx  recordTracker
 
+	// Record counts for Usage, read from other goroutines.
+	txRecords, rxRecords atomic.Uint64
+	// appRead is how many bytes of application data the tls.Conn's user
+	// has read (noteAppRead): what crypto/tls decrypted beyond it is
+	// still in its buffer.
+	appRead int64
+
 	// Read side, used only by the tls.Conn's reader (under its lock).
 	rbuf       []byte
 	rpos, rend int
@@ -46,7 +56,10 @@ type BatchConn struct {
 // readBuf is the read-ahead buffer's size.
 const readBuf = 256 << 10
 
-var errHandedOver = errors.New("connection handed over to the session's record layer")
+var (
+	errHandedOver  = errors.New("connection handed over to the session's record layer")
+	errRecordLimit = errors.New("tls: the per-key record limit is reached; a new session is needed")
+)
 
 // Read implements net.Conn, reading ahead into a buffer but returning no
 // more than the rest of the current TLS record.
@@ -68,6 +81,10 @@ func (c *BatchConn) Read(p []byte) (int, error) {
 	n := copy(p[:min(len(p), c.rx.until(next))], next)
 	c.rx.observe(next[:n])
 	c.rpos += n
+	c.rxRecords.Store(c.rx.records)
+	if c.rx.records > recordLimit {
+		return 0, errRecordLimit
+	}
 	return n, nil
 }
 
@@ -82,7 +99,8 @@ func NewBatchConn(c net.Conn) *BatchConn {
 }
 
 // Client returns a TLS client on c with a copy of cfg whose key log goes
-// to c (and nowhere else).
+// to c (and nowhere else). Use tls.Client(c, cfg) for a client whose
+// records stay with crypto/tls: its secrets are then never captured.
 func (c *BatchConn) Client(cfg *tls.Config) *tls.Conn {
 	cfg = cfg.Clone()
 	cfg.KeyLogWriter = keyLog{c}
@@ -120,7 +138,7 @@ func CaptureSecrets(cfg *tls.Config) *tls.Config {
 }
 
 // keyLog receives one connection's key log lines from crypto/tls and keeps
-// the application traffic secrets.
+// the handshake and application traffic secrets.
 type keyLog struct{ c *BatchConn }
 
 func (k keyLog) Write(line []byte) (int, error) {
@@ -128,11 +146,15 @@ func (k keyLog) Write(line []byte) (int, error) {
 	if len(f) != 3 {
 		return len(line), nil
 	}
-	var client bool
+	var client, app bool
 	switch string(f[0]) {
-	case "CLIENT_TRAFFIC_SECRET_0":
+	case "CLIENT_HANDSHAKE_TRAFFIC_SECRET":
 		client = true
+	case "SERVER_HANDSHAKE_TRAFFIC_SECRET":
+	case "CLIENT_TRAFFIC_SECRET_0":
+		client, app = true, true
 	case "SERVER_TRAFFIC_SECRET_0":
+		app = true
 	default:
 		return len(line), nil
 	}
@@ -142,12 +164,23 @@ func (k keyLog) Write(line []byte) (int, error) {
 	}
 	k.c.mu.Lock()
 	defer k.c.mu.Unlock()
+	t := &k.c.rx
 	if client == k.c.client {
-		k.c.tx.secret = secret
-	} else {
-		k.c.rx.secret = secret
+		t = &k.c.tx
 	}
+	t.setSecret(secret, app)
 	return len(line), nil
+}
+
+// noteAppRead records that the tls.Conn's user read n bytes of
+// application data.
+func (c *BatchConn) noteAppRead(n int) { c.appRead += int64(n) }
+
+// Counts returns the records seen so far in each direction (all
+// encrypted records, the handshake's included: an upper bound of those
+// under the current keys while the session is on crypto/tls).
+func (c *BatchConn) Counts() (tx, rx uint64) {
+	return c.txRecords.Load(), c.rxRecords.Load()
 }
 
 // Hold starts gathering writes until Flush.
@@ -159,6 +192,7 @@ func (c *BatchConn) Hold() {
 
 // Write implements net.Conn. While holding it copies p into the gather
 // buffer (it does not keep p), sending early only when the buffer is full.
+// It refuses to send past the per-key record limit.
 func (c *BatchConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -166,6 +200,10 @@ func (c *BatchConn) Write(p []byte) (int, error) {
 		return 0, errHandedOver
 	}
 	c.tx.observe(p)
+	c.txRecords.Store(c.tx.records)
+	if c.tx.records > recordLimit {
+		return 0, errRecordLimit
+	}
 	if !c.holding {
 		return c.Conn.Write(p)
 	}
@@ -201,13 +239,35 @@ func (c *BatchConn) flushLocked() error {
 	return err
 }
 
+// Forget drops the captured secrets and kept records and stops keeping
+// them: the session stays on crypto/tls.
+func (c *BatchConn) Forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tx.forget()
+	c.rx.forget()
+}
+
 // Records hands the connection over to a RecordConn that continues the
 // TLS 1.3 stream of the tls.Conn made on c, whose negotiated cipher suite
-// is suite. Call it only when the tls.Conn has finished its handshake, has
-// nothing buffered (every record it read was read to the end), and will
-// not be used again. On error nothing changed and the tls.Conn remains
-// usable.
-func (c *BatchConn) Records(suite uint16) (*RecordConn, error) {
+// is suite. Call it only when the tls.Conn has finished its handshake and
+// will not be used again. It switches only when it can prove, from the
+// records it kept, where each direction stands:
+//
+//   - every encrypted record seen in a direction opens, in order, under
+//     that direction's handshake key with sequence numbers 0, 1, ... and
+//     then under its application key with 0, 1, ...: so the next own
+//     record's sequence number is exactly the count, and no (key, nonce)
+//     pair crypto/tls used is used again;
+//   - after the handshake, only NewSessionTicket messages and application
+//     data were sent (a KeyUpdate would have changed keys), and no
+//     handshake message is left incomplete;
+//   - crypto/tls holds no decrypted application data that its user has
+//     not read (noteAppRead), and no record half read.
+//
+// On error nothing changed and the tls.Conn remains usable; the caller
+// should call Forget. own selects tlsvpn's own AES-GCM (newTrafficKeys).
+func (c *BatchConn) Records(suite uint16, own bool) (*RecordConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone {
@@ -216,44 +276,74 @@ func (c *BatchConn) Records(suite uint16) (*RecordConn, error) {
 	if c.holding || len(c.buf) > 0 {
 		return nil, errors.New("record hand-over: writes are being gathered")
 	}
-	tx, txSeq, err := c.tx.keys(suite)
+	tx, err := c.tx.prove(suite, own)
 	if err != nil {
 		return nil, fmt.Errorf("record hand-over, sending side: %w", err)
 	}
-	rx, rxSeq, err := c.rx.keys(suite)
+	rx, err := c.rx.prove(suite, own)
 	if err != nil {
 		return nil, fmt.Errorf("record hand-over, receiving side: %w", err)
 	}
-	rc := newRecordConn(c.Conn, tx, txSeq, rx, rxSeq, c.rbuf[c.rpos:c.rend])
+	if rx.appBytes != c.appRead {
+		return nil, fmt.Errorf("record hand-over: crypto/tls decrypted %d bytes of application data and %d were read; the rest is still in its buffer", rx.appBytes, c.appRead)
+	}
+	rc := newRecordConn(c.Conn, tx.keys, tx.seq, rx.keys, rx.seq, c.rbuf[c.rpos:c.rend])
+	rc.client = c.client
 	c.gone = true
 	c.rbuf, c.buf = nil, nil
-	c.tx, c.rx = recordTracker{}, recordTracker{}
+	c.tx.forget()
+	c.rx.forget()
 	return rc, nil
 }
 
 // recordTracker follows one direction's TLS record stream before the
-// hand-over: where each record ends, and, once the direction's traffic
-// secret is known, a copy of each application_data record (a handful:
-// the rest of the handshake and the first frames), so Records can find
-// which of them is the first under that secret.
+// hand-over: where each record ends, how many encrypted records went by,
+// and, once the direction's handshake traffic secret is known, a copy of
+// each encrypted record (the rest of the handshake and the first frames),
+// so Records can prove where the stream stands.
 type recordTracker struct {
-	secret []byte // application traffic secret; nil until logged
-	hdr    [recordHeaderLen]byte
-	hdrN   int  // header bytes seen of the current record
-	left   int  // body bytes still to come of the current record
-	keep   bool // the current record is being kept
-	cur    []byte
-	kept   [][]byte
-	size   int  // bytes in kept
-	over   bool // too much to keep: no hand-over on this connection
+	hsSecret []byte // handshake traffic secret; nil until logged
+	secret   []byte // application traffic secret; nil until logged
+	hdr      [recordHeaderLen]byte
+	hdrN     int  // header bytes seen of the current record
+	left     int  // body bytes still to come of the current record
+	keep     bool // the current record is being kept
+	cur      []byte
+	kept     [][]byte
+	size     int    // bytes in kept
+	over     bool   // something cannot be proven: no hand-over on this connection
+	records  uint64 // encrypted (outer application_data) records seen
 }
 
-// Bounds on what a tracker keeps. A hand-over happens after a few small
-// records; a connection that goes past these stays on crypto/tls.
+// Bounds on what a tracker keeps. A hand-over happens after a handful of
+// records (a server's handshake flight is about six); a connection that
+// goes past these stays on crypto/tls.
 const (
-	maxKeptRecords = 16
+	maxKeptRecords = 32
 	maxKeptBytes   = 64 << 10
 )
+
+// setSecret records a traffic secret from the key log. A secret logged
+// twice with another value leaves nothing to prove.
+func (t *recordTracker) setSecret(secret []byte, app bool) {
+	p := &t.hsSecret
+	if app {
+		p = &t.secret
+	}
+	if *p != nil && !bytes.Equal(*p, secret) {
+		t.over = true
+	}
+	*p = secret
+}
+
+// forget drops the secrets and kept records, and keeps none from now on.
+func (t *recordTracker) forget() {
+	clear(t.hsSecret)
+	clear(t.secret)
+	t.hsSecret, t.secret = nil, nil
+	t.kept, t.cur, t.keep, t.size = nil, nil, false, 0
+	t.over = true
+}
 
 // until returns how many of the bytes in next belong to the current
 // record (header and body), given next starts where the stream is.
@@ -282,13 +372,23 @@ func (t *recordTracker) observe(p []byte) {
 				return
 			}
 			t.left = int(binary.BigEndian.Uint16(t.hdr[3:5]))
-			t.keep = t.hdr[0] == recordTypeAppData && t.secret != nil && !t.over
-			if t.keep && (len(t.kept) == maxKeptRecords || t.size+recordHeaderLen+t.left > maxKeptBytes) {
-				t.keep, t.over = false, true
-				t.kept = nil
-			}
-			if t.keep {
-				t.cur = append(make([]byte, 0, recordHeaderLen+t.left), t.hdr[:]...)
+			t.keep = false
+			if t.hdr[0] == recordTypeAppData {
+				t.records++
+				switch {
+				case t.over:
+				case t.hsSecret == nil:
+					// An encrypted record before the key that should
+					// protect it was logged: its place in the sequence
+					// cannot be proven.
+					t.over = true
+				case len(t.kept) == maxKeptRecords || t.size+recordHeaderLen+t.left > maxKeptBytes:
+					t.over = true
+					t.kept = nil
+				default:
+					t.keep = true
+					t.cur = append(make([]byte, 0, recordHeaderLen+t.left), t.hdr[:]...)
+				}
 			}
 			if t.left == 0 {
 				t.finish()
@@ -315,47 +415,93 @@ func (t *recordTracker) finish() {
 	t.cur, t.keep, t.hdrN = nil, false, 0
 }
 
-// keys derives the direction's keys and counts the records already sent
-// under them: the kept records from the first one that opens with
-// sequence number 0, each of the others having to open with its own.
-func (t *recordTracker) keys(suite uint16) (*trafficKeys, uint64, error) {
+// proof is where one direction stands at the hand-over.
+type proof struct {
+	keys     *trafficKeys // the application keys
+	seq      uint64       // records sent under them
+	appBytes int64        // application data bytes in those records
+}
+
+// prove derives the direction's keys and proves how many records were
+// sent under them (see BatchConn.Records). It does not change t.
+func (t *recordTracker) prove(suite uint16, own bool) (proof, error) {
 	switch {
-	case t.secret == nil:
-		return nil, 0, errors.New("traffic secret not captured (no key log on this connection)")
 	case t.over:
-		return nil, 0, errors.New("too many records before the hand-over")
+		return proof{}, errors.New("not every encrypted record of the connection was kept (too many, or one came before its key was logged)")
+	case t.hsSecret == nil || t.secret == nil:
+		return proof{}, errors.New("traffic secrets not captured (no key log on this connection)")
 	case t.hdrN != 0 || t.left != 0:
-		return nil, 0, errors.New("in the middle of a record")
+		return proof{}, errors.New("in the middle of a record")
+	case uint64(len(t.kept)) != t.records:
+		// Two counts of the same records, one from the headers, one of
+		// what was kept: a record missing at the end would not show in
+		// the trial openings below.
+		return proof{}, fmt.Errorf("%d encrypted records went by but %d were kept", t.records, len(t.kept))
 	}
-	k, err := newTrafficKeys(suite, t.secret)
+	hk, err := newTrafficKeys(suite, t.hsSecret, false)
 	if err != nil {
-		return nil, 0, err
+		return proof{}, err
 	}
-	first := -1
+	defer hk.wipe()
+	ak, err := newTrafficKeys(suite, t.secret, own)
+	if err != nil {
+		return proof{}, err
+	}
+	var (
+		hsSeq, seq uint64
+		app        bool
+		hs         []byte // post-handshake messages
+		appBytes   int64
+		nonce      [12]byte
+	)
 	for i, r := range t.kept {
-		if _, err := k.open(nil, r, 0, new([12]byte)); err == nil {
-			first = i
-			break
-		}
-	}
-	if first < 0 {
-		// No record was sent under the secret, unless one was missed:
-		// then a later one opens with a later sequence number.
-		for _, r := range t.kept {
-			for seq := range uint64(maxKeptRecords) {
-				if _, err := k.open(nil, r, seq+1, new([12]byte)); err == nil {
-					return nil, 0, fmt.Errorf("a record under the traffic secret opens with sequence number %d, but none with 0", seq+1)
+		if !app {
+			inner, err := hk.open(nil, r, hsSeq, &nonce)
+			if err == nil {
+				if _, typ, ok := splitInner(inner); !ok || typ != recordTypeHandshake {
+					return proof{}, fmt.Errorf("record %d under the handshake key is not a handshake record", i)
 				}
+				hsSeq++
+				continue
 			}
+			app = true
 		}
-		return k, 0, nil
-	}
-	seq := uint64(1)
-	for _, r := range t.kept[first+1:] {
-		if _, err := k.open(nil, r, seq, new([12]byte)); err != nil {
-			return nil, 0, fmt.Errorf("record %d under the traffic secret does not open: %w", seq, err)
+		inner, err := ak.open(nil, r, seq, &nonce)
+		if err != nil {
+			return proof{}, fmt.Errorf("record %d opens neither under the handshake key with sequence number %d nor under the application key with %d", i, hsSeq, seq)
 		}
 		seq++
+		content, typ, ok := splitInner(inner)
+		if !ok {
+			return proof{}, fmt.Errorf("record %d under the application key has no content type", i)
+		}
+		if typ != recordTypeHandshake && len(hs) > 0 {
+			return proof{}, fmt.Errorf("record %d interrupts a handshake message", i)
+		}
+		switch typ {
+		case recordTypeAppData:
+			appBytes += int64(len(content))
+		case recordTypeHandshake:
+			hs = append(hs, content...)
+			for len(hs) >= 4 {
+				n := int(hs[1])<<16 | int(hs[2])<<8 | int(hs[3])
+				if len(hs) < 4+n {
+					break
+				}
+				if hs[0] != typeNewSessionTicket {
+					return proof{}, fmt.Errorf("handshake message of type %d after the handshake (only NewSessionTicket is taken over)", hs[0])
+				}
+				hs = hs[4+n:]
+			}
+		default:
+			return proof{}, fmt.Errorf("record %d under the application key has content type %d", i, typ)
+		}
 	}
-	return k, seq, nil
+	if len(hs) > 0 {
+		return proof{}, errors.New("a post-handshake message is incomplete")
+	}
+	// Without a record under the application key, seq is 0: every record
+	// seen opened under the handshake key, so none was sealed under the
+	// application key unseen.
+	return proof{keys: ak, seq: seq, appBytes: appBytes}, nil
 }

@@ -24,6 +24,10 @@ const tagCritical = 0x80
 const (
 	// CapGSO: the sender accepts DATA_GSO frames.
 	CapGSO uint32 = 1 << 0
+	// CapKeyUpdate: the sender accepts TLS KeyUpdate messages after the
+	// protocol handshake (RFC 8446 section 4.6.3), so the peer may update
+	// its keys in-band instead of opening a new session.
+	CapKeyUpdate uint32 = 1 << 1
 )
 
 // Attribute tags of Hello.

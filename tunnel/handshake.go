@@ -48,7 +48,7 @@ func writeControlFrame(ctx context.Context, c net.Conn, typ byte, payload []byte
 		c.SetWriteDeadline(d)
 		defer c.SetWriteDeadline(time.Time{})
 	}
-	_, err := c.Write(AppendFrame(nil, typ, false, payload))
+	_, err := c.Write(AppendFrame(nil, typ, true, payload)) // a write of its own: E set
 	if err != nil {
 		return fmt.Errorf("write %s: %w", typeName(typ), err)
 	}
@@ -66,8 +66,15 @@ func checkALPN(cs tls.ConnectionState) error {
 // ClientHandshake runs the protocol handshake on a TLS connection whose TLS
 // handshake is complete: it sends Hello and returns the server's Config.
 func ClientHandshake(ctx context.Context, c *tls.Conn, h Hello) (Config, error) {
+	cfg, _, err := clientHandshake(ctx, c, h)
+	return cfg, err
+}
+
+// clientHandshake is ClientHandshake that also returns how many bytes of
+// application data it read (the CONFIG frame), for the record hand-over.
+func clientHandshake(ctx context.Context, c *tls.Conn, h Hello) (Config, int, error) {
 	if err := checkALPN(c.ConnectionState()); err != nil {
-		return Config{}, err
+		return Config{}, 0, err
 	}
 	if err := writeControlFrame(ctx, c, TypeHello, MarshalHello(h)); err != nil {
 		// A TLS 1.3 server checks the client certificate after the client
@@ -75,19 +82,19 @@ func ClientHandshake(ctx context.Context, c *tls.Conn, h Hello) (Config, error) 
 		// the failed write did not see. Read once to report it.
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		if _, rerr := c.Read(make([]byte, 1)); rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
-			return Config{}, fmt.Errorf("%w (server: %w)", err, rerr)
+			return Config{}, 0, fmt.Errorf("%w (server: %w)", err, rerr)
 		}
-		return Config{}, err
+		return Config{}, 0, err
 	}
 	p, err := readControl(ctx, c, TypeConfig)
 	if err != nil {
-		return Config{}, err
+		return Config{}, 0, err
 	}
 	cfg, err := UnmarshalConfig(p)
 	if err != nil {
-		return Config{}, &ProtocolError{Err: err}
+		return Config{}, 0, &ProtocolError{Err: err}
 	}
-	return cfg, nil
+	return cfg, HeaderLen + len(p), nil
 }
 
 // TLSAttrs returns slog attributes describing a TLS connection: version,

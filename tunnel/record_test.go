@@ -66,6 +66,7 @@ func tlsPair(t testing.TB, srvCfg, cliCfg *tls.Config) (cli, srv recordEnds) {
 			errc <- fmt.Errorf("server read %q, %v", b, err)
 			return
 		}
+		srv.bc.noteAppRead(len(b))
 		_, err := srv.tc.Write([]byte("config"))
 		errc <- err
 	}()
@@ -79,6 +80,7 @@ func tlsPair(t testing.TB, srvCfg, cliCfg *tls.Config) (cli, srv recordEnds) {
 	if _, err := io.ReadFull(cli.tc, b); err != nil || string(b) != "config" {
 		t.Fatalf("client read %q, %v", b, err)
 	}
+	cli.bc.noteAppRead(len(b))
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func (e recordEnds) handOver(t testing.TB, yes bool) stream {
 	if !yes {
 		return e.tc
 	}
-	rc, err := e.bc.Records(e.tc.ConnectionState().CipherSuite)
+	rc, err := e.bc.Records(e.tc.ConnectionState().CipherSuite, false)
 	if err != nil {
 		t.Fatalf("hand-over: %v", err)
 	}
@@ -262,41 +264,41 @@ func TestRecordHandOverRefusesWithoutSecrets(t *testing.T) {
 	cli.bc.mu.Lock()
 	cli.bc.tx.secret = nil
 	cli.bc.mu.Unlock()
-	if _, err := cli.bc.Records(cli.tc.ConnectionState().CipherSuite); err == nil || !strings.Contains(err.Error(), "not captured") {
+	if _, err := cli.bc.Records(cli.tc.ConnectionState().CipherSuite, false); err == nil || !strings.Contains(err.Error(), "not captured") {
 		t.Fatalf("Records without secrets: %v", err)
 	}
 	exchange(t, cli.tc, srv.handOver(t, true))
 }
 
 // TestRecordHandOverWrongCount: the hand-over refuses when the records it
-// kept do not open in sequence (here: the first one under the secret is
-// forgotten), rather than continuing with a sequence number the peer would
-// reject.
+// kept do not prove the count: any one of them forgotten (the first under
+// the application key, one in the middle, the last), or all of them. It
+// must never continue with a sequence number crypto/tls already used.
 func TestRecordHandOverWrongCount(t *testing.T) {
 	ca := certstest.NewCA(t)
 	cliCfg := ca.ClientConfig(t, "laptop", "server")
 	cliCfg.ClientSessionCache = tls.NewLRUClientSessionCache(1) // so the server sends a ticket
 	cli, srv := tlsPair(t, CaptureSecrets(ca.ServerConfig(t, "server")), cliCfg)
-	k, err := newTrafficKeys(srv.tc.ConnectionState().CipherSuite, srv.bc.tx.secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kept := srv.bc.tx.kept
-	first := -1
-	for i, r := range kept {
-		if _, err := k.open(nil, r, 0, new([12]byte)); err == nil {
-			first = i
-			break
+	suite := srv.tc.ConnectionState().CipherSuite
+	for _, e := range []recordEnds{cli, srv} {
+		for _, tr := range []*recordTracker{&e.bc.tx, &e.bc.rx} {
+			kept := tr.kept
+			if len(kept) < 3 {
+				t.Fatalf("only %d records kept", len(kept))
+			}
+			for i := range kept {
+				tr.kept = append(kept[:i:i], kept[i+1:]...)
+				if _, err := e.bc.Records(suite, false); err == nil {
+					t.Fatalf("Records with record %d of %d missing: no error", i, len(kept))
+				}
+			}
+			tr.kept = nil
+			if _, err := e.bc.Records(suite, false); err == nil {
+				t.Fatal("Records with no record kept: no error")
+			}
+			tr.kept = kept
 		}
 	}
-	if first < 0 || first != len(kept)-2 {
-		t.Fatalf("the server's first record under its secret is %d of %d kept; want the ticket, then config", first, len(kept))
-	}
-	srv.bc.tx.kept = append(kept[:first:first], kept[first+1:]...)
-	if _, err := srv.bc.Records(srv.tc.ConnectionState().CipherSuite); err == nil || !strings.Contains(err.Error(), "none with 0") {
-		t.Fatalf("Records with a record missing: %v", err)
-	}
-	srv.bc.tx.kept = kept
 	exchange(t, cli.handOver(t, true), srv.handOver(t, true))
 }
 
@@ -310,9 +312,11 @@ func TestRecordConnRejectsBadRecords(t *testing.T) {
 		want string
 	}{
 		{"forged", append([]byte{23, 3, 3, 0, 40}, make([]byte, 40)...), "bad record MAC"},
-		{"oversized", []byte{23, 3, 3, 0x50, 0}, "exceeds the limit"},
-		{"short", []byte{23, 3, 3, 0, 5, 1, 2, 3, 4, 5}, "too short"},
-		{"plaintext handshake", []byte{22, 3, 3, 0, 5}, "unexpected record type 22"},
+		{"oversized", []byte{23, 3, 3, 0x41, 1}, "exceeds 2^14 + 256 (alert: record overflow)"},
+		{"short", []byte{23, 3, 3, 0, 5, 1, 2, 3, 4, 5}, "bad record MAC"},
+		{"empty", []byte{23, 3, 3, 0, 0}, "bad record MAC"},
+		{"plaintext handshake", []byte{22, 3, 3, 0, 5, 1, 0, 0, 1, 0}, "bad record MAC"},
+		{"old version", []byte{23, 3, 1, 0, 5}, "version 0x0301, want 0x0303 (alert: protocol version not supported)"},
 		{"truncated", []byte{23, 3, 3, 0, 40, 1}, "unexpected EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -368,7 +372,7 @@ func TestRecordConnSuites(t *testing.T) {
 			if _, err := rb.Read(make([]byte, 1)); err != io.EOF {
 				t.Fatalf("after close: %v, want EOF", err)
 			}
-			if _, err := newTrafficKeys(suite, s1[:secretLen-1]); err == nil {
+			if _, err := newTrafficKeys(suite, s1[:secretLen-1], false); err == nil {
 				t.Fatal("a secret of the wrong length was accepted")
 			}
 		})
@@ -377,11 +381,11 @@ func TestRecordConnSuites(t *testing.T) {
 
 func pipeRecordConn(t *testing.T, c net.Conn, suite uint16, txSecret, rxSecret []byte) *RecordConn {
 	t.Helper()
-	tx, err := newTrafficKeys(suite, txSecret)
+	tx, err := newTrafficKeys(suite, txSecret, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rx, err := newTrafficKeys(suite, rxSecret)
+	rx, err := newTrafficKeys(suite, rxSecret, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +395,7 @@ func pipeRecordConn(t *testing.T, c net.Conn, suite uint16, txSecret, rxSecret [
 
 // fuzzKeys are fixed keys for the fuzz targets.
 func fuzzKeys(t testing.TB) *trafficKeys {
-	k, err := newTrafficKeys(tls.TLS_AES_128_GCM_SHA256, bytes.Repeat([]byte{7}, 32))
+	k, err := newTrafficKeys(tls.TLS_AES_128_GCM_SHA256, bytes.Repeat([]byte{7}, 32), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +437,7 @@ func FuzzRecordConnRead(f *testing.F) {
 			stream = k.aead.Seal(stream, n[:], inner, stream[:recordHeaderLen])
 		}
 		stream = append(stream, raw...)
-		rc := &RecordConn{Conn: &readerConn{r: bytes.NewReader(stream)}, tx: k, rx: k, rbuf: make([]byte, 2*maxRecordWire)}
+		rc := newRecordConn(&readerConn{r: bytes.NewReader(stream)}, k, 0, k, 0, nil)
 		var got []byte
 		p := make([]byte, 1000)
 		var err error
@@ -451,7 +455,7 @@ func FuzzRecordConnRead(f *testing.F) {
 		if err == nil {
 			t.Fatal("the stream never ended")
 		}
-		if content, typ, ierr := splitInner(inner); len(inner) > 0 && ierr == nil && typ == recordTypeAppData {
+		if content, typ, ok := splitInner(inner); len(inner) > 0 && ok && typ == recordTypeAppData {
 			if !bytes.HasPrefix(got, content) {
 				t.Fatalf("got %q, want the sealed content %q first", got, content)
 			}

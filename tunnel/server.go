@@ -60,6 +60,16 @@ type ServerConfig struct {
 	// instead of handing it over to this package's own (RecordConn). The
 	// bytes on the wire are the same either way; it is slower.
 	StdlibRecords bool
+	// OwnAESGCM seals and opens AES-GCM records with tlsvpn's own AES-GCM
+	// assembly (tunnel/internal/aesgcm) instead of Go's, where OwnAESGCMCheck
+	// allows it. Off by default: it is new cryptographic code outside Go's
+	// FIPS module.
+	OwnAESGCM bool
+	// RekeyRecords is how many records the own record layer sends or
+	// receives under one traffic key before it updates the keys in-band
+	// with a TLS KeyUpdate (peers that announce CapKeyUpdate); 0 means
+	// DefaultRekeyRecords.
+	RekeyRecords uint64
 	// TuneConn, if set, is called on every accepted connection before the
 	// TLS handshake (socket options).
 	TuneConn func(net.Conn)
@@ -165,7 +175,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
-	t = CaptureSecrets(t)
+	if !cfg.StdlibRecords && OwnRecordLayer() == nil {
+		// Only where the own record layer will be used: otherwise no
+		// traffic secret is ever captured.
+		t = CaptureSecrets(t)
+	}
 	lim := cfg.Limits
 	if lim == nil {
 		lim = NewLimiter(LimitConfig{})
@@ -264,7 +278,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	tc := tls.Server(bc, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	id, hello, err := s.handshake(hctx, tc)
+	id, hello, err := s.handshake(hctx, tc, bc)
 	releaseHandshake()
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
@@ -311,7 +325,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		routes = pol.Routes
 	}
 	gso := !s.cfg.NoOffload && s.mux.CanGSO()
-	caps := uint32(0)
+	caps := CapKeyUpdate // crypto/tls and the own record layer both accept it
 	if gso {
 		caps |= CapGSO
 	}
@@ -338,6 +352,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 		Conn:          tc,
 		Batch:         bc,
 		StdlibRecords: s.cfg.StdlibRecords,
+		OwnAESGCM:     s.cfg.OwnAESGCM,
+		RekeyRecords:  s.cfg.RekeyRecords,
+		PeerKeyUpdate: hello.Caps&CapKeyUpdate != 0,
 		Dev:           s.cfg.Dev,
 		Allowed:       allowed,
 		MTU:           s.cfg.MTU,
@@ -425,7 +442,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 // handshake completes TLS (mutual, verified by crypto/tls against the CA),
 // checks ALPN, derives the identity and reads the client's Hello. Nothing
 // from the peer is parsed before the TLS handshake has verified it.
-func (s *Server) handshake(ctx context.Context, tc *tls.Conn) (string, Hello, error) {
+func (s *Server) handshake(ctx context.Context, tc *tls.Conn, bc *BatchConn) (string, Hello, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return "", Hello{}, fmt.Errorf("handshake: %w", err)
 	}
@@ -444,6 +461,7 @@ func (s *Server) handshake(ctx context.Context, tc *tls.Conn) (string, Hello, er
 	if err != nil {
 		return id, Hello{}, err
 	}
+	bc.noteAppRead(HeaderLen + len(p))
 	h, err := UnmarshalHello(p)
 	if err != nil {
 		return id, Hello{}, &ProtocolError{Err: err}

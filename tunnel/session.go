@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"tlsvpn/tun"
-	"tlsvpn/tunnel/internal/aesgcm"
 )
 
 // ProtocolError is a peer's violation of the wire protocol. The session
@@ -88,6 +87,13 @@ type SessionConfig struct {
 	// StdlibRecords keeps the data phase on Conn (crypto/tls) even when
 	// Batch could hand it over to a RecordConn.
 	StdlibRecords bool
+	// OwnAESGCM: see ServerConfig.OwnAESGCM.
+	OwnAESGCM bool
+	// RekeyRecords: see ServerConfig.RekeyRecords.
+	RekeyRecords uint64
+	// PeerKeyUpdate: the peer announced CapKeyUpdate, so the record layer
+	// may send it KeyUpdate messages.
+	PeerKeyUpdate bool
 	// Peer names the peer in logs.
 	Peer   string
 	Logger *slog.Logger
@@ -126,6 +132,11 @@ type Session struct {
 		Flush() error
 	}
 	rc *RecordConn // non-nil: the data phase runs on our record layer
+	// rcLoaded is rc for other goroutines (Usage); inBand: the record
+	// layer updates its keys with KeyUpdate (RekeysInBand).
+	rcLoaded atomic.Pointer[RecordConn]
+	inBand   atomic.Bool
+	wake     chan struct{} // the record layer has a KeyUpdate to send
 
 	started  time.Time           // when NewSession ran
 	tlsState tls.ConnectionState // set by the server before Run
@@ -145,7 +156,7 @@ type Session struct {
 	rxFrames  atomic.Uint64 // frames received; the control loop watches it
 	rxIP      atomic.Uint64 // IP bytes received
 	txIP      atomic.Uint64 // IP bytes sent
-	txRecords atomic.Uint64 // TLS records sent (exact on the record layer, else an upper bound)
+	txRecords atomic.Uint64 // records sent, estimated from frames (Usage without a Batch)
 	rttNanos  atomic.Int64  // last ping round trip
 
 	// Reader-goroutine state.
@@ -196,6 +207,7 @@ func NewSession(cfg SessionConfig) *Session {
 		ctlT:         time.Now(),
 		releaseLimit: func() {},
 		ready:        make(chan struct{}),
+		wake:         make(chan struct{}, 1),
 		rx:           make([]*chunk, batch),
 		rxBatch:      make([][]byte, batch),
 	}
@@ -287,33 +299,62 @@ func (s *Session) Run(ctx context.Context) error {
 }
 
 // handOver moves the session from its tls.Conn to a RecordConn when it
-// can; otherwise the session runs on the tls.Conn (still gathering writes).
+// can; otherwise the session runs on the tls.Conn (still gathering writes)
+// and the captured secrets are dropped.
 func (s *Session) handOver() {
-	if s.cfg.Batch == nil {
+	bc := s.cfg.Batch
+	if bc == nil {
 		return
 	}
-	s.batch = s.cfg.Batch
+	s.batch = bc
 	tc, ok := s.conn.(*tls.Conn)
 	if !ok {
 		return
 	}
 	if s.cfg.StdlibRecords {
+		bc.Forget()
 		s.log.Debug("data phase on crypto/tls's record layer (stdlib TLS records requested)", "peer", s.cfg.Peer)
 		return
 	}
-	suite := tc.ConnectionState().CipherSuite
-	rc, err := s.cfg.Batch.Records(suite)
-	if err != nil {
-		// Our own peers always allow the hand-over: this is a bug or an
-		// unusual peer, and costs speed, not correctness.
-		s.log.Warn("data phase stays on crypto/tls: record hand-over not possible", "peer", s.cfg.Peer, "err", err)
+	if err := OwnRecordLayer(); err != nil {
+		bc.Forget()
+		s.log.Debug("data phase on crypto/tls's record layer", "peer", s.cfg.Peer, "reason", err)
 		return
 	}
+	suite := tc.ConnectionState().CipherSuite
+	rc, err := bc.Records(suite, s.cfg.OwnAESGCM)
+	if err != nil {
+		// Our own peers always allow the hand-over: this is an unusual
+		// peer (or a bug), and costs speed, not correctness.
+		bc.Forget()
+		s.stats.RecordHandOverRefusals.Add(1)
+		s.log.Warn("data phase stays on crypto/tls: record hand-over not proven safe", "peer", s.cfg.Peer, "err", err)
+		return
+	}
+	rc.setOptions(recordOptions{
+		keyUpdate: s.cfg.PeerKeyUpdate,
+		rekeyAt:   s.cfg.RekeyRecords,
+		stats:     s.stats,
+		wake: func() {
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		},
+	})
 	s.stats.RecordHandOvers.Add(1)
 	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer", "peer", s.cfg.Peer,
-		"cipher_suite", tls.CipherSuiteName(suite), "vaes_aes_gcm", aesgcm.Accelerated() && suite != tls.TLS_CHACHA20_POLY1305_SHA256)
+		"cipher_suite", tls.CipherSuiteName(suite), "own_aes_gcm", rc.OwnAESGCM(), "key_update", s.cfg.PeerKeyUpdate)
 	s.conn, s.batch, s.rc = rc, rc, rc
+	s.rcLoaded.Store(rc)
+	s.inBand.Store(s.cfg.PeerKeyUpdate)
 }
+
+// RekeysInBand reports whether the session keeps its keys under the
+// per-key record limit by itself, with KeyUpdate (on the own record
+// layer, with a peer that accepts KeyUpdate); otherwise the client opens
+// a new session in time.
+func (s *Session) RekeysInBand() bool { return s.inBand.Load() }
 
 // readFull fills p from the connection. With slack, the byte after p may
 // be overwritten (it must be within cap(p)).
@@ -328,19 +369,26 @@ func (s *Session) readFull(p []byte, slack bool) error {
 // maxRecord is TLS 1.3's largest record plaintext.
 const maxRecord = 16 << 10
 
-// MaxRecordsPerKey is where a session stops sending: AES-GCM keys are good
-// for about 2^24.5 full records (RFC 8446 section 5.5), and Go's TLS never
-// updates keys by itself. Clients rotate sessions well before it.
-const MaxRecordsPerKey = 1 << 24
-
-// Usage returns an upper bound of the TLS records sent in either direction
-// under this session's keys (exact for our own records on the record
-// layer), and the IP bytes moved both ways. The peer's
-// records are bounded by frames + bytes/16 KiB (each of its writes ends
-// at most one partial record per frame).
+// Usage returns the TLS records sent or received under this session's
+// current keys, whichever is more, and the IP bytes moved both ways. The
+// record count is exact on the own record layer; on crypto/tls it counts
+// every encrypted record of the connection (an upper bound).
 func (s *Session) Usage() (records, bytes uint64) {
+	return s.records(), s.txIP.Load() + s.rxIP.Load()
+}
+
+// records is Usage's record count.
+func (s *Session) records() uint64 {
+	if rc := s.rcLoaded.Load(); rc != nil {
+		return max(rc.TxSeq(), rc.RxSeq())
+	}
+	if s.cfg.Batch != nil {
+		tx, rx := s.cfg.Batch.Counts()
+		return max(tx, rx)
+	}
+	// No record view (tests on plain conns): frames + bytes / 16 KiB.
 	rx := s.rxFrames.Load() + s.rxIP.Load()/maxRecord
-	return max(s.txRecords.Load(), rx), s.txIP.Load() + s.rxIP.Load()
+	return max(s.txRecords.Load(), rx)
 }
 
 // Done is closed when Run has returned.
@@ -395,7 +443,7 @@ func (s *Session) sayGoodbye(cause error) (linger bool) {
 		}
 	}
 	payload := MarshalClose(code, reason)
-	if _, err := s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, false, payload)); err != nil {
+	if _, err := s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, true, payload)); err != nil {
 		return false
 	}
 	return linger
@@ -409,6 +457,13 @@ func (s *Session) writeLoop() error {
 		case c := <-s.queue:
 			if err := s.writeChunks(c); err != nil {
 				return err
+			}
+		case <-s.wake:
+			s.wmu.Lock()
+			err := s.rc.SendPending()
+			s.wmu.Unlock()
+			if err != nil {
+				return s.ioErr("write", err)
 			}
 		case <-s.ctx.Done():
 			return nil
@@ -458,16 +513,11 @@ func (s *Session) writeChunks(c *chunk) error {
 	s.stats.TxPackets.Add(pkts)
 	s.stats.TxBytes.Add(bytes)
 	s.txIP.Add(bytes)
-	var used uint64
-	if s.rc != nil {
-		// The record layer knows the exact count (control frames and the
-		// records crypto/tls sent before the hand-over included).
-		used = s.rc.TxSeq()
-		s.txRecords.Store(used)
-	} else {
-		used = s.txRecords.Add(records) // an upper bound
-	}
-	if used > MaxRecordsPerKey {
+	s.txRecords.Add(records) // only for Usage without a record view
+	// The record layers refuse to go much further (recordLimit); closing
+	// here leaves room for the CLOSE. With KeyUpdate the counts restart
+	// with each key and never get here.
+	if s.records() > MaxRecordsPerKey {
 		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of this key reached: reconnect"}
 	}
 	return nil
@@ -497,7 +547,7 @@ func (s *Session) writeChunk(c *chunk) error {
 // writeControl sends one control frame.
 func (s *Session) writeControl(typ byte, payload []byte) error {
 	var b [HeaderLen + PingLen]byte
-	frame := AppendFrame(b[:0], typ, false, payload)
+	frame := AppendFrame(b[:0], typ, true, payload) // a write of its own: E set
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if _, err := s.conn.Write(frame); err != nil {
@@ -587,9 +637,6 @@ func (s *Session) readFrame() error {
 		if ok {
 			s.accept(c, h.Len, false)
 		}
-		if h.End || s.rxK == len(s.rx) {
-			return s.flushRx()
-		}
 	case TypeDataGSO:
 		if s.gdev == nil {
 			return &ProtocolError{Err: errors.New("DATA_GSO frame, but this side did not offer GSO")}
@@ -610,9 +657,6 @@ func (s *Session) readFrame() error {
 			}
 			vh.Encode(c.buf[tun.Headroom-tun.VirtioNetHdrLen:])
 			s.accept(c, n, true)
-		}
-		if h.End || s.rxK == len(s.rx) {
-			return s.flushRx()
 		}
 	case TypePing:
 		if err := s.readFull(s.ctl[:], false); err != nil {
@@ -648,6 +692,11 @@ func (s *Session) readFrame() error {
 		return &PeerClosedError{Code: code, Reason: reason}
 	default:
 		return &ProtocolError{Err: fmt.Errorf("unexpected %s frame during session", typeName(h.Type))}
+	}
+	// E ends the sender's write, whatever the frame's type: what was
+	// gathered goes to the TUN now (a [DATA, PING+E] write included).
+	if h.End || s.rxK == len(s.rx) {
+		return s.flushRx()
 	}
 	return nil
 }

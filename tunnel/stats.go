@@ -31,4 +31,11 @@ type Stats struct {
 	// RecordHandOvers counts sessions whose data phase runs on this
 	// package's record layer rather than on crypto/tls (record.go).
 	RecordHandOvers atomic.Uint64
+	// RecordHandOverRefusals counts sessions that stayed on crypto/tls
+	// because the hand-over could not be proven safe (conn.go).
+	RecordHandOverRefusals atomic.Uint64
+	// KeyUpdatesSent and KeyUpdatesReceived count TLS KeyUpdate messages
+	// sent and received by the own record layer.
+	KeyUpdatesSent     atomic.Uint64
+	KeyUpdatesReceived atomic.Uint64
 }

@@ -7,21 +7,50 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/cpu"
 )
 
-// The assembly needs VAES and VPCLMULQDQ with AVX2 (useAsm): Intel from
+// The assembly needs VAES and VPCLMULQDQ with AVX2 (hasAsm): Intel from
 // Ice Lake and Alder Lake on, AMD from Zen 3 on. With AVX-512 (F, VL, BW)
-// as well (useAVX512; AMD Zen 4 and later, Intel server and Ice Lake
+// as well (hasAVX512; AMD Zen 4 and later, Intel server and Ice Lake
 // clients), it stitches counter mode and GHASH into one pass and runs
 // GHASH on 512-bit registers; without, it makes two passes on 256-bit
-// registers. useAVX512 is a variable so that the tests can run both.
+// registers. Check admits only CPUs with AVX-512 (see the package
+// documentation); the AVX2 path runs in the tests only.
 var (
-	useAsm    = cpu.X86.HasAVX2 && cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ && hasVAES()
-	useAVX512 = useAsm && cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512BW
+	hasAsm    = cpu.X86.HasAVX2 && cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ && hasVAES()
+	hasAVX512 = hasAsm && cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512BW
 )
+
+// platformErr reports why this CPU may not run the own code, naming each
+// missing feature so that the caller's log says what the machine lacks.
+func platformErr() error {
+	if hasAVX512 {
+		return nil
+	}
+	var missing []string
+	for _, f := range []struct {
+		name string
+		has  bool
+	}{
+		{"AES", cpu.X86.HasAES},
+		{"PCLMULQDQ", cpu.X86.HasPCLMULQDQ},
+		{"AVX2", cpu.X86.HasAVX2},
+		{"VAES/VPCLMULQDQ", hasVAES()},
+		{"AVX-512F", cpu.X86.HasAVX512F},
+		{"AVX-512VL", cpu.X86.HasAVX512VL},
+		{"AVX-512BW", cpu.X86.HasAVX512BW},
+	} {
+		if !f.has {
+			missing = append(missing, f.name)
+		}
+	}
+	return fmt.Errorf("the CPU (or the OS, for AVX state) lacks %s; the own AES-GCM runs only on the one-pass AVX-512 path", strings.Join(missing, ", "))
+}
 
 // hasVAES reports whether CPUID leaf 7 lists VAES and VPCLMULQDQ.
 // (x/sys/cpu reports them only together with AVX-512.)
@@ -61,21 +90,25 @@ func ghashBlocks(htab *[33][16]byte, acc *[16]byte, src *byte, nblocks int, wide
 //go:noescape
 func cryptHash(rk *byte, rounds int, htab *[33][16]byte, acc *[16]byte, ctr *[32]byte, dst, src, hsrc *byte, nchunks int)
 
-// gcmAsm is one key's AES-GCM: the expanded AES key and the GHASH key
-// powers.
+// gcmAsm is one key's AES-GCM: the expanded AES key, the GHASH key
+// powers and the path.
 type gcmAsm struct {
 	rk     [15 * 16]byte
 	rounds int
 	// htab: H^16 ... H^1, then each one's two halves XORed (for
 	// Karatsuba multiplication).
 	htab [33][16]byte // the last entry is padding: MUL loads 32 bytes from the last power
+	// wide selects the one-pass AVX-512 path; without it, the two-pass
+	// AVX2 path. It is per key, not global, so that the self-test always
+	// checks the path New returns, whatever path a test forces.
+	wide bool
 }
 
-func newAccelerated(key []byte) cipher.AEAD {
-	if !useAsm || (len(key) != 16 && len(key) != 32) {
-		return nil
-	}
-	g := new(gcmAsm)
+// newOwn returns the own AES-GCM for a 16- or 32-byte key on the AVX-512
+// path (wide) or the AVX2 path. The caller has checked the key size and
+// that the CPU can run the path.
+func newOwn(key []byte, wide bool) cipher.AEAD {
+	g := &gcmAsm{wide: wide}
 	g.rounds = expandKey(&g.rk, key)
 	// H = E(K, 0^128): counter mode over a zero block with a zero nonce and
 	// counter.
@@ -134,7 +167,7 @@ func (g *gcmAsm) Seal(dst, nonce, plaintext, additionalData []byte) []byte {
 	// alone, then each next one while hashing the one before; the rest
 	// follows block-wise. Without, encrypt everything, then hash it.
 	done, hashed := 0, 0
-	if chunks := len(plaintext) / 256; useAVX512 && chunks >= 2 {
+	if chunks := len(plaintext) / 256; g.wide && chunks >= 2 {
 		g.counterXor(ct[:256], plaintext[:256], nonce, 2)
 		ctr := counterBlocks(nonce, 2+16)
 		cryptHash(&g.rk[0], g.rounds, &g.htab, &acc, &ctr, &ct[256], &plaintext[256], &ct[0], chunks-1)
@@ -169,7 +202,7 @@ func (g *gcmAsm) Open(dst, nonce, ciphertext, additionalData []byte) ([]byte, er
 	// the tag matches. If it does not, the plaintext already written is
 	// wiped.
 	done := 0
-	if chunks := len(ct) / 256; useAVX512 && chunks >= 1 {
+	if chunks := len(ct) / 256; g.wide && chunks >= 1 {
 		ctr := counterBlocks(nonce, 2)
 		cryptHash(&g.rk[0], g.rounds, &g.htab, &acc, &ctr, &out[0], &ct[0], &ct[0], chunks)
 		done = chunks * 256
@@ -221,7 +254,7 @@ func setCounter(ctr *[32]byte, c uint32) {
 func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, adLen, ctLen int) {
 	full := len(rest) / 16
 	if full > 0 {
-		ghashBlocks(&g.htab, acc, &rest[0], full, useAVX512)
+		ghashBlocks(&g.htab, acc, &rest[0], full, g.wide)
 	}
 	// The ciphertext's last partial block, zero-padded, and the lengths
 	// block go in one call.
@@ -233,7 +266,7 @@ func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, a
 	lens := last[(nb-1)*16:]
 	binary.BigEndian.PutUint64(lens[:8], uint64(adLen)*8)
 	binary.BigEndian.PutUint64(lens[8:16], uint64(ctLen)*8)
-	ghashBlocks(&g.htab, acc, &last[0], nb, useAVX512)
+	ghashBlocks(&g.htab, acc, &last[0], nb, g.wide)
 
 	// E(K, J0), J0 = nonce || 1.
 	ctr := counterBlocks(nonce, 1)
@@ -249,19 +282,14 @@ func (g *gcmAsm) finish(out *[tagSize]byte, acc *[16]byte, nonce, rest []byte, a
 func (g *gcmAsm) ghash(acc *[16]byte, b []byte) {
 	full := len(b) / 16
 	if full > 0 {
-		ghashBlocks(&g.htab, acc, &b[0], full, useAVX512)
+		ghashBlocks(&g.htab, acc, &b[0], full, g.wide)
 	}
 	if len(b)%16 != 0 {
 		var buf [16]byte
 		copy(buf[:], b[full*16:])
-		ghashBlocks(&g.htab, acc, &buf[0], 1, useAVX512)
+		ghashBlocks(&g.htab, acc, &buf[0], 1, g.wide)
 	}
 }
-
-const (
-	nonceSize = 12
-	tagSize   = 16
-)
 
 var errOpen = errors.New("cipher: message authentication failed")
 

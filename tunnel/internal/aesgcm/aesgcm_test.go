@@ -24,13 +24,30 @@ func stdGCM(t testing.TB, key []byte) cipher.AEAD {
 	return g
 }
 
+// mustNew is New for tests of the own code: it fails unless New returns
+// the own implementation on the path the test asked for (forceAVX2), so
+// that no test compares crypto/cipher with itself.
 func mustNew(t testing.TB, key []byte) cipher.AEAD {
 	t.Helper()
 	g, err := New(key)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if isStdlib(g) {
+		t.Fatalf("New returned %T, not the own implementation", g)
+	}
+	if wide, ok := isWide(g); !ok || wide == forceAVX2 {
+		t.Fatalf("New returned the wrong path: wide %v (known %v), forceAVX2 %v", wide, ok, forceAVX2)
+	}
 	return g
+}
+
+// newOnPath is mustNew on the AVX2 path (avx2) or the AVX-512 one.
+func newOnPath(t testing.TB, key []byte, avx2 bool) cipher.AEAD {
+	t.Helper()
+	defer func(old bool) { forceAVX2 = old }(forceAVX2)
+	forceAVX2 = avx2
+	return mustNew(t, key)
 }
 
 // TestMatchesStdlib seals and opens every length up to a few hundred
@@ -115,19 +132,33 @@ func TestOpenRejects(t *testing.T) {
 	})
 }
 
-// TestAccelerated checks that New picks this package's assembly for both
-// key sizes wherever the CPU allows it, so the tests above test it.
-func TestAccelerated(t *testing.T) {
-	if !Accelerated() {
-		t.Skip("this CPU lacks VAES or VPCLMULQDQ: New returns crypto/cipher's GCM")
-	}
-	for _, n := range []int{16, 32} {
-		if isStdlib(mustNew(t, make([]byte, n))) {
-			t.Fatalf("New with a %d-byte key returned crypto/cipher's GCM on a CPU with VAES", n)
+// TestNewIsOwn checks that New returns this package's own code on the
+// one-pass AVX-512 path for both key sizes wherever Check passes (and the
+// AVX2 path only when a test forces it), so the tests above test it, and
+// that it refuses AES-192 instead of handing out crypto/cipher's GCM.
+func TestNewIsOwn(t *testing.T) {
+	requireOwn(t)
+	defer func() { forceAVX2 = false }()
+	for _, force := range []bool{false, true} {
+		forceAVX2 = force
+		for _, n := range []int{16, 32} {
+			g, err := New(make([]byte, n))
+			if err != nil {
+				t.Fatalf("New with a %d-byte key: %v", n, err)
+			}
+			if isStdlib(g) {
+				t.Fatalf("New with a %d-byte key returned %T although Check passed", n, g)
+			}
+			if wide, ok := isWide(g); !ok || wide == force {
+				t.Fatalf("New with a %d-byte key, forceAVX2 %v: wide %v (known %v)", n, force, wide, ok)
+			}
 		}
 	}
-	if !isStdlib(mustNew(t, make([]byte, 24))) {
-		t.Fatal("New with an AES-192 key did not return crypto/cipher's GCM")
+	forceAVX2 = false
+	for _, n := range []int{0, 15, 24, 33} {
+		if g, err := New(make([]byte, n)); err == nil || g != nil {
+			t.Fatalf("New with a %d-byte key returned %T, %v; want an error", n, g, err)
+		}
 	}
 }
 
@@ -163,15 +194,17 @@ func TestInPlace(t *testing.T) {
 }
 
 func TestInexactOverlapPanics(t *testing.T) {
-	key := make([]byte, 16)
-	g := mustNew(t, key)
-	buf := make([]byte, 100)
-	defer func() {
-		if recover() == nil {
-			t.Fatal("Seal into a shifted copy of its input did not panic")
-		}
-	}()
-	g.Seal(buf[1:1], make([]byte, 12), buf[:50], nil)
+	paths(t, func(t *testing.T) {
+		key := make([]byte, 16)
+		g := mustNew(t, key)
+		buf := make([]byte, 100)
+		defer func() {
+			if recover() == nil {
+				t.Fatal("Seal into a shifted copy of its input did not panic")
+			}
+		}()
+		g.Seal(buf[1:1], make([]byte, 12), buf[:50], nil)
+	})
 }
 
 func TestAllocs(t *testing.T) {
@@ -193,18 +226,27 @@ func TestAllocs(t *testing.T) {
 	})
 }
 
+// FuzzMatchesStdlib compares both own paths with crypto/cipher's GCM on
+// arbitrary keys, nonces, messages and additional data.
 func FuzzMatchesStdlib(f *testing.F) {
+	requireOwn(f)
 	f.Add([]byte("0123456789abcdef"), []byte("nonce-12byte"), []byte("hello"), []byte{23, 3, 3, 0, 21})
+	f.Add([]byte("0123456789abcdef0123456789abcdef"), []byte("nonce-12byte"), bytes.Repeat([]byte("record!"), 100), []byte{23, 3, 3, 2, 188})
 	f.Fuzz(func(t *testing.T, key, nonce, pt, ad []byte) {
 		if len(key) != 16 && len(key) != 32 || len(nonce) != 12 {
 			return
 		}
-		ours, std := mustNew(t, key), stdGCM(t, key)
+		std := stdGCM(t, key)
 		want := std.Seal(nil, nonce, pt, ad)
 		b, errB := std.Open(nil, nonce, pt, ad)
-		forEachPath(func() {
+		eachPath(func(string) {
+			// New on each path: the path is fixed when the key is set up.
+			ours := mustNew(t, key)
 			if got := ours.Seal(nil, nonce, pt, ad); !bytes.Equal(got, want) {
 				t.Fatal("Seal differs from crypto/cipher")
+			}
+			if got, err := ours.Open(nil, nonce, want, ad); err != nil || !bytes.Equal(got, pt) {
+				t.Fatalf("Open of crypto/cipher's output: %v", err)
 			}
 			// pt read as a sealed message: both must agree on accepting it.
 			a, errA := ours.Open(nil, nonce, pt, ad)
@@ -217,27 +259,23 @@ func FuzzMatchesStdlib(f *testing.F) {
 
 // BenchmarkAEAD times Seal and Open (with a copy of the sealed record
 // first, as Open works in place) against crypto/cipher's GCM, at an
-// MTU-sized packet and a full TLS record; own-avx2 is the path of CPUs
-// without AVX-512.
+// MTU-sized packet and a full TLS record; own-avx2 is the two-pass path
+// for CPUs without AVX-512, which New never selects but the tests keep.
 func BenchmarkAEAD(b *testing.B) {
 	for _, impl := range []struct {
-		name   string
-		new    func([]byte) (cipher.AEAD, error)
-		narrow bool
-	}{{"own", New, false}, {"own-avx2", New, true}, {"stdlib", newStdlib, false}} {
+		name string
+		own  bool
+		avx2 bool
+	}{{"own", true, false}, {"own-avx2", true, true}, {"stdlib", false, false}} {
 		for _, op := range []string{"seal", "open"} {
 			for _, size := range []int{1350, 16384} {
 				b.Run(impl.name+"/"+op+"/"+strconv.Itoa(size), func(b *testing.B) {
-					if impl.narrow {
-						undo, ok := narrow()
-						if !ok {
-							b.Skip("no VAES on this CPU")
-						}
-						defer undo()
-					}
-					g, err := impl.new(make([]byte, 16))
-					if err != nil {
-						b.Fatal(err)
+					var g cipher.AEAD
+					if impl.own {
+						requireOwn(b)
+						g = newOnPath(b, make([]byte, 16), impl.avx2)
+					} else {
+						g = stdGCM(b, make([]byte, 16))
 					}
 					nonce, ad := make([]byte, 12), make([]byte, 5)
 					sealed := g.Seal(nil, nonce, make([]byte, size), ad)
@@ -259,14 +297,42 @@ func BenchmarkAEAD(b *testing.B) {
 	}
 }
 
-// paths runs f as a subtest on each path (eachPath).
+// eachPath calls run once for each own path, named: "avx512", the path
+// New returns, and "avx2", the one for CPUs without AVX-512, forced with
+// forceAVX2 (an AVX-512 CPU runs both). Where Check fails, New refuses and
+// there is no path to run: it calls run not at all.
+func eachPath(run func(name string)) {
+	if Check() != nil {
+		return
+	}
+	run("avx512")
+	forceAVX2 = true
+	defer func() { forceAVX2 = false }()
+	run("avx2")
+}
+
+// paths runs f as a subtest on each own path, or skips the test with
+// Check's reason where there is none.
 func paths(t *testing.T, f func(t *testing.T)) {
 	t.Helper()
+	requireOwn(t)
 	eachPath(func(name string) { t.Run(name, f) })
 }
 
-// forEachPath is paths for fuzz targets.
-func forEachPath(f func()) { eachPath(func(string) { f() }) }
+// requireOwn skips t where the own code may not run (FIPS mode, another
+// platform or CPU), and fails it where it could but Check fails all the
+// same: a failed self-test must not pass for a skip.
+func requireOwn(t testing.TB) {
+	t.Helper()
+	err := Check()
+	if err == nil {
+		return
+	}
+	if fipsEnabled() || platformErr() != nil {
+		t.Skipf("own AES-GCM not usable here: %v", err)
+	}
+	t.Fatalf("Check failed on a machine that can run the own code: %v", err)
+}
 
 // isStdlib reports whether g is not this package's own type.
 func isStdlib(g cipher.AEAD) bool {
