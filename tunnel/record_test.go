@@ -27,10 +27,45 @@ type recordEnds struct {
 }
 
 // tlsPair handshakes a client and a server (srvCfg from CaptureSecrets)
-// over loopback TCP and has
-// them exchange one message each through crypto/tls, as the protocol's
-// Hello and Config do, before any hand-over.
+// over loopback TCP and has them exchange one message each through
+// crypto/tls, as the protocol's Hello and Config do, before any hand-over.
 func tlsPair(t testing.TB, srvCfg, cliCfg *tls.Config) (cli, srv recordEnds) {
+	t.Helper()
+	return tlsPairWrap(t, srvCfg, cliCfg, nil)
+}
+
+// tlsPairWrap is tlsPair with each side's TCP connection passed through
+// wrap (nil: as is) before TLS runs on it.
+func tlsPairWrap(t testing.TB, srvCfg, cliCfg *tls.Config, wrap func(net.Conn) net.Conn) (cli, srv recordEnds) {
+	t.Helper()
+	cli, srv = handshakePair(t, srvCfg, cliCfg, wrap)
+	errc := make(chan error, 1)
+	go func() {
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(srv.tc, b); err != nil || string(b) != "hello" {
+			errc <- fmt.Errorf("server read %q, %v", b, err)
+			return
+		}
+		srv.bc.noteAppRead(len(b))
+		_, err := srv.tc.Write([]byte("config"))
+		errc <- err
+	}()
+	if _, err := cli.tc.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 6)
+	if _, err := io.ReadFull(cli.tc, b); err != nil || string(b) != "config" {
+		t.Fatalf("client read %q, %v", b, err)
+	}
+	cli.bc.noteAppRead(len(b))
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return cli, srv
+}
+
+// handshakePair runs only the TLS handshakes of tlsPairWrap.
+func handshakePair(t testing.TB, srvCfg, cliCfg *tls.Config, wrap func(net.Conn) net.Conn) (cli, srv recordEnds) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -51,36 +86,18 @@ func tlsPair(t testing.TB, srvCfg, cliCfg *tls.Config) (cli, srv recordEnds) {
 		t.Fatal("accept failed")
 	}
 	t.Cleanup(func() { craw.Close(); sraw.Close() })
+	if wrap != nil {
+		craw, sraw = wrap(craw), wrap(sraw)
+	}
 	cli.raw, srv.raw = craw, sraw
 	cli.bc, srv.bc = NewBatchConn(craw), NewBatchConn(sraw)
 	cli.tc = cli.bc.Client(cliCfg)
 	srv.tc = tls.Server(srv.bc, srvCfg)
 	errc := make(chan error, 1)
-	go func() {
-		if err := srv.tc.Handshake(); err != nil {
-			errc <- err
-			return
-		}
-		b := make([]byte, 5)
-		if _, err := io.ReadFull(srv.tc, b); err != nil || string(b) != "hello" {
-			errc <- fmt.Errorf("server read %q, %v", b, err)
-			return
-		}
-		srv.bc.noteAppRead(len(b))
-		_, err := srv.tc.Write([]byte("config"))
-		errc <- err
-	}()
+	go func() { errc <- srv.tc.Handshake() }()
 	if err := cli.tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.tc.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 6)
-	if _, err := io.ReadFull(cli.tc, b); err != nil || string(b) != "config" {
-		t.Fatalf("client read %q, %v", b, err)
-	}
-	cli.bc.noteAppRead(len(b))
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
