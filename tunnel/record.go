@@ -53,11 +53,12 @@ import (
 
 // TLS record layer constants (RFC 8446 sections 5 and 6).
 const (
-	recordHeaderLen     = 5
-	recordTypeAlert     = 21
-	recordTypeHandshake = 22
-	recordTypeAppData   = 23
-	tagLen              = 16
+	recordHeaderLen            = 5
+	recordTypeChangeCipherSpec = 20
+	recordTypeAlert            = 21
+	recordTypeHandshake        = 22
+	recordTypeAppData          = 23
+	tagLen                     = 16
 	// maxCiphertext is the largest TLSCiphertext.length a receiver must
 	// accept: 2^14 + 256.
 	maxCiphertext = maxRecord + 256
@@ -627,6 +628,11 @@ func (c *RecordConn) readRecord(p []byte, slack bool) (n int, err error) {
 	if err != nil {
 		return 0, err
 	}
+	if rec[0] == recordTypeChangeCipherSpec {
+		// RFC 8446 section 5: after the peer's Finished it is an
+		// unexpected record type (crypto/tls drops it).
+		return 0, fail(alertUnexpectedMessage, "change_cipher_spec record after the handshake")
+	}
 	if c.rxSeq >= recordLimit {
 		return 0, fail(alertUnexpectedMessage, "the peer sent more than %d records under one key without a KeyUpdate", uint64(recordLimit))
 	}
@@ -664,7 +670,7 @@ func (c *RecordConn) readRecord(p []byte, slack bool) (n int, err error) {
 	}
 	content, typ, ok := splitInner(inner)
 	if !ok {
-		return 0, fail(alertUnexpectedMessage, "record without a content type (all zeros)")
+		return 0, fail(alertUnexpectedMessage, "record with no content type (all zeros or empty)")
 	}
 	if typ != recordTypeHandshake && len(c.hs) > 0 {
 		return 0, fail(alertUnexpectedMessage, "a record of type %d in the middle of a handshake message", typ)

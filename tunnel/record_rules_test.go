@@ -154,7 +154,7 @@ func TestRecordConnRules(t *testing.T) {
 		}, want{"", "malformed alert", alertUnexpectedMessage}},
 		{"no content type", false, func(s *peerSender) [][]byte {
 			return [][]byte{s.rec(0, nil, 20)}
-		}, want{"", "all zeros", alertUnexpectedMessage}},
+		}, want{"", "no content type", alertUnexpectedMessage}},
 		{"unknown content type", false, func(s *peerSender) [][]byte {
 			return [][]byte{s.rec(99, []byte("x"), 0)}
 		}, want{"", "content type 99", alertUnexpectedMessage}},
