@@ -2,6 +2,8 @@ module tlsvpn
 
 go 1.26.0
 
+toolchain go1.26.8
+
 require (
 	github.com/google/nftables v0.3.0
 	github.com/prometheus/client_golang v1.25.0

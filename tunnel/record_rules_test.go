@@ -2,17 +2,20 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"tlsvpn/certs/certstest"
+	"tlsvpn/tun"
 )
 
 // sealRecord returns one TLS 1.3 record sealed under k with sequence number
@@ -498,5 +501,56 @@ func TestProveRefuses(t *testing.T) {
 	tr.setSecret(appSecret, true)
 	if _, err := tr.prove(tls.TLS_AES_128_GCM_SHA256, false); err == nil || !strings.Contains(err.Error(), "before its key") {
 		t.Fatalf("prove after an unkept record: %v", err)
+	}
+}
+
+// fixedPool assigns every identity the same address.
+type fixedPool netip.Addr
+
+func (p fixedPool) Assign(string) (netip.Addr, error) { return netip.Addr(p), nil }
+
+// TestNoSecretsWithoutOwnLayer: with --stdlib-tls-records no traffic
+// secret is ever captured, on the server (no key log in its TLS config)
+// or on the client (none reaches its BatchConn).
+func TestNoSecretsWithoutOwnLayer(t *testing.T) {
+	ca := certstest.NewCA(t)
+	for _, stdlib := range []bool{false, true} {
+		srv, err := NewServer(ServerConfig{
+			TLS: ca.ServerConfig(t, "server"), Identity: func(tls.ConnectionState) (string, error) { return "laptop", nil },
+			Dev: &discardDevice{}, Pool: fixedPool(allocClient), Subnet: netip.MustParsePrefix("100.64.0.0/24"), ServerAddr: allocServer,
+			MTU: 1500, StdlibRecords: stdlib,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if capture := srv.tls.GetConfigForClient != nil; capture == stdlib {
+			t.Fatalf("stdlib records %v: the server captures secrets: %v", stdlib, capture)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx, ln) }()
+		cl, err := NewClient(ClientConfig{
+			Dial:          func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String()) },
+			TLS:           ca.ClientConfig(t, "laptop", "server"),
+			Setup:         func(context.Context, Config) (tun.Device, error) { return &discardDevice{}, nil },
+			StdlibRecords: stdlib,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, bc, _, err := cl.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := bc.tx.secret != nil || bc.tx.hsSecret != nil || bc.rx.secret != nil; got == stdlib {
+			t.Fatalf("stdlib records %v: the client holds secrets: %v", stdlib, got)
+		}
+		tc.Close()
+		cancel()
+		<-done
 	}
 }

@@ -109,6 +109,9 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	counter("panics_total", "Recovered panics; each closed only its own session or connection.", &stats.Panics)
 	counter("advertise_refused_total", "Networks a client advertised that its policy does not allow.", &stats.AdvertiseRefused)
 	counter("record_handovers_total", "Sessions whose data phase runs on tlsvpn's own TLS 1.3 record layer instead of crypto/tls.", &stats.RecordHandOvers)
+	counter("record_handover_refusals_total", "Sessions that stayed on crypto/tls because the hand-over to the own record layer could not be proven safe.", &stats.RecordHandOverRefusals)
+	counter("key_updates_sent_total", "TLS KeyUpdate messages sent (the own record layer's in-band key changes and answers).", &stats.KeyUpdatesSent)
+	counter("key_updates_received_total", "TLS KeyUpdate messages received from peers.", &stats.KeyUpdatesReceived)
 	for _, g := range gauges {
 		if g.Counter {
 			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: prefix + "_" + g.Name, Help: g.Help}, g.Value))
@@ -176,6 +179,29 @@ func (d dropCollector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(r.v), r.reason)
 	}
+}
+
+// RecordLayer logs, once at start, what will carry the data phase's TLS
+// records, and returns whether tlsvpn's own AES-GCM is to be used: only
+// when it was asked for (--own-aes-gcm) and can run here.
+func RecordLayer(log *slog.Logger, stdlib, ownAESGCM bool) bool {
+	switch {
+	case stdlib:
+		log.Info("data phase: TLS records by crypto/tls (--stdlib-tls-records)")
+		return false
+	case tunnel.OwnRecordLayer() != nil:
+		log.Info("data phase: TLS records by crypto/tls", "reason", tunnel.OwnRecordLayer())
+		return false
+	case !ownAESGCM:
+		log.Info("data phase: TLS records by tlsvpn's record layer with Go's AES-GCM")
+		return false
+	}
+	if err := tunnel.OwnAESGCMCheck(); err != nil {
+		log.Warn("--own-aes-gcm: tlsvpn's own AES-GCM cannot run here; using Go's", "reason", err)
+		return false
+	}
+	log.Info("data phase: TLS records by tlsvpn's record layer with tlsvpn's own AES-GCM (--own-aes-gcm)")
+	return true
 }
 
 // StatsAttrs summarizes stats for a log line.
