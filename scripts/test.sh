@@ -36,7 +36,7 @@ cd "$REPO_ROOT"
 # tests, the demo and shellcheck. apt runs only if something is missing.
 ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
 	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
-	setsid:util-linux shellcheck:shellcheck
+	setsid:util-linux shellcheck:shellcheck python3:python3
 go_mod_download
 if ! staticcheck -version 2>/dev/null | grep -qF "(${STATICCHECK_VERSION#v})"; then
 	log "installing staticcheck $STATICCHECK_VERSION"

@@ -534,7 +534,9 @@ func TestNoSecretsWithoutOwnLayer(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- srv.Serve(ctx, ln) }()
 		cl, err := NewClient(ClientConfig{
-			Dial:          func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String()) },
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+			},
 			TLS:           ca.ClientConfig(t, "laptop", "server"),
 			Setup:         func(context.Context, Config) (tun.Device, error) { return &discardDevice{}, nil },
 			StdlibRecords: stdlib,

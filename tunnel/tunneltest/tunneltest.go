@@ -99,6 +99,14 @@ type ServerOptions struct {
 	// Policy and PeersChanged are passed to the server.
 	Policy       func(identity string) tunnel.Policy
 	PeersChanged func([]tunnel.Peer)
+	// StdlibRecords, OwnAESGCM and RekeyRecords are passed to the server
+	// (see tunnel.ServerConfig): the record layer of the data phase.
+	StdlibRecords bool
+	OwnAESGCM     bool
+	RekeyRecords  uint64
+	// Logger, if set, is the server's logger instead of the default
+	// (stderr with TUNNELTEST_LOG set, else nothing).
+	Logger *slog.Logger
 }
 
 // StartServer starts a server; it stops in t.Cleanup.
@@ -115,21 +123,28 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 	if opts.WrapDev != nil {
 		sdev = opts.WrapDev(dev)
 	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = testLogger(t, "server")
+	}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
-		TLS:          ca.ServerConfig(t, "server"),
-		Identity:     certs.PeerIdentity,
-		Dev:          sdev,
-		Pool:         &Pool{},
-		Subnet:       Subnet,
-		ServerAddr:   Subnet.Addr().Next(),
-		MTU:          1500,
-		Routes:       opts.Routes,
-		Keepalive:    opts.Keepalive,
-		Stats:        stats,
-		CheckPeer:    opts.CheckPeer,
-		Policy:       opts.Policy,
-		PeersChanged: opts.PeersChanged,
-		Logger:       testLogger(t, "server"),
+		TLS:           ca.ServerConfig(t, "server"),
+		Identity:      certs.PeerIdentity,
+		Dev:           sdev,
+		Pool:          &Pool{},
+		Subnet:        Subnet,
+		ServerAddr:    Subnet.Addr().Next(),
+		MTU:           1500,
+		Routes:        opts.Routes,
+		Keepalive:     opts.Keepalive,
+		Stats:         stats,
+		CheckPeer:     opts.CheckPeer,
+		Policy:        opts.Policy,
+		PeersChanged:  opts.PeersChanged,
+		StdlibRecords: opts.StdlibRecords,
+		OwnAESGCM:     opts.OwnAESGCM,
+		RekeyRecords:  opts.RekeyRecords,
+		Logger:        logger,
 	})
 	if err != nil {
 		t.Fatal(err)
