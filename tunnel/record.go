@@ -607,6 +607,16 @@ func (c *RecordConn) read(p []byte, slack bool) (int, error) {
 			c.rerr = err
 			return 0, err
 		}
+		if c.rxSeq >= c.rekeyAt && c.keyUpdate && !c.requested {
+			// Ask the peer to update its key (after the record is
+			// handled: a KeyUpdate from the peer restarts the count):
+			// the request goes with this side's next record.
+			c.requested = true
+			c.pending.Or(pendingRequest)
+			if c.wake != nil {
+				c.wake()
+			}
+		}
 		if n > 0 {
 			return n, nil
 		}
@@ -653,15 +663,6 @@ func (c *RecordConn) readRecord(p []byte, slack bool) (n int, err error) {
 	}
 	c.rxSeq++
 	c.rxCount.Store(c.rxSeq)
-	if c.rxSeq >= c.rekeyAt && c.keyUpdate && !c.requested {
-		// Ask the peer to update its key: the request goes with this
-		// side's next record.
-		c.requested = true
-		c.pending.Or(pendingRequest)
-		if c.wake != nil {
-			c.wake()
-		}
-	}
 	if rec[0] != recordTypeAppData {
 		return 0, fail(alertUnexpectedMessage, "record of outer type %d after the handshake", rec[0])
 	}
@@ -766,6 +767,9 @@ func (c *RecordConn) handshake(content []byte) error {
 			c.rx.wipe()
 			c.rx, c.rxSeq, c.requested = next, 0, false
 			c.rxCount.Store(0)
+			// A request of ours not sent yet is moot: the key it was
+			// about is gone. (An answer is update_not_requested.)
+			c.pending.And(^uint32(pendingRequest))
 			if c.stats != nil {
 				c.stats.KeyUpdatesReceived.Add(1)
 			}

@@ -75,9 +75,8 @@ func checkNonces(wire []byte, suite uint16, hsSecret, appSecret []byte) ([]nonce
 			continue // ClientHello, ServerHello, change_cipher_spec
 		}
 		var use nonceUse
-		var inner []byte
 		if gen < 0 {
-			if inner, err = hk.open(nil, rec, hsSeq, &nonce); err == nil {
+			if _, err := hk.open(nil, rec, hsSeq, &nonce); err == nil {
 				use = nonceUse{-1, hsSeq}
 				hsSeq++
 			} else {
@@ -85,7 +84,8 @@ func checkNonces(wire []byte, suite uint16, hsSecret, appSecret []byte) ([]nonce
 			}
 		}
 		if gen >= 0 {
-			if inner, err = keys[gen].open(nil, rec, seq, &nonce); err != nil {
+			inner, err := keys[gen].open(nil, rec, seq, &nonce)
+			if err != nil {
 				for g := gen; g >= 0; g-- {
 					for s := range seq + 1 {
 						if _, e := keys[g].open(nil, rec, s, &nonce); e == nil {

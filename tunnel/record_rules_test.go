@@ -556,3 +556,35 @@ func TestNoSecretsWithoutOwnLayer(t *testing.T) {
 		<-done
 	}
 }
+
+// TestKeyUpdateAtTheBudget: when the peer's KeyUpdate is the record that
+// brings the count under its key to rekeyAt, no request of ours follows
+// it: the answer to update_requested is one update_not_requested, and an
+// update_not_requested needs no answer at all.
+func TestKeyUpdateAtTheBudget(t *testing.T) {
+	for _, requested := range []bool{false, true} {
+		peerTx, peerRx := randomSecret(t), randomSecret(t)
+		s := &peerSender{t: t, k: mustKeys(t, peerTx)}
+		stream := append(s.rec(23, []byte("a"), 0), s.keyUpdate(requested)...)
+		stream = append(stream, s.rec(23, []byte("b"), 0)...)
+		conn := &streamConn{r: bytes.NewReader(stream)}
+		rc := newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
+		rc.setOptions(recordOptions{keyUpdate: true, rekeyAt: 2})
+		b := make([]byte, 2)
+		if err := rc.ReadFull(b, false); err != nil || string(b) != "ab" {
+			t.Fatalf("read %q, %v", b, err)
+		}
+		if _, err := rc.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		r := &peerSender{t: t, k: mustKeys(t, peerRx)}
+		want := r.rec(23, []byte("x"), 0)
+		if requested {
+			r = &peerSender{t: t, k: mustKeys(t, peerRx)}
+			want = append(r.keyUpdate(false), r.rec(23, []byte("x"), 0)...)
+		}
+		if !bytes.Equal(conn.w.Bytes(), want) {
+			t.Fatalf("requested=%v: sent %d bytes, want %d (one update_not_requested answer at most)", requested, conn.w.Len(), len(want))
+		}
+	}
+}

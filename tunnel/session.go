@@ -313,12 +313,12 @@ func (s *Session) handOver() {
 	}
 	if s.cfg.StdlibRecords {
 		bc.Forget()
-		s.log.Debug("data phase on crypto/tls's record layer (stdlib TLS records requested)", "peer", s.cfg.Peer)
+		s.log.Debug("data phase on crypto/tls's record layer (stdlib TLS records requested)")
 		return
 	}
 	if err := OwnRecordLayer(); err != nil {
 		bc.Forget()
-		s.log.Debug("data phase on crypto/tls's record layer", "peer", s.cfg.Peer, "reason", err)
+		s.log.Debug("data phase on crypto/tls's record layer", "reason", err)
 		return
 	}
 	suite := tc.ConnectionState().CipherSuite
@@ -328,7 +328,7 @@ func (s *Session) handOver() {
 		// peer (or a bug), and costs speed, not correctness.
 		bc.Forget()
 		s.stats.RecordHandOverRefusals.Add(1)
-		s.log.Warn("data phase stays on crypto/tls: record hand-over not proven safe", "peer", s.cfg.Peer, "err", err)
+		s.log.Warn("data phase stays on crypto/tls: record hand-over not proven safe", "err", err)
 		return
 	}
 	rc.setOptions(recordOptions{
@@ -343,7 +343,7 @@ func (s *Session) handOver() {
 		},
 	})
 	s.stats.RecordHandOvers.Add(1)
-	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer", "peer", s.cfg.Peer,
+	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer",
 		"cipher_suite", tls.CipherSuiteName(suite), "own_aes_gcm", rc.OwnAESGCM(), "key_update", s.cfg.PeerKeyUpdate)
 	s.conn, s.batch, s.rc = rc, rc, rc
 	s.rcLoaded.Store(rc)
