@@ -588,3 +588,33 @@ func TestKeyUpdateAtTheBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchConnCountsRecords: on crypto/tls the wrapper counts the
+// records each way (Usage's view there), and refuses to carry a record
+// past the per-key limit.
+func TestBatchConnCountsRecords(t *testing.T) {
+	ca := certstest.NewCA(t)
+	cli, srv := tlsPair(t, CaptureSecrets(ca.ServerConfig(t, "server")), ca.ClientConfig(t, "laptop", "server"))
+	ctx0, crx0 := cli.bc.Counts()
+	stx0, _ := srv.bc.Counts()
+	const n = 10
+	go func() {
+		for range n {
+			srv.tc.Write([]byte("0123456789"))
+		}
+	}()
+	if _, err := io.ReadFull(cli.tc, make([]byte, 10*n)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, crx := cli.bc.Counts()
+	stx, _ := srv.bc.Counts()
+	if stx-stx0 != n || crx-crx0 != n || ctx != ctx0 {
+		t.Fatalf("records counted: server sent %d, client received %d and sent %d; want %d, %d, 0", stx-stx0, crx-crx0, ctx-ctx0, n, n)
+	}
+	srv.bc.mu.Lock()
+	srv.bc.tx.records = recordLimit
+	srv.bc.mu.Unlock()
+	if _, err := srv.tc.Write([]byte("x")); !errors.Is(err, errRecordLimit) {
+		t.Fatalf("write past the limit on crypto/tls: %v, want %v", err, errRecordLimit)
+	}
+}
