@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # bench.sh - throughput / latency / CPU benchmark of tlsvpn against
-# wireguard-go and the bare veth it runs over.
+# wireguard-go and the bare veth it runs over, and of tlsvpn's default
+# AES-GCM (Go's) against its opt-in own AES-GCM (--own-aes-gcm).
 #
 # Run as root from anywhere inside the repository:
 #
 #   sudo scripts/bench.sh
 #
-# Two network namespaces joined by one veth pair carry three paths
+# Two network namespaces joined by one veth pair carry four paths
 # (selectable with BENCH_PATHS), all up at once during a round:
 #
 #   veth    bare veth, 198.18.0.2 -> 198.18.0.1           (ceiling)
 #   wg      wireguard-go (version pinned in go.mod), 100.65.0.2 -> 100.65.0.1
-#   tlsvpn  tunnelc -> tunneld over TLS, 100.64.0.2 -> 100.64.0.1
+#   tlsvpn  tunnelc -> tunneld over TLS with the default crypto (Go's
+#           AES-GCM), port 443, 100.64.0.2 -> 100.64.0.1
+#   tlsown  a second tunnelc -> tunneld pair, both with --own-aes-gcm
+#           (tlsvpn's own AES-GCM assembly), port 8443, 100.66.0.2 -> 100.66.0.1
 #
-# Namespace "a" holds the server side (iperf3 -s, tunneld, wg peer a),
-# namespace "b" the client side (iperf3 -c, tunnelc, wg peer b).
+# Both tlsvpn pairs use the same PKI (server certificate for 198.18.0.1) and
+# get TUNNEL_FLAGS_SERVER / TUNNEL_FLAGS_CLIENT. Which AES-GCM each daemon
+# says it uses (its "data phase:" start-up line) is in the report's notes;
+# where the own AES-GCM cannot run, tlsown falls back to Go's and a NOTE
+# says so (the tlsown column then measures Go's AES-GCM too).
+#
+# Namespace "a" holds the server side (iperf3 -s, both tunneld, wg peer a),
+# namespace "b" the client side (iperf3 -c, both tunnelc, wg peer b).
 #
 # Per path and round it measures TCP 1 stream both ways, 4 streams, ping RTT
 # idle and under a 1-stream load, TCP 1 stream with 1% random loss on the
@@ -24,8 +34,18 @@
 # alternate the order of the paths; the markdown table on stdout has the
 # medians, BENCH_JSON gets every raw value.
 #
+# Ratios in the table are of the medians as shown (numerator / denominator):
+#   tlsvpn/wireguard-go  default tlsvpn against wireguard-go
+#   own/wireguard-go     tlsvpn --own-aes-gcm against wireguard-go
+#   tlsvpn/own           the cost of the default crypto: default tlsvpn
+#                        against tlsvpn --own-aes-gcm; for throughput < 1
+#                        means the default is slower
+#   tlsvpn/veth          default tlsvpn against the bare veth
+# For throughput higher is better (a ratio > 1 favours the numerator); for
+# RTT, CPU per GB and RSS lower is better (a ratio < 1 favours it).
+#
 # Environment:
-#   BENCH_PATHS          paths to run, default "veth wg tlsvpn"
+#   BENCH_PATHS          paths to run, default "veth wg tlsvpn tlsown"
 #   BENCH_SECONDS        seconds per iperf3 test, default 10
 #   BENCH_ROUNDS         rounds, default 2 (odd rounds in order, even reversed)
 #   BENCH_JSON           JSON output file, default ./bench.json
@@ -35,16 +55,20 @@
 #                        the loss test so each nft verdict hits one wire-sized
 #                        packet; "on": leave offloads, the rule then drops
 #                        whole GSO super-packets
-#   BENCH_PAIRS          after the rounds, N alternating pairs of short 1-stream
-#                        tests (wireguard-go next to tlsvpn, each direction), with
-#                        the ratio of each pair; default 0 (off). Needs both
+#   BENCH_PAIRS          after the rounds, N pairs of short 1-stream tests
+#                        (each direction) run back to back on wireguard-go,
+#                        tlsvpn and, when in BENCH_PATHS, tlsown, the order
+#                        rotating each pair; reports per pair tlsvpn/wg,
+#                        own/wg and tlsvpn/own; default 0 (off). Needs both
 #                        wg and tlsvpn in BENCH_PATHS
 #   BENCH_PAIR_SECONDS   seconds per paired test, default 4
 #   BENCH_TUNNEL_WAIT    seconds to wait for a tunnel to come up, default 20
 #   BENCH_KEEP_LOGS      directory to copy daemon logs into (optional)
 #   BENCH_NO_INSTALL     set to 1 to never apt-get install missing tools
-#   TUNNEL_FLAGS_SERVER  extra flags for tunneld (e.g. "--no-offload")
-#   TUNNEL_FLAGS_CLIENT  extra flags for tunnelc
+#   TUNNEL_FLAGS_SERVER  extra flags for both tunneld (e.g. "--no-offload")
+#   TUNNEL_FLAGS_CLIENT  extra flags for both tunnelc (putting --own-aes-gcm
+#                        or --stdlib-tls-records here changes the tlsvpn
+#                        path too; the notes then say so)
 #   TUNNEL_BIN_DIR       use tunneld/tunnelc from this directory instead of
 #                        building ./cmd/tunneld and ./cmd/tunnelc
 #
@@ -55,7 +79,7 @@
 
 set -uo pipefail
 
-BENCH_PATHS=${BENCH_PATHS:-"veth wg tlsvpn"}
+BENCH_PATHS=${BENCH_PATHS:-"veth wg tlsvpn tlsown"}
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_JSON=${BENCH_JSON:-./bench.json}
@@ -87,6 +111,14 @@ TV_IF_S="tvb${ID}s"
 TV_IF_C="tvb${ID}c"
 TV_S=100.64.0.1
 TV_C=100.64.0.2
+TV_PORT=443
+TV_SUBNET=100.64.0.0/24
+TO_IF_S="tvo${ID}s"         # tlsown: the --own-aes-gcm pair
+TO_IF_C="tvo${ID}c"
+TO_S=100.66.0.1
+TO_C=100.66.0.2
+TO_PORT=8443
+TO_SUBNET=100.66.0.0/24      # tunnels may only use 100.64.0.0/10
 NFT_TABLE="tvbloss${ID}"
 WG_SOCK_DIR=/var/run/wireguard
 IPERF_PORT=5201
@@ -100,6 +132,7 @@ CLEANED=0
 SKIP_TLSVPN_REASON=""
 SKIP_WG_REASON=""
 NOTES=()             # extra lines for the report
+declare -A DATA_PHASE=() # "PATH tunneld" / "PATH tunnelc": AES-GCM the daemon reported
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
@@ -192,7 +225,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) || die "cannot find reposi
 
 read -r -a PATHS_REQ <<<"$BENCH_PATHS"
 for p in "${PATHS_REQ[@]}"; do
-  case $p in veth | wg | tlsvpn) ;; *) die "unknown path '$p' in BENCH_PATHS (veth wg tlsvpn)" ;; esac
+  case $p in veth | wg | tlsvpn | tlsown) ;; *) die "unknown path '$p' in BENCH_PATHS (veth wg tlsvpn tlsown)" ;; esac
 done
 ((${#PATHS_REQ[@]} > 0)) || die "BENCH_PATHS is empty"
 want() { [[ " ${PATHS_REQ[*]} " == *" $1 "* ]]; }
@@ -218,7 +251,7 @@ if ((${#need_pkgs[@]})); then
   { apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"; } >&2 ||
     die "apt-get install ${need_pkgs[*]} failed"
 fi
-if want wg || want tlsvpn; then
+if want wg || want tlsvpn || want tlsown; then
   command -v go >/dev/null 2>&1 || die "go not found"
 fi
 
@@ -251,7 +284,7 @@ if want wg; then
   [[ -n $SKIP_WG_REASON ]] && log "wireguard-go path skipped: $SKIP_WG_REASON"
 fi
 
-if want tlsvpn; then
+if want tlsvpn || want tlsown; then
   TUNNELD=$WORK/bin/tunneld
   TUNNELC=$WORK/bin/tunnelc
   if [[ -n $TUNNEL_BIN_DIR ]]; then
@@ -274,7 +307,7 @@ if want tlsvpn; then
       tail -n 20 "$WORK/logs/pki.log" >&2
     fi
   fi
-  [[ -n $SKIP_TLSVPN_REASON ]] && log "tlsvpn path skipped: $SKIP_TLSVPN_REASON"
+  [[ -n $SKIP_TLSVPN_REASON ]] && log "tlsvpn paths skipped: $SKIP_TLSVPN_REASON"
 fi
 
 # ---------------------------------------------------------------- namespaces
@@ -599,36 +632,91 @@ down_wg() {
   rm -f "$WG_SOCK_DIR/$WG_IF_A.sock" "$WG_SOCK_DIR/$WG_IF_B.sock"
 }
 
-up_tlsvpn() {
-  local round=$1 pids=()
-  UP[tlsvpn]=0
-  if [[ -n $SKIP_TLSVPN_REASON ]]; then record_all_null "$round" tlsvpn; return; fi
-  local D=$WORK/pki sflags cflags
+# log_reason LINE: the reason="..." attribute of a log line (text or JSON)
+log_reason() {
+  sed -n -e 's/.*"reason":"\([^"]*\)".*/\1/p' -e 't' -e 's/.*reason="\([^"]*\)".*/\1/p' -e 't' \
+    -e 's/.*reason=\([^ ]*\).*/\1/p' <<<"$1"
+}
+
+# data_phase LOGFILE: which AES-GCM a tunneld/tunnelc log says its data phase
+# uses, from the line it logs at start (text or JSON log format).
+data_phase() {
+  local logf=$1 line reason msg
+  if line=$(grep -F -m1 -e "--own-aes-gcm: tlsvpn's own AES-GCM cannot run here" "$logf" 2>/dev/null); then
+    reason=$(log_reason "$line")
+    echo "Go's AES-GCM: --own-aes-gcm cannot run here (reason: ${reason:-see log})"
+  elif grep -qF "record layer with tlsvpn's own AES-GCM" "$logf" 2>/dev/null; then
+    echo "tlsvpn's own AES-GCM"
+  elif grep -qF "record layer with Go's AES-GCM" "$logf" 2>/dev/null; then
+    echo "Go's AES-GCM"
+  elif line=$(grep -F -m1 "data phase: " "$logf" 2>/dev/null); then
+    msg=$(grep -o 'data phase: [^"]*' <<<"$line")
+    reason=$(log_reason "$line")
+    echo "${msg#data phase: }${reason:+ (reason: $reason)}"
+  else
+    echo "unknown (no \"data phase:\" line in the log)"
+  fi
+}
+
+# check_data_phase PATH SERVER_LOG CLIENT_LOG: note which AES-GCM both
+# daemons of a tlsvpn path use; once per path, again only if it changes.
+check_data_phase() {
+  local path=$1 slog=$2 clog=$3 s c want_s note
+  s=$(data_phase "$slog")
+  c=$(data_phase "$clog")
+  log "[$path] data phase: tunneld: $s; tunnelc: $c"
+  [[ ${DATA_PHASE["$path tunneld"]:-} == "$s" && ${DATA_PHASE["$path tunnelc"]:-} == "$c" ]] && return 0
+  DATA_PHASE["$path tunneld"]=$s
+  DATA_PHASE["$path tunnelc"]=$c
+  want_s="Go's AES-GCM"
+  [[ $path == tlsown ]] && want_s="tlsvpn's own AES-GCM"
+  if [[ $s == "$c" ]]; then note="tunneld and tunnelc: $s"; else note="tunneld: $s; tunnelc: $c"; fi
+  if [[ $s == "$want_s" && $c == "$want_s" ]]; then
+    NOTES+=("$path AES-GCM: $note")
+  else
+    [[ $path == tlsown ]] && note="$note; so the tlsvpn --own-aes-gcm column does not measure the own AES-GCM"
+    NOTES+=("NOTE: $path AES-GCM: $note (expected $want_s on both)")
+  fi
+}
+
+# up_tls ROUND PATH PORT SUBNET SERVER_IP CLIENT_IP TUN_S TUN_C [FLAG...]:
+# one tunneld (namespace a, UL_A:PORT, SUBNET, TUN_S) and one tunnelc
+# (namespace b, TUN_C) with FLAG... on both, then TUNNEL_FLAGS_SERVER /
+# TUNNEL_FLAGS_CLIENT. Up when CLIENT_IP is on TUN_C and SERVER_IP answers.
+up_tls() {
+  local round=$1 path=$2 port=$3 subnet=$4 srv_ip=$5 cli_ip=$6 tun_s=$7 tun_c=$8
+  shift 8
+  local extra=("$@") pids=()
+  UP[$path]=0
+  if [[ -n $SKIP_TLSVPN_REASON ]]; then record_all_null "$round" "$path"; return; fi
+  local D=$WORK/pki sflags cflags tag=""
+  [[ $path != tlsvpn ]] && tag="-$path"
+  local slog="$WORK/logs/tunneld$tag-r$round.log" clog="$WORK/logs/tunnelc$tag-r$round.log"
   read -r -a sflags <<<"$TUNNEL_FLAGS_SERVER"
   read -r -a cflags <<<"$TUNNEL_FLAGS_CLIENT"
-  start_bg "$WORK/logs/tunneld-r$round.log" ip netns exec "$NS_A" "$TUNNELD" \
-    --listen "$UL_A:443" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
-    --subnet 100.64.0.0/24 --tun "$TV_IF_S" --state-dir "$WORK/state-r$round" "${sflags[@]}"
+  start_bg "$slog" ip netns exec "$NS_A" "$TUNNELD" \
+    --listen "$UL_A:$port" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
+    --subnet "$subnet" --tun "$tun_s" --state-dir "$WORK/state$tag-r$round" "${extra[@]}" "${sflags[@]}"
   pids=("$LAST_PID")
-  PPIDS[tlsvpn]="${pids[*]}"
+  PPIDS[$path]="${pids[*]}"
   # wait for the listener before starting the client
   local i ok=0
   for ((i = 0; i < BENCH_TUNNEL_WAIT * 10; i++)); do
-    ip netns exec "$NS_A" ss -Hltn "sport = :443" 2>/dev/null | grep -q . && { ok=1; break; }
+    ip netns exec "$NS_A" ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && { ok=1; break; }
     alive "${pids[0]}" || break
     sleep 0.1
   done
   if ((ok)); then
-    start_bg "$WORK/logs/tunnelc-r$round.log" ip netns exec "$NS_B" "$TUNNELC" \
-      --server "$UL_A:443" --cert "$D/client.crt" --key "$D/client.key" --ca "$D/ca.crt" \
-      --tun "$TV_IF_C" "${cflags[@]}"
+    start_bg "$clog" ip netns exec "$NS_B" "$TUNNELC" \
+      --server "$UL_A:$port" --cert "$D/client.crt" --key "$D/client.key" --ca "$D/ca.crt" \
+      --tun "$tun_c" "${extra[@]}" "${cflags[@]}"
     pids+=("$LAST_PID")
-    PPIDS[tlsvpn]="${pids[*]}"
+    PPIDS[$path]="${pids[*]}"
     ok=0
     for ((i = 0; i < BENCH_TUNNEL_WAIT * 2; i++)); do
       if ! { alive "${pids[0]}" && alive "${pids[1]}"; }; then break; fi
-      if ip -n "$NS_B" -4 addr show dev "$TV_IF_C" 2>/dev/null | grep -q "inet $TV_C/" &&
-        ip netns exec "$NS_B" ping -c 1 -W 1 "$TV_S" >/dev/null 2>&1; then
+      if ip -n "$NS_B" -4 addr show dev "$tun_c" 2>/dev/null | grep -qF "inet $cli_ip/" &&
+        ip netns exec "$NS_B" ping -c 1 -W 1 "$srv_ip" >/dev/null 2>&1; then
         ok=1
         break
       fi
@@ -636,21 +724,28 @@ up_tlsvpn() {
     done
   fi
   if ((ok)); then
-    log "[tlsvpn] up (pids ${PPIDS[tlsvpn]})"
-    UP[tlsvpn]=1
-    TARGET[tlsvpn]=$TV_S
+    log "[$path] up (pids ${PPIDS[$path]})"
+    UP[$path]=1
+    TARGET[$path]=$srv_ip
+    check_data_phase "$path" "$slog" "$clog"
   else
-    log "[tlsvpn] tunnel did not come up within ${BENCH_TUNNEL_WAIT}s"
-    NOTES+=("tlsvpn: tunnel did not come up in round $round")
+    log "[$path] tunnel did not come up within ${BENCH_TUNNEL_WAIT}s"
+    NOTES+=("$path: tunnel did not come up in round $round")
     local f
-    for f in "$WORK/logs/tunneld-r$round.log" "$WORK/logs/tunnelc-r$round.log"; do
+    for f in "$slog" "$clog"; do
       [[ -f $f ]] && { log "--- $(basename "$f")"; tail -n 15 "$f" >&2; }
     done
-    record_all_null "$round" tlsvpn
-    down_tlsvpn
+    record_all_null "$round" "$path"
+    path_down "$path"
   fi
 }
+
+# tlsvpn: the default crypto (Go's AES-GCM)
+up_tlsvpn() { up_tls "$1" tlsvpn "$TV_PORT" "$TV_SUBNET" "$TV_S" "$TV_C" "$TV_IF_S" "$TV_IF_C"; }
 down_tlsvpn() { path_down tlsvpn; }
+# tlsown: tlsvpn's own AES-GCM on both sides
+up_tlsown() { up_tls "$1" tlsown "$TO_PORT" "$TO_SUBNET" "$TO_S" "$TO_C" "$TO_IF_S" "$TO_IF_C" --own-aes-gcm; }
+down_tlsown() { path_down tlsown; }
 
 # ---------------------------------------------------------------- rounds
 # Every path of a round is up at once (an idle tunnel costs nothing), and
@@ -681,41 +776,57 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
 done
 
 # ---------------------------------------------------------------- pairs
-# Short tests in alternating pairs, wireguard-go next to tlsvpn: the ratio
-# of each pair compares two values measured seconds apart, and the spread
-# of the ratios shows how far one full run can be trusted.
+# Short tests in pairs, wireguard-go next to tlsvpn and (when in BENCH_PATHS)
+# tlsvpn --own-aes-gcm, the order rotating each pair (with three tunnels,
+# pairs 4-6 rotate the reversed order, so that over six pairs each tunnel
+# runs before each other one as often as after it): each ratio of a pair
+# compares values measured seconds apart, and the spread of the ratios
+# shows how far one full run can be trusted.
 PAIRS_TSV="$WORK/pairs.tsv"
 : >"$PAIRS_TSV"
 if ((BENCH_PAIRS > 0)); then
-  log "pairs: $BENCH_PAIRS x ${BENCH_PAIR_SECONDS}s, wg and tlsvpn"
+  PAIR_PATHS=(wg tlsvpn)
+  want tlsown && PAIR_PATHS+=(tlsown)
+  log "pairs: $BENCH_PAIRS x ${BENCH_PAIR_SECONDS}s, ${PAIR_PATHS[*]}"
   # up_* record n/a values for a failed round; those belong to no round here
   rounds_results=$RESULTS
   RESULTS="$WORK/pairs-discard.tsv"
-  up_wg pairs
-  up_tlsvpn pairs
+  for p in "${PAIR_PATHS[@]}"; do "up_$p" pairs; done
   RESULTS=$rounds_results
-  if [[ ${UP[wg]} == 1 && ${UP[tlsvpn]} == 1 ]]; then
+  if [[ ${UP[wg]:-0} == 1 && ${UP[tlsvpn]:-0} == 1 ]]; then
+    if want tlsown && [[ ${UP[tlsown]:-0} != 1 ]]; then
+      NOTES+=("pairs: tlsown did not come up; pairs measured without it")
+    fi
     IPERF_SECONDS=$BENCH_PAIR_SECONDS
+    n=${#PAIR_PATHS[@]}
+    cycle=$n
+    ((n > 2)) && cycle=$((2 * n))
     for ((i = 1; i <= BENCH_PAIRS; i++)); do
-      order=(wg tlsvpn)
-      ((i % 2 == 0)) && order=(tlsvpn wg)
+      k=$(((i - 1) % cycle))
+      base=("${PAIR_PATHS[@]}")
+      if ((k >= n)); then
+        base=()
+        for ((j = n - 1; j >= 0; j--)); do base+=("${PAIR_PATHS[$j]}"); done
+        k=$((k - n))
+      fi
+      order=()
+      for ((j = 0; j < n; j++)); do order+=("${base[$(((k + j) % n))]}"); done
       for t in c2s s2c; do
         args=()
         [[ $t == s2c ]] && args=(-R)
         for p in "${order[@]}"; do
           path_alive pairs "$p" || continue
           iperf "${TARGET[$p]}" "$WORK/iperf/pair${i}-${p}-${t}.json" "${args[@]}"
-          printf '%s\t%s\t%s\t%s\n' "$i" "$t" "$p" "$BPS" >>"$PAIRS_TSV"
+          printf '%s\t%s\t%s\t%s\t%s\n' "$i" "$t" "$p" "$BPS" "${order[*]}" >>"$PAIRS_TSV"
         done
       done
-      log "pair $i/$BENCH_PAIRS done"
+      log "pair $i/$BENCH_PAIRS done (${order[*]})"
     done
     unset IPERF_SECONDS
   else
     NOTES+=("pairs: a tunnel did not come up; no pairs measured")
   fi
-  down_tlsvpn
-  down_wg
+  for p in "${PAIR_PATHS[@]}"; do "down_$p"; done
 fi
 
 # ---------------------------------------------------------------- report
@@ -752,15 +863,25 @@ jq -R -s --argjson meta "$META" '
         value: (group_by(.metric) | map({key: .[0].metric, value: (map(.value) | median)}) | from_entries)}) | from_entries)
     }' "$RESULTS" >"$WORK/bench.json" || die "building JSON failed"
 PAIRS_JSON=$(jq -R -s '
+  def r(a; b): if a and b and b > 0 then a / b else null end;
   split("\n") | map(select(length > 0) | split("\t") |
     {pair: (.[0] | tonumber), test: .[1], path: .[2],
-     bps: (if .[3] == "null" then null else (.[3] | tonumber) end)})
-  | group_by([.pair, .test]) | map({pair: .[0].pair, test: .[0].test,
+     bps: (if .[3] == "null" then null else (.[3] | tonumber) end),
+     order: ((.[4] // "") | split(" ") | map(select(length > 0)))})
+  | group_by([.pair, .test]) | map({pair: .[0].pair, test: .[0].test, order: .[0].order,
       wg: (map(select(.path == "wg")) | .[0].bps // null),
-      tlsvpn: (map(select(.path == "tlsvpn")) | .[0].bps // null)})
-  | map(. + {ratio: (if .wg and .tlsvpn and .wg > 0 then .tlsvpn / .wg else null end)})' "$PAIRS_TSV") ||
+      tlsvpn: (map(select(.path == "tlsvpn")) | .[0].bps // null),
+      tlsown: (map(select(.path == "tlsown")) | .[0].bps // null)})
+  | map(. + {ratio: r(.tlsvpn; .wg), ratio_own_wg: r(.tlsown; .wg), ratio_tlsvpn_own: r(.tlsvpn; .tlsown)})' "$PAIRS_TSV") ||
   die "building the pairs JSON failed"
-if ! jq --argjson pairs "$PAIRS_JSON" '. + {pairs: $pairs}' "$WORK/bench.json" >"$WORK/bench.json.tmp" ||
+# which AES-GCM each tlsvpn daemon reported: {"tlsvpn": {"tunneld": ..., "tunnelc": ...}, ...}
+DATA_PHASE_JSON="{}"
+for k in "${!DATA_PHASE[@]}"; do
+  DATA_PHASE_JSON=$(jq -c --arg p "${k% *}" --arg d "${k#* }" --arg v "${DATA_PHASE[$k]}" \
+    '.[$p][$d] = $v' <<<"$DATA_PHASE_JSON") || die "building the data phase JSON failed"
+done
+if ! jq --argjson pairs "$PAIRS_JSON" --argjson dp "$DATA_PHASE_JSON" \
+  '. + {pairs: $pairs, aes_gcm: $dp}' "$WORK/bench.json" >"$WORK/bench.json.tmp" ||
   ! mv "$WORK/bench.json.tmp" "$WORK/bench.json"; then
   die "building JSON failed"
 fi
@@ -785,7 +906,7 @@ echo "- nproc: $NPROC, CPU: $CPU_MODEL"
 echo "- kernel: $KERNEL"
 echo "- $GO_VERSION"
 echo "- $IPERF_VERSION; wireguard-go ${WG_VERSION:-n/a}"
-if want tlsvpn; then
+if want tlsvpn || want tlsown; then
   if [[ -n $TUNNEL_BIN_DIR ]]; then
     echo "- tlsvpn binaries: $TUNNEL_BIN_DIR"
   else
@@ -796,26 +917,35 @@ if want tlsvpn; then
 fi
 echo "- $BENCH_ROUNDS round(s) x ${BENCH_SECONDS}s per iperf3 test, medians; round orders: $(jq -r '[.round_orders[] | join(",")] | join(" / ")' "$WORK/bench.json")"
 echo "- TUNNEL_FLAGS_SERVER='$TUNNEL_FLAGS_SERVER' TUNNEL_FLAGS_CLIENT='$TUNNEL_FLAGS_CLIENT'"
+want tlsown && echo "- tlsvpn --own-aes-gcm (tlsown): a second tunneld/tunnelc pair with --own-aes-gcm on both sides"
 echo "- loss test: nft numgen ${BENCH_LOSS_PCT}% drop each way on the underlay veth (offloads ${BENCH_LOSS_OFFLOAD} during the test)"
 echo "- CPU s/GB: utime+stime of both tunnel processes over the three throughput tests / GB received; RSS: max VmHWM of the two"
+echo "- ratios are of the medians shown: for throughput > 1 favours the numerator, for RTT, CPU and RSS < 1 does"
+want tlsvpn && want tlsown &&
+  echo "- tlsvpn/own is the cost of the default crypto (Go's AES-GCM) against --own-aes-gcm: for throughput < 1 means the default is slower, for RTT, CPU and RSS > 1 means the default costs more"
 [[ -n $SKIP_WG_REASON ]] && want wg && echo "- wireguard-go skipped: $SKIP_WG_REASON"
-[[ -n $SKIP_TLSVPN_REASON ]] && want tlsvpn && echo "- tlsvpn skipped: $SKIP_TLSVPN_REASON"
+[[ -n $SKIP_TLSVPN_REASON ]] && { want tlsvpn || want tlsown; } && echo "- tlsvpn skipped: $SKIP_TLSVPN_REASON"
 for n in "${NOTES[@]}"; do echo "- $n"; done
 echo
-echo "| test | veth | wireguard-go | tlsvpn | tlsvpn/wireguard-go | tlsvpn/veth |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| test | veth | wireguard-go | tlsvpn | tlsvpn --own-aes-gcm | tlsvpn/wireguard-go | own/wireguard-go | tlsvpn/own | tlsvpn/veth |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+# rcol NUM DEN NUMPATH DENPATH: a ratio column, "-" when either path was not run
+rcol() {
+  if ran "$3" && ran "$4"; then ratio "$1" "$2"; else echo "-"; fi
+}
 row() { # row LABEL METRIC DECIMALS SCALE TUNNEL_ONLY
   local label=$1 m=$2 d=$3 s=$4 tonly=${5:-0}
-  local v w t cv cw ct r1 r2
-  v=$(med veth "$m"); w=$(med wg "$m"); t=$(med tlsvpn "$m")
-  if ran veth; then cv=$(fmt "$v" "$d" "$s"); else cv="-"; fi
+  local v w t o cv cw ct co r_tw r_ow r_to r_tv
+  v=$(med veth "$m"); w=$(med wg "$m"); t=$(med tlsvpn "$m"); o=$(med tlsown "$m")
+  if ran veth && ((!tonly)); then cv=$(fmt "$v" "$d" "$s"); else cv="-"; fi
   if ran wg; then cw=$(fmt "$w" "$d" "$s"); else cw="-"; fi
   if ran tlsvpn; then ct=$(fmt "$t" "$d" "$s"); else ct="-"; fi
-  r1=$(ratio "$t" "$w")
-  if ((tonly)); then cv="-"; r2="-"; else r2=$(ratio "$t" "$v"); fi
-  ran wg && ran tlsvpn || r1="-"
-  ran veth && ran tlsvpn || r2="-"
-  echo "| $label | $cv | $cw | $ct | $r1 | $r2 |"
+  if ran tlsown; then co=$(fmt "$o" "$d" "$s"); else co="-"; fi
+  r_tw=$(rcol "$t" "$w" tlsvpn wg)
+  r_ow=$(rcol "$o" "$w" tlsown wg)
+  r_to=$(rcol "$t" "$o" tlsvpn tlsown)
+  if ((tonly)); then r_tv="-"; else r_tv=$(rcol "$t" "$v" tlsvpn veth); fi
+  echo "| $label | $cv | $cw | $ct | $co | $r_tw | $r_ow | $r_to | $r_tv |"
 }
 row "TCP 1 stream client→server (Gbit/s)" tcp1_c2s_bps 2 1e9
 row "TCP 1 stream server→client (Gbit/s)" tcp1_s2c_bps 2 1e9
@@ -827,21 +957,30 @@ row "CPU seconds per GB (tunnel processes)" cpu_s_per_gb 2 1 1
 row "peak RSS, max of two (MiB)" peak_rss_kib 1 1024 1
 
 if ((BENCH_PAIRS > 0)); then
+  pair_ratios=("ratio tlsvpn/wireguard-go")
+  if want tlsown; then
+    pair_ratios+=("ratio_own_wg own/wireguard-go" "ratio_tlsvpn_own tlsvpn/own")
+    what="wireguard-go, tlsvpn and tlsvpn --own-aes-gcm (order rotating each pair)"
+  else
+    what="wireguard-go and tlsvpn (order alternating)"
+  fi
   echo
-  echo "Paired tests: $BENCH_PAIRS alternating pairs of ${BENCH_PAIR_SECONDS}-second 1-stream tests, tlsvpn/wireguard-go per pair:"
+  echo "Paired tests: $BENCH_PAIRS pairs of ${BENCH_PAIR_SECONDS}-second 1-stream tests on $what, ratios per pair:"
   echo
-  echo "| test | ratio per pair | median | mean |"
-  echo "|---|---|---:|---:|"
+  echo "| test | ratio | per pair | median | mean |"
+  echo "|---|---|---|---:|---:|"
   for t in c2s s2c; do
     label="client→server"
     [[ $t == s2c ]] && label="server→client"
-    jq -r --arg t "$t" --arg name "$label" '
-      [.pairs[] | select(.test == $t) | .ratio | select(. != null)] as $r
-      | if ($r | length) == 0 then "| \($name) | n/a | n/a | n/a |"
-        else ($r | sort) as $s
-        | "| \($name) | \($r | map(. * 100 | round / 100 | tostring) | join(" ")) | \(
-            if ($s | length) % 2 == 1 then $s[($s | length - 1) / 2]
-            else ($s[($s | length) / 2 - 1] + $s[($s | length) / 2]) / 2 end | . * 100 | round / 100) | \(
-            ($r | add / length) * 100 | round / 100) |" end' "$WORK/bench.json"
+    for pr in "${pair_ratios[@]}"; do
+      jq -r --arg t "$t" --arg name "$label" --arg key "${pr%% *}" --arg rname "${pr#* }" '
+        [.pairs[] | select(.test == $t) | .[$key] | select(. != null)] as $r
+        | if ($r | length) == 0 then "| \($name) | \($rname) | n/a | n/a | n/a |"
+          else ($r | sort) as $s
+          | "| \($name) | \($rname) | \($r | map(. * 100 | round / 100 | tostring) | join(" ")) | \(
+              if ($s | length) % 2 == 1 then $s[($s | length - 1) / 2]
+              else ($s[($s | length) / 2 - 1] + $s[($s | length) / 2]) / 2 end | . * 100 | round / 100) | \(
+              ($r | add / length) * 100 | round / 100) |" end' "$WORK/bench.json"
+    done
   done
 fi
