@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -385,7 +384,7 @@ type interopEnv struct {
 }
 
 func runInterop(t *testing.T, python, script string, tc interopCase) {
-	logs := new(syncBuffer)
+	logs := new(tunneltest.SyncBuffer)
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	// Registered first, so it runs last: after our side and the peer stopped.
 	t.Cleanup(func() {
@@ -679,7 +678,7 @@ type interopPeer struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr *syncBuffer
+	stderr *tunneltest.SyncBuffer
 	exited chan struct{} // closed after Wait returned
 	err    error         // Wait's result, once exited
 }
@@ -694,7 +693,7 @@ func startInteropPeer(t *testing.T, python, script, conf string, args []string) 
 	cmd := exec.CommandContext(ctx, python, append([]string{"-B", "-E", "-s", script}, args...)...)
 	cmd.Env = append(os.Environ(), "OPENSSL_CONF="+conf)
 	cmd.WaitDelay = 2 * time.Second
-	p := &interopPeer{t: t, cmd: cmd, lines: make(chan string, 64), stderr: new(syncBuffer), exited: make(chan struct{})}
+	p := &interopPeer{t: t, cmd: cmd, lines: make(chan string, 64), stderr: new(tunneltest.SyncBuffer), exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	var err error
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
@@ -888,22 +887,4 @@ func writeOpenSSLConf(t *testing.T, dir, suite string, padding int) string {
 		t.Fatal(err)
 	}
 	return path
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

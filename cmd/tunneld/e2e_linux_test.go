@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -38,6 +37,7 @@ import (
 	"tlsvpn/routing"
 	"tlsvpn/routing/netnstest"
 	"tlsvpn/tunnel"
+	"tlsvpn/tunnel/tunneltest"
 )
 
 var (
@@ -79,31 +79,14 @@ func TestMain(m *testing.M) {
 // proc is a daemon started in a namespace; it is stopped in t.Cleanup.
 type proc struct {
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *tunneltest.SyncBuffer
 	done chan struct{} // closed when the process has exited
 	err  error         // Wait's result, valid after done
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func start(t *testing.T, ns *netnstest.NS, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{log: new(syncBuffer), done: make(chan struct{})}
+	p := &proc{log: new(tunneltest.SyncBuffer), done: make(chan struct{})}
 	p.cmd = ns.Cmd(context.Background(), name, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {

@@ -29,6 +29,7 @@ import (
 
 	"tlsvpn/routing"
 	"tlsvpn/routing/netnstest"
+	"tlsvpn/tunnel/tunneltest"
 )
 
 // newPolicyEnv is newEnv's topology and PKI (a server namespace, two
@@ -329,7 +330,7 @@ func TestNetNSClientPolicyReload(t *testing.T) {
 	// reconnection: its session is not touched, so nothing is lost.
 	const pings = 60
 	pinger := laptop2.Cmd(t.Context(), "ping", "-c", strconv.Itoa(pings), "-i", "0.05", "-W", "2", "100.64.0.1")
-	pingOut := new(syncBuffer)
+	pingOut := new(tunneltest.SyncBuffer)
 	pinger.Stdout, pinger.Stderr = pingOut, pingOut
 	if err := pinger.Start(); err != nil {
 		t.Fatal(err)
