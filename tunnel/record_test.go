@@ -499,7 +499,7 @@ func FuzzRecordTracker(f *testing.F) {
 				want = append(want, off)
 			}
 		}
-		tr := recordTracker{secret: []byte{1}}
+		tr := recordTracker{hsSecret: []byte{1}, secret: []byte{1}}
 		var got []int
 		off, ci := 0, 0
 		for off < len(stream) {
@@ -524,7 +524,30 @@ func FuzzRecordTracker(f *testing.F) {
 		if len(tr.kept) > maxKeptRecords || tr.size > maxKeptBytes {
 			t.Fatalf("kept %d records, %d bytes", len(tr.kept), tr.size)
 		}
+		// Every encrypted record is counted, and kept unless too many.
+		enc := 0
+		for off := 0; off+recordHeaderLen <= len(stream); off += recordHeaderLen + int(binary.BigEndian.Uint16(stream[off+3:])) {
+			if stream[off] == recordTypeAppData {
+				enc++
+			}
+		}
+		if tr.records != uint64(enc) || (!tr.over && len(tr.kept) != len(want)-countOther(stream, want)) {
+			t.Fatalf("counted %d encrypted records of %d, kept %d (over %v)", tr.records, enc, len(tr.kept), tr.over)
+		}
 	})
+}
+
+// countOther returns how many of the complete records of stream (ending
+// at the offsets in ends) are not encrypted (outer type other than 23).
+func countOther(stream []byte, ends []int) int {
+	n, off := 0, 0
+	for _, end := range ends {
+		if stream[off] != recordTypeAppData {
+			n++
+		}
+		off = end
+	}
+	return n
 }
 
 // BenchmarkRecordLayer moves 64 KiB writes (one super-packet each) over
