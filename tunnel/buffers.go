@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"io"
 	"sync"
 
 	"tlsvpn/tun"
@@ -91,3 +92,91 @@ func (c *chunk) markEnd() { c.buf[c.lastHdr] |= FlagEnd }
 
 // bytes returns the chunk's frames.
 func (c *chunk) bytes() []byte { return c.buf[c.start:c.end] }
+
+// Receive and send buffers of the TLS layers. A connection holds a large
+// buffer only while data flows: an idle one waits in its read with a small
+// array of its own and holds no send buffer at all, so ten thousand idle
+// sessions cost little memory.
+
+// smallRecv is the receive buffer of a quiet connection: enough for the
+// keepalive records and small packets of an idle session.
+const smallRecv = 2048
+
+var recvPool = sync.Pool{New: func() any { b := make([]byte, readBuf); return &b }}
+
+// recvBuf is a connection's receive buffer: the bytes read from the
+// socket and not yet used are buf[pos:end].
+type recvBuf struct {
+	small [smallRecv]byte
+	big   *[]byte // from recvPool, while data flows
+	buf   []byte  // small[:] or *big; nil until the first read
+	pos   int
+	end   int
+	lastN int // what the last read returned: a full small buffer means more is coming
+}
+
+// bytes returns the unused bytes.
+func (b *recvBuf) bytes() []byte { return b.buf[b.pos:b.end] }
+
+// fill reads once from r into the buffer, after making room for need
+// bytes from pos on (need is at most len of a big buffer). A drained
+// buffer of a quiet connection goes back to the small array; a small one
+// that cannot hold need bytes, or that the last read filled, becomes big.
+func (b *recvBuf) fill(r io.Reader, need int) (int, error) {
+	if b.buf == nil {
+		b.buf = b.small[:]
+	}
+	if b.pos == b.end {
+		b.pos, b.end = 0, 0
+		if b.big != nil && b.lastN < smallRecv {
+			b.releaseBig()
+		}
+	}
+	if b.big == nil && (need > len(b.small) || b.lastN == len(b.small)) {
+		b.grow()
+	}
+	if len(b.buf)-b.pos < need || b.end == len(b.buf) || (b.big != nil && len(b.buf)-b.end < maxRecordWire) {
+		b.end = copy(b.buf, b.buf[b.pos:b.end])
+		b.pos = 0
+	}
+	n, err := r.Read(b.buf[b.end:])
+	b.end += n
+	b.lastN = n
+	return n, err
+}
+
+// grow moves the unused bytes into a big buffer.
+func (b *recvBuf) grow() {
+	b.big = recvPool.Get().(*[]byte)
+	n := copy(*b.big, b.buf[b.pos:b.end])
+	b.buf, b.pos, b.end = *b.big, 0, n
+}
+
+// releaseBig gives the big buffer back; the buffer must be empty.
+func (b *recvBuf) releaseBig() {
+	recvPool.Put(b.big)
+	b.big, b.buf = nil, b.small[:]
+}
+
+// load puts p (bytes already read from the socket) into an empty buffer.
+func (b *recvBuf) load(p []byte) {
+	b.buf = b.small[:]
+	if len(p) > len(b.small) {
+		b.big = recvPool.Get().(*[]byte)
+		b.buf = *b.big
+	}
+	b.pos, b.end = 0, copy(b.buf, p)
+}
+
+// free gives the big buffer back whatever it holds (the connection is
+// done with it).
+func (b *recvBuf) free() {
+	if b.big != nil {
+		recvPool.Put(b.big)
+	}
+	b.big, b.buf, b.pos, b.end = nil, nil, 0, 0
+}
+
+// sendPool holds the buffers sealed records are gathered in before one
+// send: taken for a write, given back when it is sent.
+var sendPool = sync.Pool{New: func() any { b := make([]byte, 0, outCap); return &b }}

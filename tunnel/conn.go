@@ -36,7 +36,8 @@ type BatchConn struct {
 
 	mu      sync.Mutex // guards the write side and the secrets
 	holding bool
-	buf     []byte // gathered bytes; capacity kept between batches
+	buf     []byte  // gathered bytes, in *bufp
+	bufp    *[]byte // from sendPool between Hold and Flush
 	client  bool   // the TLS client side: decides which secret is whose
 	gone    bool   // handed over to a RecordConn
 	tx, rx  recordTracker
@@ -49,8 +50,7 @@ type BatchConn struct {
 	appRead int64
 
 	// Read side, used only by the tls.Conn's reader (under its lock).
-	rbuf       []byte
-	rpos, rend int
+	in recvBuf
 }
 
 // readBuf is the read-ahead buffer's size.
@@ -67,20 +67,15 @@ func (c *BatchConn) Read(p []byte) (int, error) {
 	if c.gone {
 		return 0, errHandedOver
 	}
-	if c.rpos == c.rend {
-		if c.rbuf == nil {
-			c.rbuf = make([]byte, readBuf)
-		}
-		n, err := c.Conn.Read(c.rbuf)
-		c.rpos, c.rend = 0, n
-		if n == 0 {
+	if c.in.pos == c.in.end {
+		if n, err := c.in.fill(c.Conn, 1); n == 0 {
 			return 0, err
 		}
 	}
-	next := c.rbuf[c.rpos:c.rend]
+	next := c.in.bytes()
 	n := copy(p[:min(len(p), c.rx.until(next))], next)
 	c.rx.observe(next[:n])
-	c.rpos += n
+	c.in.pos += n
 	c.rxRecords.Store(c.rx.records)
 	if c.rx.records > recordLimit {
 		return 0, errRecordLimit
@@ -216,7 +211,8 @@ func (c *BatchConn) Write(p []byte) (int, error) {
 		return c.Conn.Write(p)
 	}
 	if c.buf == nil {
-		c.buf = make([]byte, 0, maxGather)
+		c.bufp = sendPool.Get().(*[]byte)
+		c.buf = (*c.bufp)[:0]
 	}
 	c.buf = append(c.buf, p...)
 	return len(p), nil
@@ -230,12 +226,18 @@ func (c *BatchConn) Flush() error {
 	return c.flushLocked()
 }
 
+// flushLocked sends the gathered bytes. Outside Hold the gather buffer
+// then goes back to the pool.
 func (c *BatchConn) flushLocked() error {
-	if len(c.buf) == 0 {
-		return nil
+	var err error
+	if len(c.buf) > 0 {
+		_, err = c.Conn.Write(c.buf)
+		c.buf = c.buf[:0]
 	}
-	_, err := c.Conn.Write(c.buf)
-	c.buf = c.buf[:0]
+	if !c.holding && c.bufp != nil {
+		sendPool.Put(c.bufp)
+		c.buf, c.bufp = nil, nil
+	}
 	return err
 }
 
@@ -287,10 +289,10 @@ func (c *BatchConn) Records(suite uint16, own bool) (*RecordConn, error) {
 	if rx.appBytes != c.appRead {
 		return nil, fmt.Errorf("record hand-over: crypto/tls decrypted %d bytes of application data and %d were read; the rest is still in its buffer", rx.appBytes, c.appRead)
 	}
-	rc := newRecordConn(c.Conn, tx.keys, tx.seq, rx.keys, rx.seq, c.rbuf[c.rpos:c.rend])
+	rc := newRecordConn(c.Conn, tx.keys, tx.seq, rx.keys, rx.seq, c.in.bytes())
 	rc.client = c.client
 	c.gone = true
-	c.rbuf, c.buf = nil, nil
+	c.in.free()
 	c.tx.forget()
 	c.rx.forget()
 	return rc, nil

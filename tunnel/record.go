@@ -302,7 +302,8 @@ type RecordConn struct {
 
 	wmu     sync.Mutex // guards the write side
 	holding bool
-	out     []byte // sealed records not yet sent
+	out     []byte  // sealed records not yet sent, in *outBuf
+	outBuf  *[]byte // from sendPool while a write is gathered; nil when idle
 	tx      *trafficKeys
 	txSeq   uint64
 	wnonce  [12]byte
@@ -315,10 +316,8 @@ type RecordConn struct {
 	useless   int  // records in a row without application data
 	hs        []byte
 	rnonce    [12]byte
-	rbuf      []byte
-	rpos      int
-	rend      int
-	plain     []byte // decrypted content not yet returned (in rbuf)
+	in        recvBuf
+	plain     []byte // decrypted content not yet returned (in in.buf)
 	rerr      error
 }
 
@@ -338,16 +337,14 @@ const outCap = maxGather + maxRecordWire
 func newRecordConn(c net.Conn, tx *trafficKeys, txSeq uint64, rx *trafficKeys, rxSeq uint64, pending []byte) *RecordConn {
 	rc := &RecordConn{
 		Conn:    c,
-		out:     make([]byte, 0, outCap),
 		tx:      tx,
 		txSeq:   txSeq,
 		rx:      rx,
 		rxSeq:   rxSeq,
-		rbuf:    make([]byte, readBuf),
 		rekeyAt: DefaultRekeyRecords,
 	}
 	rc.rxCount.Store(rxSeq)
-	rc.rend = copy(rc.rbuf, pending)
+	rc.in.load(pending)
 	return rc
 }
 
@@ -500,7 +497,10 @@ func (c *RecordConn) updateLocked() error {
 func (c *RecordConn) sealRawLocked(typ byte, content []byte, owned bool) error {
 	n := len(content)
 	l := n + 1 + tagLen
-	if len(c.out)+recordHeaderLen+l > cap(c.out) {
+	if c.out == nil {
+		c.outBuf = sendPool.Get().(*[]byte)
+		c.out = (*c.outBuf)[:0]
+	} else if len(c.out)+recordHeaderLen+l > cap(c.out) {
 		if err := c.sendLocked(); err != nil {
 			return err
 		}
@@ -527,14 +527,20 @@ func (c *RecordConn) sealRawLocked(typ byte, content []byte, owned bool) error {
 	return nil
 }
 
+// sendLocked sends the gathered records. Outside Hold, the send buffer
+// then goes back to the pool: an idle connection holds none.
 func (c *RecordConn) sendLocked() error {
-	if len(c.out) == 0 {
-		return nil
+	var err error
+	if len(c.out) > 0 {
+		_, err = c.Conn.Write(c.out)
+		c.out = c.out[:0]
+		if err != nil {
+			c.werr = err
+		}
 	}
-	_, err := c.Conn.Write(c.out)
-	c.out = c.out[:0]
-	if err != nil {
-		c.werr = err
+	if !c.holding && c.outBuf != nil {
+		sendPool.Put(c.outBuf)
+		c.out, c.outBuf = nil, nil
 	}
 	return err
 }
@@ -558,6 +564,19 @@ func (c *RecordConn) Close() error {
 	c.werr = errRecordClosed
 	c.wmu.Unlock()
 	return c.Conn.Close()
+}
+
+// freeBuffers gives the receive and send buffers back to their pools;
+// call it only when no Read or Write can run any more.
+func (c *RecordConn) freeBuffers() {
+	c.plain = nil
+	c.in.free()
+	c.wmu.Lock()
+	if c.outBuf != nil {
+		sendPool.Put(c.outBuf)
+		c.out, c.outBuf = nil, nil
+	}
+	c.wmu.Unlock()
 }
 
 // Read implements net.Conn: it returns decrypted application data.
@@ -817,15 +836,12 @@ func validTicket(msg []byte) bool {
 }
 
 // nextRecord returns the next whole record from the socket, header
-// included, as a slice of rbuf. The caller must have used up c.plain.
+// included, as a slice of the receive buffer. The caller must have used
+// up c.plain.
 func (c *RecordConn) nextRecord() ([]byte, error) {
+	need := recordHeaderLen
 	for {
-		avail := c.rend - c.rpos
-		if avail == 0 {
-			c.rpos, c.rend = 0, 0
-		}
-		if avail >= recordHeaderLen {
-			h := c.rbuf[c.rpos:]
+		if h := c.in.bytes(); len(h) >= recordHeaderLen {
 			if v := binary.BigEndian.Uint16(h[1:3]); v != tls.VersionTLS12 {
 				return nil, fail(alertProtocolVersion, "record with version 0x%04x, want 0x0303", v)
 			}
@@ -833,18 +849,14 @@ func (c *RecordConn) nextRecord() ([]byte, error) {
 			if l > maxCiphertext {
 				return nil, fail(alertRecordOverflow, "record of %d bytes exceeds 2^14 + 256", l)
 			}
-			if avail >= recordHeaderLen+l {
-				rec := c.rbuf[c.rpos : c.rpos+recordHeaderLen+l]
-				c.rpos += recordHeaderLen + l
-				return rec, nil
+			need = recordHeaderLen + l
+			if len(h) >= need {
+				c.in.pos += need
+				return h[:need], nil
 			}
 		}
-		if len(c.rbuf)-c.rend < maxRecordWire {
-			c.rend = copy(c.rbuf, c.rbuf[c.rpos:c.rend])
-			c.rpos = 0
-		}
-		n, err := c.Conn.Read(c.rbuf[c.rend:])
-		c.rend += n
+		avail := c.in.end - c.in.pos
+		n, err := c.in.fill(c.Conn, need)
 		if n == 0 && err != nil {
 			if err == io.EOF && avail > 0 {
 				err = io.ErrUnexpectedEOF

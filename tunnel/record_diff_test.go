@@ -71,7 +71,7 @@ func FuzzRecordLayerMatchesStdlib(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pending := bytes.Clone(cli.bc.rbuf[cli.bc.rpos:cli.bc.rend])
+		pending := bytes.Clone(cli.bc.in.bytes())
 		own := newRecordConn(&streamConn{r: bytes.NewReader(stream)}, ptx.keys, ptx.seq, prx.keys, prx.seq, pending)
 		own.client = true
 		own.setOptions(recordOptions{})

@@ -151,7 +151,10 @@ type Session struct {
 
 	ctx    context.Context // set by Run; canceled with the cause of the end
 	cancel context.CancelCauseFunc
-	ready  chan struct{} // closed when ctx is set
+	// closeMu guards cancel and closing: a Close before Run is kept
+	// until Run starts (which then ends at once).
+	closeMu sync.Mutex
+	closing error
 
 	rxFrames  atomic.Uint64 // frames received; the control loop watches it
 	rxIP      atomic.Uint64 // IP bytes received
@@ -159,10 +162,13 @@ type Session struct {
 	txRecords atomic.Uint64 // records sent, estimated from frames (Usage without a Batch)
 	rttNanos  atomic.Int64  // last ping round trip
 
-	// Reader-goroutine state.
+	// Reader-goroutine state. The receive buffers are taken from the
+	// shared pool as packets arrive and go back after each write to the
+	// TUN, so an idle session holds none.
 	hdr     [HeaderLen]byte
 	ctl     [PingLen]byte
-	rx      []*chunk  // receive buffers, one per batch slot
+	rxCap   int       // the device's batch size: packets per TUN write
+	rx      []*chunk  // receive buffers, one per batch slot (nil until used)
 	rxBatch [][]byte  // slices of rx handed to Dev.Write
 	rxK     int       // packets waiting in rx
 	rxBytes uint64    // their IP bytes
@@ -206,13 +212,8 @@ func NewSession(cfg SessionConfig) *Session {
 		started:      time.Now(),
 		ctlT:         time.Now(),
 		releaseLimit: func() {},
-		ready:        make(chan struct{}),
 		wake:         make(chan struct{}, 1),
-		rx:           make([]*chunk, batch),
-		rxBatch:      make([][]byte, batch),
-	}
-	for i := range s.rx {
-		s.rx[i] = &chunk{buf: make([]byte, bufSize)}
+		rxCap:        batch,
 	}
 	if g, ok := cfg.Dev.(tun.GSODevice); ok && cfg.AcceptGSO && g.SupportsGSO() {
 		s.gdev = g
@@ -230,13 +231,18 @@ func (s *Session) Peer() string { return s.cfg.Peer }
 func (s *Session) RTT() time.Duration { return time.Duration(s.rttNanos.Load()) }
 
 // Close ends the session, telling the peer why. It returns at once; Run
-// returns when the session is down. Safe to call before Run and more than
-// once (the first reason wins).
+// returns when the session is down. Safe to call before Run (Run then
+// ends at once) and more than once (the first reason wins). It starts no
+// goroutine, so a session that never runs leaves nothing behind.
 func (s *Session) Close(code uint16, reason string) {
-	go func() {
-		<-s.ready
-		s.cancel(&CloseError{Code: code, Reason: reason})
-	}()
+	cause := &CloseError{Code: code, Reason: reason}
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.cancel != nil {
+		s.cancel(cause)
+	} else if s.closing == nil {
+		s.closing = cause
+	}
 }
 
 // Run runs the session until ctx ends, the peer leaves, or an error occurs,
@@ -244,8 +250,12 @@ func (s *Session) Close(code uint16, reason string) {
 // *ProtocolError, ErrKeepaliveTimeout, the parent context's cause, or an
 // I/O error.
 func (s *Session) Run(ctx context.Context) error {
+	s.closeMu.Lock()
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
-	close(s.ready)
+	if s.closing != nil {
+		s.cancel(s.closing)
+	}
+	s.closeMu.Unlock()
 	defer s.cancel(nil)
 	defer close(s.done)
 	s.handOver()
@@ -294,6 +304,9 @@ func (s *Session) Run(ctx context.Context) error {
 	wg.Wait()
 	for len(s.queue) > 0 {
 		putChunk(<-s.queue)
+	}
+	if s.rc != nil {
+		s.rc.freeBuffers() // the reader and writer are gone
 	}
 	return cause
 }
@@ -347,6 +360,8 @@ func (s *Session) handOver() {
 		"cipher_suite", tls.CipherSuiteName(suite), "own_aes_gcm", rc.OwnAESGCM(), "key_update", s.cfg.PeerKeyUpdate)
 	s.conn, s.batch, s.rc = rc, rc, rc
 	s.rcLoaded.Store(rc)
+	// crypto/tls's connection (and its buffers) is not used again.
+	s.cfg.Conn = nil
 	s.inBand.Store(s.cfg.PeerKeyUpdate)
 }
 
@@ -571,6 +586,7 @@ func (s *Session) readLoop() error {
 	for {
 		if err := s.readFrame(); err != nil {
 			s.flushRx()
+			s.releaseRx()
 			return err
 		}
 	}
@@ -582,6 +598,7 @@ func (s *Session) flushRx() error {
 	if k == 0 {
 		return nil
 	}
+	defer s.releaseRx()
 	anyGSO := false
 	for i := 0; i < k; i++ {
 		s.rxBatch[i] = s.rx[i].buf[:s.rx[i].end]
@@ -614,6 +631,17 @@ func (s *Session) flushRx() error {
 	s.stats.RxBytes.Add(bytes)
 	s.rxIP.Add(bytes)
 	return nil
+}
+
+// releaseRx returns the receive buffers to the pool after a write to the
+// TUN (or at the end): the next batch takes fresh ones.
+func (s *Session) releaseRx() {
+	for i, c := range s.rx {
+		if c != nil {
+			putChunk(c)
+			s.rx[i] = nil
+		}
+	}
 }
 
 // readFrame reads and handles one frame. Data packets are read straight
@@ -695,7 +723,7 @@ func (s *Session) readFrame() error {
 	}
 	// E ends the sender's write, whatever the frame's type: what was
 	// gathered goes to the TUN now (a [DATA, PING+E] write included).
-	if h.End || s.rxK == len(s.rx) {
+	if h.End || s.rxK == s.rxCap {
 		return s.flushRx()
 	}
 	return nil
@@ -705,7 +733,14 @@ func (s *Session) readFrame() error {
 // it: well-formed IP and, on a server, an allowed source. ok is false when
 // the packet was dropped (and counted); err only for I/O errors.
 func (s *Session) readPacket(n int) (c *chunk, ok bool, err error) {
-	c = s.rx[s.rxK]
+	if s.rx == nil {
+		s.rx = make([]*chunk, s.rxCap)
+		s.rxBatch = make([][]byte, s.rxCap)
+	}
+	if c = s.rx[s.rxK]; c == nil {
+		c = getChunk()
+		s.rx[s.rxK] = c
+	}
 	p := c.buf[tun.Headroom : tun.Headroom+n]
 	if err := s.readFull(p, true); err != nil {
 		return nil, false, s.ioErr("read", err)
