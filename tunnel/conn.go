@@ -38,8 +38,8 @@ type BatchConn struct {
 	holding bool
 	buf     []byte  // gathered bytes, in *bufp
 	bufp    *[]byte // from sendPool between Hold and Flush
-	client  bool   // the TLS client side: decides which secret is whose
-	gone    bool   // handed over to a RecordConn
+	client  bool    // the TLS client side: decides which secret is whose
+	gone    bool    // handed over to a RecordConn
 	tx, rx  recordTracker
 
 	// Record counts for Usage, read from other goroutines.
