@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -365,4 +366,35 @@ func TestRecordReceivePathAllocs(t *testing.T) {
 	src.w = w
 	onRecords(s, rx)
 	checkReceiveAllocs(t, "record receive path", s, 16, 100)
+}
+
+// BenchmarkMuxAddRemove registers and removes one session on a mux that
+// routes n others: the cost must not grow with n (a client connecting to
+// a server with 10,000 clients costs what it costs with 100).
+func BenchmarkMuxAddRemove(b *testing.B) {
+	for _, n := range []int{100, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			m := NewMux(&discardDevice{}, MuxConfig{})
+			base := netip.MustParseAddr("100.64.0.0")
+			for i := range n {
+				m.Add(&Session{}, addOffset(base, uint32(i+2)))
+			}
+			s := &Session{}
+			a := addOffset(base, uint32(n+2))
+			b.ReportAllocs()
+			for b.Loop() {
+				m.Add(s, a)
+				m.Remove(s)
+			}
+			if m.Lookup(addOffset(base, 2)) == nil || m.Lookup(a) != nil {
+				b.Fatal("routes lost")
+			}
+		})
+	}
+}
+
+func addOffset(a netip.Addr, n uint32) netip.Addr {
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + n
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -41,8 +41,8 @@ type Mux struct {
 	stats     *Stats
 	queueWait time.Duration
 
-	mu     sync.Mutex                 // serializes route-table updates
-	routes atomic.Pointer[routeTable] // dst -> session; copy on write
+	mu     sync.Mutex // serializes route-table updates
+	routes routeTable // dst -> session
 	def    atomic.Pointer[Session]    // if set, receives every packet
 	gso    atomic.Bool                // read super-packets whole
 
@@ -56,38 +56,75 @@ type Mux struct {
 
 // routeTable maps destinations to sessions: tunnel addresses exactly (the
 // common case, one map lookup), and networks behind clients (site-to-site
-// prefixes) by longest match.
+// prefixes) by longest match. Readers (the TUN reader, per packet) take no
+// lock. Writers copy what they change under Mux.mu: one shard of the
+// address map (the addresses are spread over 4096 shards by their last 12
+// bits, so a shard of a server with 10,000 clients holds two or three), or
+// the short list of networks. Registering or removing a client therefore costs
+// the same whatever the number of clients.
 type routeTable struct {
-	hosts map[netip.Addr]*Session
-	nets  []netRoute // longest prefix first
+	shards [routeShards]atomic.Pointer[map[netip.Addr]*Session]
+	nets   atomic.Pointer[[]netRoute] // longest prefix first
 }
+
+const routeShards = 4096
 
 type netRoute struct {
 	p netip.Prefix
 	s *Session
 }
 
+// shardOf returns the shard of a: its last 12 bits, which vary fastest
+// across the addresses a pool hands out.
+func shardOf(a netip.Addr) int {
+	b := a.As16()
+	return int(b[14]&0x0f)<<8 | int(b[15])
+}
+
 // lookup returns the session for dst, or nil.
 func (t *routeTable) lookup(dst netip.Addr) *Session {
-	if s := t.hosts[dst]; s != nil {
-		return s
+	if m := t.shards[shardOf(dst)].Load(); m != nil {
+		if s := (*m)[dst]; s != nil {
+			return s
+		}
 	}
-	for i := range t.nets {
-		if t.nets[i].p.Contains(dst) {
-			return t.nets[i].s
+	if nets := t.nets.Load(); nets != nil {
+		for i := range *nets {
+			if (*nets)[i].p.Contains(dst) {
+				return (*nets)[i].s
+			}
 		}
 	}
 	return nil
 }
 
-// clone returns a copy of t that can be changed without disturbing
-// readers of t.
-func (t *routeTable) clone() *routeTable {
-	n := &routeTable{hosts: make(map[netip.Addr]*Session, len(t.hosts)+2), nets: slices.Clone(t.nets)}
-	for a, s := range t.hosts {
-		n.hosts[a] = s
+// setLocked routes a to s (nil: removes a) in a copy of a's shard and
+// returns the session that had it. The caller holds Mux.mu.
+func (t *routeTable) setLocked(a netip.Addr, s *Session) (old *Session) {
+	sh := &t.shards[shardOf(a)]
+	cur := sh.Load()
+	next := make(map[netip.Addr]*Session, 1)
+	if cur != nil {
+		old = (*cur)[a]
+		next = make(map[netip.Addr]*Session, len(*cur)+1)
+		maps.Copy(next, *cur)
 	}
-	return n
+	if s == nil {
+		delete(next, a)
+	} else {
+		next[a] = s
+	}
+	sh.Store(&next)
+	return old
+}
+
+// netsLocked returns a copy of the network routes to change. The caller
+// holds Mux.mu.
+func (t *routeTable) netsLocked() []netRoute {
+	if n := t.nets.Load(); n != nil {
+		return slices.Clone(*n)
+	}
+	return nil
 }
 
 // maxGSOBatch bounds the packets one ReadGSO call takes: super-packets are
@@ -137,7 +174,6 @@ func NewMux(dev tun.Device, cfg MuxConfig) *Mux {
 		m.rd[i] = getChunk()
 		m.bufs[i] = m.rd[i].buf
 	}
-	m.routes.Store(&routeTable{hosts: map[netip.Addr]*Session{}})
 	return m
 }
 
@@ -158,15 +194,15 @@ func (m *Mux) SetDefault(s *Session) { m.def.Store(s) }
 func (m *Mux) Add(s *Session, addrs ...netip.Addr) []*Session {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next := m.routes.Load().clone()
 	var replaced []*Session
 	for _, a := range addrs {
-		if o := next.hosts[a]; o != nil && o != s {
+		if o := m.routes.setLocked(a, s); o != nil && o != s {
 			replaced = append(replaced, o)
 		}
-		next.hosts[a] = s
+		if !slices.Contains(s.muxAddrs, a) {
+			s.muxAddrs = append(s.muxAddrs, a)
+		}
 	}
-	m.routes.Store(next)
 	return replaced
 }
 
@@ -177,49 +213,68 @@ func (m *Mux) Add(s *Session, addrs ...netip.Addr) []*Session {
 func (m *Mux) SetNets(s *Session, nets []netip.Prefix) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next := m.routes.Load().clone()
-	next.nets = slices.DeleteFunc(next.nets, func(r netRoute) bool {
+	next := slices.DeleteFunc(m.routes.netsLocked(), func(r netRoute) bool {
 		return r.s == s || slices.Contains(nets, r.p)
 	})
 	for _, p := range nets {
-		next.nets = append(next.nets, netRoute{p.Masked(), s})
+		next = append(next, netRoute{p.Masked(), s})
 	}
-	slices.SortStableFunc(next.nets, func(a, b netRoute) int { return b.p.Bits() - a.p.Bits() })
-	m.routes.Store(next)
+	slices.SortStableFunc(next, func(a, b netRoute) int { return b.p.Bits() - a.p.Bits() })
+	m.routes.nets.Store(&next)
 }
 
 // Remove drops every route to s. It is a no-op for addresses and networks
-// that were already taken over by another session.
+// that were already taken over by another session. It costs the same
+// whatever the number of sessions (it visits only s's addresses).
 func (m *Mux) Remove(s *Session) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next := m.routes.Load().clone()
-	maps.DeleteFunc(next.hosts, func(_ netip.Addr, o *Session) bool { return o == s })
-	next.nets = slices.DeleteFunc(next.nets, func(r netRoute) bool { return r.s == s })
-	m.routes.Store(next)
+	for _, a := range s.muxAddrs {
+		if m.routes.lookupHost(a) == s {
+			m.routes.setLocked(a, nil)
+		}
+	}
+	s.muxAddrs = nil
+	if cur := m.routes.nets.Load(); cur != nil && slices.ContainsFunc(*cur, func(r netRoute) bool { return r.s == s }) {
+		next := slices.DeleteFunc(m.routes.netsLocked(), func(r netRoute) bool { return r.s == s })
+		m.routes.nets.Store(&next)
+	}
 	m.def.CompareAndSwap(s, nil)
+}
+
+// lookupHost returns the session an address is routed to, or nil.
+func (t *routeTable) lookupHost(a netip.Addr) *Session {
+	if m := t.shards[shardOf(a)].Load(); m != nil {
+		return (*m)[a]
+	}
+	return nil
 }
 
 // Sessions calls fn for every routed session (once per session).
 func (m *Mux) Sessions(fn func(*Session)) {
 	seen := map[*Session]bool{}
-	t := m.routes.Load()
-	for _, s := range t.hosts {
-		if !seen[s] {
-			seen[s] = true
-			fn(s)
+	for i := range m.routes.shards {
+		if sh := m.routes.shards[i].Load(); sh != nil {
+			for _, s := range *sh {
+				if !seen[s] {
+					seen[s] = true
+					fn(s)
+				}
+			}
 		}
 	}
-	for _, r := range t.nets {
-		if !seen[r.s] {
-			seen[r.s] = true
-			fn(r.s)
+	if nets := m.routes.nets.Load(); nets != nil {
+		for _, r := range *nets {
+			if !seen[r.s] {
+				seen[r.s] = true
+				fn(r.s)
+			}
 		}
 	}
 }
 
 // Lookup returns the session that packets for addr go to, or nil.
-func (m *Mux) Lookup(addr netip.Addr) *Session { return m.routes.Load().lookup(addr) }
+func (m *Mux) Lookup(addr netip.Addr) *Session { return m.routes.lookup(addr) }
 
 // Run reads the device until it is closed or ctx ends. It returns nil when
 // the device was closed.
@@ -257,7 +312,7 @@ func (m *Mux) read() (n int, raw bool, err error) {
 // says the packets carry virtio-net headers (GSO mode).
 func (m *Mux) dispatch(n int, raw bool) {
 	def := m.def.Load()
-	routes := m.routes.Load()
+	routes := &m.routes
 	for i := 0; i < n; i++ {
 		size := m.sizes[i]
 		pkt := m.rd[i].buf[tun.Headroom : tun.Headroom+size]

@@ -178,6 +178,9 @@ type Session struct {
 	// Mux-reader-goroutine state (see Mux.dispatch).
 	open    *chunk
 	touched bool
+	// muxAddrs are the addresses the mux routes to this session (guarded
+	// by Mux.mu), so Remove visits only these.
+	muxAddrs []netip.Addr
 }
 
 // NewSession returns a session ready to Run.
