@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"tlsvpn/tun"
@@ -45,7 +48,7 @@ type ClientConfig struct {
 	// OwnAESGCM: see ServerConfig.OwnAESGCM.
 	OwnAESGCM bool
 	// Reconnect backoff: the first retry waits MinBackoff, each failure
-	// doubles it up to MaxBackoff, with ±25% jitter. Defaults 250ms, 30s.
+	// doubles it up to MaxBackoff; each wait is drawn from [b/2, 3b/2). Defaults 250ms, 30s.
 	MinBackoff, MaxBackoff time.Duration
 	// MaxAttempts ends Run after that many consecutive failed connection
 	// attempts; 0 retries forever.
@@ -206,7 +209,11 @@ func (c *Client) Run(ctx context.Context) error {
 					return err
 				}
 				wait := jitter(backoff)
-				c.log.Warn("connect failed", "err", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond))
+				attrs := []any{"err", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond)}
+				if hint := ConnectHint(err); hint != "" {
+					attrs = append(attrs, "hint", hint)
+				}
+				c.log.Warn("connect failed", attrs...)
 				if !sleep(ctx, wait) {
 					return nil
 				}
@@ -413,10 +420,48 @@ func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, 
 	return next, end, nil
 }
 
-// jitter spreads d by ±25% so clients of a restarted server do not return
-// in lockstep.
+// ConnectHint explains a failed connection attempt in words a user can
+// act on, or returns "" when the error says it already. A server refuses
+// some connections before it reads anything (its rate, connection and
+// handshake limits), which the client sees only as a closed connection.
+func ConnectHint(err error) string {
+	var pc *PeerClosedError
+	var cv *tls.CertificateVerificationError
+	// crypto/tls reports an alert from the peer as "remote error: tls:
+	// <alert name>", with no type to match.
+	remote := func(names ...string) bool {
+		for _, n := range names {
+			if strings.Contains(err.Error(), "remote error: tls: "+n) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case errors.As(err, &pc) && pc.Code == ClosePolicy:
+		return "the server refused this client by its policy or limits (see the reason); it retries"
+	case errors.As(err, &cv):
+		return "the server's certificate did not verify against --ca (another CA, or a name other than --server-name): check the client's --ca and --server-name"
+	case remote("bad certificate", "unknown certificate authority", "revoked certificate", "expired certificate", "certificate required", "unsupported certificate"):
+		return "the server does not accept this client's certificate (revoked, expired, or from another CA): ask for a new one"
+	case remote("internal error"):
+		return "the server refused the handshake: it is busy and keeps its reserved slots for clients that resume a session or reconnect from a known address; it retries"
+	case remote("no application protocol"):
+		return "the server does not speak tlsvpn/1 (ALPN): wrong port or an incompatible version"
+	case strings.Contains(err.Error(), "tls handshake") && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+		return "the server closed the connection during the TLS handshake: it is refusing new connections for now (rate, connection or handshake limits: its log says which), or this is not a tlsvpn server; it retries"
+	}
+	return ""
+}
+
+// jitter spreads d uniformly over [d/2, 3d/2) so the clients of a
+// restarted server do not come back in lockstep: ten thousand clients
+// whose sessions ended at the same instant retry over a window as long as
+// the wait itself, and the windows widen as the backoff doubles. (With
+// ±25% they arrived within half the wait, and most found the handshake
+// slots full again.)
 func jitter(d time.Duration) time.Duration {
-	return d*3/4 + rand.N(d/2+1)
+	return d/2 + rand.N(d+1)
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

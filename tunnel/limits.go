@@ -27,13 +27,28 @@ const (
 	// goroutine, buffers and up to HandshakeTimeout of waiting, and the
 	// server's key operations are its most expensive CPU work.
 	DefaultMaxHandshakes = 64
+	// DefaultMaxHandshakesPerSource caps the handshakes in progress from
+	// one source, so that a few sources cannot hold every slot with idle
+	// connections; a busy office behind one NAT still has eight
+	// handshakes going at once (each takes milliseconds).
+	DefaultMaxHandshakesPerSource = 8
+	// DefaultReservedHandshakes are slots beyond MaxHandshakes kept for
+	// clients that resume a TLS session or come from a source that
+	// authenticated recently: the clients of a gateway under a flood still
+	// get back in.
+	DefaultReservedHandshakes = 16
 	// DefaultHandshakeRate is the sustained rate of new connections
-	// allowed from one source (IPv4 address or IPv6 /64), per second:
-	// OpenVPN's 100 per 10 s and ocserv's one per 100 ms.
-	DefaultHandshakeRate = 10.0
+	// allowed from one source (IPv4 address or IPv6 /64), per second.
+	// wireguard-go allows 20/s per source.
+	DefaultHandshakeRate = 20.0
 	// DefaultHandshakeBurst lets a source open this many connections at
-	// once, e.g. an office behind one NAT reconnecting after a restart.
-	DefaultHandshakeBurst = 20
+	// once: an office of a few hundred people behind one NAT reconnecting
+	// after a restart of the gateway. What one source can hold at a time
+	// is bounded by MaxHandshakesPerSource, not by this.
+	DefaultHandshakeBurst = 200
+	// DefaultKnownFor is how long a source that authenticated stays known
+	// (may use the reserved handshake slots).
+	DefaultKnownFor = time.Hour
 	// DefaultMaxSources bounds the per-source rate table (about 64 bytes a
 	// source plus the map). When full, the least recently seen source is
 	// forgotten.
@@ -51,7 +66,10 @@ const (
 // MaxSessionsPerIdentity turns that limit off; HandshakeBurst and
 // MaxSources cannot be turned off (values below 1 mean the default).
 type LimitConfig struct {
-	MaxHandshakes          int     // TLS handshakes in progress
+	MaxHandshakes          int // TLS handshakes in progress
+	MaxHandshakesPerSource int // of those, from one source
+	ReservedHandshakes     int // more, for resuming clients and known sources
+	KnownFor               time.Duration
 	HandshakeRate          float64 // new connections per second per source
 	HandshakeBurst         int     // bucket size per source (at least 1)
 	MaxSources             int     // sources tracked for HandshakeRate
@@ -70,6 +88,11 @@ func (c LimitConfig) withDefaults() LimitConfig {
 		}
 	}
 	intLimit(&c.MaxHandshakes, DefaultMaxHandshakes)
+	intLimit(&c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
+	intLimit(&c.ReservedHandshakes, DefaultReservedHandshakes)
+	if c.KnownFor <= 0 {
+		c.KnownFor = DefaultKnownFor
+	}
 	intLimit(&c.MaxClients, DefaultMaxClients)
 	intLimit(&c.MaxSessionsPerIdentity, DefaultMaxSessionsPerIdentity)
 	switch r := c.HandshakeRate; {
@@ -122,7 +145,11 @@ func (e *LimitError) Unwrap() error { return e.Err }
 // refused connection.
 type LimitStats struct {
 	RefusedHandshakes atomic.Uint64 // MaxHandshakes handshakes already in progress
+	RefusedSource     atomic.Uint64 // MaxHandshakesPerSource handshakes of the source in progress
 	RefusedRate       atomic.Uint64 // source over HandshakeRate/HandshakeBurst
+	RefusedResumption atomic.Uint64 // on a reserved slot, neither known nor resuming
+	RefusedConns      atomic.Uint64 // ServerConfig.MaxConnections connections open
+	Reserved          atomic.Uint64 // handshakes admitted on a reserved slot
 	RefusedClients    atomic.Uint64 // ErrTooManyClients
 	RefusedSessions   atomic.Uint64 // ErrTooManySessions
 	SourcesEvicted    atomic.Uint64 // sources forgotten to stay within MaxSources
@@ -142,7 +169,8 @@ type Limiter struct {
 	cfg   LimitConfig // immutable after NewLimiter; defaults applied, -1 = off
 	stats LimitStats
 
-	handshakes atomic.Int64 // handshakes in progress
+	handshakes atomic.Int64 // handshakes in progress on the shared slots
+	reserved   atomic.Int64 // handshakes in progress on the reserved slots
 
 	srcMu sync.Mutex
 	// Guarded by srcMu: the per-source token buckets, an LRU list threaded
@@ -151,6 +179,9 @@ type Limiter struct {
 	sources    map[sourceKey]int32 // source -> index into buckets
 	buckets    []bucket
 	head, tail int32 // most and least recently used bucket; -1 if none
+	// inflight counts the handshakes in progress per source (entries go
+	// when they reach 0, so it holds at most the handshakes in progress).
+	inflight map[sourceKey]int32
 
 	sessMu sync.Mutex
 	// Guarded by sessMu.
@@ -167,6 +198,7 @@ type bucket struct {
 	key        sourceKey
 	tokens     float64
 	last       time.Time // when tokens was last brought up to date
+	knownUntil time.Time // a client from here authenticated (MarkKnown)
 	prev, next int32     // LRU neighbours (towards head, towards tail); -1 if none
 }
 
@@ -176,6 +208,7 @@ func NewLimiter(cfg LimitConfig) *Limiter {
 	return &Limiter{
 		cfg:        cfg,
 		sources:    make(map[sourceKey]int32),
+		inflight:   make(map[sourceKey]int32),
 		head:       -1,
 		tail:       -1,
 		identities: make(map[string]int),
@@ -239,14 +272,26 @@ func (l *Limiter) AllowSource(addr netip.Addr, now time.Time) bool {
 	if l.cfg.HandshakeRate < 0 || !addr.IsValid() {
 		return true
 	}
-	key := keyOf(addr)
 	l.srcMu.Lock()
 	defer l.srcMu.Unlock()
+	if !l.takeTokenLocked(keyOf(addr), now) {
+		l.stats.RefusedRate.Add(1)
+		return false
+	}
+	return true
+}
+
+// takeTokenLocked takes a token from key's bucket (true when the rate
+// limit is off). The caller holds srcMu.
+func (l *Limiter) takeTokenLocked(key sourceKey, now time.Time) bool {
 	i, ok := l.sources[key]
 	if ok {
 		l.moveToFrontLocked(i)
 	} else {
 		i = l.insertLocked(key, now)
+	}
+	if l.cfg.HandshakeRate < 0 {
+		return true
 	}
 	b := &l.buckets[i]
 	if d := now.Sub(b.last); d > 0 {
@@ -254,11 +299,141 @@ func (l *Limiter) AllowSource(addr netip.Addr, now time.Time) bool {
 		b.last = now
 	}
 	if b.tokens < 1 {
-		l.stats.RefusedRate.Add(1)
 		return false
 	}
 	b.tokens--
 	return true
+}
+
+// Errors of Admit: why a connection was refused before its handshake.
+var (
+	ErrSourceRate       = errors.New("too many new connections from this source")
+	ErrSourceHandshakes = errors.New("too many handshakes in progress from this source")
+	ErrHandshakes       = errors.New("too many handshakes in progress")
+)
+
+// Admission is a connection's place in the handshake stage (Admit).
+type Admission struct {
+	// Release frees the handshake slot once the handshake has finished,
+	// whatever its outcome; extra calls do nothing.
+	Release func()
+	// MustResume: the connection holds a reserved slot and its source is
+	// not known, so it may go on only if its ClientHello offers a TLS
+	// session to resume (the caller checks; RefuseResumption counts it).
+	MustResume bool
+}
+
+// Admit decides, before anything is read from it, whether a new
+// connection from src may start a TLS handshake, and reserves its slot:
+//
+//   - at most MaxHandshakesPerSource handshakes of one source are in
+//     progress (ErrSourceHandshakes), so that a few sources cannot hold
+//     every slot with idle connections;
+//   - the source has a token in its bucket (ErrSourceRate, see
+//     AllowSource); a refusal for the first reason takes no token;
+//   - one of MaxHandshakes shared slots is free, or else one of
+//     ReservedHandshakes slots kept for clients that resume a session or
+//     come from a known source (MarkKnown); ErrHandshakes otherwise.
+//
+// An invalid src (no IP) is limited by the slots only. It does not
+// allocate for a source already seen.
+func (l *Limiter) Admit(src netip.Addr, now time.Time) (Admission, error) {
+	key, perSource := keyOf(src), src.IsValid() && l.cfg.MaxHandshakesPerSource >= 0
+	known := false
+	if src.IsValid() {
+		l.srcMu.Lock()
+		if perSource && l.inflight[key] >= int32(l.cfg.MaxHandshakesPerSource) {
+			l.srcMu.Unlock()
+			l.stats.RefusedSource.Add(1)
+			return Admission{Release: noRelease}, ErrSourceHandshakes
+		}
+		if !l.takeTokenLocked(key, now) {
+			l.srcMu.Unlock()
+			l.stats.RefusedRate.Add(1)
+			return Admission{Release: noRelease}, ErrSourceRate
+		}
+		if i, ok := l.sources[key]; ok {
+			known = now.Before(l.buckets[i].knownUntil)
+		}
+		if perSource {
+			l.inflight[key]++
+		}
+		l.srcMu.Unlock()
+	}
+	counter, reserved := &l.handshakes, false
+	if !take(&l.handshakes, l.cfg.MaxHandshakes) {
+		if l.cfg.ReservedHandshakes <= 0 || !take(&l.reserved, l.cfg.ReservedHandshakes) {
+			if perSource {
+				l.srcMu.Lock()
+				l.dropInflightLocked(key)
+				l.srcMu.Unlock()
+			}
+			l.stats.RefusedHandshakes.Add(1)
+			return Admission{Release: noRelease}, ErrHandshakes
+		}
+		counter, reserved = &l.reserved, true
+		l.stats.Reserved.Add(1)
+	}
+	var done atomic.Bool
+	return Admission{
+		MustResume: reserved && !known,
+		Release: func() {
+			if !done.CompareAndSwap(false, true) {
+				return
+			}
+			counter.Add(-1)
+			if perSource {
+				l.srcMu.Lock()
+				l.dropInflightLocked(key)
+				l.srcMu.Unlock()
+			}
+		},
+	}, nil
+}
+
+// take takes one of limit slots counted in n (limit < 0: no limit).
+func take(n *atomic.Int64, limit int) bool {
+	if limit < 0 {
+		n.Add(1)
+		return true
+	}
+	for {
+		v := n.Load()
+		if v >= int64(limit) {
+			return false
+		}
+		if n.CompareAndSwap(v, v+1) {
+			return true
+		}
+	}
+}
+
+func (l *Limiter) dropInflightLocked(key sourceKey) {
+	if l.inflight[key] <= 1 {
+		delete(l.inflight, key)
+	} else {
+		l.inflight[key]--
+	}
+}
+
+// RefuseResumption counts a connection refused on a reserved slot because
+// its ClientHello offered no session to resume.
+func (l *Limiter) RefuseResumption() { l.stats.RefusedResumption.Add(1) }
+
+// MarkKnown records that a client from src authenticated: for KnownFor,
+// connections from src may use the reserved handshake slots.
+func (l *Limiter) MarkKnown(src netip.Addr, now time.Time) {
+	if !src.IsValid() {
+		return
+	}
+	key := keyOf(src)
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	i, ok := l.sources[key]
+	if !ok {
+		i = l.insertLocked(key, now)
+	}
+	l.buckets[i].knownUntil = now.Add(l.cfg.KnownFor)
 }
 
 func keyOf(addr netip.Addr) sourceKey {
@@ -369,7 +544,7 @@ func (l *Limiter) releaseSession(identity string) {
 
 // Usage returns what the Limiter currently holds.
 func (l *Limiter) Usage() LimitUsage {
-	u := LimitUsage{Handshakes: int(l.handshakes.Load())}
+	u := LimitUsage{Handshakes: int(l.handshakes.Load() + l.reserved.Load())}
 	l.srcMu.Lock()
 	u.Sources = len(l.sources)
 	l.srcMu.Unlock()
@@ -392,7 +567,10 @@ func (l *Limiter) LogValue() slog.Value {
 		slog.Int("clients", u.Clients),
 		slog.Int("sessions", u.Sessions),
 		slog.Uint64("refused_handshakes", s.RefusedHandshakes.Load()),
+		slog.Uint64("refused_source_handshakes", s.RefusedSource.Load()),
 		slog.Uint64("refused_rate", s.RefusedRate.Load()),
+		slog.Uint64("refused_no_resumption", s.RefusedResumption.Load()),
+		slog.Uint64("reserved_handshakes", s.Reserved.Load()),
 		slog.Uint64("refused_clients", s.RefusedClients.Load()),
 		slog.Uint64("refused_sessions", s.RefusedSessions.Load()),
 		slog.Uint64("sources_evicted", s.SourcesEvicted.Load()),

@@ -19,6 +19,9 @@ var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 func TestLimitConfigDefaults(t *testing.T) {
 	def := LimitConfig{
 		MaxHandshakes:          DefaultMaxHandshakes,
+		MaxHandshakesPerSource: DefaultMaxHandshakesPerSource,
+		ReservedHandshakes:     DefaultReservedHandshakes,
+		KnownFor:               DefaultKnownFor,
 		HandshakeRate:          DefaultHandshakeRate,
 		HandshakeBurst:         DefaultHandshakeBurst,
 		MaxSources:             DefaultMaxSources,
@@ -31,9 +34,9 @@ func TestLimitConfigDefaults(t *testing.T) {
 		want LimitConfig
 	}{
 		{"zero", LimitConfig{}, def},
-		{"set", LimitConfig{1, 2.5, 3, 4, 5, 6}, LimitConfig{1, 2.5, 3, 4, 5, 6}},
-		{"off", LimitConfig{MaxHandshakes: -5, HandshakeRate: -1, MaxClients: -1, MaxSessionsPerIdentity: -2},
-			LimitConfig{-1, -1, DefaultHandshakeBurst, DefaultMaxSources, -1, -1}},
+		{"set", LimitConfig{1, 7, 8, time.Minute, 2.5, 3, 4, 5, 6}, LimitConfig{1, 7, 8, time.Minute, 2.5, 3, 4, 5, 6}},
+		{"off", LimitConfig{MaxHandshakes: -5, MaxHandshakesPerSource: -1, ReservedHandshakes: -1, HandshakeRate: -1, MaxClients: -1, MaxSessionsPerIdentity: -2},
+			LimitConfig{-1, -1, -1, DefaultKnownFor, -1, DefaultHandshakeBurst, DefaultMaxSources, -1, -1}},
 		{"cannot turn off burst or sources", LimitConfig{HandshakeBurst: -1, MaxSources: -1}, def},
 	}
 	for _, tt := range tests {
@@ -248,15 +251,15 @@ func TestLimitSourceRate(t *testing.T) {
 		calls []call
 	}{
 		{
-			name: "default burst then 10/s",
-			calls: cat(allowed(0, 20), []call{
+			name: "default burst then 20/s",
+			calls: cat(allowed(0, DefaultHandshakeBurst), []call{
 				{0, false},
-				{50 * time.Millisecond, false},  // half a token
-				{120 * time.Millisecond, true},  // 1.2 tokens
-				{120 * time.Millisecond, false}, // 0.2 left
-				{320 * time.Millisecond, true},  // 2.2 tokens
-				{320 * time.Millisecond, true},
-				{320 * time.Millisecond, false},
+				{25 * time.Millisecond, false}, // half a token
+				{60 * time.Millisecond, true},  // 1.2 tokens
+				{60 * time.Millisecond, false}, // 0.2 left
+				{160 * time.Millisecond, true}, // 2.2 tokens
+				{160 * time.Millisecond, true},
+				{160 * time.Millisecond, false},
 			}),
 		},
 		{
@@ -527,7 +530,8 @@ func TestLimitLogValue(t *testing.T) {
 	}))
 	log.Info("connection limits", "limits", l)
 	want := "level=INFO msg=\"connection limits\" limits.handshakes=1 limits.sources=1 limits.clients=1 limits.sessions=1 " +
-		"limits.refused_handshakes=1 limits.refused_rate=1 limits.refused_clients=1 limits.refused_sessions=0 limits.sources_evicted=0\n"
+		"limits.refused_handshakes=1 limits.refused_source_handshakes=0 limits.refused_rate=1 limits.refused_no_resumption=0 " +
+		"limits.reserved_handshakes=0 limits.refused_clients=1 limits.refused_sessions=0 limits.sources_evicted=0\n"
 	if got := buf.String(); got != want {
 		t.Errorf("log line:\n got %q\nwant %q", got, want)
 	}
@@ -555,5 +559,59 @@ func TestLimitSourceAddr(t *testing.T) {
 	defer p2.Close()
 	if got := SourceAddr(p1.RemoteAddr()); got.IsValid() {
 		t.Errorf("SourceAddr(pipe) = %v, want invalid", got)
+	}
+}
+
+// TestLimitAdmit: the per-source share of the handshake slots, the
+// reserved slots and who may use them without resuming, and that a
+// refusal for the per-source share spends no rate token.
+func TestLimitAdmit(t *testing.T) {
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	l := NewLimiter(LimitConfig{MaxHandshakes: 3, MaxHandshakesPerSource: 2, ReservedHandshakes: 1, HandshakeRate: 1, HandshakeBurst: 3})
+	admit := func(src netip.Addr) (Admission, error) { return l.Admit(src, t0) }
+	a1, err1 := admit(a)
+	a2, err2 := admit(a)
+	if err1 != nil || err2 != nil || a1.MustResume || a2.MustResume {
+		t.Fatalf("first two from a: %v, %v", err1, err2)
+	}
+	if _, err := admit(a); !errors.Is(err, ErrSourceHandshakes) {
+		t.Fatalf("third from a: %v, want %v", err, ErrSourceHandshakes)
+	}
+	a1.Release()
+	a1.Release() // extra calls do nothing
+	if a3, err := admit(a); err != nil {
+		t.Fatalf("a after a release: %v", err) // the refusal above took no token: a had 3
+	} else {
+		defer a3.Release()
+	}
+	if _, err := admit(a); !errors.Is(err, ErrSourceHandshakes) {
+		t.Fatalf("a at its share again: %v", err)
+	}
+	// b takes the last shared slot, then the reserved one (must resume:
+	// b is not known), then nothing is left.
+	b1, err := admit(b)
+	if err != nil || b1.MustResume {
+		t.Fatalf("b, shared: %+v %v", b1, err)
+	}
+	b2, err := admit(b)
+	if err != nil || !b2.MustResume {
+		t.Fatalf("b, reserved: %+v %v", b2, err)
+	}
+	c := netip.MustParseAddr("192.0.2.3")
+	if _, err := admit(c); !errors.Is(err, ErrHandshakes) {
+		t.Fatalf("c with every slot taken: %v, want %v", err, ErrHandshakes)
+	}
+	// Once b authenticated, a reserved slot needs no resumption from it.
+	b2.Release()
+	l.MarkKnown(b, t0)
+	if b3, err := admit(b); err != nil || b3.MustResume {
+		t.Fatalf("known b on the reserved slot: %+v %v", b3, err)
+	}
+	if got := l.Usage().Handshakes; got != 4 {
+		t.Fatalf("handshakes in progress = %d, want 4", got)
+	}
+	st := l.Stats()
+	if st.RefusedSource.Load() != 2 || st.RefusedHandshakes.Load() != 1 || st.Reserved.Load() != 2 {
+		t.Fatalf("stats: source %d, handshakes %d, reserved %d", st.RefusedSource.Load(), st.RefusedHandshakes.Load(), st.Reserved.Load())
 	}
 }

@@ -41,10 +41,10 @@ type Mux struct {
 	stats     *Stats
 	queueWait time.Duration
 
-	mu     sync.Mutex // serializes route-table updates
-	routes routeTable // dst -> session
-	def    atomic.Pointer[Session]    // if set, receives every packet
-	gso    atomic.Bool                // read super-packets whole
+	mu     sync.Mutex              // serializes route-table updates
+	routes routeTable              // dst -> session
+	def    atomic.Pointer[Session] // if set, receives every packet
+	gso    atomic.Bool             // read super-packets whole
 
 	// Reader-goroutine state.
 	rd      []*chunk

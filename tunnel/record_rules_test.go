@@ -523,7 +523,7 @@ func TestNoSecretsWithoutOwnLayer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if capture := srv.tls.GetConfigForClient != nil; capture == stdlib {
+		if capture := srv.capturing; capture == stdlib {
 			t.Fatalf("stdlib records %v: the server captures secrets: %v", stdlib, capture)
 		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tlsvpn/tun"
@@ -51,6 +52,15 @@ type ServerConfig struct {
 	Keepalive time.Duration
 	// HandshakeTimeout bounds the TLS and protocol handshakes; default 10s.
 	HandshakeTimeout time.Duration
+	// HelloTimeout bounds the wait for the client's first TLS message (its
+	// ClientHello) after accept, so idle connections give their handshake
+	// slot back soon; default 2s.
+	HelloTimeout time.Duration
+	// MaxConnections caps the connections open at once (handshaking or in
+	// a session); more are closed at accept and counted. 0: no cap. Set
+	// it below the process's descriptor limit so the server refuses
+	// before it runs out.
+	MaxConnections int
 	// QueueLen bounds each session's send queue (chunks).
 	QueueLen int
 	// NoOffload turns off GSO super-packets (DATA_GSO) in both directions;
@@ -85,11 +95,13 @@ type ServerConfig struct {
 	// DefaultPolicy applies to clients Policy says nothing special about.
 	// Its Routes are ignored: ServerConfig.Routes are the default routes.
 	DefaultPolicy Policy
-	// PeersChanged, if set, is called with the current Peers after every
-	// change to them (a session registered or gone), one call at a time,
-	// so the caller can install kernel routes to networks behind clients
-	// and the firewall's client-to-client rules. It must not call back
-	// into the Server, except Peers.
+	// PeersChanged, if set, is called with the live sessions that have
+	// accepted networks or reach_clients (sorted by identity) after every
+	// change to that set, one call at a time, so the caller can install
+	// kernel routes to networks behind clients and the firewall's
+	// client-to-client rules. Sessions with neither (most clients) come
+	// and go without a call. It must not call back into the Server,
+	// except Peers.
 	PeersChanged func([]Peer)
 	Logger       *slog.Logger
 	Stats        *Stats
@@ -143,11 +155,19 @@ type Server struct {
 	lim      *Limiter
 	logLimit rateLog
 
-	mu       sync.Mutex          // guards sessions and nonGSO
+	mu       sync.Mutex          // guards sessions, special and nonGSO
 	sessions map[string]*Session // by identity
-	nonGSO   int                 // registered sessions that cannot take DATA_GSO
+	// special are the sessions PeersChanged reports: with accepted
+	// networks or reach_clients. Usually few, so connects and disconnects
+	// of the others cost nothing there.
+	special map[string]*Session
+	nonGSO  int // registered sessions that cannot take DATA_GSO
 
 	peersMu sync.Mutex // serializes PeersChanged calls
+
+	capturing  bool         // traffic secrets are captured for the own record layer
+	conns      atomic.Int64 // connections open (MaxConnections)
+	mustResume sync.Map     // conn under TLS -> true: admitted on a reserved slot, must resume
 }
 
 // NewServer validates cfg and returns a Server.
@@ -167,6 +187,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = 2 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -175,7 +198,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
-	if !cfg.StdlibRecords && OwnRecordLayer() == nil {
+	capture := !cfg.StdlibRecords && OwnRecordLayer() == nil
+	if capture {
 		// Only where the own record layer will be used: otherwise no
 		// traffic secret is ever captured.
 		t = CaptureSecrets(t)
@@ -184,19 +208,54 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if lim == nil {
 		lim = NewLimiter(LimitConfig{})
 	}
-	return &Server{
+	s := &Server{
 		lim:      lim,
 		cfg:      cfg,
-		tls:      t,
 		log:      cfg.Logger,
 		stats:    cfg.Stats,
 		mux:      NewMux(cfg.Dev, MuxConfig{Stats: cfg.Stats, Logger: cfg.Logger}),
 		sessions: make(map[string]*Session),
-	}, nil
+		special:  make(map[string]*Session),
+	}
+	s.capturing = capture
+	s.tls = s.admitHello(t)
+	return s, nil
 }
+
+// errNoResumption refuses a ClientHello on a reserved handshake slot that
+// offers no session to resume.
+var errNoResumption = errors.New("server busy: handshake slots are full and this client neither resumes a session nor comes from a known address")
+
+// admitHello returns t with a GetConfigForClient that runs first on every
+// ClientHello: the hello deadline no longer applies, and a connection
+// admitted on a reserved slot must offer a session to resume
+// (pre_shared_key, RFC 8446 section 4.2.11).
+func (s *Server) admitHello(t *tls.Config) *tls.Config {
+	out := t.Clone()
+	inner := t.GetConfigForClient
+	out.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		hi.Conn.SetReadDeadline(time.Time{})
+		if _, ok := s.mustResume.Load(hi.Conn); ok && !slices.Contains(hi.Extensions, extensionPreSharedKey) {
+			s.lim.RefuseResumption()
+			return nil, errNoResumption
+		}
+		if inner != nil {
+			return inner(hi)
+		}
+		return nil, nil
+	}
+	return out
+}
+
+// extensionPreSharedKey is the TLS extension a resuming ClientHello carries.
+const extensionPreSharedKey = 41
 
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return s.stats }
+
+// Connections returns the number of connections open: handshaking or in
+// a session (MaxConnections counts these).
+func (s *Server) Connections() int { return int(s.conns.Load()) }
 
 // Sessions returns the number of live sessions.
 func (s *Server) Sessions() int {
@@ -218,36 +277,50 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 
 	var err error
+	var backoff time.Duration
 	for {
 		c, aerr := ln.Accept()
 		if aerr != nil {
-			if ctx.Err() == nil {
-				var ne net.Error
-				if errors.As(aerr, &ne) && ne.Timeout() {
-					continue
-				}
-				err = fmt.Errorf("accept: %w", aerr)
+			if ctx.Err() != nil || errors.Is(aerr, net.ErrClosed) {
+				break
 			}
-			break
+			// Out of descriptors (EMFILE, ENFILE), out of memory, a
+			// connection reset before accept: none of these is a reason
+			// to end the live sessions. Count, log (rate limited), back
+			// off a little, go on.
+			s.stats.AcceptErrors.Add(1)
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.logLimit.warn(s.log, "accept", "accept failed; retrying", "err", aerr, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+			continue
+		}
+		backoff = 0
+		if limit := s.cfg.MaxConnections; limit > 0 && s.conns.Load() >= int64(limit) {
+			s.lim.stats.RefusedConns.Add(1)
+			s.stats.HandshakeFailures.Add(1)
+			s.logLimit.warn(s.log, "conns", "refusing connection: too many connections open", "limit", limit, "remote_addr", c.RemoteAddr().String())
+			c.Close()
+			continue
 		}
 		// Pre-authentication limits, before any byte is read.
-		if !s.lim.AllowSource(SourceAddr(c.RemoteAddr()), time.Now()) {
+		adm, aerr := s.lim.Admit(SourceAddr(c.RemoteAddr()), time.Now())
+		if aerr != nil {
 			s.stats.HandshakeFailures.Add(1)
-			s.logLimit.warn(s.log, "rate", "refusing connection: too many handshakes from this source", "remote_addr", c.RemoteAddr().String(), "limits", s.lim)
+			s.logLimit.warn(s.log, "admit:"+aerr.Error(), "refusing connection: "+aerr.Error(), "remote_addr", c.RemoteAddr().String(), "limits", s.lim)
 			c.Close()
 			continue
 		}
-		release, ok := s.lim.AcquireHandshake()
-		if !ok {
-			s.stats.HandshakeFailures.Add(1)
-			s.logLimit.warn(s.log, "handshakes", "refusing connection: too many handshakes in progress", "remote_addr", c.RemoteAddr().String(), "limits", s.lim)
-			c.Close()
-			continue
-		}
+		s.conns.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.handle(ctx, c, release)
+			defer s.conns.Add(-1)
+			s.handle(ctx, c, adm)
 		}()
 	}
 	cancel()
@@ -260,7 +333,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // handle runs one connection from accept to the end of its session.
-func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func()) {
+func (s *Server) handle(ctx context.Context, raw net.Conn, adm Admission) {
+	releaseHandshake := adm.Release
 	defer releaseHandshake() // idempotent; also frees the slot after a panic
 	remote := raw.RemoteAddr().String()
 	log := s.log.With("remote_addr", remote)
@@ -278,7 +352,14 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	tc := tls.Server(bc, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
+	raw.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout)) // cleared by the ClientHello (admitHello)
+	if adm.MustResume {
+		s.mustResume.Store(bc, true)
+	}
 	id, hello, err := s.handshake(hctx, tc, bc)
+	if adm.MustResume {
+		s.mustResume.Delete(bc)
+	}
 	releaseHandshake()
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
@@ -380,6 +461,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	old := s.sessions[id]
 	s.sessions[id] = sess
+	changed := s.setSpecialLocked(id, sess)
 	if !sess.peerGSO {
 		s.nonGSO++
 	}
@@ -390,7 +472,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	if len(nets) > 0 {
 		s.mux.SetNets(sess, nets)
 	}
-	s.peersChanged()
+	if changed {
+		s.peersChanged()
+	}
 	payload, err := MarshalConfig(cfg)
 	if err == nil {
 		err = writeControlFrame(hctx, tc, TypeConfig, payload)
@@ -424,6 +508,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, releaseHandshake func
 	}
 
 	s.stats.SessionsOpened.Add(1)
+	s.lim.MarkKnown(SourceAddr(raw.RemoteAddr()), time.Now())
 	attrs := []any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}
 	if cfg.Addr6.IsValid() {
 		attrs = append(attrs, "tunnel_addr6", cfg.Addr6)
@@ -477,12 +562,32 @@ func (s *Server) unregister(id string, sess *Session) {
 	if s.sessions[id] == sess {
 		delete(s.sessions, id)
 	}
+	changed := false
+	if s.special[id] == sess {
+		delete(s.special, id)
+		changed = true
+	}
 	if !sess.peerGSO {
 		s.nonGSO--
 	}
 	s.mux.SetGSO(!s.cfg.NoOffload && s.nonGSO == 0)
 	s.mu.Unlock()
-	s.peersChanged()
+	if changed {
+		s.peersChanged()
+	}
+}
+
+// setSpecialLocked makes sess the registered session of id in the set
+// PeersChanged reports, if it has networks or reach_clients, and reports
+// whether that set changed. The caller holds s.mu.
+func (s *Server) setSpecialLocked(id string, sess *Session) bool {
+	had := s.special[id] != nil
+	if len(sess.nets) > 0 || sess.policy.ReachClients {
+		s.special[id] = sess
+		return true
+	}
+	delete(s.special, id)
+	return had
 }
 
 // policy returns the policy for identity.
@@ -513,7 +618,7 @@ func (s *Server) acceptNets(log *slog.Logger, id string, adv, allowed []netip.Pr
 		case slices.Contains(out, p):
 			continue
 		default:
-			for other, o := range s.sessions {
+			for other, o := range s.special { // the sessions with networks
 				if other == id {
 					continue
 				}
@@ -546,14 +651,22 @@ func (s *Server) Peers() []Peer {
 	return peers
 }
 
-// peersChanged reports the current Peers to PeersChanged.
+// peersChanged reports the sessions with networks or reach_clients to
+// PeersChanged. It costs what those few sessions cost, not what all do.
 func (s *Server) peersChanged() {
 	if s.cfg.PeersChanged == nil {
 		return
 	}
 	s.peersMu.Lock()
 	defer s.peersMu.Unlock()
-	s.cfg.PeersChanged(s.Peers())
+	s.mu.Lock()
+	peers := make([]Peer, 0, len(s.special))
+	for id, sess := range s.special {
+		peers = append(peers, Peer{Identity: id, Addrs: sess.addrs, Nets: sess.nets, ReachClients: sess.policy.ReachClients})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(peers, func(a, b Peer) int { return strings.Compare(a.Identity, b.Identity) })
+	s.cfg.PeersChanged(peers)
 }
 
 // Reconfigure closes the live session of identity, if any, with
@@ -589,6 +702,7 @@ func (s *Server) Policies() []string {
 		}
 		if pol.sameConfig(sess.policy) {
 			sess.policy = pol // only ReachClients changed
+			s.setSpecialLocked(id, sess)
 			changed = true
 			continue
 		}

@@ -101,7 +101,12 @@ type options struct {
 	maxClients            int
 	maxSessionsPerID      int
 	maxHandshakes         int
+	maxHandshakesPerSrc   int
+	reservedHandshakes    int
+	maxConnections        int
+	helloTimeout          time.Duration
 	handshakeRate         float64
+	handshakeBurst        int
 	cpuProfile            string
 	cleanup               bool
 	logLevel, logFormat   string
@@ -141,7 +146,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
-	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64), with a burst of twice that (0: the default; -1: no limit)")
+	fs.IntVar(&o.maxHandshakesPerSrc, "max-handshakes-per-source", tunnel.DefaultMaxHandshakesPerSource, "most TLS handshakes in progress from one source address (IPv6: per /64), so a few sources cannot hold every slot (0: the default; -1: no limit)")
+	fs.IntVar(&o.reservedHandshakes, "reserved-handshakes", tunnel.DefaultReservedHandshakes, "handshake slots beyond --max-handshakes kept for clients that resume a TLS session or come from an address that authenticated in the last hour (0: the default; -1: none)")
+	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64) after its burst (0: the default; -1: no limit)")
+	fs.IntVar(&o.handshakeBurst, "handshake-burst", tunnel.DefaultHandshakeBurst, "new connections one source address may open at once, e.g. an office behind one NAT coming back after a restart (0: the default)")
+	fs.DurationVar(&o.helloTimeout, "hello-timeout", 2*time.Second, "time a new connection has to send its TLS ClientHello; an idle connection gives its handshake slot back after this")
+	fs.IntVar(&o.maxConnections, "max-connections", 0, "most connections open at once; more are closed at accept and counted (0: derived from the descriptor limit, which tunneld raises to its hard limit at start; -1: no limit)")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.BoolVar(&o.stdlibRecords, "stdlib-tls-records", false, "carry the data phase through Go's crypto/tls instead of tlsvpn's own TLS 1.3 record layer: the same bytes on the wire, more copying (for comparison or troubleshooting)")
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
@@ -392,9 +402,13 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		MaxClients:             o.maxClients,
 		MaxSessionsPerIdentity: o.maxSessionsPerID,
 		MaxHandshakes:          o.maxHandshakes,
+		MaxHandshakesPerSource: o.maxHandshakesPerSrc,
+		ReservedHandshakes:     o.reservedHandshakes,
 		HandshakeRate:          o.handshakeRate,
-		HandshakeBurst:         handshakeBurst(o.handshakeRate),
+		HandshakeBurst:         o.handshakeBurst,
 	})
+	maxConns, nofile := connectionLimit(o.maxConnections)
+	log.Info("connection limits", "max_connections", maxConns, "descriptors", nofile, "limits", fmt.Sprintf("%+v", limits.Config()))
 	scfg := tunnel.ServerConfig{
 		TLS:              tlsCfg,
 		Identity:         certs.PeerIdentity,
@@ -408,6 +422,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		DNS:              dns,
 		Keepalive:        o.keepalive,
 		HandshakeTimeout: o.handshakeTimeout,
+		HelloTimeout:     o.helloTimeout,
+		MaxConnections:   maxConns,
 		QueueLen:         o.queueLen,
 		NoOffload:        o.noOffload,
 		StdlibRecords:    o.stdlibRecords,
@@ -429,7 +445,10 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	if o.metrics != "" {
-		gauges := []cli.Gauge{{Name: "sessions", Help: "Live client sessions.", Value: func() float64 { return float64(srv.Sessions()) }}}
+		gauges := []cli.Gauge{
+			{Name: "sessions", Help: "Live client sessions.", Value: func() float64 { return float64(srv.Sessions()) }},
+			{Name: "connections", Help: "Connections open, handshaking or in a session (--max-connections caps them).", Value: func() float64 { return float64(srv.Connections()) }},
+		}
 		if fw != nil {
 			gauges = append(gauges, cli.Gauge{Name: "client_isolation_drops_total", Counter: true,
 				Help: "Packets between clients dropped because the sender may not reach other clients (reach_clients).",
@@ -455,13 +474,24 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	return err
 }
 
-// handshakeBurst allows bursts of twice the per-source rate; a rate of 0
-// (the limiter's default) or below keeps the default burst too.
-func handshakeBurst(rate float64) int {
-	if rate <= 0 {
-		return 0
+// connectionLimit raises the descriptor limit to its hard limit and
+// returns the connection cap to use (flag: 0 derives it, -1 turns it off)
+// and the descriptor limit. The cap leaves room for what else the daemon
+// opens (TUN, netlink, files, metrics): without it, accept would fail
+// with EMFILE and so would the leases file and CRL reloads.
+func connectionLimit(flag int) (maxConns int, nofile uint64) {
+	nofile = raiseNoFile()
+	switch {
+	case flag > 0:
+		return flag, nofile
+	case flag < 0 || nofile == 0:
+		return 0, nofile
 	}
-	return int(max(2*rate, 1))
+	reserve := uint64(max(64, nofile/16))
+	if nofile <= reserve {
+		return 1, nofile
+	}
+	return int(min(nofile-reserve, 1<<30)), nofile
 }
 
 // watchPeers reloads the CRL when its file changes or on SIGHUP, and

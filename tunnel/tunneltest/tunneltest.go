@@ -105,6 +105,9 @@ type ServerOptions struct {
 	StdlibRecords bool
 	OwnAESGCM     bool
 	RekeyRecords  uint64
+	// Limits and HelloTimeout are passed to the server (admission).
+	Limits       *tunnel.Limiter
+	HelloTimeout time.Duration
 	// Logger, if set, is the server's logger instead of the default
 	// (stderr with TUNNELTEST_LOG set, else nothing).
 	Logger *slog.Logger
@@ -145,6 +148,8 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		StdlibRecords: opts.StdlibRecords,
 		OwnAESGCM:     opts.OwnAESGCM,
 		RekeyRecords:  opts.RekeyRecords,
+		Limits:        opts.Limits,
+		HelloTimeout:  opts.HelloTimeout,
 		Logger:        logger,
 	})
 	if err != nil {

@@ -109,6 +109,7 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	counter("panics_total", "Recovered panics; each closed only its own session or connection.", &stats.Panics)
 	counter("advertise_refused_total", "Networks a client advertised that its policy does not allow.", &stats.AdvertiseRefused)
 	counter("record_handovers_total", "Sessions whose data phase runs on tlsvpn's own TLS 1.3 record layer instead of crypto/tls.", &stats.RecordHandOvers)
+	counter("accept_errors_total", "Failed accepts (out of descriptors, say); the server backs off and goes on.", &stats.AcceptErrors)
 	counter("record_handover_refusals_total", "Sessions that stayed on crypto/tls because the hand-over to the own record layer could not be proven safe.", &stats.RecordHandOverRefusals)
 	counter("key_updates_sent_total", "TLS KeyUpdate messages sent (the own record layer's in-band key changes and answers).", &stats.KeyUpdatesSent)
 	counter("key_updates_received_total", "TLS KeyUpdate messages received from peers.", &stats.KeyUpdatesReceived)
@@ -151,6 +152,9 @@ func (r refusedCollector) Collect(ch chan<- prometheus.Metric) {
 	}{
 		{"handshake_rate", st.RefusedRate.Load()},
 		{"handshakes_in_progress", st.RefusedHandshakes.Load()},
+		{"source_handshakes_in_progress", st.RefusedSource.Load()},
+		{"reserved_needs_resumption", st.RefusedResumption.Load()},
+		{"connections", st.RefusedConns.Load()},
 		{"clients", st.RefusedClients.Load()},
 		{"sessions_per_client", st.RefusedSessions.Load()},
 	} {
