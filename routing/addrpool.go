@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"os"
 	"sync"
@@ -37,10 +36,16 @@ var (
 // are never used; for IPv6 the subnet-router anycast address (the
 // all-zeros host, RFC 4291 section 2.6.1) is never used.
 //
-// A Pool is safe for concurrent use. New leases are committed one at a
-// time (under writeMu, which is held across the file write), while
-// identities that already hold a lease are answered under mu alone, so a
-// slow fsync never delays a reconnecting client.
+// A Pool is safe for concurrent use. Identities that already hold a lease
+// are answered under mu alone, which is never held across file I/O, so a
+// slow fsync never delays a reconnecting client. New leases are committed
+// in groups: each rewrite of the file costs the same whatever it adds, so
+// while one write is in flight (under writeMu) the new leases that arrive
+// are gathered in the open batch, and the first of them, the batch's
+// leader, writes them all once writeMu is free, while the others wait for
+// the outcome of that write. A burst of N new identities thus costs about
+// two writes rather than N, and each Assign still returns only once its
+// lease is durable.
 type Pool struct {
 	// Immutable after NewPool/OpenPool.
 	subnet netip.Prefix
@@ -52,17 +57,31 @@ type Pool struct {
 	// Immutable after NewPool/OpenPool; replaced by tests.
 	now      func() time.Time     // lease timestamps
 	syncFile func(*os.File) error // fsync of the temporary leases file and its directory
+	onWait   func()               // if not nil, called whenever a call is about to wait for a batch (tests use it to know who waits)
 
-	// writeMu serializes changes to the set of leases and writes of the
-	// leases file. It is taken before mu, and only holders of writeMu add
-	// leases, so the set of leases cannot change while one is written.
+	// writeMu serializes writes of the leases file and changes to the
+	// set of committed leases (byID, byAddr) of a Pool made by OpenPool,
+	// so that a write always holds every lease committed before it. It is
+	// taken before mu, and only by writers: batch leaders, Pin and Flush.
 	writeMu sync.Mutex
+	// Guarded by writeMu: scratch space of the writes, reused so that
+	// writing a large file does not allocate it anew each time.
+	snap   []leaseEntry // snapshot of the leases, unsorted
+	slots  []int32      // by address offset, index in snap or -1
+	sorted []leaseEntry // snap sorted by address
+	buf    []byte       // encoded file
 
 	mu     sync.Mutex
-	byID   map[string]lease      // guarded by mu
+	byID   map[string]lease      // guarded by mu; committed (durable) leases
 	byAddr map[netip.Addr]string // guarded by mu
 	next   int                   // guarded by mu; offset from first where the next free search starts
 	dirty  bool                  // guarded by mu; a lease's last-assigned time changed since the file was written
+	// Leases waiting for a write, by identity and by address. An address
+	// or identity in them is not free, and another call for the same
+	// identity waits for that write rather than lease a second address.
+	pendingID   map[string]*batch     // guarded by mu
+	pendingAddr map[netip.Addr]*batch // guarded by mu
+	open        *batch                // guarded by mu; the batch gathering new leases, nil if none
 }
 
 // lease is one identity's address and when it was first and last handed
@@ -70,6 +89,20 @@ type Pool struct {
 type lease struct {
 	addr        netip.Addr
 	first, last time.Time
+}
+
+// batch is a group of new leases committed by one write of the leases
+// file (see Pool). Pin uses a batch of its own to hold its lease while it
+// writes.
+type batch struct {
+	adds  map[string]lease // by identity; guarded by Pool.mu until done is closed, then immutable
+	start int              // guarded by Pool.mu; Pool.next before the batch's first Assign, -1 if none
+	done  chan struct{}    // closed once the write succeeded or failed
+	err   error            // outcome of the write; set before done is closed
+}
+
+func newBatch() *batch {
+	return &batch{adds: make(map[string]lease), start: -1, done: make(chan struct{})}
 }
 
 // NewPool returns an empty Pool for subnet, which is normalized with
@@ -97,14 +130,16 @@ func NewPool(subnet netip.Prefix) (*Pool, error) {
 	}
 	server := subnet.Addr().Next()
 	return &Pool{
-		subnet:   subnet,
-		server:   server,
-		first:    server.Next(),
-		size:     int(usable - 1),
-		now:      func() time.Time { return time.Now().UTC().Truncate(time.Second) },
-		syncFile: (*os.File).Sync,
-		byID:     make(map[string]lease),
-		byAddr:   make(map[netip.Addr]string),
+		subnet:      subnet,
+		server:      server,
+		first:       server.Next(),
+		size:        int(usable - 1),
+		now:         func() time.Time { return time.Now().UTC().Truncate(time.Second) },
+		syncFile:    (*os.File).Sync,
+		byID:        make(map[string]lease),
+		byAddr:      make(map[netip.Addr]string),
+		pendingID:   make(map[string]*batch),
+		pendingAddr: make(map[netip.Addr]*batch),
 	}, nil
 }
 
@@ -132,27 +167,53 @@ func (p *Pool) Len() int {
 //
 // For a Pool made by OpenPool, a new lease is written to the leases file
 // before Assign returns it; if that write fails, Assign returns the error
-// and leases nothing. An existing lease costs no write: its last-assigned
-// time is updated in memory and saved with the next write (or Flush).
+// and leases nothing. Concurrent Assigns of new identities share a write
+// (see Pool), and concurrent Assigns of one new identity share its lease.
+// An existing lease costs no write: its last-assigned time is updated in
+// memory and saved with the next write (or Flush).
 func (p *Pool) Assign(identity string) (netip.Addr, error) {
 	if identity == "" {
 		return netip.Addr{}, errors.New("assign address: empty identity")
 	}
-	if a, ok := p.touch(identity); ok {
-		return a, nil
-	}
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
-	if a, ok := p.touch(identity); ok { // leased while we waited for writeMu
-		return a, nil
-	}
 	p.mu.Lock()
+	if a, ok := p.touchLocked(identity); ok {
+		p.mu.Unlock()
+		return a, nil
+	}
+	if b := p.pendingID[identity]; b != nil {
+		// Another call is leasing an address to identity: share its
+		// outcome rather than lease a second address.
+		a := b.adds[identity].addr
+		p.mu.Unlock()
+		if err := p.await(b, false); err != nil {
+			return netip.Addr{}, fmt.Errorf("assign %v to %q: %w", a, identity, err)
+		}
+		return a, nil
+	}
 	a, off, ok := p.freeLocked()
-	p.mu.Unlock()
 	if !ok {
+		p.mu.Unlock()
 		return netip.Addr{}, fmt.Errorf("assign address to %q from %v: %w", identity, p.subnet, ErrPoolExhausted)
 	}
-	if err := p.addLease(identity, a, (off+1)%p.size); err != nil {
+	now := p.now()
+	l := lease{addr: a, first: now, last: now}
+	if p.path == "" {
+		p.byID[identity] = l
+		p.byAddr[a] = identity
+		p.next = (off + 1) % p.size
+		p.mu.Unlock()
+		return a, nil
+	}
+	b, lead := p.queueLocked(identity, l)
+	if b.start < 0 {
+		b.start = p.next
+	}
+	// The search moves on at once, so that the next Assign picks the
+	// following address while this one waits; a failed write moves it
+	// back (see writeBatch).
+	p.next = (off + 1) % p.size
+	p.mu.Unlock()
+	if err := p.await(b, lead); err != nil {
 		return netip.Addr{}, fmt.Errorf("assign %v to %q: %w", a, identity, err)
 	}
 	return a, nil
@@ -172,7 +233,7 @@ func (p *Pool) Lookup(identity string) (netip.Addr, bool) {
 // identity (ErrAddrInUse), or if identity already holds a different address.
 // Reserve addresses before serving clients: a dynamic Assign may take addr
 // first. Like Assign, Reserve writes a new lease to the leases file (if
-// any) before it returns.
+// any) before it returns, sharing the write with concurrent Assigns.
 func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 	if identity == "" {
 		return errors.New("reserve address: empty identity")
@@ -180,25 +241,44 @@ func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 	if !p.IsClientAddr(addr) {
 		return fmt.Errorf("reserve %v for %q: not a client address of pool %v", addr, identity, p.subnet)
 	}
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
-	p.mu.Lock()
-	owner, taken := p.byAddr[addr]
-	old, has := p.byID[identity]
-	p.mu.Unlock()
-	switch {
-	case taken && owner == identity:
-		p.touch(identity)
+	for {
+		p.mu.Lock()
+		owner, taken := p.byAddr[addr]
+		old, has := p.byID[identity]
+		switch {
+		case taken && owner == identity:
+			p.touchLocked(identity)
+			p.mu.Unlock()
+			return nil
+		case taken:
+			p.mu.Unlock()
+			return fmt.Errorf("reserve %v for %q: leased to %q: %w", addr, identity, owner, ErrAddrInUse)
+		case has:
+			p.mu.Unlock()
+			return fmt.Errorf("reserve %v for %q: identity already holds %v", addr, identity, old.addr)
+		}
+		if b := p.pendingLocked(identity, addr); b != nil {
+			// The outcome of that write decides which of the cases
+			// above applies.
+			p.mu.Unlock()
+			p.await(b, false)
+			continue
+		}
+		now := p.now()
+		l := lease{addr: addr, first: now, last: now}
+		if p.path == "" {
+			p.byID[identity] = l
+			p.byAddr[addr] = identity
+			p.mu.Unlock()
+			return nil
+		}
+		b, lead := p.queueLocked(identity, l)
+		p.mu.Unlock()
+		if err := p.await(b, lead); err != nil {
+			return fmt.Errorf("reserve %v for %q: %w", addr, identity, err)
+		}
 		return nil
-	case taken:
-		return fmt.Errorf("reserve %v for %q: leased to %q: %w", addr, identity, owner, ErrAddrInUse)
-	case has:
-		return fmt.Errorf("reserve %v for %q: identity already holds %v", addr, identity, old.addr)
 	}
-	if err := p.addLease(identity, addr, -1); err != nil {
-		return fmt.Errorf("reserve %v for %q: %w", addr, identity, err)
-	}
-	return nil
 }
 
 // Pin leases the fixed address addr to identity, as Reserve does, but
@@ -208,6 +288,9 @@ func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 // next Assign, and its live session must be told). tunneld pins the
 // addresses of its --clients file, so editing the file never fails at
 // runtime on a lease made before the edit.
+//
+// Pin removes leases, so unlike Assign and Reserve it does not join a
+// batch: it writes on its own, under writeMu.
 func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error) {
 	if identity == "" {
 		return "", errors.New("pin address: empty identity")
@@ -215,51 +298,87 @@ func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error)
 	if !p.IsClientAddr(addr) {
 		return "", fmt.Errorf("pin %v for %q: not a client address of pool %v", addr, identity, p.subnet)
 	}
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
-	p.mu.Lock()
-	owner, taken := p.byAddr[addr]
-	if taken && owner == identity {
+	for {
+		p.writeMu.Lock()
+		p.mu.Lock()
+		owner, taken := p.byAddr[addr]
+		if taken && owner == identity {
+			p.touchLocked(identity)
+			p.mu.Unlock()
+			p.writeMu.Unlock()
+			return "", nil
+		}
+		if b := p.pendingLocked(identity, addr); b != nil {
+			// A new lease of identity or addr waits for a write, which
+			// needs writeMu: let it finish, then look again.
+			p.mu.Unlock()
+			p.writeMu.Unlock()
+			p.await(b, false)
+			continue
+		}
+		evicted, err = p.pinLocked(identity, addr, owner, taken)
 		p.mu.Unlock()
-		p.touch(identity)
-		return "", nil
+		p.writeMu.Unlock()
+		if err != nil {
+			return "", fmt.Errorf("pin %v for %q: %w", addr, identity, err)
+		}
+		return evicted, nil
 	}
-	// Work on copies so a failed write changes nothing.
-	byID, byAddr := maps.Clone(p.byID), maps.Clone(p.byAddr)
-	if old, ok := byID[identity]; ok {
-		delete(byAddr, old.addr)
-	}
+}
+
+// pinLocked does Pin's work once neither identity nor addr has a lease
+// waiting for a write. owner and taken are addr's current lease. The
+// caller holds writeMu and mu; pinLocked releases mu during the write.
+func (p *Pool) pinLocked(identity string, addr netip.Addr, owner string, taken bool) (evicted string, err error) {
 	if taken {
-		delete(byID, owner)
 		evicted = owner
 	}
 	now := p.now()
-	byID[identity] = lease{addr: addr, first: now, last: now}
-	byAddr[addr] = identity
-	var f *leaseFile
+	l := lease{addr: addr, first: now, last: now}
 	if p.path != "" {
-		saved := p.byID
-		p.byID = byID
-		f = p.fileLocked("", lease{})
-		p.byID = saved
-	}
-	p.mu.Unlock()
-	if f != nil {
-		if err := writeLeases(p.path, f, p.syncFile); err != nil {
-			return "", fmt.Errorf("pin %v for %q: %w", addr, identity, err)
+		// Hold identity and addr while the lock is released for the
+		// write, so that no Assign or Reserve leases them meanwhile (an
+		// addr that is taken is in byAddr, which does that already).
+		b := newBatch()
+		b.adds[identity] = l
+		p.pendingID[identity] = b
+		if !taken {
+			p.pendingAddr[addr] = b
+		}
+		entries := p.snapshotLocked(b.adds, evicted)
+		p.dirty = false
+		p.mu.Unlock()
+		err = p.save(entries)
+		p.mu.Lock()
+		delete(p.pendingID, identity)
+		if !taken {
+			delete(p.pendingAddr, addr)
+		}
+		b.err = err
+		close(b.done)
+		if err != nil {
+			p.dirty = true
+			return "", err
 		}
 	}
-	p.mu.Lock()
-	p.byID, p.byAddr = byID, byAddr
-	p.mu.Unlock()
+	// The leases read before the write are still current: in a Pool made
+	// by OpenPool only holders of writeMu change byID and byAddr (touches
+	// only update last-assigned times), and in one made by NewPool mu was
+	// held throughout.
+	if old, ok := p.byID[identity]; ok {
+		delete(p.byAddr, old.addr)
+	}
+	if taken {
+		delete(p.byID, owner)
+	}
+	p.byID[identity] = l
+	p.byAddr[addr] = identity
 	return evicted, nil
 }
 
-// touch returns the address leased to identity, if any, and records that
-// it was handed out now.
-func (p *Pool) touch(identity string) (netip.Addr, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// touchLocked returns the address leased to identity, if any, and records
+// that it was handed out now. The caller holds mu.
+func (p *Pool) touchLocked(identity string) (netip.Addr, bool) {
 	l, ok := p.byID[identity]
 	if !ok {
 		return netip.Addr{}, false
@@ -273,51 +392,107 @@ func (p *Pool) touch(identity string) (netip.Addr, bool) {
 }
 
 // freeLocked returns the lowest free client address at or after p.next
-// (wrapping around) and its offset from p.first.
+// (wrapping around) and its offset from p.first. Addresses waiting for a
+// write are not free.
 func (p *Pool) freeLocked() (a netip.Addr, off int, ok bool) {
-	if len(p.byAddr) >= p.size {
+	// byAddr and pendingAddr are disjoint (see pinLocked).
+	if len(p.byAddr)+len(p.pendingAddr) >= p.size {
 		return netip.Addr{}, 0, false
 	}
 	for i := range p.size {
 		off := (p.next + i) % p.size
 		a := addOffset(p.first, uint64(off))
-		if _, taken := p.byAddr[a]; !taken {
+		if _, taken := p.byAddr[a]; taken {
+			continue
+		}
+		if _, pending := p.pendingAddr[a]; !pending {
 			return a, off, true
 		}
 	}
-	return netip.Addr{}, 0, false // unreachable: len(byAddr) < size guarantees a free address
+	return netip.Addr{}, 0, false // unreachable: the count above guarantees a free address
 }
 
-// addLease leases the free address a to identity, which holds no lease:
-// first in the leases file (if any), then in memory, so that a lease is
-// never handed out before it is durable. If next >= 0 it becomes p.next.
-// The caller holds writeMu, which keeps a free and identity unleased.
-func (p *Pool) addLease(identity string, a netip.Addr, next int) error {
+// pendingLocked returns the batch of a lease of identity or addr that
+// waits for a write, or nil. The caller holds mu.
+func (p *Pool) pendingLocked(identity string, addr netip.Addr) *batch {
+	if b := p.pendingID[identity]; b != nil {
+		return b
+	}
+	return p.pendingAddr[addr]
+}
+
+// queueLocked adds the new lease l of identity, which holds no lease and
+// has none waiting, to the open batch, opening one if there is none. It
+// reports whether the caller opened it and so leads it (see await). The
+// caller holds mu, and l.addr is free.
+func (p *Pool) queueLocked(identity string, l lease) (b *batch, lead bool) {
+	b = p.open
+	if b == nil {
+		b = newBatch()
+		p.open = b
+		lead = true
+	}
+	b.adds[identity] = l
+	p.pendingID[identity] = b
+	p.pendingAddr[l.addr] = b
+	return b, lead
+}
+
+// await waits until b is written and returns the outcome of the write;
+// if lead, it writes b itself.
+func (p *Pool) await(b *batch, lead bool) error {
+	if p.onWait != nil {
+		p.onWait()
+	}
+	if lead {
+		p.writeBatch(b)
+	}
+	<-b.done
+	return b.err
+}
+
+// writeBatch writes the leases file with the leases of b added, and then
+// commits them in memory, or, if the write failed, frees their addresses.
+// Either way it wakes b's waiters. It waits for writeMu, which is held by
+// the write before b, if any; meanwhile b stays open, so that the new
+// leases that arrive in the meantime share b's write.
+func (p *Pool) writeBatch(b *batch) {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
 	p.mu.Lock()
-	now := p.now()
-	l := lease{addr: a, first: now, last: now}
-	var f *leaseFile
-	if p.path != "" {
-		f = p.fileLocked(identity, l)
-		p.dirty = false // the snapshot has every last-assigned time so far
-	}
+	p.open = nil // later leases go to the next batch
+	entries := p.snapshotLocked(b.adds, "")
+	p.dirty = false // the snapshot has every last-assigned time so far
 	p.mu.Unlock()
-	if f != nil {
-		if err := writeLeases(p.path, f, p.syncFile); err != nil {
-			p.mu.Lock()
-			p.dirty = true
-			p.mu.Unlock()
-			return err
-		}
-	}
+	err := p.save(entries)
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.byID[identity] = l
-	p.byAddr[a] = identity
-	if next >= 0 {
-		p.next = next
+	for id, l := range b.adds {
+		delete(p.pendingID, id)
+		delete(p.pendingAddr, l.addr)
+		if err == nil {
+			p.byID[id] = l
+			p.byAddr[l.addr] = id
+		}
 	}
-	return nil
+	if err != nil {
+		p.dirty = true
+		// Move the search back to where b's first Assign began it, so
+		// that b's freed addresses are the next handed out, as if b
+		// had never been. If a later batch already picked addresses
+		// past b's, that batch now starts where b did, so that its
+		// own failure would move the search back past both.
+		if b.start >= 0 {
+			if p.open != nil && p.open.start >= 0 {
+				p.open.start = b.start
+			} else {
+				p.next = b.start
+			}
+		}
+	}
+	b.err = err
+	close(b.done)
 }
 
 // Flush writes the leases file if a lease's last-assigned time changed
@@ -335,10 +510,10 @@ func (p *Pool) Flush() error {
 		p.mu.Unlock()
 		return nil
 	}
-	f := p.fileLocked("", lease{})
+	entries := p.snapshotLocked(nil, "")
 	p.dirty = false
 	p.mu.Unlock()
-	if err := writeLeases(p.path, f, p.syncFile); err != nil {
+	if err := p.save(entries); err != nil {
 		p.mu.Lock()
 		p.dirty = true
 		p.mu.Unlock()
@@ -354,6 +529,17 @@ func (p *Pool) IsClientAddr(a netip.Addr) bool {
 	last := addOffset(p.first, uint64(p.size-1))
 	return a.IsValid() && a.Zone() == "" && a.BitLen() == p.first.BitLen() &&
 		a.Compare(p.first) >= 0 && a.Compare(last) <= 0
+}
+
+// offset returns a's offset from p.first, if a is a client address of p.
+func (p *Pool) offset(a netip.Addr) (int, bool) {
+	if !p.IsClientAddr(a) {
+		return 0, false
+	}
+	// Client addresses span fewer than 2^32 addresses, so the difference
+	// of the low 64 bits is exact (modulo 2^64) in either family.
+	x, f := a.As16(), p.first.As16()
+	return int(binary.BigEndian.Uint64(x[8:]) - binary.BigEndian.Uint64(f[8:])), true
 }
 
 // addOffset returns a+n, which must not overflow a's family.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -73,7 +74,8 @@ func (e *CorruptLeasesError) Unwrap() error { return e.Err }
 // written before it is handed out, by replacing the whole file atomically
 // (temporary file in the same directory, fsync, rename, fsync of the
 // directory), so that a crash at any moment, even kill -9 or a power loss,
-// leaves either the old or the new file.
+// leaves either the old or the new file. New leases that arrive while a
+// write is in flight share the next write (see Pool).
 //
 // Loaded leases that cannot be honoured are dropped, and each is reported
 // in warnings: addresses that are not client addresses of subnet (because
@@ -100,7 +102,7 @@ func OpenPool(subnet netip.Prefix, path string) (p *Pool, warnings []error, err 
 		}
 		// Write the empty file now, so that an unwritable location stops
 		// the server at start rather than at its first client.
-		if err := writeLeases(path, p.fileLocked("", lease{}), p.syncFile); err != nil {
+		if err := p.save(p.snapshotLocked(nil, "")); err != nil {
 			return nil, nil, err
 		}
 		return p, nil, nil
@@ -175,23 +177,127 @@ func (p *Pool) load(f *leaseFile) (warnings []error) {
 	return warnings
 }
 
-// fileLocked returns the leases file for the pool's leases, plus the
-// lease l of identity if identity is not empty. The caller holds mu (or
-// is the only user of p).
-func (p *Pool) fileLocked(identity string, l lease) *leaseFile {
-	f := &leaseFile{
-		Version: LeasesVersion,
-		Subnet:  p.subnet,
-		Leases:  make([]leaseEntry, 0, len(p.byID)+1),
-	}
+// snapshotLocked returns the pool's committed leases, plus those of adds
+// (which replace an identity's lease), less the lease of without (if not
+// empty), unsorted, for save. It fills p.snap, which the next snapshot
+// reuses. The caller holds writeMu and mu (or is the only user of p). Only
+// the copy is done under mu: sorting and encoding are left to save, so that
+// reconnecting clients wait for mu as briefly as possible.
+func (p *Pool) snapshotLocked(adds map[string]lease, without string) []leaseEntry {
+	entries := p.snap[:0]
 	for id, l := range p.byID {
-		f.Leases = append(f.Leases, leaseEntry{Identity: id, Addr: l.addr, FirstAssigned: l.first, LastAssigned: l.last})
+		if id == without {
+			continue
+		}
+		if _, ok := adds[id]; ok {
+			continue
+		}
+		entries = append(entries, leaseEntry{Identity: id, Addr: l.addr, FirstAssigned: l.first, LastAssigned: l.last})
 	}
-	if identity != "" {
-		f.Leases = append(f.Leases, leaseEntry{Identity: identity, Addr: l.addr, FirstAssigned: l.first, LastAssigned: l.last})
+	for id, l := range adds {
+		entries = append(entries, leaseEntry{Identity: id, Addr: l.addr, FirstAssigned: l.first, LastAssigned: l.last})
 	}
-	slices.SortFunc(f.Leases, func(a, b leaseEntry) int { return a.Addr.Compare(b.Addr) })
-	return f
+	p.snap = entries
+	return entries
+}
+
+// save sorts entries by address and writes them as the leases file. The
+// caller holds writeMu (or is the only user of p), which guards the
+// buffers it reuses.
+func (p *Pool) save(entries []leaseEntry) error {
+	entries = p.sortEntries(entries)
+	data, err := appendLeaseFile(p.buf[:0], p.subnet, entries)
+	if err != nil {
+		return fmt.Errorf("encode leases file %s: %w", p.path, err)
+	}
+	p.buf = data
+	return writeLeases(p.path, data, p.syncFile)
+}
+
+// sortEntries returns entries sorted by address. Every lease is a client
+// address of the pool, and no two share one, so it places each entry by
+// its offset from p.first, in time linear in the pool's size: a comparison
+// sort of 10,000 leases took 2.4 ms, more than encoding them. Should an
+// entry break those rules, it falls back to a comparison sort, so that no
+// lease is ever lost. The caller holds writeMu (or is the only user of p),
+// which guards p.slots and p.sorted.
+func (p *Pool) sortEntries(entries []leaseEntry) []leaseEntry {
+	if len(p.slots) != p.size {
+		p.slots = make([]int32, p.size)
+	}
+	for i := range p.slots {
+		p.slots[i] = -1
+	}
+	for i, e := range entries {
+		off, ok := p.offset(e.Addr)
+		if !ok || p.slots[off] >= 0 {
+			slices.SortStableFunc(entries, func(a, b leaseEntry) int { return a.Addr.Compare(b.Addr) })
+			return entries
+		}
+		p.slots[off] = int32(i)
+	}
+	sorted := p.sorted[:0]
+	for _, i := range p.slots {
+		if i >= 0 {
+			sorted = append(sorted, entries[i])
+		}
+	}
+	p.sorted = sorted
+	return sorted
+}
+
+// appendLeaseFile appends the leases file of subnet and entries to b,
+// byte for byte as json.MarshalIndent(leaseFile, "", "  ") plus a newline
+// would, without its reflection: for 10,000 leases MarshalIndent took
+// about 18 ms and this about 1 ms (BenchmarkLeasesEncode), and it was
+// what capped new identities at about 40 a second. TestAppendLeaseFile
+// holds the two equal.
+func appendLeaseFile(b []byte, subnet netip.Prefix, entries []leaseEntry) ([]byte, error) {
+	b = append(b, "{\n  \"version\": "...)
+	b = strconv.AppendInt(b, LeasesVersion, 10)
+	b = append(b, ",\n  \"subnet\": \""...)
+	b = subnet.AppendTo(b) // as MarshalText; never needs escaping
+	b = append(b, "\",\n  \"leases\": ["...)
+	var err error
+	for i, e := range entries {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, "\n    {\n      \"identity\": "...)
+		b = appendJSONString(b, e.Identity)
+		b = append(b, ",\n      \"addr\": \""...)
+		b = e.Addr.AppendTo(b)
+		b = append(b, "\",\n      \"first_assigned\": \""...)
+		if b, err = e.FirstAssigned.AppendText(b); err != nil {
+			return nil, err
+		}
+		b = append(b, "\",\n      \"last_assigned\": \""...)
+		if b, err = e.LastAssigned.AppendText(b); err != nil {
+			return nil, err
+		}
+		b = append(b, "\"\n    }"...)
+	}
+	if len(entries) > 0 {
+		b = append(b, "\n  "...)
+	}
+	b = append(b, "]\n}\n"...)
+	return b, nil
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json
+// escapes it (including its HTML escapes), so that the file stays the same
+// as MarshalIndent's. Identities are usually plain ASCII, which is copied
+// as is; anything else is left to encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // tempPrefix is the name prefix of writeLeases's temporary files for path.
@@ -213,17 +319,12 @@ func removeStaleTemps(path string) {
 	}
 }
 
-// writeLeases replaces the file at path with f atomically: it writes a
+// writeLeases replaces the file at path with data atomically: it writes a
 // temporary file in the same directory, syncs it, renames it over path and
 // syncs the directory, so that after a crash path holds either the old or
 // the new contents, and after a successful return the new contents are
 // durable. syncFile is (*os.File).Sync except in tests.
-func writeLeases(path string, f *leaseFile, syncFile func(*os.File) error) (err error) {
-	data, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode leases file %s: %w", path, err)
-	}
-	data = append(data, '\n')
+func writeLeases(path string, data []byte, syncFile func(*os.File) error) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*") // mode 0600
 	if err != nil {
