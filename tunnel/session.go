@@ -107,9 +107,9 @@ const DefaultQueueLen = 32
 // maxChunksPerWrite bounds how many queued chunks one batch write drains.
 const maxChunksPerWrite = 16
 
-// Session moves packets between one TLS connection and the TUN device. It
-// runs three goroutines, all owned by Run: the writer (queue -> TLS), the
-// reader (TLS -> TUN) and the control loop (pings, pongs, deadline).
+// Session moves packets between one TLS connection and the TUN device.
+// Run starts two goroutines, the writer (queue -> TLS) and the reader
+// (TLS -> TUN), and runs the control loop (pings, pongs, deadline) itself.
 type Session struct {
 	// Immutable after NewSession.
 	cfg     SessionConfig
@@ -264,6 +264,18 @@ func (s *Session) Run(ctx context.Context) error {
 	s.handOver()
 
 	var wg sync.WaitGroup
+	guard := func(f func() error) {
+		defer func() {
+			if r := recover(); r != nil {
+				s.stats.Panics.Add(1)
+				s.log.Error("session goroutine panicked", "peer", s.cfg.Peer, "panic", r)
+				s.cancel(&CloseError{Code: CloseInternal, Reason: "internal error"})
+			}
+		}()
+		if err := f(); err != nil {
+			s.cancel(err)
+		}
+	}
 	run := func(f func() error, done chan struct{}) {
 		wg.Add(1)
 		go func() {
@@ -271,22 +283,16 @@ func (s *Session) Run(ctx context.Context) error {
 			if done != nil {
 				defer close(done)
 			}
-			defer func() {
-				if r := recover(); r != nil {
-					s.stats.Panics.Add(1)
-					s.log.Error("session goroutine panicked", "peer", s.cfg.Peer, "panic", r)
-					s.cancel(&CloseError{Code: CloseInternal, Reason: "internal error"})
-				}
-			}()
-			if err := f(); err != nil {
-				s.cancel(err)
-			}
+			guard(f)
 		}()
 	}
 	readerDone := make(chan struct{})
 	run(s.writeLoop, nil)
 	run(s.readLoop, readerDone)
-	run(s.controlLoop, nil)
+	// The control loop (pings, pongs, the deadline) runs on Run's own
+	// goroutine, which would otherwise only wait: one goroutine, and its
+	// stack, less per session. It returns when ctx ends.
+	guard(s.controlLoop)
 
 	<-s.ctx.Done()
 	cause := context.Cause(s.ctx)
