@@ -26,13 +26,45 @@
 # Namespace "a" holds the server side (iperf3 -s, both tunneld, wg peer a),
 # namespace "b" the client side (iperf3 -c, both tunnelc, wg peer b).
 #
-# Per path and round it measures TCP 1 stream both ways, 4 streams, ping RTT
-# idle and under a 1-stream load, TCP 1 stream with 1% random loss on the
-# underlay (nftables numgen), CPU seconds per GB and peak RSS of the tunnel
-# processes. Each test runs on every path back to back before the next
-# test starts, so the values of one ratio are measured seconds apart. Rounds
+# Per path and round it measures (groups selectable with BENCH_TESTS):
+#
+#   tcp    TCP 1 stream both ways, 4 streams (iperf3), and the tunnel
+#          processes' CPU seconds per GB over those three tests
+#   ping   ping RTT idle and under a 1-stream load
+#   loss   TCP 1 stream with 1% random loss on the underlay (nftables numgen)
+#   small  many small packets: UDP with 64-byte payloads, client->server and
+#          server->client, offered as fast as the sender can for
+#          BENCH_SMALL_SECONDS; packets per second received (and, in the
+#          JSON, sent, received and loss at that offer)
+#   burst  BENCH_BURST (2,000) small packets at once, BENCH_BURST_TRIES
+#          times per round: UDP datagrams from the server side to the
+#          client's tunnel address ("to one client"), and ICMP echo
+#          requests (56 data bytes, as ping sends) from the client to the
+#          server's tunnel address (the replies counted); the share lost,
+#          and in the JSON where it was lost: TX dropped on the path's
+#          server and client devices (the TUN transmit queue; for the veth
+#          its own drops) and tlsvpn's own drop counters (mux queue full,
+#          TUN write refused) read from the daemons' --metrics
+#
+# and the peak RSS of the tunnel processes after the tcp, ping and loss
+# tests. Each test runs on every path back to back before the next test
+# starts, so the values of one ratio are measured seconds apart. Rounds
 # alternate the order of the paths; the markdown table on stdout has the
 # medians, BENCH_JSON gets every raw value.
+#
+# The small and burst tests use pktgen, a small Go program that this
+# script writes to its temp directory and builds (standard library only):
+# it sends with sendmmsg and receives with recvmmsg from socket buffers
+# forced big enough for a whole burst, so that neither end caps or loses
+# what the paths carry. iperf3 does not fit here: with 64-byte UDP on this
+# 2-core machine its receiver loses packets in its own socket buffer on the
+# bare veth (50,000 to 210,000 packets/s received, where pktgen gets over
+# 400,000 without loss), and its per-packet cost leaves the tunnels less
+# CPU (tlsvpn measured at half of pktgen's figure or less). The veth loses
+# nothing to pktgen, so its small-packet figure is pktgen's sending rate:
+# a ceiling of this machine's sender, not of the veth. While it floods,
+# the sender keeps one of the machine's two cores busy; both ends of the
+# tunnel and the receiver share what is left, for every path alike.
 #
 # Ratios in the table are of the medians as shown (numerator / denominator):
 #   tlsvpn/wireguard-go  default tlsvpn against wireguard-go
@@ -41,12 +73,20 @@
 #                        against tlsvpn --own-aes-gcm; for throughput < 1
 #                        means the default is slower
 #   tlsvpn/veth          default tlsvpn against the bare veth
-# For throughput higher is better (a ratio > 1 favours the numerator); for
-# RTT, CPU per GB and RSS lower is better (a ratio < 1 favours it).
+# For throughput and packets per second higher is better (a ratio > 1
+# favours the numerator); for RTT, CPU per GB, RSS and burst loss lower is
+# better (a ratio < 1 favours it).
 #
 # Environment:
 #   BENCH_PATHS          paths to run, default "veth wg tlsvpn tlsown"
+#   BENCH_TESTS          test groups to run, default "tcp ping loss small burst"
 #   BENCH_SECONDS        seconds per iperf3 test, default 10
+#   BENCH_SMALL_SECONDS  seconds per small-packet test, default BENCH_SECONDS,
+#                        at most 5
+#   BENCH_SMALL_SIZE     UDP payload bytes of the small-packet and burst
+#                        tests, default 64
+#   BENCH_BURST          packets per burst, default 2000
+#   BENCH_BURST_TRIES    bursts of each kind per path and round, default 3
 #   BENCH_ROUNDS         rounds, default 2 (odd rounds in order, even reversed)
 #   BENCH_JSON           JSON output file, default ./bench.json
 #   BENCH_PINGS          pings per RTT measurement, default 20 (0.05 s apart)
@@ -72,6 +112,10 @@
 #   TUNNEL_BIN_DIR       use tunneld/tunnelc from this directory instead of
 #                        building ./cmd/tunneld and ./cmd/tunnelc
 #
+# The tlsvpn daemons get --metrics on their namespace's loopback
+# (127.0.0.1:9100 to 9103) for the drop counters of the small-packet and
+# burst tests.
+#
 # Everything it creates (namespaces, veth, TUN devices, nft tables,
 # processes, wireguard control sockets, temp files) is removed on exit,
 # including failure and Ctrl-C. Processes are only ever killed by the PIDs
@@ -80,6 +124,7 @@
 set -uo pipefail
 
 BENCH_PATHS=${BENCH_PATHS:-"veth wg tlsvpn tlsown"}
+BENCH_TESTS=${BENCH_TESTS:-"tcp ping loss small burst"}
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_JSON=${BENCH_JSON:-./bench.json}
@@ -94,6 +139,13 @@ BENCH_NO_INSTALL=${BENCH_NO_INSTALL:-0}
 TUNNEL_FLAGS_SERVER=${TUNNEL_FLAGS_SERVER:-}
 TUNNEL_FLAGS_CLIENT=${TUNNEL_FLAGS_CLIENT:-}
 TUNNEL_BIN_DIR=${TUNNEL_BIN_DIR:-}
+if [[ -z ${BENCH_SMALL_SECONDS:-} ]]; then
+  BENCH_SMALL_SECONDS=5
+  if [[ $BENCH_SECONDS =~ ^[0-9]+$ ]] && ((BENCH_SECONDS < 5)); then BENCH_SMALL_SECONDS=$BENCH_SECONDS; fi
+fi
+BENCH_SMALL_SIZE=${BENCH_SMALL_SIZE:-64}
+BENCH_BURST=${BENCH_BURST:-2000}
+BENCH_BURST_TRIES=${BENCH_BURST_TRIES:-3}
 
 # ---------------------------------------------------------------- names
 ID=$$
@@ -122,6 +174,15 @@ TO_SUBNET=100.66.0.0/24      # tunnels may only use 100.64.0.0/10
 NFT_TABLE="tvbloss${ID}"
 WG_SOCK_DIR=/var/run/wireguard
 IPERF_PORT=5201
+SMALL_PORT=5301              # UDP port of the small-packet and burst receivers
+# per path: the devices whose TX drops the burst tests count (server side,
+# client side), the client's address (the server->client tests aim at it)
+# and the tlsvpn daemons' metrics ports (on their namespace's loopback)
+declare -A SDEV=([veth]=$VETH_A [wg]=$WG_IF_A [tlsvpn]=$TV_IF_S [tlsown]=$TO_IF_S)
+declare -A CDEV=([veth]=$VETH_B [wg]=$WG_IF_B [tlsvpn]=$TV_IF_C [tlsown]=$TO_IF_C)
+declare -A CTARGET=([veth]=$UL_B [wg]=$WG_B [tlsvpn]=$TV_C [tlsown]=$TO_C)
+declare -A MPORT_S=([tlsvpn]=9100 [tlsown]=9102)
+declare -A MPORT_C=([tlsvpn]=9101 [tlsown]=9103)
 
 WORK=""
 PIDS=()              # every background process started by this script
@@ -217,6 +278,10 @@ trap 'log "terminated"; exit 143' TERM
 [[ $BENCH_PAIRS =~ ^[0-9]+$ ]] || die "BENCH_PAIRS must be a non-negative integer"
 [[ $BENCH_PAIR_SECONDS =~ ^[0-9]+$ && $BENCH_PAIR_SECONDS -ge 1 ]] || die "BENCH_PAIR_SECONDS must be a positive integer"
 [[ $BENCH_LOSS_PCT =~ ^[0-9]+$ && $BENCH_LOSS_PCT -le 100 ]] || die "BENCH_LOSS_PCT must be an integer 0..100"
+[[ $BENCH_SMALL_SECONDS =~ ^[0-9]+$ && $BENCH_SMALL_SECONDS -ge 1 ]] || die "BENCH_SMALL_SECONDS must be a positive integer"
+[[ $BENCH_SMALL_SIZE =~ ^[0-9]+$ && $BENCH_SMALL_SIZE -ge 8 && $BENCH_SMALL_SIZE -le 1400 ]] || die "BENCH_SMALL_SIZE must be an integer 8..1400"
+[[ $BENCH_BURST =~ ^[0-9]+$ && $BENCH_BURST -ge 1 && $BENCH_BURST -le 65536 ]] || die "BENCH_BURST must be an integer 1..65536"
+[[ $BENCH_BURST_TRIES =~ ^[0-9]+$ && $BENCH_BURST_TRIES -ge 1 ]] || die "BENCH_BURST_TRIES must be a positive integer"
 
 json_dir=$(dirname -- "$BENCH_JSON")
 [[ -d $json_dir && -w $json_dir ]] || die "directory of BENCH_JSON ($json_dir) is not writable"
@@ -229,6 +294,12 @@ for p in "${PATHS_REQ[@]}"; do
 done
 ((${#PATHS_REQ[@]} > 0)) || die "BENCH_PATHS is empty"
 want() { [[ " ${PATHS_REQ[*]} " == *" $1 "* ]]; }
+read -r -a TESTS_REQ <<<"$BENCH_TESTS"
+for t in "${TESTS_REQ[@]}"; do
+  case $t in tcp | ping | loss | small | burst) ;; *) die "unknown test '$t' in BENCH_TESTS (tcp ping loss small burst)" ;; esac
+done
+((${#TESTS_REQ[@]} > 0)) || die "BENCH_TESTS is empty"
+want_test() { [[ " ${TESTS_REQ[*]} " == *" $1 "* ]]; }
 if ((BENCH_PAIRS > 0)) && ! { want wg && want tlsvpn; }; then
   die "BENCH_PAIRS needs both wg and tlsvpn in BENCH_PATHS"
 fi
@@ -242,8 +313,9 @@ need ip iproute2
 need ping iputils-ping
 need nft nftables
 need getconf libc-bin
-if [[ $BENCH_LOSS_OFFLOAD == off ]]; then need ethtool ethtool; fi
+if [[ $BENCH_LOSS_OFFLOAD == off ]] && want_test loss; then need ethtool ethtool; fi
 if want wg; then need wg wireguard-tools; fi
+if { want_test small || want_test burst; } && { want tlsvpn || want tlsown; }; then need curl curl; fi
 if ((${#need_pkgs[@]})); then
   [[ $BENCH_NO_INSTALL == 1 ]] && die "missing packages: ${need_pkgs[*]}"
   log "installing ${need_pkgs[*]}"
@@ -251,7 +323,7 @@ if ((${#need_pkgs[@]})); then
   { apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"; } >&2 ||
     die "apt-get install ${need_pkgs[*]} failed"
 fi
-if want wg || want tlsvpn || want tlsown; then
+if want wg || want tlsvpn || want tlsown || want_test small || want_test burst; then
   command -v go >/dev/null 2>&1 || die "go not found"
 fi
 
@@ -308,6 +380,409 @@ if want tlsvpn || want tlsown; then
     fi
   fi
   [[ -n $SKIP_TLSVPN_REASON ]] && log "tlsvpn paths skipped: $SKIP_TLSVPN_REASON"
+fi
+
+# ---------------------------------------------------------------- pktgen
+# The sender and receiver of the small and burst tests (see the top).
+PKTGEN=""
+SKIP_PKTGEN_REASON=""
+write_pktgen() {
+  mkdir -p "$WORK/pktgen" || return 1
+  printf 'module pktgen\n\ngo 1.22\n' >"$WORK/pktgen/go.mod" || return 1
+  cat >"$WORK/pktgen/main.go" <<'EOF'
+// pktgen: the small-packet load of tlsvpn's scripts/bench.sh.
+//
+//	pktgen flood -to IP:PORT -size 64 -seconds 3  UDP as fast as it can; prints sent=N seconds=S
+//	pktgen burst -to IP:PORT -size 64 -n 2000     N datagrams at once; prints sent=N
+//	pktgen sink -listen IP:PORT [-expect N] [-idle 1s] [-seconds 30]
+//	                                              counts datagrams; prints received=N span=S
+//	                                              (S: seconds from the first to the last)
+//	pktgen echo -to IP -size 56 -n 2000 -wait 1s  N ICMP echo requests at once; prints
+//	                                              sent=N received=M (distinct replies)
+//
+// Packets go out in sendmmsg batches from a socket buffer forced big
+// enough for a whole burst (SO_SNDBUFFORCE), and come in in recvmmsg
+// batches into a receive buffer forced big enough for a whole burst
+// (SO_RCVBUFFORCE): the tool neither caps nor loses a burst itself, so
+// what is missing was lost on the path. Needs root.
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// mmsghdr is struct mmsghdr on 64-bit Linux.
+type mmsghdr struct {
+	hdr syscall.Msghdr
+	n   uint32
+	_   [4]byte
+}
+
+// sendmmsg and recvmmsg by GOARCH (64-bit only); elsewhere one system
+// call per packet.
+var (
+	sysSendmmsg = map[string]uintptr{"amd64": 307, "arm64": 269, "riscv64": 269, "loong64": 269, "ppc64le": 349, "s390x": 358}[runtime.GOARCH]
+	sysRecvmmsg = map[string]uintptr{"amd64": 299, "arm64": 243, "riscv64": 243, "loong64": 243, "ppc64le": 343, "s390x": 357}[runtime.GOARCH]
+)
+
+const (
+	maxBatch      = 1024 // UIO_MAXIOV, the kernel's bound on one call's messages
+	msgWaitForOne = 0x10000
+	bigBuf        = 32 << 20
+	magic         = "tvbp" // starts every datagram; the sink counts only those
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fatal(errors.New("usage: pktgen flood|burst|sink|echo [flags]"))
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	to := fs.String("to", "", "destination IP:PORT (echo: IP)")
+	listen := fs.String("listen", "", "sink: IP:PORT to receive on")
+	size := fs.Int("size", 64, "UDP payload bytes (echo: ICMP data bytes)")
+	seconds := fs.Float64("seconds", 3, "flood: seconds to send; sink: most seconds to run")
+	n := fs.Int("n", 2000, "burst, echo: packets")
+	expect := fs.Int("expect", 0, "sink: stop after this many datagrams (0: no limit)")
+	idle := fs.Duration("idle", time.Second, "sink: stop this long after the last datagram")
+	wait := fs.Duration("wait", time.Second, "echo: stop this long after the last reply")
+	fs.Parse(os.Args[2:])
+	if *size < len(magic) || *size > 1400 {
+		fatal(fmt.Errorf("-size %d out of range [%d, 1400]", *size, len(magic)))
+	}
+	if *n < 1 || *n > 65536 {
+		fatal(fmt.Errorf("-n %d out of range [1, 65536]", *n))
+	}
+	var err error
+	switch os.Args[1] {
+	case "flood":
+		err = flood(*to, *size, time.Duration(*seconds*float64(time.Second)))
+	case "burst":
+		err = burst(*to, *size, *n)
+	case "sink":
+		err = sink(*listen, *expect, *idle, time.Duration(*seconds*float64(time.Second)))
+	case "echo":
+		err = echo(*to, *size, *n, *wait)
+	default:
+		err = fmt.Errorf("unknown mode %q", os.Args[1])
+	}
+	if err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "pktgen:", err)
+	os.Exit(1)
+}
+
+func sockaddr(ap netip.AddrPort) (*syscall.SockaddrInet4, error) {
+	if !ap.Addr().Is4() {
+		return nil, fmt.Errorf("%s: IPv4 only", ap)
+	}
+	return &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}, nil
+}
+
+// udpSocket returns a UDP socket connected to to, or bound to listen.
+func udpSocket(to, listen string) (int, error) {
+	addr := to
+	if addr == "" {
+		addr = listen
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return -1, err
+	}
+	sa, err := sockaddr(ap)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if to != "" {
+		err = syscall.Connect(fd, sa)
+	} else {
+		err = syscall.Bind(fd, sa)
+	}
+	return fd, err
+}
+
+func setBuf(fd, opt int) error {
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, opt, bigBuf); err != nil {
+		return fmt.Errorf("socket buffer (needs root): %w", err)
+	}
+	return nil
+}
+
+func setRecvTimeout(fd int, d time.Duration) error {
+	tv := syscall.NsecToTimeval(int64(d))
+	return syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+}
+
+// batch is a set of messages for sendmmsg or recvmmsg, one buffer each.
+type batch struct {
+	msgs []mmsghdr
+	iovs []syscall.Iovec
+	bufs [][]byte
+}
+
+func newBatch(bufs [][]byte) *batch {
+	b := &batch{msgs: make([]mmsghdr, len(bufs)), iovs: make([]syscall.Iovec, len(bufs)), bufs: bufs}
+	for i := range bufs {
+		b.iovs[i].Base = &bufs[i][0]
+		b.iovs[i].SetLen(len(bufs[i]))
+		b.msgs[i].hdr.Iov = &b.iovs[i]
+		b.msgs[i].hdr.Iovlen = 1
+	}
+	return b
+}
+
+// send sends messages from..to-1 (or fewer) on the connected socket fd
+// in one call and returns how many went out.
+func (b *batch) send(fd, from, to int) (int, error) {
+	if sysSendmmsg == 0 {
+		if _, err := syscall.Write(fd, b.bufs[from]); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	r, _, e := syscall.Syscall6(sysSendmmsg, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[from])), uintptr(min(to-from, maxBatch)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// sendAll sends messages 0..n-1, riding over transient errors.
+func (b *batch) sendAll(fd, n int) (int, error) {
+	sent, tries := 0, 0
+	for sent < n && tries < 1000 {
+		k, err := b.send(fd, sent, n)
+		if err != nil {
+			if !transient(err) {
+				return sent, err
+			}
+			tries++
+		}
+		sent += k
+	}
+	return sent, nil
+}
+
+// recv receives at least one message (or fails, with EAGAIN at the
+// receive timeout) and returns how many; msgs[i].n holds their lengths.
+func (b *batch) recv(fd int) (int, error) {
+	if sysRecvmmsg == 0 {
+		k, _, err := syscall.Recvfrom(fd, b.bufs[0], 0)
+		if err != nil {
+			return 0, err
+		}
+		b.msgs[0].n = uint32(k)
+		return 1, nil
+	}
+	r, _, e := syscall.Syscall6(sysRecvmmsg, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(len(b.msgs)), msgWaitForOne, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// transient reports send errors that a flood or burst rides over: a port
+// not listening yet, a full local queue, a signal.
+func transient(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR)
+}
+
+func timedOut(err error) bool { return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) }
+
+func payloads(k, size int) [][]byte {
+	bufs := make([][]byte, k)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+		copy(bufs[i], magic)
+	}
+	return bufs
+}
+
+func flood(to string, size int, d time.Duration) error {
+	fd, err := udpSocket(to, "")
+	if err != nil {
+		return err
+	}
+	b := newBatch(payloads(64, size))
+	var sent uint64
+	start := time.Now()
+	for end := start.Add(d); time.Now().Before(end); {
+		k, err := b.send(fd, 0, len(b.msgs))
+		if err != nil && !transient(err) {
+			return err
+		}
+		sent += uint64(k)
+	}
+	fmt.Printf("sent=%d seconds=%.3f\n", sent, time.Since(start).Seconds())
+	return nil
+}
+
+func burst(to string, size, n int) error {
+	fd, err := udpSocket(to, "")
+	if err != nil {
+		return err
+	}
+	if err := setBuf(fd, syscall.SO_SNDBUFFORCE); err != nil {
+		return err
+	}
+	sent, err := newBatch(payloads(n, size)).sendAll(fd, n)
+	fmt.Printf("sent=%d\n", sent)
+	return err
+}
+
+func sink(listen string, expect int, idle, most time.Duration) error {
+	fd, err := udpSocket("", listen)
+	if err != nil {
+		return err
+	}
+	if err := setBuf(fd, syscall.SO_RCVBUFFORCE); err != nil {
+		return err
+	}
+	if err := setRecvTimeout(fd, 50*time.Millisecond); err != nil {
+		return err
+	}
+	b := newBatch(payloads(256, 2048))
+	var got uint64
+	var first, last time.Time
+	for start := time.Now(); ; {
+		now := time.Now()
+		if now.Sub(start) > most || (got > 0 && now.Sub(last) > idle) || (expect > 0 && got >= uint64(expect)) {
+			break
+		}
+		k, err := b.recv(fd)
+		if err != nil {
+			if timedOut(err) {
+				continue
+			}
+			return err
+		}
+		now = time.Now()
+		for i := range k {
+			if b.msgs[i].n >= uint32(len(magic)) && string(b.bufs[i][:len(magic)]) == magic {
+				if got == 0 {
+					first = now
+				}
+				got++
+				last = now
+			}
+		}
+	}
+	fmt.Printf("received=%d span=%.6f\n", got, last.Sub(first).Seconds())
+	return nil
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}
+
+func echo(to string, size, n int, wait time.Duration) error {
+	addr, err := netip.ParseAddr(to)
+	if err != nil {
+		return err
+	}
+	sa, err := sockaddr(netip.AddrPortFrom(addr, 0))
+	if err != nil {
+		return err
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.IPPROTO_ICMP)
+	if err != nil {
+		return err
+	}
+	if err := setBuf(fd, syscall.SO_SNDBUFFORCE); err != nil {
+		return err
+	}
+	if err := setBuf(fd, syscall.SO_RCVBUFFORCE); err != nil {
+		return err
+	}
+	if err := syscall.Connect(fd, sa); err != nil { // only packets from the target
+		return err
+	}
+	if err := setRecvTimeout(fd, 50*time.Millisecond); err != nil {
+		return err
+	}
+	id := uint16(os.Getpid())
+	reqs := make([][]byte, n)
+	for i := range reqs {
+		p := make([]byte, 8+size)
+		p[0] = 8 // echo request
+		binary.BigEndian.PutUint16(p[4:], id)
+		binary.BigEndian.PutUint16(p[6:], uint16(i))
+		copy(p[8:], magic)
+		binary.BigEndian.PutUint16(p[2:], checksum(p))
+		reqs[i] = p
+	}
+	sent, err := newBatch(reqs).sendAll(fd, n)
+	if err != nil {
+		return err
+	}
+	seen := make([]bool, n)
+	got := 0
+	r := newBatch(payloads(256, 2048))
+	for last := time.Now(); got < sent && time.Since(last) < wait; {
+		k, err := r.recv(fd)
+		if err != nil {
+			if timedOut(err) {
+				continue
+			}
+			return err
+		}
+		for i := range k {
+			p := r.bufs[i][:r.msgs[i].n]
+			if len(p) < 20 || len(p) < int(p[0]&0xf)*4+8 {
+				continue
+			}
+			p = p[int(p[0]&0xf)*4:] // the IP header
+			if p[0] != 0 || binary.BigEndian.Uint16(p[4:]) != id {
+				continue // not an echo reply of ours
+			}
+			if seq := int(binary.BigEndian.Uint16(p[6:])); seq < n && !seen[seq] {
+				seen[seq] = true
+				got++
+				last = time.Now()
+			}
+		}
+	}
+	fmt.Printf("sent=%d received=%d\n", sent, got)
+	return nil
+}
+EOF
+}
+if want_test small || want_test burst; then
+  log "go build pktgen (small-packet sender and receiver)"
+  if write_pktgen && (cd "$WORK/pktgen" && GOFLAGS=-mod=mod GOTOOLCHAIN=local go build -o "$WORK/bin/pktgen" .) >"$WORK/logs/pktgen-build.log" 2>&1; then
+    PKTGEN=$WORK/bin/pktgen
+  else
+    SKIP_PKTGEN_REASON="pktgen build failed"
+    tail -n 20 "$WORK/logs/pktgen-build.log" >&2
+    log "small-packet and burst tests skipped: $SKIP_PKTGEN_REASON"
+  fi
 fi
 
 # ---------------------------------------------------------------- namespaces
@@ -547,9 +1022,219 @@ record_rss() {
   return 0
 }
 
+# ---------------------------------------------------------------- small packets
+# pg_sink NS ADDR EXPECT MOST OUT: start a pktgen sink on ADDR:SMALL_PORT in
+# NS (stop after EXPECT datagrams, 0: no limit; 1 s after the last one; or
+# after MOST seconds) writing its result to OUT; SINK_PID is its PID. Fails
+# if the sink does not come up.
+SINK_PID=""
+pg_sink() {
+  local ns=$1 addr=$2 expect=$3 most=$4 out=$5 i
+  start_bg "$out" ip netns exec "$ns" "$PKTGEN" sink -listen "$addr:$SMALL_PORT" \
+    -expect "$expect" -idle 1s -seconds "$most"
+  SINK_PID=$LAST_PID
+  for ((i = 0; i < 50; i++)); do
+    ip netns exec "$ns" ss -Hlun "sport = :$SMALL_PORT" 2>/dev/null | grep -qF "$addr:$SMALL_PORT" && return 0
+    alive "$SINK_PID" || break
+    sleep 0.1
+  done
+  log "pktgen sink on $addr did not start: $(head -c 200 "$out")"
+  kill_pid "$SINK_PID"
+  return 1
+}
+
+# pg_sink_wait MOST OUT: wait up to MOST seconds for the sink to finish and
+# print its "RECEIVED SPAN" (nothing if it failed).
+pg_sink_wait() {
+  local most=$1 out=$2 i
+  for ((i = 0; i < most * 10; i++)); do
+    alive "$SINK_PID" || break
+    sleep 0.1
+  done
+  kill_pid "$SINK_PID"
+  sed -n 's/^received=\([0-9]*\) span=\([0-9.]*\)$/\1 \2/p' "$out"
+}
+
+# metrics_drops NS PORT: "QUEUE_FULL TUN_WRITE" drop counters of the tlsvpn
+# daemon whose metrics are on 127.0.0.1:PORT in NS, "null null" if unread.
+metrics_drops() {
+  ip netns exec "$1" curl -s -m 2 "http://127.0.0.1:$2/metrics" 2>/dev/null | awk '
+    /_dropped_packets_total\{reason="queue_full"\}/ {q = $2 + 0; n++}
+    /_dropped_packets_total\{reason="tun_write"\}/ {w = $2 + 0; n++}
+    END {if (n == 2) printf "%.0f %.0f\n", q, w; else print "null null"}'
+}
+
+# tx_dropped NS DEV: the device's TX dropped counter ("null" if unread)
+tx_dropped() {
+  local v
+  v=$(ip -n "$1" -s -j link show dev "$2" 2>/dev/null | jq -r '.[0].stats64.tx.dropped // empty' 2>/dev/null)
+  echo "${v:-null}"
+}
+
+# drop_counts PATH: "SRV_TXDROP CLI_TXDROP QUEUE_FULL TUN_WRITE", the last
+# two summed over the tlsvpn daemons ("null" where a path has none).
+drop_counts() {
+  local path=$1 s c q=null w=null q1 w1 q2 w2
+  s=$(tx_dropped "$NS_A" "${SDEV[$path]}")
+  c=$(tx_dropped "$NS_B" "${CDEV[$path]}")
+  if [[ -n ${MPORT_S[$path]:-} ]]; then
+    read -r q1 w1 <<<"$(metrics_drops "$NS_A" "${MPORT_S[$path]}")"
+    read -r q2 w2 <<<"$(metrics_drops "$NS_B" "${MPORT_C[$path]}")"
+    if [[ $q1 != null && $q2 != null ]]; then q=$((q1 + q2)); w=$((w1 + w2)); fi
+  fi
+  echo "$s $c $q $w"
+}
+
+# add_drops KEY BEFORE AFTER: add the differences of two drop_counts to
+# DROPS[KEY] (a value that could not be read stays null).
+declare -A DROPS=()
+add_drops() {
+  local key=$1 bv=() av=() cur=() sums=() i
+  read -r -a bv <<<"$2"
+  read -r -a av <<<"$3"
+  read -r -a cur <<<"${DROPS[$key]:-0 0 0 0}"
+  for i in 0 1 2 3; do
+    if [[ ${bv[$i]:-null} == null || ${av[$i]:-null} == null || ${cur[$i]} == null ]]; then
+      sums+=(null)
+    else
+      sums+=($((cur[i] + av[i] - bv[i])))
+    fi
+  done
+  DROPS[$key]="${sums[*]}"
+}
+
+# record_drops ROUND PATH PREFIX: record DROPS["PATH PREFIX"] as
+# PREFIX_txdrop_server, _txdrop_client, _queue_full and _tun_write.
+record_drops() {
+  local round=$1 path=$2 m=$3 dv=()
+  read -r -a dv <<<"${DROPS["$path $m"]:-null null null null}"
+  record "$round" "$path" "${m}_txdrop_server" "${dv[0]}"
+  record "$round" "$path" "${m}_txdrop_client" "${dv[1]}"
+  if [[ -n ${MPORT_S[$path]:-} ]]; then
+    record "$round" "$path" "${m}_queue_full" "${dv[2]}"
+    record "$round" "$path" "${m}_tun_write" "${dv[3]}"
+  fi
+  unset 'DROPS["$path $m"]'
+}
+
+# small_test ROUND PATH DIR: UDP with BENCH_SMALL_SIZE-byte payloads, c2s
+# (namespace b to the server's tunnel address) or s2c (namespace a to the
+# client's), as fast as pktgen sends for BENCH_SMALL_SECONDS. Records
+# udp64_DIR_pps (received packets over the longer of the sending time and
+# the first-to-last span at the receiver), _sent, _received, _loss_pct
+# and where the packets were dropped.
+small_test() {
+  local round=$1 path=$2 dir=$3 m="udp${BENCH_SMALL_SIZE}_$3"
+  path_alive "$round" "$path" || return 0
+  if [[ -z $PKTGEN ]]; then record "$round" "$path" "${m}_pps" null; return 0; fi
+  local sns=$NS_B rns=$NS_A dst=${TARGET[$path]} label="client->server"
+  if [[ $dir == s2c ]]; then sns=$NS_A rns=$NS_B dst=${CTARGET[$path]} label="server->client"; fi
+  local out="$WORK/pktgen/r${round}-${path}-${m}" most=$((BENCH_SMALL_SECONDS + 15)) res sent secs recv span d0 d1
+  log "[$path] UDP ${BENCH_SMALL_SIZE}-byte payloads $label, ${BENCH_SMALL_SECONDS}s"
+  d0=$(drop_counts "$path")
+  if ! pg_sink "$rns" "$dst" 0 "$most" "$out.sink"; then
+    record "$round" "$path" "${m}_pps" null
+    return 0
+  fi
+  res=$(timeout --foreground $((BENCH_SMALL_SECONDS + 10)) ip netns exec "$sns" "$PKTGEN" flood \
+    -to "$dst:$SMALL_PORT" -size "$BENCH_SMALL_SIZE" -seconds "$BENCH_SMALL_SECONDS" 2>"$out.err")
+  read -r recv span <<<"$(pg_sink_wait "$most" "$out.sink")"
+  d1=$(drop_counts "$path")
+  sent=$(sed -n 's/^sent=\([0-9]*\) .*/\1/p' <<<"$res")
+  secs=$(sed -n 's/.* seconds=\([0-9.]*\)$/\1/p' <<<"$res")
+  if [[ -z $sent || -z $secs || -z $recv ]]; then
+    log "[$path] small-packet test failed: $(head -c 200 "$out.err")"
+    record "$round" "$path" "${m}_pps" null
+    return 0
+  fi
+  record "$round" "$path" "${m}_pps" "$(awk -v r="$recv" -v s="$span" -v t="$secs" 'BEGIN {if (s < t) s = t; printf "%.0f", r / s}')"
+  record "$round" "$path" "${m}_sent" "$sent"
+  record "$round" "$path" "${m}_received" "$recv"
+  record "$round" "$path" "${m}_loss_pct" "$(awk -v s="$sent" -v r="$recv" 'BEGIN {if (s > 0) printf "%.3f", 100 * (s - r) / s; else print "null"}')"
+  add_drops "$path $m" "$d0" "$d1"
+  record_drops "$round" "$path" "$m"
+  sleep 1
+}
+
+# Burst totals of the round, keyed "PATH KIND": packets sent, received,
+# and the worst try's loss.
+declare -A B_SENT=() B_RECV=() B_WORST=()
+burst_add() { # burst_add PATH KIND SENT RECEIVED
+  local k="$1 $2" loss
+  B_SENT[$k]=$((${B_SENT[$k]:-0} + $3))
+  B_RECV[$k]=$((${B_RECV[$k]:-0} + $4))
+  loss=$(awk -v s="$3" -v r="$4" 'BEGIN {printf "%.3f", (s > 0 ? 100 * (s - r) / s : 0)}')
+  if [[ -z ${B_WORST[$k]:-} ]] || awk -v a="$loss" -v b="${B_WORST[$k]}" 'BEGIN {exit !(a > b)}'; then
+    B_WORST[$k]=$loss
+  fi
+}
+
+# burst_udp ROUND PATH: BENCH_BURST datagrams at once from namespace a to
+# the client's tunnel address, counted by a sink there.
+burst_udp() {
+  local round=$1 path=$2 k=burst_udp_s2c
+  path_alive "$round" "$path" || return 0
+  [[ -n $PKTGEN ]] || return 0
+  local out="$WORK/pktgen/r${round}-${path}-$k" res sent recv span d0 d1
+  d0=$(drop_counts "$path")
+  pg_sink "$NS_B" "${CTARGET[$path]}" "$BENCH_BURST" 10 "$out.sink" || return 0
+  res=$(timeout --foreground 20 ip netns exec "$NS_A" "$PKTGEN" burst \
+    -to "${CTARGET[$path]}:$SMALL_PORT" -size "$BENCH_SMALL_SIZE" -n "$BENCH_BURST" 2>"$out.err")
+  read -r recv span <<<"$(pg_sink_wait 12 "$out.sink")"
+  d1=$(drop_counts "$path")
+  sent=$(sed -n 's/^sent=\([0-9]*\)$/\1/p' <<<"$res")
+  if [[ -z $sent || -z $recv ]]; then
+    log "[$path] UDP burst failed: $(head -c 200 "$out.err")"
+    return 0
+  fi
+  burst_add "$path" "$k" "$sent" "$recv"
+  add_drops "$path $k" "$d0" "$d1"
+}
+
+# burst_echo ROUND PATH: BENCH_BURST ICMP echo requests (ping's default 56
+# data bytes) at once from namespace b to the server's tunnel address; the
+# replies are counted.
+burst_echo() {
+  local round=$1 path=$2 k=burst_echo
+  path_alive "$round" "$path" || return 0
+  [[ -n $PKTGEN ]] || return 0
+  local out="$WORK/pktgen/r${round}-${path}-$k" res sent recv d0 d1
+  d0=$(drop_counts "$path")
+  res=$(timeout --foreground 20 ip netns exec "$NS_B" "$PKTGEN" echo \
+    -to "${TARGET[$path]}" -size 56 -n "$BENCH_BURST" -wait 1s 2>"$out.err")
+  d1=$(drop_counts "$path")
+  sent=$(sed -n 's/^sent=\([0-9]*\) .*/\1/p' <<<"$res")
+  recv=$(sed -n 's/.* received=\([0-9]*\)$/\1/p' <<<"$res")
+  if [[ -z $sent || -z $recv ]]; then
+    log "[$path] ICMP echo burst failed: $(head -c 200 "$out.err")"
+    return 0
+  fi
+  burst_add "$path" "$k" "$sent" "$recv"
+  add_drops "$path $k" "$d0" "$d1"
+}
+
+# burst_record ROUND PATH: the round's burst results of PATH.
+burst_record() {
+  local round=$1 path=$2 k key
+  for k in burst_udp_s2c burst_echo; do
+    key="$path $k"
+    if ((${B_SENT[$key]:-0} > 0)); then
+      record "$round" "$path" "${k}_loss_pct" "$(awk -v s="${B_SENT[$key]}" -v r="${B_RECV[$key]}" 'BEGIN {printf "%.3f", 100 * (s - r) / s}')"
+      record "$round" "$path" "${k}_worst_loss_pct" "${B_WORST[$key]}"
+      record "$round" "$path" "${k}_sent" "${B_SENT[$key]}"
+      record "$round" "$path" "${k}_received" "${B_RECV[$key]}"
+      record_drops "$round" "$path" "$k"
+    else
+      record "$round" "$path" "${k}_loss_pct" null
+    fi
+    unset 'B_SENT[$key]' 'B_RECV[$key]' 'B_WORST[$key]' 'DROPS[$key]'
+  done
+}
+
 record_all_null() {
   local m
-  for m in tcp1_c2s_bps tcp1_s2c_bps tcp4_c2s_bps ping_idle_ms ping_load_ms tcp1_loss_c2s_bps cpu_s_per_gb peak_rss_kib; do
+  for m in tcp1_c2s_bps tcp1_s2c_bps tcp4_c2s_bps ping_idle_ms ping_load_ms tcp1_loss_c2s_bps cpu_s_per_gb peak_rss_kib \
+    "udp${BENCH_SMALL_SIZE}_c2s_pps" "udp${BENCH_SMALL_SIZE}_s2c_pps" burst_udp_s2c_loss_pct burst_echo_loss_pct; do
     record "$1" "$2" "$m" null
   done
 }
@@ -696,7 +1381,8 @@ up_tls() {
   read -r -a cflags <<<"$TUNNEL_FLAGS_CLIENT"
   start_bg "$slog" ip netns exec "$NS_A" "$TUNNELD" \
     --listen "$UL_A:$port" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
-    --subnet "$subnet" --tun "$tun_s" --state-dir "$WORK/state$tag-r$round" "${extra[@]}" "${sflags[@]}"
+    --subnet "$subnet" --tun "$tun_s" --state-dir "$WORK/state$tag-r$round" \
+    --metrics "127.0.0.1:${MPORT_S[$path]}" "${extra[@]}" "${sflags[@]}"
   pids=("$LAST_PID")
   PPIDS[$path]="${pids[*]}"
   # wait for the listener before starting the client
@@ -709,7 +1395,7 @@ up_tls() {
   if ((ok)); then
     start_bg "$clog" ip netns exec "$NS_B" "$TUNNELC" \
       --server "$UL_A:$port" --cert "$D/client.crt" --key "$D/client.key" --ca "$D/ca.crt" \
-      --tun "$tun_c" "${extra[@]}" "${cflags[@]}"
+      --tun "$tun_c" --metrics "127.0.0.1:${MPORT_C[$path]}" "${extra[@]}" "${cflags[@]}"
     pids+=("$LAST_PID")
     PPIDS[$path]="${pids[*]}"
     ok=0
@@ -764,14 +1450,34 @@ for ((round = 1; round <= BENCH_ROUNDS; round++)); do
   CPU_T=()
   BYTES_T=()
   for p in "${order[@]}"; do "up_$p" "$round"; done
-  for p in "${order[@]}"; do throughput "$round" "$p" tcp1_c2s_bps "TCP 1 stream client->server"; done
-  for p in "${order[@]}"; do throughput "$round" "$p" tcp1_s2c_bps "TCP 1 stream server->client" -R; done
-  for p in "${order[@]}"; do throughput "$round" "$p" tcp4_c2s_bps "TCP 4 streams client->server" -P 4; done
-  for p in "${order[@]}"; do record_cpu "$round" "$p"; done
-  for p in "${order[@]}"; do ping_idle "$round" "$p"; done
-  for p in "${order[@]}"; do ping_load "$round" "$p"; done
-  for p in "${order[@]}"; do loss_test "$round" "$p"; done
+  if want_test tcp; then
+    for p in "${order[@]}"; do throughput "$round" "$p" tcp1_c2s_bps "TCP 1 stream client->server"; done
+    for p in "${order[@]}"; do throughput "$round" "$p" tcp1_s2c_bps "TCP 1 stream server->client" -R; done
+    for p in "${order[@]}"; do throughput "$round" "$p" tcp4_c2s_bps "TCP 4 streams client->server" -P 4; done
+    for p in "${order[@]}"; do record_cpu "$round" "$p"; done
+  fi
+  if want_test ping; then
+    for p in "${order[@]}"; do ping_idle "$round" "$p"; done
+    for p in "${order[@]}"; do ping_load "$round" "$p"; done
+  fi
+  if want_test loss; then
+    for p in "${order[@]}"; do loss_test "$round" "$p"; done
+  fi
+  # RSS before the small-packet tests, so that it stays comparable with
+  # runs from before they existed
   for p in "${order[@]}"; do record_rss "$round" "$p"; done
+  if want_test small; then
+    for p in "${order[@]}"; do small_test "$round" "$p" c2s; done
+    for p in "${order[@]}"; do small_test "$round" "$p" s2c; done
+  fi
+  if want_test burst; then
+    for ((try = 1; try <= BENCH_BURST_TRIES; try++)); do
+      log "bursts of $BENCH_BURST packets, try $try/$BENCH_BURST_TRIES"
+      for p in "${order[@]}"; do burst_udp "$round" "$p"; sleep 0.2; done
+      for p in "${order[@]}"; do burst_echo "$round" "$p"; sleep 0.2; done
+    done
+    for p in "${order[@]}"; do burst_record "$round" "$p"; done
+  fi
   for p in "${order[@]}"; do "down_$p"; done
 done
 
@@ -837,13 +1543,18 @@ META=$(jq -n \
   --arg loss "$BENCH_LOSS_PCT" --arg lossoff "$BENCH_LOSS_OFFLOAD" \
   --arg fs "$TUNNEL_FLAGS_SERVER" --arg fc "$TUNNEL_FLAGS_CLIENT" \
   --arg paths "$BENCH_PATHS" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  --arg tests "$BENCH_TESTS" --arg ssecs "$BENCH_SMALL_SECONDS" --arg ssize "$BENCH_SMALL_SIZE" \
+  --arg burst "$BENCH_BURST" --arg btries "$BENCH_BURST_TRIES" --arg pktgen "${PKTGEN:+pktgen (built from bench.sh)}" \
   --argjson orders "$ORDERS_JSON" \
   '{date: $date,
     machine: {nproc: ($nproc | tonumber), cpu_model: $cpu, kernel: $kernel, go: $go},
-    tools: {iperf3: $iperf, wireguard_go: $wg},
+    tools: {iperf3: $iperf, wireguard_go: $wg, small_packets: $pktgen},
     config: {paths: ($paths | split(" ") | map(select(length > 0))), seconds: ($seconds | tonumber),
+             tests: ($tests | split(" ") | map(select(length > 0))),
              rounds: ($rounds | tonumber), pings: ($pings | tonumber), loss_pct: ($loss | tonumber),
-             loss_offload: $lossoff, tunnel_flags_server: $fs, tunnel_flags_client: $fc},
+             loss_offload: $lossoff, tunnel_flags_server: $fs, tunnel_flags_client: $fc,
+             small_seconds: ($ssecs | tonumber), small_payload_bytes: ($ssize | tonumber),
+             burst_packets: ($burst | tonumber), burst_tries: ($btries | tonumber)},
     round_orders: $orders}')
 
 jq -R -s --argjson meta "$META" '
@@ -916,11 +1627,20 @@ if want tlsvpn || want tlsown; then
   fi
 fi
 echo "- $BENCH_ROUNDS round(s) x ${BENCH_SECONDS}s per iperf3 test, medians; round orders: $(jq -r '[.round_orders[] | join(",")] | join(" / ")' "$WORK/bench.json")"
+echo "- tests: $BENCH_TESTS"
 echo "- TUNNEL_FLAGS_SERVER='$TUNNEL_FLAGS_SERVER' TUNNEL_FLAGS_CLIENT='$TUNNEL_FLAGS_CLIENT'"
 want tlsown && echo "- tlsvpn --own-aes-gcm (tlsown): a second tunneld/tunnelc pair with --own-aes-gcm on both sides"
-echo "- loss test: nft numgen ${BENCH_LOSS_PCT}% drop each way on the underlay veth (offloads ${BENCH_LOSS_OFFLOAD} during the test)"
-echo "- CPU s/GB: utime+stime of both tunnel processes over the three throughput tests / GB received; RSS: max VmHWM of the two"
-echo "- ratios are of the medians shown: for throughput > 1 favours the numerator, for RTT, CPU and RSS < 1 does"
+want_test loss && echo "- loss test: nft numgen ${BENCH_LOSS_PCT}% drop each way on the underlay veth (offloads ${BENCH_LOSS_OFFLOAD} during the test)"
+want_test tcp && echo "- CPU s/GB: utime+stime of both tunnel processes over the three throughput tests / GB received"
+echo "- RSS: max VmHWM of the two tunnel processes, read before the small-packet tests"
+if want_test small; then
+  echo "- small packets: UDP with ${BENCH_SMALL_SIZE}-byte payloads sent by pktgen (sendmmsg) as fast as it can for ${BENCH_SMALL_SECONDS}s, packets per second received (recvmmsg); sent, received and loss at that offer are in the JSON"
+fi
+if want_test burst; then
+  echo "- bursts: $BENCH_BURST_TRIES x $BENCH_BURST packets at once per path and round: UDP (${BENCH_SMALL_SIZE}-byte payloads) from the server side to the client's tunnel address, and ICMP echo requests (56 data bytes) from the client to the server's tunnel address (replies counted); loss over all tries; TX drops of the tunnel devices and tlsvpn's drop counters per burst kind in the JSON"
+fi
+[[ -n $SKIP_PKTGEN_REASON ]] && { want_test small || want_test burst; } && echo "- small-packet and burst tests skipped: $SKIP_PKTGEN_REASON"
+echo "- ratios are of the medians shown: for throughput and packets/s > 1 favours the numerator, for RTT, CPU, RSS and loss < 1 does"
 want tlsvpn && want tlsown &&
   echo "- tlsvpn/own is the cost of the default crypto (Go's AES-GCM) against --own-aes-gcm: for throughput < 1 means the default is slower, for RTT, CPU and RSS > 1 means the default costs more"
 [[ -n $SKIP_WG_REASON ]] && want wg && echo "- wireguard-go skipped: $SKIP_WG_REASON"
@@ -947,14 +1667,26 @@ row() { # row LABEL METRIC DECIMALS SCALE TUNNEL_ONLY
   if ((tonly)); then r_tv="-"; else r_tv=$(rcol "$t" "$v" tlsvpn veth); fi
   echo "| $label | $cv | $cw | $ct | $co | $r_tw | $r_ow | $r_to | $r_tv |"
 }
-row "TCP 1 stream client→server (Gbit/s)" tcp1_c2s_bps 2 1e9
-row "TCP 1 stream server→client (Gbit/s)" tcp1_s2c_bps 2 1e9
-row "TCP 4 streams client→server (Gbit/s)" tcp4_c2s_bps 2 1e9
-row "ping RTT idle, avg (ms)" ping_idle_ms 3 1
-row "ping RTT under 1-stream load, avg (ms)" ping_load_ms 3 1
-row "TCP 1 stream client→server, ${BENCH_LOSS_PCT}% loss (Gbit/s)" tcp1_loss_c2s_bps 2 1e9
-row "CPU seconds per GB (tunnel processes)" cpu_s_per_gb 2 1 1
+if want_test tcp; then
+  row "TCP 1 stream client→server (Gbit/s)" tcp1_c2s_bps 2 1e9
+  row "TCP 1 stream server→client (Gbit/s)" tcp1_s2c_bps 2 1e9
+  row "TCP 4 streams client→server (Gbit/s)" tcp4_c2s_bps 2 1e9
+fi
+if want_test ping; then
+  row "ping RTT idle, avg (ms)" ping_idle_ms 3 1
+  row "ping RTT under 1-stream load, avg (ms)" ping_load_ms 3 1
+fi
+want_test loss && row "TCP 1 stream client→server, ${BENCH_LOSS_PCT}% loss (Gbit/s)" tcp1_loss_c2s_bps 2 1e9
+want_test tcp && row "CPU seconds per GB (tunnel processes)" cpu_s_per_gb 2 1 1
 row "peak RSS, max of two (MiB)" peak_rss_kib 1 1024 1
+if want_test small; then
+  row "UDP ${BENCH_SMALL_SIZE} B client→server (kpackets/s received)" "udp${BENCH_SMALL_SIZE}_c2s_pps" 1 1e3
+  row "UDP ${BENCH_SMALL_SIZE} B server→client (kpackets/s received)" "udp${BENCH_SMALL_SIZE}_s2c_pps" 1 1e3
+fi
+if want_test burst; then
+  row "burst of $BENCH_BURST UDP server→client, lost (%)" burst_udp_s2c_loss_pct 1 1
+  row "burst of $BENCH_BURST ICMP echoes client→server, lost (%)" burst_echo_loss_pct 1 1
+fi
 
 if ((BENCH_PAIRS > 0)); then
   pair_ratios=("ratio tlsvpn/wireguard-go")

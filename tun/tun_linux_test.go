@@ -2,9 +2,12 @@ package tun_test
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,5 +146,122 @@ func TestLinuxDeviceCloseUnblocksRead(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("ReadGSO still blocked 5s after Close")
+	}
+}
+
+// txQueue returns the transmit queue length and the TX dropped count of
+// interface name in ns.
+func txQueue(t *testing.T, ns *netnstest.NS, name string) (qlen int, dropped uint64) {
+	t.Helper()
+	var links []struct {
+		TxQLen int `json:"txqlen"`
+		Stats  struct {
+			Tx struct {
+				Dropped uint64 `json:"dropped"`
+			} `json:"tx"`
+		} `json:"stats64"`
+	}
+	out := ns.Run(t, "ip", "-s", "-j", "link", "show", "dev", name)
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -s -j link show dev %s: %v\n%s", name, err, out)
+	}
+	return links[0].TxQLen, links[0].Stats.Tx.Dropped
+}
+
+// A burst of 2,000 small packets routed to the device while nobody reads
+// it must wait in the device's transmit queue, not be dropped: the
+// kernel's default queue (500 packets) dropped three quarters of it.
+func TestLinuxDeviceTxQueueHoldsBurst(t *testing.T) {
+	const burst = 2000
+	ns := netnstest.New(t)
+	dev := openIn(t, ns, "tvtun2", "100.64.9.9/30")
+	if qlen, _ := txQueue(t, ns, "tvtun2"); qlen < burst {
+		t.Fatalf("txqueuelen %d after Open, want at least %d", qlen, burst)
+	}
+	g := dev.(tun.GSODevice)
+
+	var conn net.Conn
+	if err := ns.Do(func() error {
+		var err error
+		conn, err = net.Dial("udp", "100.64.9.10:9")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	payload := make([]byte, 64)
+	copy(payload, "burst")
+	for i := range burst {
+		if _, err := conn.Write(payload); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+
+	// Only now read: everything that was not dropped is in the queue.
+	port := uint16(conn.LocalAddr().(*net.UDPAddr).Port)
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		bufs := make([][]byte, 64)
+		for i := range bufs {
+			bufs[i] = make([]byte, tun.Headroom+tun.MaxPacketSize)
+		}
+		sizes := make([]int, len(bufs))
+		for n.Load() < burst {
+			k, err := g.ReadGSO(bufs, sizes, tun.Headroom)
+			if err != nil {
+				return
+			}
+			for i := range k {
+				p := bufs[i][tun.Headroom : tun.Headroom+sizes[i]]
+				if len(p) >= 28 && p[0]>>4 == 4 && p[9] == 17 && binary.BigEndian.Uint16(p[20:]) == port {
+					n.Add(1)
+				}
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		// The rest was dropped; the device's Close ends the reader.
+	}
+	if got := n.Load(); got != burst {
+		t.Errorf("read %d of the %d datagrams", got, burst)
+	}
+	if _, dropped := txQueue(t, ns, "tvtun2"); dropped != 0 {
+		t.Errorf("TX dropped = %d, want 0", dropped)
+	}
+}
+
+// Open lengthens a short transmit queue of a device it attaches to and
+// leaves a longer one as it is.
+func TestLinuxDeviceTxQueueKeepsLonger(t *testing.T) {
+	ns := netnstest.New(t)
+	for _, c := range []struct {
+		name string
+		set  int
+		want func(int) bool
+	}{
+		{"tvtun3", 100, func(q int) bool { return q >= 2000 }},
+		{"tvtun4", 20000, func(q int) bool { return q == 20000 }},
+	} {
+		// A persistent device, as an administrator would prepare it.
+		ns.Run(t, "ip", "tuntap", "add", "dev", c.name, "mode", "tun")
+		ns.Run(t, "ip", "link", "set", "dev", c.name, "txqueuelen", strconv.Itoa(c.set))
+		var dev tun.Device
+		if err := ns.Do(func() error {
+			var err error
+			dev, err = tun.Open(c.name, 1500, tun.Options{})
+			return err
+		}); err != nil {
+			t.Fatalf("open %s: %v", c.name, err)
+		}
+		qlen, _ := txQueue(t, ns, c.name)
+		dev.Close()
+		if !c.want(qlen) {
+			t.Errorf("%s: txqueuelen %d before Open, %d after", c.name, c.set, qlen)
+		}
 	}
 }
