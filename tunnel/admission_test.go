@@ -3,6 +3,7 @@ package tunnel_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -27,7 +28,6 @@ func dialFrom(src string, srv *tunneltest.Server) func(ctx context.Context) (net
 // connectFrom runs a client from src until its protocol handshake
 // succeeds or fails, and returns the error.
 func connectFrom(t *testing.T, srv *tunneltest.Server, src string, cfg *tls.Config) error {
-	t.Helper()
 	cl, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: dialFrom(src, srv),
 		TLS:  cfg,
@@ -36,7 +36,7 @@ func connectFrom(t *testing.T, srv *tunneltest.Server, src string, cfg *tls.Conf
 		},
 	})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -69,10 +69,12 @@ func holdIdle(t *testing.T, srv *tunneltest.Server, src string) <-chan time.Dura
 // TestAdmissionIdleConnections: connections that never send a ClientHello
 // give their handshake slot back after HelloTimeout, one source cannot
 // hold more than its share of the slots, and clients that authenticated
-// from an address before, or resume a session, get in on the reserved
-// slots while every shared one is held.
+// from an address before get in on the reserved slots at once while every
+// shared one is held; others queue, and after MaxQueueWait may take a
+// reserved slot only to resume a session.
 func TestAdmissionIdleConnections(t *testing.T) {
-	lim := tunnel.NewLimiter(tunnel.LimitConfig{MaxHandshakes: 2, MaxHandshakesPerSource: 2, ReservedHandshakes: 1, HandshakeRate: -1})
+	lim := tunnel.NewLimiter(tunnel.LimitConfig{MaxHandshakes: 2, MaxHandshakesPerSource: 2, ReservedHandshakes: 1,
+		MaxQueueWait: 100 * time.Millisecond, HandshakeRate: -1})
 	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{Limits: lim, HelloTimeout: 300 * time.Millisecond})
 	laptop := srv.CA.ClientConfig(t, "laptop", "server")
 	laptop.ClientSessionCache = tls.NewLRUClientSessionCache(4)
@@ -95,7 +97,8 @@ func TestAdmissionIdleConnections(t *testing.T) {
 	}
 
 	// While the shared slots are held: a new client from an unknown
-	// address that does not resume is refused on the reserved slot...
+	// address waits its turn and, with no slot freed in time, is refused
+	// on the reserved slot, since it does not resume...
 	stranger := srv.CA.ClientConfig(t, "stranger", "server")
 	err := connectFrom(t, srv, "127.0.0.3", stranger)
 	if err == nil {
@@ -113,7 +116,8 @@ func TestAdmissionIdleConnections(t *testing.T) {
 	if err := connectFrom(t, srv, "127.0.0.4", nocache); err != nil {
 		t.Fatalf("known address: %v", err)
 	}
-	// ...and from a new address when it resumes its session.
+	// ...and, after the wait, from a new address when it resumes its
+	// session.
 	if err := connectFrom(t, srv, "127.0.0.5", laptop); err != nil {
 		t.Fatalf("resuming from a new address: %v", err)
 	}
@@ -128,5 +132,27 @@ func TestAdmissionIdleConnections(t *testing.T) {
 	tunneltest.Eventually(t, func() bool { return lim.Usage().Handshakes == 0 }, "handshakes in progress: %v", lim.Usage())
 	if err := connectFrom(t, srv, "127.0.0.3", stranger); err != nil {
 		t.Fatalf("after the idle connections were closed: %v", err)
+	}
+}
+
+// TestAdmissionQueue: a crowd of clients (a restarted gateway's) larger
+// than the handshake slots is served in turn, not refused: each waits
+// for a slot instead of backing off after a refusal.
+func TestAdmissionQueue(t *testing.T) {
+	lim := tunnel.NewLimiter(tunnel.LimitConfig{MaxHandshakes: 2, ReservedHandshakes: -1, HandshakeRate: -1})
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{Limits: lim})
+	const n = 24
+	errs := make(chan error, n)
+	for i := range n {
+		cfg := srv.CA.ClientConfig(t, fmt.Sprintf("crowd%d", i), "server")
+		go func() { errs <- connectFrom(t, srv, fmt.Sprintf("127.0.1.%d", i+1), cfg) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("a client of the crowd: %v", err)
+		}
+	}
+	if st := lim.Stats(); st.RefusedHandshakes.Load() != 0 {
+		t.Fatalf("%d refused, want every client served in turn", st.RefusedHandshakes.Load())
 	}
 }

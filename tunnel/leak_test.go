@@ -82,7 +82,8 @@ func TestNoLeakSessionClosedBeforeRun(t *testing.T) {
 // behind once the server stops.
 func TestNoLeakOverload(t *testing.T) {
 	noLeaks(t)
-	lim := tunnel.NewLimiter(tunnel.LimitConfig{MaxHandshakes: 4, MaxHandshakesPerSource: 3, ReservedHandshakes: -1, MaxClients: 2, HandshakeRate: -1})
+	lim := tunnel.NewLimiter(tunnel.LimitConfig{MaxHandshakes: 4, MaxHandshakesPerSource: 30, ReservedHandshakes: -1, MaxQueued: 4,
+		MaxQueueWait: 100 * time.Millisecond, MaxClients: 2, HandshakeRate: -1})
 	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{Limits: lim, HelloTimeout: 200 * time.Millisecond})
 	var wg sync.WaitGroup
 	for i := range 20 {

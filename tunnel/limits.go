@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,25 +28,36 @@ const (
 	// goroutine, buffers and up to HandshakeTimeout of waiting, and the
 	// server's key operations are its most expensive CPU work.
 	DefaultMaxHandshakes = 64
-	// DefaultMaxHandshakesPerSource caps the handshakes in progress from
-	// one source, so that a few sources cannot hold every slot with idle
-	// connections; a busy office behind one NAT still has eight
-	// handshakes going at once (each takes milliseconds).
-	DefaultMaxHandshakesPerSource = 8
+	// DefaultMaxHandshakesPerSource caps the connections of one source
+	// that are handshaking or queued for a slot, so that a few sources
+	// cannot hold every slot with idle connections or fill the queue; a
+	// busy office behind one NAT still has sixteen going at once (each
+	// handshake takes milliseconds).
+	DefaultMaxHandshakesPerSource = 16
 	// DefaultReservedHandshakes are slots beyond MaxHandshakes kept for
 	// clients that resume a TLS session or come from a source that
 	// authenticated recently: the clients of a gateway under a flood still
 	// get back in.
 	DefaultReservedHandshakes = 16
 	// DefaultHandshakeRate is the sustained rate of new connections
-	// allowed from one source (IPv4 address or IPv6 /64), per second.
-	// wireguard-go allows 20/s per source.
-	DefaultHandshakeRate = 20.0
+	// allowed from one source (IPv4 address or IPv6 /64), per second:
+	// enough for an office behind one NAT, while one source can spend at
+	// most about a twentieth of a core on handshakes. (wireguard-go allows
+	// 20/s per source, for handshakes much cheaper than TLS's.)
+	DefaultHandshakeRate = 50.0
 	// DefaultHandshakeBurst lets a source open this many connections at
 	// once: an office of a few hundred people behind one NAT reconnecting
 	// after a restart of the gateway. What one source can hold at a time
 	// is bounded by MaxHandshakesPerSource, not by this.
-	DefaultHandshakeBurst = 200
+	DefaultHandshakeBurst = 300
+	// DefaultMaxQueued bounds the connections waiting for a handshake
+	// slot. Waiting instead of being refused, the clients of a restarted
+	// gateway are served in turn at the rate the CPU allows, rather than
+	// backing off further with every refusal.
+	DefaultMaxQueued = 4096
+	// DefaultMaxQueueWait is how long a connection waits for a slot
+	// before it is refused: well within a client's handshake timeout.
+	DefaultMaxQueueWait = 8 * time.Second
 	// DefaultKnownFor is how long a source that authenticated stays known
 	// (may use the reserved handshake slots).
 	DefaultKnownFor = time.Hour
@@ -67,8 +79,10 @@ const (
 // MaxSources cannot be turned off (values below 1 mean the default).
 type LimitConfig struct {
 	MaxHandshakes          int // TLS handshakes in progress
-	MaxHandshakesPerSource int // of those, from one source
+	MaxHandshakesPerSource int // of those and the queued, from one source
 	ReservedHandshakes     int // more, for resuming clients and known sources
+	MaxQueued              int // connections waiting for a handshake slot
+	MaxQueueWait           time.Duration
 	KnownFor               time.Duration
 	HandshakeRate          float64 // new connections per second per source
 	HandshakeBurst         int     // bucket size per source (at least 1)
@@ -90,6 +104,10 @@ func (c LimitConfig) withDefaults() LimitConfig {
 	intLimit(&c.MaxHandshakes, DefaultMaxHandshakes)
 	intLimit(&c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
 	intLimit(&c.ReservedHandshakes, DefaultReservedHandshakes)
+	intLimit(&c.MaxQueued, DefaultMaxQueued)
+	if c.MaxQueueWait <= 0 {
+		c.MaxQueueWait = DefaultMaxQueueWait
+	}
 	if c.KnownFor <= 0 {
 		c.KnownFor = DefaultKnownFor
 	}
@@ -158,6 +176,7 @@ type LimitStats struct {
 // LimitUsage is a snapshot of what a Limiter currently holds.
 type LimitUsage struct {
 	Handshakes int // handshakes in progress
+	Queued     int // connections waiting for a handshake slot
 	Sources    int // sources in the rate table
 	Clients    int // distinct identities with a session
 	Sessions   int // sessions
@@ -169,8 +188,10 @@ type Limiter struct {
 	cfg   LimitConfig // immutable after NewLimiter; defaults applied, -1 = off
 	stats LimitStats
 
-	handshakes atomic.Int64 // handshakes in progress on the shared slots
-	reserved   atomic.Int64 // handshakes in progress on the reserved slots
+	handshakes atomic.Int64  // handshakes in progress on the shared slots
+	reserved   atomic.Int64  // handshakes in progress on the reserved slots
+	queued     atomic.Int64  // connections waiting for a slot
+	freed      chan struct{} // a slot was freed: wakes one waiter
 
 	srcMu sync.Mutex
 	// Guarded by srcMu: the per-source token buckets, an LRU list threaded
@@ -209,6 +230,9 @@ func NewLimiter(cfg LimitConfig) *Limiter {
 		cfg:        cfg,
 		sources:    make(map[sourceKey]int32),
 		inflight:   make(map[sourceKey]int32),
+		// One token per slot that can be freed, so no release is lost
+		// while several waiters sleep.
+		freed: make(chan struct{}, max(cfg.MaxHandshakes, 0)+max(cfg.ReservedHandshakes, 0)+1),
 		head:       -1,
 		tail:       -1,
 		identities: make(map[string]int),
@@ -312,11 +336,15 @@ var (
 	ErrHandshakes       = errors.New("too many handshakes in progress")
 )
 
-// Admission is a connection's place in the handshake stage (Admit).
+// Admission is a connection's place in the handshake stage (Admit): its
+// share of its source's handshakes, and a handshake slot once it has one.
 type Admission struct {
-	// Release frees the handshake slot once the handshake has finished,
-	// whatever its outcome; extra calls do nothing.
-	Release func()
+	l         *Limiter
+	key       sourceKey
+	perSource bool
+	known     bool
+	slot      *atomic.Int64 // the counter of the slot held; nil while queued
+	released  atomic.Bool
 	// MustResume: the connection holds a reserved slot and its source is
 	// not known, so it may go on only if its ClientHello offers a TLS
 	// session to resume (the caller checks; RefuseResumption counts it).
@@ -324,71 +352,118 @@ type Admission struct {
 }
 
 // Admit decides, before anything is read from it, whether a new
-// connection from src may start a TLS handshake, and reserves its slot:
+// connection from src may go on to a TLS handshake:
 //
-//   - at most MaxHandshakesPerSource handshakes of one source are in
-//     progress (ErrSourceHandshakes), so that a few sources cannot hold
-//     every slot with idle connections;
+//   - at most MaxHandshakesPerSource connections of one source are
+//     handshaking or queued for a slot (ErrSourceHandshakes), so that a
+//     few sources cannot take every slot or the whole queue;
 //   - the source has a token in its bucket (ErrSourceRate, see
 //     AllowSource); a refusal for the first reason takes no token;
-//   - one of MaxHandshakes shared slots is free, or else one of
-//     ReservedHandshakes slots kept for clients that resume a session or
-//     come from a known source (MarkKnown); ErrHandshakes otherwise.
+//   - at most MaxQueued connections wait for a slot (ErrHandshakes).
 //
-// An invalid src (no IP) is limited by the slots only. It does not
-// allocate for a source already seen.
-func (l *Limiter) Admit(src netip.Addr, now time.Time) (Admission, error) {
-	key, perSource := keyOf(src), src.IsValid() && l.cfg.MaxHandshakesPerSource >= 0
-	known := false
+// It takes one of MaxHandshakes shared slots if one is free, or, for a
+// source that authenticated recently (MarkKnown), one of the
+// ReservedHandshakes. Otherwise the connection is queued: the caller must
+// Wait for a slot before reading from it. The caller must Release the
+// Admission in any case. An invalid src (no IP) is limited by the slots
+// only.
+func (l *Limiter) Admit(src netip.Addr, now time.Time) (*Admission, error) {
+	a := &Admission{l: l, key: keyOf(src), perSource: src.IsValid() && l.cfg.MaxHandshakesPerSource >= 0}
 	if src.IsValid() {
 		l.srcMu.Lock()
-		if perSource && l.inflight[key] >= int32(l.cfg.MaxHandshakesPerSource) {
+		if a.perSource && l.inflight[a.key] >= int32(l.cfg.MaxHandshakesPerSource) {
 			l.srcMu.Unlock()
 			l.stats.RefusedSource.Add(1)
-			return Admission{Release: noRelease}, ErrSourceHandshakes
+			return nil, ErrSourceHandshakes
 		}
-		if !l.takeTokenLocked(key, now) {
+		if !l.takeTokenLocked(a.key, now) {
 			l.srcMu.Unlock()
 			l.stats.RefusedRate.Add(1)
-			return Admission{Release: noRelease}, ErrSourceRate
+			return nil, ErrSourceRate
 		}
-		if i, ok := l.sources[key]; ok {
-			known = now.Before(l.buckets[i].knownUntil)
+		if i, ok := l.sources[a.key]; ok {
+			a.known = now.Before(l.buckets[i].knownUntil)
 		}
-		if perSource {
-			l.inflight[key]++
+		if a.perSource {
+			l.inflight[a.key]++
 		}
 		l.srcMu.Unlock()
 	}
-	counter, reserved := &l.handshakes, false
-	if !take(&l.handshakes, l.cfg.MaxHandshakes) {
-		if l.cfg.ReservedHandshakes <= 0 || !take(&l.reserved, l.cfg.ReservedHandshakes) {
-			if perSource {
-				l.srcMu.Lock()
-				l.dropInflightLocked(key)
-				l.srcMu.Unlock()
-			}
-			l.stats.RefusedHandshakes.Add(1)
-			return Admission{Release: noRelease}, ErrHandshakes
-		}
-		counter, reserved = &l.reserved, true
+	switch {
+	case take(&l.handshakes, l.cfg.MaxHandshakes):
+		a.slot = &l.handshakes
+	case a.known && l.cfg.ReservedHandshakes > 0 && take(&l.reserved, l.cfg.ReservedHandshakes):
+		a.slot = &l.reserved
 		l.stats.Reserved.Add(1)
+	case l.cfg.MaxQueued >= 0 && l.queued.Load() >= int64(l.cfg.MaxQueued):
+		a.Release()
+		l.stats.RefusedHandshakes.Add(1)
+		return nil, ErrHandshakes
+	default:
+		l.queued.Add(1)
 	}
-	var done atomic.Bool
-	return Admission{
-		MustResume: reserved && !known,
-		Release: func() {
-			if !done.CompareAndSwap(false, true) {
-				return
-			}
-			counter.Add(-1)
-			if perSource {
-				l.srcMu.Lock()
-				l.dropInflightLocked(key)
-				l.srcMu.Unlock()
-			}
-		},
-	}, nil
+	return a, nil
+}
+
+// Queued reports whether the connection still waits for a slot.
+func (a *Admission) Queued() bool { return a.slot == nil }
+
+// Wait waits, at most MaxQueueWait, for a handshake slot, in about the
+// order the connections were queued, and returns nil once it holds one
+// (at once if it already does). When none is free in time, a connection
+// may still take a reserved slot provisionally (MustResume, unless its
+// source is known); otherwise Wait returns ErrHandshakes. Call it once.
+func (a *Admission) Wait(ctx context.Context) error {
+	if a.slot != nil {
+		return nil
+	}
+	l := a.l
+	defer l.queued.Add(-1)
+	timer := time.NewTimer(l.cfg.MaxQueueWait)
+	defer timer.Stop()
+wait:
+	for {
+		if take(&l.handshakes, l.cfg.MaxHandshakes) {
+			a.slot = &l.handshakes
+			return nil
+		}
+		select {
+		case <-l.freed:
+		case <-ctx.Done():
+			break wait
+		case <-timer.C:
+			break wait
+		}
+	}
+	if l.cfg.ReservedHandshakes > 0 && take(&l.reserved, l.cfg.ReservedHandshakes) {
+		a.slot, a.MustResume = &l.reserved, !a.known
+		l.stats.Reserved.Add(1)
+		return nil
+	}
+	l.stats.RefusedHandshakes.Add(1)
+	return ErrHandshakes
+}
+
+// Release frees the connection's slot and its share of its source once
+// the handshake has finished, whatever its outcome, or the connection was
+// refused. Extra calls, and calls on nil, do nothing.
+func (a *Admission) Release() {
+	if a == nil || !a.released.CompareAndSwap(false, true) {
+		return
+	}
+	l := a.l
+	if a.slot != nil {
+		a.slot.Add(-1)
+		select {
+		case l.freed <- struct{}{}: // wake a queued connection
+		default:
+		}
+	}
+	if a.perSource {
+		l.srcMu.Lock()
+		l.dropInflightLocked(a.key)
+		l.srcMu.Unlock()
+	}
 }
 
 // take takes one of limit slots counted in n (limit < 0: no limit).
@@ -544,7 +619,7 @@ func (l *Limiter) releaseSession(identity string) {
 
 // Usage returns what the Limiter currently holds.
 func (l *Limiter) Usage() LimitUsage {
-	u := LimitUsage{Handshakes: int(l.handshakes.Load() + l.reserved.Load())}
+	u := LimitUsage{Handshakes: int(l.handshakes.Load() + l.reserved.Load()), Queued: int(l.queued.Load())}
 	l.srcMu.Lock()
 	u.Sources = len(l.sources)
 	l.srcMu.Unlock()
@@ -563,6 +638,7 @@ func (l *Limiter) LogValue() slog.Value {
 	s := &l.stats
 	return slog.GroupValue(
 		slog.Int("handshakes", u.Handshakes),
+		slog.Int("queued", u.Queued),
 		slog.Int("sources", u.Sources),
 		slog.Int("clients", u.Clients),
 		slog.Int("sessions", u.Sessions),

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,8 @@ func TestLimitConfigDefaults(t *testing.T) {
 		MaxHandshakes:          DefaultMaxHandshakes,
 		MaxHandshakesPerSource: DefaultMaxHandshakesPerSource,
 		ReservedHandshakes:     DefaultReservedHandshakes,
+		MaxQueued:              DefaultMaxQueued,
+		MaxQueueWait:           DefaultMaxQueueWait,
 		KnownFor:               DefaultKnownFor,
 		HandshakeRate:          DefaultHandshakeRate,
 		HandshakeBurst:         DefaultHandshakeBurst,
@@ -34,9 +37,9 @@ func TestLimitConfigDefaults(t *testing.T) {
 		want LimitConfig
 	}{
 		{"zero", LimitConfig{}, def},
-		{"set", LimitConfig{1, 7, 8, time.Minute, 2.5, 3, 4, 5, 6}, LimitConfig{1, 7, 8, time.Minute, 2.5, 3, 4, 5, 6}},
-		{"off", LimitConfig{MaxHandshakes: -5, MaxHandshakesPerSource: -1, ReservedHandshakes: -1, HandshakeRate: -1, MaxClients: -1, MaxSessionsPerIdentity: -2},
-			LimitConfig{-1, -1, -1, DefaultKnownFor, -1, DefaultHandshakeBurst, DefaultMaxSources, -1, -1}},
+		{"set", LimitConfig{1, 7, 8, 9, time.Second, time.Minute, 2.5, 3, 4, 5, 6}, LimitConfig{1, 7, 8, 9, time.Second, time.Minute, 2.5, 3, 4, 5, 6}},
+		{"off", LimitConfig{MaxHandshakes: -5, MaxHandshakesPerSource: -1, ReservedHandshakes: -1, MaxQueued: -1, HandshakeRate: -1, MaxClients: -1, MaxSessionsPerIdentity: -2},
+			LimitConfig{-1, -1, -1, -1, DefaultMaxQueueWait, DefaultKnownFor, -1, DefaultHandshakeBurst, DefaultMaxSources, -1, -1}},
 		{"cannot turn off burst or sources", LimitConfig{HandshakeBurst: -1, MaxSources: -1}, def},
 	}
 	for _, tt := range tests {
@@ -251,15 +254,15 @@ func TestLimitSourceRate(t *testing.T) {
 		calls []call
 	}{
 		{
-			name: "default burst then 20/s",
+			name: "default burst then 50/s",
 			calls: cat(allowed(0, DefaultHandshakeBurst), []call{
 				{0, false},
-				{25 * time.Millisecond, false}, // half a token
-				{60 * time.Millisecond, true},  // 1.2 tokens
-				{60 * time.Millisecond, false}, // 0.2 left
-				{160 * time.Millisecond, true}, // 2.2 tokens
-				{160 * time.Millisecond, true},
-				{160 * time.Millisecond, false},
+				{10 * time.Millisecond, false}, // half a token
+				{24 * time.Millisecond, true},  // 1.2 tokens
+				{24 * time.Millisecond, false}, // 0.2 left
+				{64 * time.Millisecond, true},  // 2.2 tokens
+				{64 * time.Millisecond, true},
+				{64 * time.Millisecond, false},
 			}),
 		},
 		{
@@ -529,7 +532,7 @@ func TestLimitLogValue(t *testing.T) {
 		},
 	}))
 	log.Info("connection limits", "limits", l)
-	want := "level=INFO msg=\"connection limits\" limits.handshakes=1 limits.sources=1 limits.clients=1 limits.sessions=1 " +
+	want := "level=INFO msg=\"connection limits\" limits.handshakes=1 limits.queued=0 limits.sources=1 limits.clients=1 limits.sessions=1 " +
 		"limits.refused_handshakes=1 limits.refused_source_handshakes=0 limits.refused_rate=1 limits.refused_no_resumption=0 " +
 		"limits.reserved_handshakes=0 limits.refused_clients=1 limits.refused_sessions=0 limits.sources_evicted=0\n"
 	if got := buf.String(); got != want {
@@ -562,56 +565,69 @@ func TestLimitSourceAddr(t *testing.T) {
 	}
 }
 
-// TestLimitAdmit: the per-source share of the handshake slots, the
-// reserved slots and who may use them without resuming, and that a
-// refusal for the per-source share spends no rate token.
+// TestLimitAdmit: the per-source share of the handshakes, the queue for
+// slots and its wait, the reserved slots and who may use them without
+// resuming, and that a refusal for the per-source share spends no token.
 func TestLimitAdmit(t *testing.T) {
-	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	l := NewLimiter(LimitConfig{MaxHandshakes: 3, MaxHandshakesPerSource: 2, ReservedHandshakes: 1, HandshakeRate: 1, HandshakeBurst: 3})
-	admit := func(src netip.Addr) (Admission, error) { return l.Admit(src, t0) }
+	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
+	l := NewLimiter(LimitConfig{MaxHandshakes: 2, MaxHandshakesPerSource: 2, ReservedHandshakes: 1, MaxQueued: 2,
+		MaxQueueWait: 50 * time.Millisecond, HandshakeRate: 1, HandshakeBurst: 3})
+	admit := func(src netip.Addr) (*Admission, error) { return l.Admit(src, t0) }
+	ctx := context.Background()
 	a1, err1 := admit(a)
 	a2, err2 := admit(a)
-	if err1 != nil || err2 != nil || a1.MustResume || a2.MustResume {
+	if err1 != nil || err2 != nil || a1.Queued() || a2.Queued() {
 		t.Fatalf("first two from a: %v, %v", err1, err2)
 	}
 	if _, err := admit(a); !errors.Is(err, ErrSourceHandshakes) {
 		t.Fatalf("third from a: %v, want %v", err, ErrSourceHandshakes)
 	}
+	// b is queued (both shared slots taken; b is not known), and gets a
+	// slot in turn when a releases one.
+	b1, err := admit(b)
+	if err != nil || !b1.Queued() {
+		t.Fatalf("b with the shared slots taken: %v, queued %v", err, b1 != nil && b1.Queued())
+	}
+	got := make(chan error, 1)
+	go func() { got <- b1.Wait(ctx) }()
 	a1.Release()
 	a1.Release() // extra calls do nothing
-	if a3, err := admit(a); err != nil {
-		t.Fatalf("a after a release: %v", err) // the refusal above took no token: a had 3
-	} else {
-		defer a3.Release()
+	if err := <-got; err != nil || b1.MustResume {
+		t.Fatalf("b after a release: %v (must resume %v)", err, b1.MustResume)
 	}
-	if _, err := admit(a); !errors.Is(err, ErrSourceHandshakes) {
-		t.Fatalf("a at its share again: %v", err)
+	// a's refusal above took no token: a had 3, used 2.
+	a3, err := admit(a)
+	if err != nil || !a3.Queued() {
+		t.Fatalf("a again: %v", err)
 	}
-	// b takes the last shared slot, then the reserved one (must resume:
-	// b is not known), then nothing is left.
-	b1, err := admit(b)
-	if err != nil || b1.MustResume {
-		t.Fatalf("b, shared: %+v %v", b1, err)
+	// c waits in vain and, after MaxQueueWait, takes the reserved slot,
+	// which it may keep only by resuming (c is not known).
+	c1, _ := admit(c)
+	if err := c1.Wait(ctx); err != nil || !c1.MustResume {
+		t.Fatalf("c after the wait: %v, must resume %v", err, c1.MustResume)
 	}
-	b2, err := admit(b)
-	if err != nil || !b2.MustResume {
-		t.Fatalf("b, reserved: %+v %v", b2, err)
+	if err := a3.Wait(ctx); !errors.Is(err, ErrHandshakes) {
+		t.Fatalf("a3 with every slot taken: %v, want %v", err, ErrHandshakes)
 	}
-	c := netip.MustParseAddr("192.0.2.3")
-	if _, err := admit(c); !errors.Is(err, ErrHandshakes) {
-		t.Fatalf("c with every slot taken: %v, want %v", err, ErrHandshakes)
+	a3.Release()
+	// A known source takes a reserved slot at once, with no resumption.
+	c1.Release()
+	l.MarkKnown(c, t0)
+	c2, err := admit(c)
+	if err != nil || c2.Queued() || c2.MustResume {
+		t.Fatalf("known c: %v, queued %v, must resume %v", err, c2.Queued(), c2.MustResume)
 	}
-	// Once b authenticated, a reserved slot needs no resumption from it.
-	b2.Release()
-	l.MarkKnown(b, t0)
-	if b3, err := admit(b); err != nil || b3.MustResume {
-		t.Fatalf("known b on the reserved slot: %+v %v", b3, err)
+	// The queue holds MaxQueued.
+	q1, _ := admit(netip.MustParseAddr("192.0.2.4"))
+	q2, _ := admit(netip.MustParseAddr("192.0.2.5"))
+	if _, err := admit(netip.MustParseAddr("192.0.2.6")); !errors.Is(err, ErrHandshakes) || !q1.Queued() || !q2.Queued() {
+		t.Fatalf("past MaxQueued: %v", err)
 	}
-	if got := l.Usage().Handshakes; got != 4 {
-		t.Fatalf("handshakes in progress = %d, want 4", got)
+	if u := l.Usage(); u.Handshakes != 3 || u.Queued != 2 {
+		t.Fatalf("usage %+v, want 3 handshakes and 2 queued", u)
 	}
 	st := l.Stats()
-	if st.RefusedSource.Load() != 2 || st.RefusedHandshakes.Load() != 1 || st.Reserved.Load() != 2 {
+	if st.RefusedSource.Load() != 1 || st.RefusedHandshakes.Load() != 2 || st.Reserved.Load() != 2 {
 		t.Fatalf("stats: source %d, handshakes %d, reserved %d", st.RefusedSource.Load(), st.RefusedHandshakes.Load(), st.Reserved.Load())
 	}
 }

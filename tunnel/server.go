@@ -333,9 +333,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // handle runs one connection from accept to the end of its session.
-func (s *Server) handle(ctx context.Context, raw net.Conn, adm Admission) {
+func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	releaseHandshake := adm.Release
 	defer releaseHandshake() // idempotent; also frees the slot after a panic
+	if err := adm.Wait(ctx); err != nil {
+		// Every slot stayed taken for MaxQueueWait.
+		s.stats.HandshakeFailures.Add(1)
+		s.logLimit.warn(s.log, "admit:"+err.Error(), "refusing connection: "+err.Error()+" (queued too long)", "remote_addr", raw.RemoteAddr().String(), "limits", s.lim)
+		raw.Close()
+		return
+	}
 	remote := raw.RemoteAddr().String()
 	log := s.log.With("remote_addr", remote)
 	defer func() {

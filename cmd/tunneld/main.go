@@ -104,6 +104,8 @@ type options struct {
 	maxHandshakesPerSrc   int
 	reservedHandshakes    int
 	maxConnections        int
+	handshakeQueue        int
+	handshakeQueueWait    time.Duration
 	helloTimeout          time.Duration
 	handshakeRate         float64
 	handshakeBurst        int
@@ -146,8 +148,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
-	fs.IntVar(&o.maxHandshakesPerSrc, "max-handshakes-per-source", tunnel.DefaultMaxHandshakesPerSource, "most TLS handshakes in progress from one source address (IPv6: per /64), so a few sources cannot hold every slot (0: the default; -1: no limit)")
+	fs.IntVar(&o.maxHandshakesPerSrc, "max-handshakes-per-source", tunnel.DefaultMaxHandshakesPerSource, "most connections of one source address (IPv6: per /64) handshaking or waiting for a slot, so a few sources cannot hold every slot (0: the default; -1: no limit)")
 	fs.IntVar(&o.reservedHandshakes, "reserved-handshakes", tunnel.DefaultReservedHandshakes, "handshake slots beyond --max-handshakes kept for clients that resume a TLS session or come from an address that authenticated in the last hour (0: the default; -1: none)")
+	fs.IntVar(&o.handshakeQueue, "handshake-queue", tunnel.DefaultMaxQueued, "connections that may wait for a handshake slot when all are taken, served in turn instead of refused (0: the default; -1: no limit)")
+	fs.DurationVar(&o.handshakeQueueWait, "handshake-queue-wait", tunnel.DefaultMaxQueueWait, "how long a connection waits for a handshake slot before it is closed")
 	fs.Float64Var(&o.handshakeRate, "handshake-rate", tunnel.DefaultHandshakeRate, "new connections per second allowed from one source address (IPv6: per /64) after its burst (0: the default; -1: no limit)")
 	fs.IntVar(&o.handshakeBurst, "handshake-burst", tunnel.DefaultHandshakeBurst, "new connections one source address may open at once, e.g. an office behind one NAT coming back after a restart (0: the default)")
 	fs.DurationVar(&o.helloTimeout, "hello-timeout", 2*time.Second, "time a new connection has to send its TLS ClientHello; an idle connection gives its handshake slot back after this")
@@ -404,6 +408,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		MaxHandshakes:          o.maxHandshakes,
 		MaxHandshakesPerSource: o.maxHandshakesPerSrc,
 		ReservedHandshakes:     o.reservedHandshakes,
+		MaxQueued:              o.handshakeQueue,
+		MaxQueueWait:           o.handshakeQueueWait,
 		HandshakeRate:          o.handshakeRate,
 		HandshakeBurst:         o.handshakeBurst,
 	})
