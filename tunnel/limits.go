@@ -227,12 +227,12 @@ type bucket struct {
 func NewLimiter(cfg LimitConfig) *Limiter {
 	cfg = cfg.withDefaults()
 	return &Limiter{
-		cfg:        cfg,
-		sources:    make(map[sourceKey]int32),
-		inflight:   make(map[sourceKey]int32),
+		cfg:      cfg,
+		sources:  make(map[sourceKey]int32),
+		inflight: make(map[sourceKey]int32),
 		// One token per slot that can be freed, so no release is lost
 		// while several waiters sleep.
-		freed: make(chan struct{}, max(cfg.MaxHandshakes, 0)+max(cfg.ReservedHandshakes, 0)+1),
+		freed:      make(chan struct{}, max(cfg.MaxHandshakes, 0)+max(cfg.ReservedHandshakes, 0)+1),
 		head:       -1,
 		tail:       -1,
 		identities: make(map[string]int),
