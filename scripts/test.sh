@@ -7,12 +7,15 @@
 #   fuzz     every Fuzz* target for FUZZTIME each
 #   bench    every benchmark once (-benchtime 1x) so they keep compiling
 #   demo     scripts/demo.sh with a small transfer (TEST_DEMO=0 skips it)
+#   load     scripts/load.sh: 200 sessions, churn and traffic, every session
+#            must answer a ping and nothing may fail (TEST_LOAD=0 skips it)
 #
 # Must run as root: the namespace tests skip without it, and a skipped root test
 # is a hole in CI. Keeps going after a failing step; ends with "N passed, N failed"
 # and exits non-zero if any step failed.
 #
-# Env: FUZZTIME (default 10s), TEST_DEMO (default 1), DEMO_SIZE_MB (default 10 here).
+# Env: FUZZTIME (default 10s), TEST_DEMO (default 1), DEMO_SIZE_MB (default 10 here),
+# TEST_LOAD (default 1).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -20,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 FUZZTIME="${FUZZTIME:-10s}"
 TEST_DEMO="${TEST_DEMO:-1}"
+TEST_LOAD="${TEST_LOAD:-1}"
 STATICCHECK_VERSION=v0.8.2
 # Two cores on CI: two packages at a time. -timeout bounds a hung test.
 GOTEST=(go test -p 2 -timeout 5m)
@@ -152,6 +156,12 @@ run_step "benchmarks (1x)" "${GOTEST[@]}" -run '^$' -bench . -benchtime 1x ./...
 
 if [[ "$TEST_DEMO" == 1 ]]; then
 	run_step "demo (${DEMO_SIZE_MB:-10} MiB)" env DEMO_SIZE_MB="${DEMO_SIZE_MB:-10}" bash scripts/demo.sh
+fi
+
+if [[ "$TEST_LOAD" == 1 ]]; then
+	run_step "load (200 sessions)" env LOAD_SCENARIO=hold LOAD_SESSIONS=200 LOAD_HOLD=5s LOAD_CHURN=10 \
+		LOAD_TRAFFIC=2 LOAD_SOURCES=many LOAD_TIMEOUT=2m \
+		LOAD_FLAGS="--ping-check --require-ping-all --max-failures 0" bash scripts/load.sh
 fi
 
 # ------------------------------------------------------------------ summary
