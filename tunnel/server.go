@@ -449,6 +449,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		PeerGSO:       gso && hello.Caps&CapGSO != 0,
 		AcceptGSO:     gso,
 		Keepalive:     s.cfg.Keepalive,
+		PingWhenIdle:  true,
 		QueueLen:      s.cfg.QueueLen,
 		ShutdownCode:  CloseShutdown,
 		Peer:          id,

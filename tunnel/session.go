@@ -70,6 +70,11 @@ type SessionConfig struct {
 	// DeadAfter ends the session when nothing arrived for this long.
 	// Zero means 3*Keepalive.
 	DeadAfter time.Duration
+	// PingWhenIdle sends a PING only after an interval in which nothing
+	// arrived from the peer (a server whose clients ping it every
+	// interval then sends none, halving the keepalive traffic of a gateway
+	// with many idle clients); otherwise one every interval.
+	PingWhenIdle bool
 	// QueueLen bounds the chunks waiting for this session's writer; a full
 	// queue drops and counts. Zero means DefaultQueueLen.
 	QueueLen int
@@ -822,6 +827,9 @@ func (s *Session) controlLoop() error {
 		case now := <-tick:
 			if cur := s.rxFrames.Load(); cur != seen {
 				seen, lastChange = cur, now
+				if s.cfg.PingWhenIdle {
+					continue // the peer is alive and its traffic keeps the path open
+				}
 			} else if now.Sub(lastChange) >= s.cfg.DeadAfter {
 				return ErrKeepaliveTimeout
 			}
