@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -29,6 +30,8 @@ type RevocationOptions struct {
 	// the bubble's clock, which starts in 2000: a test that runs handshakes in a bubble
 	// against real-time certificates must inject the real time here (certstest does).
 	Now func() time.Time
+	// ReadFile reads the CRL file; nil means os.ReadFile. Tests inject failures.
+	ReadFile func(name string) ([]byte, error)
 }
 
 // Revocation is the server's revocation checker: it enforces one CRL file, signed by one CA,
@@ -45,9 +48,10 @@ type RevocationOptions struct {
 // A Revocation is safe for concurrent use. Handshakes read the current CRL through an
 // atomic.Pointer and never wait for a reload.
 type Revocation struct {
-	path string            // immutable
-	ca   *x509.Certificate // immutable
-	now  func() time.Time  // immutable
+	path     string            // immutable
+	ca       *x509.Certificate // immutable
+	now      func() time.Time  // immutable
+	readFile func(string) ([]byte, error)
 
 	cur atomic.Pointer[revocationState] // never nil after NewRevocation
 
@@ -77,9 +81,12 @@ func NewRevocation(path string, ca *x509.Certificate, opts RevocationOptions) (*
 	if ca == nil {
 		return nil, errors.New("revocation: CA certificate is nil")
 	}
-	r := &Revocation{path: path, ca: ca, now: opts.Now}
+	r := &Revocation{path: path, ca: ca, now: opts.Now, readFile: opts.ReadFile}
 	if r.now == nil {
 		r.now = time.Now
+	}
+	if r.readFile == nil {
+		r.readFile = os.ReadFile
 	}
 	if err := r.Reload(); err != nil {
 		return nil, err
@@ -113,9 +120,16 @@ func (r *Revocation) ReloadIfChanged() (reloaded bool, err error) {
 	return true, r.installLocked(data, stamp, err)
 }
 
+// transientReadError reports whether a read failed because the process or the system ran out
+// of a resource rather than because of the file.
+func transientReadError(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOMEM) ||
+		errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.EAGAIN)
+}
+
 // read reads the CRL file and stamps what it saw.
 func (r *Revocation) read() ([]byte, fileStamp, error) {
-	data, err := os.ReadFile(r.path)
+	data, err := r.readFile(r.path)
 	if err != nil {
 		return nil, fileStamp{readErr: err.Error()}, err
 	}
@@ -123,7 +137,16 @@ func (r *Revocation) read() ([]byte, fileStamp, error) {
 }
 
 // installLocked parses data (or takes readErr) and swaps in the result. r.mu must be held.
+//
+// A read that failed for want of local resources (no descriptor free, in the process or the
+// system; no memory) says nothing about the file: the CRL in force stays, and the next check
+// reads again. Dropping it would close every live session of a server that is only busy. Any
+// other failure (missing, unreadable, not a valid CRL, wrongly signed, expired, older) fails
+// closed.
 func (r *Revocation) installLocked(data []byte, stamp fileStamp, readErr error) error {
+	if readErr != nil && transientReadError(readErr) && r.cur.Load() != nil && r.cur.Load().err == nil {
+		return fmt.Errorf("read %s: %w (keeping the revocation list in force; will retry)", r.path, readErr)
+	}
 	r.stamp = stamp
 	crl, err := r.parse(data, readErr)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -343,6 +344,47 @@ func TestRevocationReloadIfChanged(t *testing.T) {
 				t.Errorf("IsRevoked = %v, want %v", got, st.wantRevoked)
 			}
 		})
+	}
+}
+
+// TestRevocationKeepsCRLWhenOutOfDescriptors: a reload that fails because the process or the
+// system ran out of descriptors (or memory) keeps the CRL in force, so a busy server does not
+// close every live session as revoked; a missing file still fails closed.
+func TestRevocationKeepsCRLWhenOutOfDescriptors(t *testing.T) {
+	ca := certstest.NewCA(t)
+	dir := t.TempDir()
+	ca.WriteFiles(t, dir)
+	u, err := certs.RefreshCRL(dir, certs.CRLOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fail atomic.Pointer[error]
+	rev, err := certs.NewRevocation(u.File, ca.Cert, certs.RevocationOptions{ReadFile: func(name string) ([]byte, error) {
+		if e := fail.Load(); e != nil {
+			return nil, &os.PathError{Op: "open", Path: name, Err: *e}
+		}
+		return os.ReadFile(name)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := ca.ClientCert(t, "laptop")
+	for _, tc := range []struct {
+		err      error
+		failOpen bool // refuse every certificate afterwards
+	}{
+		{syscall.EMFILE, false},
+		{syscall.ENFILE, false},
+		{syscall.ENOMEM, false},
+		{syscall.ENOENT, true},
+	} {
+		fail.Store(&tc.err)
+		if err := rev.Reload(); err == nil {
+			t.Fatalf("%v: Reload succeeded", tc.err)
+		}
+		if got := rev.IsRevoked(cert.Leaf.SerialNumber); got != tc.failOpen {
+			t.Fatalf("after a reload failing with %v: IsRevoked = %v, want %v", tc.err, got, tc.failOpen)
+		}
 	}
 }
 

@@ -110,14 +110,31 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	t.NextProtos = []string{ALPN}
 	if cfg.NoResumption {
 		t.ClientSessionCache = nil
-	} else if t.ClientSessionCache == nil {
-		t.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	} else {
+		if t.ClientSessionCache == nil {
+			t.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+		}
+		t.ClientSessionCache = keepTickets{t.ClientSessionCache}
 	}
 	if !cfg.NoOffload {
 		cfg.Hello.Caps |= CapGSO
 	}
 	cfg.Hello.Caps |= CapKeyUpdate // crypto/tls and the own record layer both accept it
 	return &Client{cfg: cfg, tls: t, log: cfg.Logger, kick: make(chan string, 1)}, nil
+}
+
+// keepTickets is a session cache that keeps a ticket when a handshake that
+// offered it fails. crypto/tls forgets the ticket on any failure, a
+// connection closed by a busy server before it answered included, and
+// then the client cannot resume (nor use the server's reserved handshake
+// slots) on the next try. A ticket the server no longer takes costs
+// nothing: TLS 1.3 falls back to a full handshake.
+type keepTickets struct{ tls.ClientSessionCache }
+
+func (k keepTickets) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		k.ClientSessionCache.Put(key, cs)
+	}
 }
 
 // Connected describes an established connection, for logs and callers.

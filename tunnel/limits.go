@@ -496,7 +496,11 @@ func (l *Limiter) dropInflightLocked(key sourceKey) {
 func (l *Limiter) RefuseResumption() { l.stats.RefusedResumption.Add(1) }
 
 // MarkKnown records that a client from src authenticated: for KnownFor,
-// connections from src may use the reserved handshake slots.
+// connections from src may use the reserved handshake slots. It also
+// gives back the rate token the connection took: the rate limits what
+// unauthenticated connections cost, and clients behind one address that
+// come back one after another (an office after two restarts) should not
+// exhaust their address's bucket by succeeding.
 func (l *Limiter) MarkKnown(src netip.Addr, now time.Time) {
 	if !src.IsValid() {
 		return
@@ -508,7 +512,9 @@ func (l *Limiter) MarkKnown(src netip.Addr, now time.Time) {
 	if !ok {
 		i = l.insertLocked(key, now)
 	}
-	l.buckets[i].knownUntil = now.Add(l.cfg.KnownFor)
+	b := &l.buckets[i]
+	b.knownUntil = now.Add(l.cfg.KnownFor)
+	b.tokens = min(b.tokens+1, float64(l.cfg.HandshakeBurst))
 }
 
 func keyOf(addr netip.Addr) sourceKey {

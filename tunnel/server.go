@@ -222,6 +222,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	return s, nil
 }
 
+// helloGrace is the least time a connection that waited for its slot has
+// to show its ClientHello.
+const helloGrace = 200 * time.Millisecond
+
 // errNoResumption refuses a ClientHello on a reserved handshake slot that
 // offers no session to resume.
 var errNoResumption = errors.New("server busy: handshake slots are full and this client neither resumes a session nor comes from a known address")
@@ -334,6 +338,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // handle runs one connection from accept to the end of its session.
 func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
+	accepted := time.Now()
 	releaseHandshake := adm.Release
 	defer releaseHandshake() // idempotent; also frees the slot after a panic
 	if err := adm.Wait(ctx); err != nil {
@@ -359,7 +364,15 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	tc := tls.Server(bc, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	raw.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout)) // cleared by the ClientHello (admitHello)
+	// The ClientHello deadline runs from accept: a client sends it at
+	// once, so after a wait in the queue it is already there, and an idle
+	// connection gives its slot back right away (after a short grace).
+	// admitHello clears the deadline when the ClientHello arrives.
+	helloBy := accepted.Add(s.cfg.HelloTimeout)
+	if grace := time.Now().Add(helloGrace); helloBy.Before(grace) {
+		helloBy = grace
+	}
+	raw.SetReadDeadline(helloBy)
 	if adm.MustResume {
 		s.mustResume.Store(bc, true)
 	}
