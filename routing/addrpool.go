@@ -10,6 +10,10 @@ import (
 	"time"
 )
 
+// defaultCompactMin is the size of journal below which a Pool does not
+// compact, however small its snapshot: a few hundred new leases.
+const defaultCompactMin = 64 << 10
+
 // MaxLeases caps the number of client addresses a Pool hands out, so that
 // a large IPv6 prefix (a /64 has 2^64 addresses) does not promise more
 // leases than a server can track.
@@ -27,8 +31,8 @@ var (
 // Pool leases tunnel addresses from one subnet to client identities (for
 // example the certificate subject). A lease is permanent for the life of
 // the Pool, so an identity gets the same address on every reconnect. A Pool
-// made by OpenPool also keeps its leases in a file, so they survive a
-// restart of the server (see OpenPool).
+// made by OpenPool also keeps its leases in files, so they survive a
+// restart of the server.
 //
 // The first host address of the subnet belongs to the server
 // (ServerAddr). Clients get the following addresses in ascending order,
@@ -36,46 +40,82 @@ var (
 // are never used; for IPv6 the subnet-router anycast address (the
 // all-zeros host, RFC 4291 section 2.6.1) is never used.
 //
+// A Pool made by OpenPool keeps two files: the snapshot (the path given to
+// OpenPool, say leases.json), with every lease as of its writing, and the
+// journal (leases.json.journal), to which every new lease is appended
+// before it is handed out. A new lease costs one append of a line to the
+// journal, and an fsync, however many leases the pool holds. Now and then
+// (once the journal is as large as the snapshot, and at Flush) the pool
+// compacts: it replaces the snapshot atomically with one of every lease,
+// and empties the journal. A crash at any moment loses no lease that was
+// handed out: a batch in the journal counts only once its last line, a
+// commit that counts its records, is complete, and only a whole batch is
+// handed out; each snapshot has a generation number, and each batch names
+// the generation it extends, so that after a crash between a compaction's
+// rename and its emptying of the journal no batch is replayed twice. See
+// OpenPool for the details and the formats.
+//
 // A Pool is safe for concurrent use. Identities that already hold a lease
-// are answered under mu alone, which is never held across file I/O, so a
-// slow fsync never delays a reconnecting client. New leases are committed
-// in groups: each rewrite of the file costs the same whatever it adds, so
-// while one write is in flight (under writeMu) the new leases that arrive
-// are gathered in the open batch, and the first of them, the batch's
-// leader, writes them all once writeMu is free, while the others wait for
-// the outcome of that write. A burst of N new identities thus costs about
-// two writes rather than N, and each Assign still returns only once its
-// lease is durable.
+// are answered under mu alone, which is never held across file I/O, so
+// neither a slow fsync nor a compaction delays a reconnecting client. New
+// leases are committed in groups: an append costs about the same whatever
+// it adds, so while one write is in flight (under writeMu) the new leases
+// that arrive are gathered in the open batch, and the first of them, the
+// batch's leader, appends them all once writeMu is free, while the others
+// wait for the outcome of that append. A burst of N new identities thus
+// costs about two appends rather than N, and each Assign still returns
+// only once its lease is durable. When the journal is due for compaction
+// (see compactDue), the leader that appended last compacts, after it has
+// told its batch the outcome and still under writeMu, so that the new
+// identities that arrive meanwhile wait for one compaction (and then share
+// an append) while reconnects go on. Pin appends its lease as a batch of
+// its own (see Pin). Last-assigned times of existing leases are saved by
+// the next compaction.
 type Pool struct {
 	// Immutable after NewPool/OpenPool.
 	subnet netip.Prefix
 	server netip.Addr
 	first  netip.Addr // first client address
 	size   int        // number of client addresses, >= 1
-	path   string     // leases file; "" keeps leases in memory only
+	path   string     // leases file (snapshot); "" keeps leases in memory only
+	jpath  string     // journal of path: path+journalSuffix
 
 	// Immutable after NewPool/OpenPool; replaced by tests.
-	now      func() time.Time     // lease timestamps
-	syncFile func(*os.File) error // fsync of the temporary leases file and its directory
-	onWait   func()               // if not nil, called whenever a call is about to wait for a batch (tests use it to know who waits)
+	now        func() time.Time                           // lease timestamps
+	syncFile   func(*os.File) error                       // fsync of files (snapshot, journal) and directories
+	writeFile  func(*os.File, []byte, int64) (int, error) // appends to the journal (WriteAt)
+	truncFile  func(*os.File, int64) error                // truncation of the journal
+	compactMin int64                                      // the journal is compacted once it holds this many bytes, or more if the snapshot is larger
+	onWait     func()                                     // if not nil, called whenever a call is about to wait for a batch (tests use it to know who waits)
+	onAppend   func()                                     // if not nil, called once an append is durable, before its leases are committed in memory (tests simulate a crash there)
+	onSnapshot func()                                     // if not nil, called once a compaction's snapshot is durable, before the journal is emptied (tests simulate a crash there)
 
-	// writeMu serializes writes of the leases file and changes to the
+	// writeMu serializes writes of the leases files and changes to the
 	// set of committed leases (byID, byAddr) of a Pool made by OpenPool,
-	// so that a write always holds every lease committed before it. It is
-	// taken before mu, and only by writers: batch leaders, Pin and Flush.
+	// so that the snapshot and journal always hold every lease committed
+	// before a write. It is taken before mu, and only by writers: batch
+	// leaders, Pin and Flush.
 	writeMu sync.Mutex
+	// Guarded by writeMu: the state of the files.
+	journal    *os.File // the journal, open for appends
+	journalLen int64    // length of its whole batches
+	journalBad bool     // an append failed and could not be cut off: compact before the next
+	snapLen    int64    // size of the snapshot
+	gen        uint64   // generation of the newest snapshot that may be on disk, named by appended batches
+	rewrite    bool     // the snapshot holds leases that OpenPool dropped: compact after the next commit
 	// Guarded by writeMu: scratch space of the writes, reused so that
 	// writing a large file does not allocate it anew each time.
 	snap   []leaseEntry // snapshot of the leases, unsorted
 	slots  []int32      // by address offset, index in snap or -1
 	sorted []leaseEntry // snap sorted by address
-	buf    []byte       // encoded file
+	buf    []byte       // encoded snapshot
+	jbuf   []byte       // encoded journal batch
 
 	mu     sync.Mutex
 	byID   map[string]lease      // guarded by mu; committed (durable) leases
 	byAddr map[netip.Addr]string // guarded by mu
 	next   int                   // guarded by mu; offset from first where the next free search starts
-	dirty  bool                  // guarded by mu; a lease's last-assigned time changed since the file was written
+	dirty  bool                  // guarded by mu; a lease's last-assigned time changed since the snapshot was written
 	// Leases waiting for a write, by identity and by address. An address
 	// or identity in them is not free, and another call for the same
 	// identity waits for that write rather than lease a second address.
@@ -91,11 +131,11 @@ type lease struct {
 	first, last time.Time
 }
 
-// batch is a group of new leases committed by one write of the leases
-// file (see Pool). Pin uses a batch of its own to hold its lease while it
+// batch is a group of new leases committed by one append to the journal
+// (see Pool). Pin uses a batch of its own to hold its lease while it
 // writes.
 type batch struct {
-	adds  map[string]lease // by identity; guarded by Pool.mu until done is closed, then immutable
+	adds  map[string]lease // by identity; written under Pool.mu while the batch is open, then immutable
 	start int              // guarded by Pool.mu; Pool.next before the batch's first Assign, -1 if none
 	done  chan struct{}    // closed once the write succeeded or failed
 	err   error            // outcome of the write; set before done is closed
@@ -136,6 +176,9 @@ func NewPool(subnet netip.Prefix) (*Pool, error) {
 		size:        int(usable - 1),
 		now:         func() time.Time { return time.Now().UTC().Truncate(time.Second) },
 		syncFile:    (*os.File).Sync,
+		writeFile:   (*os.File).WriteAt,
+		truncFile:   (*os.File).Truncate,
+		compactMin:  defaultCompactMin,
 		byID:        make(map[string]lease),
 		byAddr:      make(map[netip.Addr]string),
 		pendingID:   make(map[string]*batch),
@@ -165,12 +208,12 @@ func (p *Pool) Len() int {
 // has none yet. It returns ErrPoolExhausted when no address is free. The
 // identity must not be empty.
 //
-// For a Pool made by OpenPool, a new lease is written to the leases file
+// For a Pool made by OpenPool, a new lease is appended to the journal
 // before Assign returns it; if that write fails, Assign returns the error
 // and leases nothing. Concurrent Assigns of new identities share a write
 // (see Pool), and concurrent Assigns of one new identity share its lease.
 // An existing lease costs no write: its last-assigned time is updated in
-// memory and saved with the next write (or Flush).
+// memory and saved with the next compaction (or Flush).
 func (p *Pool) Assign(identity string) (netip.Addr, error) {
 	if identity == "" {
 		return netip.Addr{}, errors.New("assign address: empty identity")
@@ -232,8 +275,8 @@ func (p *Pool) Lookup(identity string) (netip.Addr, bool) {
 // addr is not a client address of the pool, if addr is leased to another
 // identity (ErrAddrInUse), or if identity already holds a different address.
 // Reserve addresses before serving clients: a dynamic Assign may take addr
-// first. Like Assign, Reserve writes a new lease to the leases file (if
-// any) before it returns, sharing the write with concurrent Assigns.
+// first. Like Assign, Reserve appends a new lease to the journal (if any)
+// before it returns, sharing the write with concurrent Assigns.
 func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 	if identity == "" {
 		return errors.New("reserve address: empty identity")
@@ -290,7 +333,9 @@ func (p *Pool) Reserve(identity string, addr netip.Addr) error {
 // runtime on a lease made before the edit.
 //
 // Pin removes leases, so unlike Assign and Reserve it does not join a
-// batch: it writes on its own, under writeMu.
+// batch: it appends a batch of its own (a record that replaces whatever
+// leases stand in its way, see opPin) under writeMu, and compacts if that
+// makes the journal due.
 func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error) {
 	if identity == "" {
 		return "", errors.New("pin address: empty identity")
@@ -318,6 +363,9 @@ func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error)
 		}
 		evicted, err = p.pinLocked(identity, addr, owner, taken)
 		p.mu.Unlock()
+		if err == nil && p.path != "" && p.compactDue() {
+			p.compactLocked() // on failure the journal keeps the lease, and the next write tries again
+		}
 		p.writeMu.Unlock()
 		if err != nil {
 			return "", fmt.Errorf("pin %v for %q: %w", addr, identity, err)
@@ -345,10 +393,8 @@ func (p *Pool) pinLocked(identity string, addr netip.Addr, owner string, taken b
 		if !taken {
 			p.pendingAddr[addr] = b
 		}
-		entries := p.snapshotLocked(b.adds, evicted)
-		p.dirty = false
 		p.mu.Unlock()
-		err = p.save(entries)
+		err = p.commitLocked(opPin, b.adds)
 		p.mu.Lock()
 		delete(p.pendingID, identity)
 		if !taken {
@@ -357,7 +403,6 @@ func (p *Pool) pinLocked(identity string, addr netip.Addr, owner string, taken b
 		b.err = err
 		close(b.done)
 		if err != nil {
-			p.dirty = true
 			return "", err
 		}
 	}
@@ -451,23 +496,21 @@ func (p *Pool) await(b *batch, lead bool) error {
 	return b.err
 }
 
-// writeBatch writes the leases file with the leases of b added, and then
-// commits them in memory, or, if the write failed, frees their addresses.
-// Either way it wakes b's waiters. It waits for writeMu, which is held by
-// the write before b, if any; meanwhile b stays open, so that the new
-// leases that arrive in the meantime share b's write.
+// writeBatch appends the leases of b to the journal, and then commits them
+// in memory, or, if the append failed, frees their addresses. Either way it
+// wakes b's waiters, and then compacts if the journal is due. It waits for
+// writeMu, which is held by the write before b, if any; meanwhile b stays
+// open, so that the new leases that arrive in the meantime share b's
+// append.
 func (p *Pool) writeBatch(b *batch) {
 	p.writeMu.Lock()
 	defer p.writeMu.Unlock()
 	p.mu.Lock()
-	p.open = nil // later leases go to the next batch
-	entries := p.snapshotLocked(b.adds, "")
-	p.dirty = false // the snapshot has every last-assigned time so far
+	p.open = nil // later leases go to the next batch, and b.adds stays as it is
 	p.mu.Unlock()
-	err := p.save(entries)
+	err := p.commitLocked(opAdd, b.adds)
 
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for id, l := range b.adds {
 		delete(p.pendingID, id)
 		delete(p.pendingAddr, l.addr)
@@ -476,29 +519,32 @@ func (p *Pool) writeBatch(b *batch) {
 			p.byAddr[l.addr] = id
 		}
 	}
-	if err != nil {
-		p.dirty = true
+	if err != nil && b.start >= 0 {
 		// Move the search back to where b's first Assign began it, so
 		// that b's freed addresses are the next handed out, as if b
 		// had never been. If a later batch already picked addresses
 		// past b's, that batch now starts where b did, so that its
 		// own failure would move the search back past both.
-		if b.start >= 0 {
-			if p.open != nil && p.open.start >= 0 {
-				p.open.start = b.start
-			} else {
-				p.next = b.start
-			}
+		if p.open != nil && p.open.start >= 0 {
+			p.open.start = b.start
+		} else {
+			p.next = b.start
 		}
 	}
 	b.err = err
 	close(b.done)
+	p.mu.Unlock()
+	if err == nil && p.compactDue() {
+		p.compactLocked() // on failure the journal keeps every lease, and the next write tries again
+	}
 }
 
-// Flush writes the leases file if a lease's last-assigned time changed
-// since it was last written; new leases are always written at once. Call
-// it at shutdown (or now and then) to keep last-assigned times current.
-// Flush does nothing for a Pool made by NewPool.
+// Flush compacts: it writes a new snapshot of every lease and empties the
+// journal, if anything changed since the snapshot was written (new leases
+// in the journal, or a lease's last-assigned time). Call it at shutdown,
+// so that the files are left as one snapshot with the last-assigned times
+// current (and now and then, if you like). Flush does nothing for a Pool
+// made by NewPool.
 func (p *Pool) Flush() error {
 	if p.path == "" {
 		return nil
@@ -506,17 +552,12 @@ func (p *Pool) Flush() error {
 	p.writeMu.Lock()
 	defer p.writeMu.Unlock()
 	p.mu.Lock()
-	if !p.dirty {
-		p.mu.Unlock()
+	dirty := p.dirty
+	p.mu.Unlock()
+	if !dirty && p.journalLen == 0 && !p.journalBad {
 		return nil
 	}
-	entries := p.snapshotLocked(nil, "")
-	p.dirty = false
-	p.mu.Unlock()
-	if err := p.save(entries); err != nil {
-		p.mu.Lock()
-		p.dirty = true
-		p.mu.Unlock()
+	if err := p.compactLocked(); err != nil {
 		return fmt.Errorf("flush address leases: %w", err)
 	}
 	return nil

@@ -20,11 +20,12 @@ import (
 // half-understood.
 const LeasesVersion = 1
 
-// leaseFile is the JSON leases file, for example:
+// leaseFile is the JSON leases file, the snapshot, for example:
 //
 //	{
 //	  "version": 1,
 //	  "subnet": "100.64.0.0/24",
+//	  "generation": 7,
 //	  "leases": [
 //	    {
 //	      "identity": "alice",
@@ -36,11 +37,15 @@ const LeasesVersion = 1
 //	}
 //
 // Leases are sorted by address. Subnet is the pool's subnet when the file
-// was written; it only tells a changed subnet apart on load.
+// was written; it only tells a changed subnet apart on load. Generation
+// counts the snapshots written (0, and left out, for the first one, and in
+// files written before the journal existed); each batch in the journal
+// names the generation of the snapshot it extends (see journalRecord).
 type leaseFile struct {
-	Version int          `json:"version"`
-	Subnet  netip.Prefix `json:"subnet"`
-	Leases  []leaseEntry `json:"leases"`
+	Version    int          `json:"version"`
+	Subnet     netip.Prefix `json:"subnet"`
+	Generation uint64       `json:"generation,omitempty"`
+	Leases     []leaseEntry `json:"leases"`
 }
 
 type leaseEntry struct {
@@ -48,6 +53,54 @@ type leaseEntry struct {
 	Addr          netip.Addr `json:"addr"`
 	FirstAssigned time.Time  `json:"first_assigned"`
 	LastAssigned  time.Time  `json:"last_assigned"`
+}
+
+// journalSuffix names the journal of the leases file at path:
+// path+journalSuffix.
+const journalSuffix = ".journal"
+
+// Operations of journal records.
+const (
+	// opAdd is a new lease (Assign, Reserve): the identity held none,
+	// and the address was free.
+	opAdd = "add"
+	// opPin is a lease made by Pin: the identity's previous lease, if
+	// any, is released, and the address's holder, if any, loses it.
+	opPin = "pin"
+	// opCommit ends a batch: the records since the previous commit.
+	opCommit = "commit"
+)
+
+// journalRecord is one line of the journal, which holds the changes made
+// since the snapshot was written, in batches: the records of a batch's
+// new leases, then a commit record, each a JSON object on a line of its
+// own, for example:
+//
+//	{"op":"add","identity":"bob","addr":"100.64.0.3","at":"2026-05-03T08:12:31Z"}
+//	{"op":"add","identity":"carol","addr":"100.64.0.4","at":"2026-05-03T08:12:31Z"}
+//	{"op":"commit","gen":7,"entries":2}
+//	{"op":"pin","identity":"dave","addr":"100.64.0.3","at":"2026-05-03T08:13:00Z"}
+//	{"op":"commit","gen":7,"entries":1}
+//
+// A lease's first- and last-assigned times are both At. A commit names
+// the generation of the snapshot that its batch extends (see OpenPool for
+// how that makes replay safe) and counts the batch's other records, so
+// that a batch that a crash cut short is told apart from a whole one. A
+// batch is only ever appended, with one write, and only its last line
+// ends the write.
+type journalRecord struct {
+	Op       string     `json:"op"`
+	Identity string     `json:"identity"` // add, pin
+	Addr     netip.Addr `json:"addr"`     // add, pin
+	At       time.Time  `json:"at"`       // add, pin
+	Gen      *uint64    `json:"gen"`      // commit
+	Entries  *int       `json:"entries"`  // commit
+}
+
+// journalBatch is a whole batch of the journal.
+type journalBatch struct {
+	gen     uint64 // generation of the snapshot it extends
+	records []journalRecord
 }
 
 // CorruptLeasesError reports a leases file that cannot be read as leases,
@@ -65,27 +118,66 @@ func (e *CorruptLeasesError) Error() string {
 func (e *CorruptLeasesError) Unwrap() error { return e.Err }
 
 // OpenPool returns a Pool for subnet (as NewPool) whose leases persist in
-// the JSON file at path, so that clients keep their addresses across
-// restarts of the server.
+// two files, so that clients keep their addresses across restarts of the
+// server: the snapshot at path, a JSON file with every lease as of its
+// writing (see leaseFile), and the journal at path+".journal" (for
+// example leases.json.journal), with the changes made since, one JSON
+// object per line (see journalRecord).
 //
-// OpenPool loads the leases in path (removing temporary files that a crash
-// during a write may have left next to it), or creates the file (and its parent
-// directory, mode 0700) if it does not exist. Afterwards every new lease is
-// written before it is handed out, by replacing the whole file atomically
-// (temporary file in the same directory, fsync, rename, fsync of the
-// directory), so that a crash at any moment, even kill -9 or a power loss,
-// leaves either the old or the new file. New leases that arrive while a
-// write is in flight share the next write (see Pool).
+// OpenPool loads the snapshot (removing temporary files that a crash
+// during a write may have left next to it) and replays the journal onto
+// it, or, if there is no snapshot, creates an empty one and an empty
+// journal (and their directory, mode 0700); a journal without its snapshot
+// is removed, since its leases were removed to start over.
+//
+// Afterwards the Pool writes before it hands out: each batch of new leases
+// (see Pool), and each Pin, is appended to the journal with one write and
+// one fsync, whatever the number of leases. Once the journal has grown
+// past the size of the snapshot (and at least compactMin), and at Flush,
+// the Pool compacts: it writes a new snapshot of every lease, with the
+// next generation, replacing the file atomically (temporary file in the
+// same directory, fsync, rename, fsync of the directory), and then empties
+// the journal (truncate, fsync). The cost of a compaction grows with the
+// number of leases, but so does the number of appends between two of
+// them, so a new lease costs about the same whatever the pool holds.
+//
+// A crash at any moment, even kill -9 or a power loss, loses no lease that
+// was handed out, and leaves files that OpenPool reads:
+//
+//   - During an append, the batch being appended may be left incomplete:
+//     cut off, or (on some file systems) with a run of zero bytes, or
+//     without its commit line. None of its leases was handed out yet, so
+//     OpenPool ignores the journal's last batch if it is incomplete or
+//     damaged, and cuts it off. Only the last batch can be: an append that
+//     fails is cut off at once, and if that fails too, nothing more is
+//     appended until a compaction has emptied the journal. So a damaged
+//     batch followed by more is corruption.
+//   - During a compaction, until the rename, the old snapshot and the
+//     journal are intact. Between the rename and the truncation of the
+//     journal, the journal's batches are all in the new snapshot too; they
+//     name an older generation than the snapshot's, and OpenPool replays
+//     only batches of the snapshot's generation or later, so none is
+//     applied twice (which could undo a later Pin, say).
+//   - A snapshot whose write failed may still have been renamed into
+//     place. Batches appended after it name its generation, so they are
+//     replayed on top of it as well as on top of the older snapshot with
+//     the batches before them.
 //
 // Loaded leases that cannot be honoured are dropped, and each is reported
 // in warnings: addresses that are not client addresses of subnet (because
 // the subnet changed, or the entry is the server, network or broadcast
 // address), and second leases of one address or one identity. Dropped
-// leases stay in the file until the next new lease rewrites it, so undoing
-// an accidental subnet change before then loses nothing.
+// leases stay in the files until the next new lease (or Pin) compacts
+// them away, so undoing an accidental subnet change before then loses
+// nothing.
 //
-// A file that cannot be parsed is an error (*CorruptLeasesError), as is
-// a file of a newer LeasesVersion: OpenPool never silently drops leases.
+// A snapshot or journal that cannot be parsed is an error
+// (*CorruptLeasesError), as is a snapshot of a newer LeasesVersion:
+// OpenPool never silently drops leases.
+//
+// Only one Pool, in one process, may use path at a time. A program that
+// predates the journal reads the snapshot alone: stop the server cleanly
+// (tunneld Flushes, which empties the journal) before going back to one.
 func OpenPool(subnet netip.Prefix, path string) (p *Pool, warnings []error, err error) {
 	if path == "" {
 		return nil, nil, errors.New("open address pool: empty leases file path")
@@ -95,14 +187,26 @@ func OpenPool(subnet netip.Prefix, path string) (p *Pool, warnings []error, err 
 		return nil, nil, err
 	}
 	p.path = path
+	p.jpath = path + journalSuffix
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, nil, fmt.Errorf("create leases file directory: %w", err)
 		}
+		// Remove the journal first: a crash before the snapshot below
+		// is written then leaves neither file, never the journal on
+		// an empty snapshot. The snapshot's directory fsync makes the
+		// removal durable.
+		if err := os.Remove(p.jpath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, fmt.Errorf("remove leases journal without its leases file: %w", err)
+		}
 		// Write the empty file now, so that an unwritable location stops
 		// the server at start rather than at its first client.
-		if err := p.save(p.snapshotLocked(nil, "")); err != nil {
+		if err := p.save(p.snapshotLocked(), 0); err != nil {
+			return nil, nil, err
+		}
+		p.snapLen = int64(len(p.buf))
+		if err := p.openJournal(false, 0, 0); err != nil {
 			return nil, nil, err
 		}
 		return p, nil, nil
@@ -118,7 +222,30 @@ func OpenPool(subnet netip.Prefix, path string) (p *Pool, warnings []error, err 
 	if f.Version > LeasesVersion {
 		return nil, nil, fmt.Errorf("leases file %s has format version %d, newer than this program's %d: upgrade, or remove the file to start over (clients will then get new addresses)", path, f.Version, LeasesVersion)
 	}
-	return p, p.load(f), nil
+	jdata, err := os.ReadFile(p.jpath)
+	jexists := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("read leases journal: %w", err)
+	}
+	batches, good, err := parseJournal(jdata)
+	if err != nil {
+		return nil, nil, &CorruptLeasesError{Path: p.jpath, Err: err}
+	}
+	warnings = p.load(f)
+	warnings = append(warnings, p.replay(batches, f.Generation)...)
+	p.snapLen = int64(len(data))
+	// Batches appended from now on must not name a generation older
+	// than those already in the journal (see parseJournal); a failed
+	// compaction may have left some newer than the snapshot's.
+	p.gen = f.Generation
+	for _, b := range batches {
+		p.gen = max(p.gen, b.gen)
+	}
+	p.rewrite = len(warnings) > 0
+	if err := p.openJournal(jexists, int64(len(jdata)), int64(good)); err != nil {
+		return nil, nil, err
+	}
+	return p, warnings, nil
 }
 
 // parseLeases decodes and checks the syntax of a leases file. It leaves
@@ -148,6 +275,76 @@ func parseLeases(data []byte) (*leaseFile, error) {
 	return &f, nil
 }
 
+// parseJournal returns the whole batches of a journal, and the length of
+// data that they span. What follows them is a last batch that a crash cut
+// short (or damaged), to be ignored. A damaged batch followed by more is an
+// error, as is a batch of an older generation than the one before it:
+// neither is left by a crash (see OpenPool). It leaves the semantic checks
+// to Pool.replay.
+func parseJournal(data []byte) (batches []journalBatch, n int, err error) {
+	var (
+		records []journalRecord // of the batch being read
+		damaged error           // what is wrong with it, if anything
+	)
+	for off, line := 0, 1; off < len(data); line++ {
+		i := bytes.IndexByte(data[off:], '\n')
+		if i < 0 {
+			break // an incomplete last line: the tail is ignored
+		}
+		text := data[off : off+i]
+		off += i + 1
+		r, err := parseJournalRecord(text)
+		switch {
+		case err != nil:
+			if damaged == nil {
+				damaged = fmt.Errorf("line %d: %w", line, err)
+			}
+			continue
+		case r.Op != opCommit:
+			records = append(records, r)
+			continue
+		case damaged == nil && *r.Entries != len(records):
+			damaged = fmt.Errorf("line %d: commit of %d records after %d", line, *r.Entries, len(records))
+		case damaged == nil && len(batches) > 0 && *r.Gen < batches[len(batches)-1].gen:
+			return nil, 0, fmt.Errorf("line %d: batch of generation %d after one of %d", line, *r.Gen, batches[len(batches)-1].gen)
+		}
+		if damaged != nil {
+			if off < len(data) {
+				return nil, 0, fmt.Errorf("%w, followed by more", damaged)
+			}
+			break // the last batch: ignored
+		}
+		batches = append(batches, journalBatch{gen: *r.Gen, records: records})
+		records = nil
+		n = off
+	}
+	return batches, n, nil
+}
+
+// parseJournalRecord decodes and checks the syntax of one journal line.
+func parseJournalRecord(line []byte) (journalRecord, error) {
+	var r journalRecord
+	if err := json.Unmarshal(line, &r); err != nil {
+		return journalRecord{}, err
+	}
+	switch r.Op {
+	case opAdd, opPin:
+		switch {
+		case r.Identity == "":
+			return journalRecord{}, fmt.Errorf("%s of %v: empty identity", r.Op, r.Addr)
+		case !r.Addr.IsValid():
+			return journalRecord{}, fmt.Errorf("%s of %q: missing address", r.Op, r.Identity)
+		}
+	case opCommit:
+		if r.Gen == nil || r.Entries == nil || *r.Entries < 1 {
+			return journalRecord{}, errors.New("commit without generation or entries")
+		}
+	default:
+		return journalRecord{}, fmt.Errorf("unknown operation %q", r.Op)
+	}
+	return r, nil
+}
+
 // load adds the leases of f to the empty pool p, dropping and reporting
 // those it cannot honour. It runs before p is shared.
 func (p *Pool) load(f *leaseFile) (warnings []error) {
@@ -155,63 +352,228 @@ func (p *Pool) load(f *leaseFile) (warnings []error) {
 		warnings = append(warnings, fmt.Errorf("leases file %s: subnet changed from %v to %v; keeping the leases inside %v", p.path, f.Subnet, p.subnet, p.subnet))
 	}
 	for _, e := range f.Leases {
-		a := e.Addr
-		drop := func(why string) {
-			warnings = append(warnings, fmt.Errorf("leases file %s: dropping lease of %v to %q: %s", p.path, a, e.Identity, why))
+		if err := p.loadLease(p.path, e.Identity, lease{addr: e.Addr, first: e.FirstAssigned, last: e.LastAssigned}); err != nil {
+			warnings = append(warnings, err)
 		}
-		if !p.IsClientAddr(a) {
-			drop(fmt.Sprintf("not a client address of %v", p.subnet))
-			continue
-		}
-		if owner, ok := p.byAddr[a]; ok {
-			drop(fmt.Sprintf("address already leased to %q", owner))
-			continue
-		}
-		if old, ok := p.byID[e.Identity]; ok {
-			drop(fmt.Sprintf("identity already holds %v", old.addr))
-			continue
-		}
-		p.byID[e.Identity] = lease{addr: a, first: e.FirstAssigned, last: e.LastAssigned}
-		p.byAddr[a] = e.Identity
 	}
 	return warnings
 }
 
-// snapshotLocked returns the pool's committed leases, plus those of adds
-// (which replace an identity's lease), less the lease of without (if not
-// empty), unsorted, for save. It fills p.snap, which the next snapshot
-// reuses. The caller holds writeMu and mu (or is the only user of p). Only
-// the copy is done under mu: sorting and encoding are left to save, so that
-// reconnecting clients wait for mu as briefly as possible.
-func (p *Pool) snapshotLocked(adds map[string]lease, without string) []leaseEntry {
+// replay applies to p, as loaded from the snapshot of generation gen, the
+// batches of the journal that extend it, dropping and reporting the leases
+// it cannot honour (as load). Batches of an older generation are in the
+// snapshot already. It runs before p is shared.
+func (p *Pool) replay(batches []journalBatch, gen uint64) (warnings []error) {
+	for _, b := range batches {
+		if b.gen < gen {
+			continue
+		}
+		for _, r := range b.records {
+			l := lease{addr: r.Addr, first: r.At, last: r.At}
+			if r.Op == opAdd {
+				if err := p.loadLease(p.jpath, r.Identity, l); err != nil {
+					warnings = append(warnings, err)
+				}
+				continue
+			}
+			// opPin
+			if !p.IsClientAddr(l.addr) {
+				warnings = append(warnings, fmt.Errorf("leases file %s: dropping pin of %v to %q: not a client address of %v", p.jpath, l.addr, r.Identity, p.subnet))
+				continue
+			}
+			if old, ok := p.byID[r.Identity]; ok {
+				delete(p.byAddr, old.addr)
+			}
+			if owner, ok := p.byAddr[l.addr]; ok {
+				delete(p.byID, owner)
+			}
+			p.byID[r.Identity] = l
+			p.byAddr[l.addr] = r.Identity
+		}
+	}
+	return warnings
+}
+
+// loadLease adds the lease l of identity, read from file, to p, or returns
+// why it drops it. It runs before p is shared.
+func (p *Pool) loadLease(file, identity string, l lease) error {
+	var why string
+	if !p.IsClientAddr(l.addr) {
+		why = fmt.Sprintf("not a client address of %v", p.subnet)
+	} else if owner, ok := p.byAddr[l.addr]; ok {
+		why = fmt.Sprintf("address already leased to %q", owner)
+	} else if old, ok := p.byID[identity]; ok {
+		why = fmt.Sprintf("identity already holds %v", old.addr)
+	} else {
+		p.byID[identity] = l
+		p.byAddr[l.addr] = identity
+		return nil
+	}
+	return fmt.Errorf("leases file %s: dropping lease of %v to %q: %s", file, l.addr, identity, why)
+}
+
+// snapshotLocked returns the pool's committed leases, unsorted, for save.
+// It fills p.snap, which the next snapshot reuses. The caller holds writeMu
+// and mu (or is the only user of p). Only the copy is done under mu:
+// sorting and encoding are left to save, so that reconnecting clients wait
+// for mu as briefly as possible.
+func (p *Pool) snapshotLocked() []leaseEntry {
 	entries := p.snap[:0]
 	for id, l := range p.byID {
-		if id == without {
-			continue
-		}
-		if _, ok := adds[id]; ok {
-			continue
-		}
-		entries = append(entries, leaseEntry{Identity: id, Addr: l.addr, FirstAssigned: l.first, LastAssigned: l.last})
-	}
-	for id, l := range adds {
 		entries = append(entries, leaseEntry{Identity: id, Addr: l.addr, FirstAssigned: l.first, LastAssigned: l.last})
 	}
 	p.snap = entries
 	return entries
 }
 
-// save sorts entries by address and writes them as the leases file. The
-// caller holds writeMu (or is the only user of p), which guards the
-// buffers it reuses.
-func (p *Pool) save(entries []leaseEntry) error {
+// save sorts entries by address and writes them as the snapshot of
+// generation gen. The caller holds writeMu (or is the only user of p),
+// which guards the buffers it reuses.
+func (p *Pool) save(entries []leaseEntry, gen uint64) error {
 	entries = p.sortEntries(entries)
-	data, err := appendLeaseFile(p.buf[:0], p.subnet, entries)
+	data, err := appendLeaseFile(p.buf[:0], p.subnet, gen, entries)
 	if err != nil {
 		return fmt.Errorf("encode leases file %s: %w", p.path, err)
 	}
 	p.buf = data
 	return writeLeases(p.path, data, p.syncFile)
+}
+
+// compactDue reports whether the journal is to be folded into a new
+// snapshot: once it is at least as large as the snapshot (and
+// compactMin), so that the cost of a compaction, which grows with the
+// number of leases, is spread over about as many new leases (a journal
+// record is shorter than a snapshot's entry), and OpenPool reads at most
+// about twice the snapshot; or when the snapshot still holds leases that
+// OpenPool dropped; or when the journal cannot be appended to. The caller
+// holds writeMu.
+func (p *Pool) compactDue() bool {
+	return p.rewrite || p.journalBad || p.journalLen >= max(p.snapLen, p.compactMin)
+}
+
+// compactLocked writes a snapshot of the committed leases, with the next
+// generation, and then empties the journal. Its batches are in the new
+// snapshot, and name an older generation, so that a crash between the two
+// steps replays none of them (see OpenPool). The caller holds writeMu and
+// not mu: mu is held only to copy the leases.
+func (p *Pool) compactLocked() error {
+	p.mu.Lock()
+	entries := p.snapshotLocked()
+	p.dirty = false // the snapshot has every last-assigned time so far
+	p.mu.Unlock()
+	// Batches appended from now on name the new generation, even if the
+	// write fails: it may fail after its rename, and then a restart
+	// reads the new snapshot, onto which they must be replayed (and the
+	// batches before them must not). If the old snapshot is read
+	// instead, they are replayed onto it after the batches before them,
+	// which name no older generation than it.
+	p.gen++
+	if err := p.save(entries, p.gen); err != nil {
+		p.mu.Lock()
+		p.dirty = true
+		p.mu.Unlock()
+		return err
+	}
+	p.snapLen = int64(len(p.buf))
+	p.rewrite = false
+	if p.onSnapshot != nil {
+		p.onSnapshot()
+	}
+	// The truncation must be durable before the next append: otherwise a
+	// crash could leave that append over the old contents, whose remains
+	// would follow it as a damaged batch.
+	if err := p.truncFile(p.journal, 0); err != nil {
+		p.journalBad = true
+		return fmt.Errorf("empty leases journal %s: %w", p.jpath, err)
+	}
+	if err := p.syncFile(p.journal); err != nil {
+		p.journalBad = true
+		return fmt.Errorf("empty leases journal %s: sync: %w", p.jpath, err)
+	}
+	p.journalLen = 0
+	p.journalBad = false
+	return nil
+}
+
+// commitLocked makes the leases adds durable, as records op of one batch
+// appended to the journal. If the journal cannot be appended to (see
+// appendLocked), it compacts first. The caller holds writeMu and not mu,
+// and adds does not change meanwhile.
+func (p *Pool) commitLocked(op string, adds map[string]lease) error {
+	if p.journalBad {
+		if err := p.compactLocked(); err != nil {
+			return err
+		}
+	}
+	return p.appendLocked(op, adds)
+}
+
+// appendLocked appends a batch of the records op of the leases adds to
+// the journal, with one write (at journalLen) and one fsync. If either fails, it cuts the
+// journal back to its whole batches, so that no later append follows the
+// remains of this one (which would make the journal corrupt, see
+// parseJournal); if that fails too, it marks the journal bad, and nothing
+// more is appended until a compaction has emptied it. The caller holds
+// writeMu.
+func (p *Pool) appendLocked(op string, adds map[string]lease) error {
+	b := p.jbuf[:0]
+	var err error
+	for id, l := range adds {
+		if b, err = appendJournalRecord(b, op, id, l); err != nil {
+			return fmt.Errorf("encode leases journal %s: %w", p.jpath, err)
+		}
+	}
+	b = appendJournalCommit(b, p.gen, len(adds))
+	p.jbuf = b
+	if _, err = p.writeFile(p.journal, b, p.journalLen); err == nil {
+		if err = p.syncFile(p.journal); err != nil {
+			err = fmt.Errorf("sync: %w", err)
+		}
+	}
+	if err != nil {
+		if terr := p.truncFile(p.journal, p.journalLen); terr != nil {
+			p.journalBad = true
+		}
+		return fmt.Errorf("append to leases journal %s: %w", p.jpath, err)
+	}
+	p.journalLen += int64(len(b))
+	if p.onAppend != nil {
+		p.onAppend()
+	}
+	return nil
+}
+
+// openJournal opens the journal for appends. If it exists, its whole
+// batches span its first good of size bytes, and the rest, a batch cut
+// short by a crash, is cut off; if not, it is created, and its directory
+// synced so that it stays. It runs before p is shared.
+func (p *Pool) openJournal(exists bool, size, good int64) error {
+	// Not O_APPEND: appendLocked writes where the whole batches end
+	// (journalLen), and on Windows a file opened for appends cannot be
+	// truncated.
+	f, err := os.OpenFile(p.jpath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open leases journal: %w", err)
+	}
+	if good < size {
+		if err := p.truncFile(f, good); err != nil {
+			f.Close()
+			return fmt.Errorf("cut incomplete batch off leases journal %s: %w", p.jpath, err)
+		}
+		if err := p.syncFile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("cut incomplete batch off leases journal %s: sync: %w", p.jpath, err)
+		}
+	}
+	if !exists {
+		if err := syncDir(filepath.Dir(p.jpath), p.syncFile); err != nil {
+			f.Close()
+			return fmt.Errorf("create leases journal %s: %w", p.jpath, err)
+		}
+	}
+	p.journal = f
+	p.journalLen = good
+	return nil
 }
 
 // sortEntries returns entries sorted by address. Every lease is a client
@@ -246,18 +608,23 @@ func (p *Pool) sortEntries(entries []leaseEntry) []leaseEntry {
 	return sorted
 }
 
-// appendLeaseFile appends the leases file of subnet and entries to b,
-// byte for byte as json.MarshalIndent(leaseFile, "", "  ") plus a newline
-// would, without its reflection: for 10,000 leases MarshalIndent took
-// about 18 ms and this about 1 ms (BenchmarkLeasesEncode), and it was
-// what capped new identities at about 40 a second. TestAppendLeaseFile
-// holds the two equal.
-func appendLeaseFile(b []byte, subnet netip.Prefix, entries []leaseEntry) ([]byte, error) {
+// appendLeaseFile appends the leases file of subnet, generation gen and
+// entries to b, byte for byte as json.MarshalIndent(leaseFile, "", "  ")
+// plus a newline would, without its reflection: for 10,000 leases
+// MarshalIndent took about 18 ms and this about 1 ms
+// (BenchmarkLeasesEncode), and it was what capped new identities at about
+// 40 a second before the journal. TestAppendLeaseFile holds the two equal.
+func appendLeaseFile(b []byte, subnet netip.Prefix, gen uint64, entries []leaseEntry) ([]byte, error) {
 	b = append(b, "{\n  \"version\": "...)
 	b = strconv.AppendInt(b, LeasesVersion, 10)
 	b = append(b, ",\n  \"subnet\": \""...)
 	b = subnet.AppendTo(b) // as MarshalText; never needs escaping
-	b = append(b, "\",\n  \"leases\": ["...)
+	b = append(b, '"')
+	if gen != 0 {
+		b = append(b, ",\n  \"generation\": "...)
+		b = strconv.AppendUint(b, gen, 10)
+	}
+	b = append(b, ",\n  \"leases\": ["...)
 	var err error
 	for i, e := range entries {
 		if i > 0 {
@@ -282,6 +649,34 @@ func appendLeaseFile(b []byte, subnet netip.Prefix, entries []leaseEntry) ([]byt
 	}
 	b = append(b, "]\n}\n"...)
 	return b, nil
+}
+
+// appendJournalRecord appends the journal line of a record op (opAdd or
+// opPin) of identity's new lease l to b, as json.Marshal(journalRecord)
+// would write its fields (TestAppendJournal holds them equal).
+func appendJournalRecord(b []byte, op, identity string, l lease) ([]byte, error) {
+	b = append(b, `{"op":"`...)
+	b = append(b, op...)
+	b = append(b, `","identity":`...)
+	b = appendJSONString(b, identity)
+	b = append(b, `,"addr":"`...)
+	b = l.addr.AppendTo(b)
+	b = append(b, `","at":"`...)
+	b, err := l.first.AppendText(b)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, "\"}\n"...), nil
+}
+
+// appendJournalCommit appends the journal line that ends a batch of
+// entries records extending the snapshot of generation gen to b.
+func appendJournalCommit(b []byte, gen uint64, entries int) []byte {
+	b = append(b, `{"op":"commit","gen":`...)
+	b = strconv.AppendUint(b, gen, 10)
+	b = append(b, `,"entries":`...)
+	b = strconv.AppendInt(b, int64(entries), 10)
+	return append(b, "}\n"...)
 }
 
 // appendJSONString appends s as a JSON string, escaped as encoding/json
@@ -350,6 +745,12 @@ func writeLeases(path string, data []byte, syncFile func(*os.File) error) (err e
 		return err
 	}
 	// The rename is durable only once the directory entry is.
+	return syncDir(dir, syncFile)
+}
+
+// syncDir syncs the directory dir, so that the entries made, renamed or
+// removed in it are durable. syncFile is (*os.File).Sync except in tests.
+func syncDir(dir string, syncFile func(*os.File) error) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -73,60 +75,96 @@ func openBenchPool(b *testing.B, base string, fakeSync bool) (*Pool, *atomic.Int
 }
 
 // BenchmarkOpenPoolAssignNew measures Assign of new identities on a Pool
-// that already holds 10,000 leases, with 1, 10 and 200 concurrent callers,
-// each with a real temporary directory and with real or fake fsyncs (fake
-// separates the cost of the fsyncs from that of encoding and writing the
-// file). ns/op is the time per new identity; ids/s is its inverse;
-// fsyncs/id is 2 (file and directory) without batching.
+// that already holds 100 or 10,000 leases, with 1, 10 and 200 concurrent
+// callers, each with a real temporary directory and with real or fake
+// fsyncs (fake separates the cost of the fsyncs from that of encoding and
+// writing). ns/op is the time per new identity; ids/s is its inverse;
+// cpu-ns/id the CPU time (user and system, all threads) per new identity;
+// fsyncs/id the fsyncs per new identity, and B/id the bytes written (to
+// any file) per new identity.
 //
-// The pool is reopened (untimed) from the 10,000-lease file every
-// chunk identities, so that the file the writes cost stays near 10,000
-// leases however large b.N grows.
+// The pool is reopened (untimed) from the file of existing leases every
+// tenth of their number (at least 100) of new identities, so that the pool
+// stays near its size however large b.N grows. A reopened pool starts with
+// an empty journal, which those new identities do not fill up to the
+// compaction bound (the snapshot's size): BenchmarkLeasesWrite measures
+// a compaction, and what it adds to each new identity.
 func BenchmarkOpenPoolAssignNew(b *testing.B) {
-	const existing, chunk = 10_000, 1_000
-	base := filepath.Join(b.TempDir(), "base.json")
-	writeBenchLeases(b, base, existing)
-	for _, fsync := range []string{"real", "fake"} {
-		for _, callers := range []int{1, 10, 200} {
-			b.Run(fmt.Sprintf("fsync=%s/callers=%d", fsync, callers), func(b *testing.B) {
-				var ids, syncsTotal int64
-				for ids < int64(b.N) {
-					b.StopTimer()
-					p, syncs := openBenchPool(b, base, fsync == "fake")
-					n := min(int64(b.N)-ids, chunk)
-					var next atomic.Int64
-					var wg sync.WaitGroup
-					b.StartTimer()
-					for range callers {
-						wg.Go(func() {
-							for {
-								i := next.Add(1) - 1
-								if i >= n {
-									return
+	for _, existing := range []int{100, 10_000} {
+		chunk := int64(max(existing/10, 100))
+		base := filepath.Join(b.TempDir(), "base.json")
+		writeBenchLeases(b, base, existing)
+		for _, fsync := range []string{"real", "fake"} {
+			for _, callers := range []int{1, 10, 200} {
+				b.Run(fmt.Sprintf("leases=%d/fsync=%s/callers=%d", existing, fsync, callers), func(b *testing.B) {
+					var ids, syncsTotal, bytesTotal int64
+					var cpu time.Duration
+					for ids < int64(b.N) {
+						b.StopTimer()
+						p, syncs := openBenchPool(b, base, fsync == "fake")
+						wchar0, cpu0 := wchar(), cpuTime()
+						n := min(int64(b.N)-ids, chunk)
+						var next atomic.Int64
+						var wg sync.WaitGroup
+						b.StartTimer()
+						for range callers {
+							wg.Go(func() {
+								for {
+									i := next.Add(1) - 1
+									if i >= n {
+										return
+									}
+									id := fmt.Sprintf("CN=new-%d-%d", ids, i)
+									if _, err := p.Assign(id); err != nil {
+										b.Error(err)
+										return
+									}
 								}
-								id := fmt.Sprintf("CN=new-%d-%d", ids, i)
-								if _, err := p.Assign(id); err != nil {
-									b.Error(err)
-									return
-								}
-							}
-						})
+							})
+						}
+						wg.Wait()
+						b.StopTimer()
+						cpu += cpuTime() - cpu0
+						ids += n
+						syncsTotal += syncs.Load()
+						bytesTotal += wchar() - wchar0
 					}
-					wg.Wait()
-					b.StopTimer()
-					ids += n
-					syncsTotal += syncs.Load()
-				}
-				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ids/s")
-				b.ReportMetric(float64(syncsTotal)/float64(b.N), "fsyncs/id")
-			})
+					b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ids/s")
+					b.ReportMetric(float64(syncsTotal)/float64(b.N), "fsyncs/id")
+					if cpu > 0 {
+						b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/id")
+					}
+					if bytesTotal > 0 {
+						b.ReportMetric(float64(bytesTotal)/float64(b.N), "B/id")
+					}
+				})
+			}
 		}
 	}
 }
 
-// BenchmarkLeasesWrite measures one write of a leases file with 10,000
-// leases (Flush after a reconnect changed a last-assigned time), with real
-// or fake fsyncs.
+// wchar returns the bytes this process has passed to write calls so far
+// (wchar of /proc/self/io), or 0 where that is not known.
+func wchar() int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, "wchar: "); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// BenchmarkLeasesWrite measures one compaction of 10,000 leases (Flush
+// after a reconnect changed a last-assigned time), with real or fake
+// fsyncs. A pool compacts once its journal is as large as its snapshot,
+// which takes ids/compaction new identities if each comes alone (batches
+// of several take more, as they share a commit line): amortized-ns/id is
+// what compactions add to each of them, at most.
 func BenchmarkLeasesWrite(b *testing.B) {
 	const existing = 10_000
 	base := filepath.Join(b.TempDir(), "base.json")
@@ -145,6 +183,43 @@ func BenchmarkLeasesWrite(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			// The journal batch of one new identity like those in the
+			// snapshot.
+			one, err := appendJournalRecord(nil, opAdd, fmt.Sprintf("CN=client-%06d,O=Example Corp", existing), lease{addr: addOffset(p.first, existing), first: clock})
+			if err != nil {
+				b.Fatal(err)
+			}
+			one = appendJournalCommit(one, p.gen, 1)
+			perCompaction := float64(p.snapLen) / float64(len(one))
+			b.ReportMetric(perCompaction, "ids/compaction")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/perCompaction, "amortized-ns/id")
+		})
+	}
+}
+
+// BenchmarkOpenPoolReplay measures OpenPool, as at a restart, of 10,000
+// leases: all in the snapshot, and with a journal of 10,000 more in
+// batches of one, about as much as the journal holds before a compaction.
+func BenchmarkOpenPoolReplay(b *testing.B) {
+	const existing = 10_000
+	base := filepath.Join(b.TempDir(), "base.json")
+	writeBenchLeases(b, base, existing)
+	for _, journal := range []int{0, existing} {
+		b.Run(fmt.Sprintf("journal=%d", journal), func(b *testing.B) {
+			p, _ := openBenchPool(b, base, true)
+			p.compactMin = 1 << 40
+			for i := range journal {
+				if _, err := p.Assign(fmt.Sprintf("CN=new-%06d,O=Example Corp", i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				q, warnings, err := OpenPool(benchSubnet, p.path)
+				if err != nil || len(warnings) > 0 || q.Len() != existing+journal {
+					b.Fatalf("OpenPool: %v, %v, %d leases", err, warnings, q.Len())
+				}
+				q.journal.Close()
+			}
 		})
 	}
 }
@@ -160,12 +235,12 @@ func BenchmarkLeasesEncode(b *testing.B) {
 		for b.Loop() {
 			p.writeMu.Lock()
 			p.mu.Lock()
-			p.snapshotLocked(nil, "")
+			p.snapshotLocked()
 			p.mu.Unlock()
 			p.writeMu.Unlock()
 		}
 	})
-	entries := slices.Clone(p.snapshotLocked(nil, ""))
+	entries := slices.Clone(p.snapshotLocked())
 	b.Run("sort", func(b *testing.B) {
 		for b.Loop() {
 			p.sortEntries(entries)
@@ -176,7 +251,7 @@ func BenchmarkLeasesEncode(b *testing.B) {
 		var buf []byte
 		for b.Loop() {
 			var err error
-			if buf, err = appendLeaseFile(buf[:0], p.Subnet(), entries); err != nil {
+			if buf, err = appendLeaseFile(buf[:0], p.Subnet(), 7, entries); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -43,6 +43,24 @@ func dirNames(t *testing.T, dir string) []string {
 	return names
 }
 
+// checkLeaseFiles checks that the directory of path holds the snapshot
+// path and its journal, and nothing else (no temporary files), and that
+// the journal holds whole batches only.
+func checkLeaseFiles(t *testing.T, path string) {
+	t.Helper()
+	dir := filepath.Dir(path)
+	if got, want := dirNames(t, dir), []string{filepath.Base(path), filepath.Base(path) + journalSuffix}; !slices.Equal(got, want) {
+		t.Errorf("files in %s = %q, want %q", dir, got, want)
+	}
+	data, err := os.ReadFile(path + journalSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, n, err := parseJournal(data); err != nil || n != len(data) {
+		t.Errorf("journal %q: whole batches span %d of %d bytes, %v; want all", data, n, len(data), err)
+	}
+}
+
 func mustOpenPool(t *testing.T, subnet, path string) *Pool {
 	t.Helper()
 	p, warnings, err := OpenPool(netip.MustParsePrefix(subnet), path)
@@ -96,23 +114,23 @@ func TestLeasesReopen(t *testing.T) {
 		t.Fatalf("Reserve(dave): %v", err)
 	}
 	mustAssign(t, p, "carol", "100.64.0.5")
-	if *syncs != 8 {
-		t.Errorf("4 new leases made %d fsyncs, want 8 (file and directory per lease)", *syncs)
+	if *syncs != 4 {
+		t.Errorf("4 new leases made %d fsyncs, want 4 (an append to the journal per lease)", *syncs)
 	}
 	clock = t0.Add(time.Hour)
 	mustAssign(t, p, "alice", "100.64.0.2") // reconnect: no write
 	if err := p.Reserve("dave", netip.MustParseAddr("100.64.0.4")); err != nil {
 		t.Fatalf("Reserve(dave) again: %v", err)
 	}
-	if *syncs != 8 {
-		t.Errorf("existing leases made %d fsyncs, want none", *syncs-8)
+	if *syncs != 4 {
+		t.Errorf("existing leases made %d fsyncs, want none", *syncs-4)
 	}
-	if got := dirNames(t, dir); !slices.Equal(got, []string{"leases.json"}) {
-		t.Errorf("files in %s = %q, want only leases.json", dir, got)
-	}
+	checkLeaseFiles(t, path)
 	if runtime.GOOS != "windows" {
-		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
-			t.Errorf("leases file: %v, %v; want mode 0600", fi.Mode(), err)
+		for _, file := range []string{path, path + journalSuffix} {
+			if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: %v, %v; want mode 0600", file, fi.Mode(), err)
+			}
 		}
 	}
 	want := leaseText(p)
@@ -142,8 +160,11 @@ func TestLeasesReopen(t *testing.T) {
 	if err := q.Flush(); err != nil {
 		t.Fatalf("Flush: %v", err)
 	}
-	if *syncs != 2 {
-		t.Errorf("two Flushes after one reconnect made %d fsyncs, want 2 (one write)", *syncs)
+	if *syncs != 3 {
+		t.Errorf("two Flushes after one reconnect made %d fsyncs, want 3 (one compaction: snapshot, directory, emptied journal)", *syncs)
+	}
+	if fi, err := os.Stat(path + journalSuffix); err != nil || fi.Size() != 0 {
+		t.Errorf("journal after Flush: %v, %v; want it empty", fi, err)
 	}
 	r := mustOpenPool(t, "100.64.0.0/24", path)
 	if l := r.byID["alice"]; !l.first.Equal(t0) || !l.last.Equal(clock) {
@@ -154,30 +175,86 @@ func TestLeasesReopen(t *testing.T) {
 	}
 }
 
+// TestLeasesFileFormat pins the formats of the journal, after a new
+// lease, and of the snapshot, after Flush compacts.
 func TestLeasesFileFormat(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.json")
 	p := mustOpenPool(t, "fd00:64::/120", path)
 	p.now = func() time.Time { return time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC) }
 	mustAssign(t, p, "CN=alice", "fd00:64::2")
-	got, err := os.ReadFile(path)
-	if err != nil {
+	if _, err := p.Pin("bob", netip.MustParseAddr("fd00:64::9")); err != nil {
 		t.Fatal(err)
 	}
-	want := `{
+	steps := []struct {
+		name     string
+		do       func() error
+		snapshot string
+		journal  string
+	}{
+		{
+			name: "after Assign and Pin",
+			do:   func() error { return nil },
+			snapshot: `{
   "version": 1,
   "subnet": "fd00:64::/120",
+  "leases": []
+}
+`,
+			journal: `{"op":"add","identity":"CN=alice","addr":"fd00:64::2","at":"2026-05-01T10:00:00Z"}
+{"op":"commit","gen":0,"entries":1}
+{"op":"pin","identity":"bob","addr":"fd00:64::9","at":"2026-05-01T10:00:00Z"}
+{"op":"commit","gen":0,"entries":1}
+`,
+		},
+		{
+			name: "after Flush",
+			do:   p.Flush,
+			snapshot: `{
+  "version": 1,
+  "subnet": "fd00:64::/120",
+  "generation": 1,
   "leases": [
     {
       "identity": "CN=alice",
       "addr": "fd00:64::2",
       "first_assigned": "2026-05-01T10:00:00Z",
       "last_assigned": "2026-05-01T10:00:00Z"
+    },
+    {
+      "identity": "bob",
+      "addr": "fd00:64::9",
+      "first_assigned": "2026-05-01T10:00:00Z",
+      "last_assigned": "2026-05-01T10:00:00Z"
     }
   ]
 }
-`
-	if string(got) != want {
-		t.Errorf("leases file:\n%s\nwant:\n%s", got, want)
+`,
+		},
+		{
+			name: "after another Assign",
+			do: func() error {
+				_, err := p.Assign("carol")
+				return err
+			},
+			snapshot: "", // unchanged
+			journal: `{"op":"add","identity":"carol","addr":"fd00:64::3","at":"2026-05-01T10:00:00Z"}
+{"op":"commit","gen":1,"entries":1}
+`,
+		},
+	}
+	var snapshot string
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if st.snapshot != "" {
+			snapshot = st.snapshot
+		}
+		for _, f := range []struct{ path, want string }{{path, snapshot}, {path + journalSuffix, st.journal}} {
+			if got, err := os.ReadFile(f.path); err != nil || string(got) != f.want {
+				t.Errorf("%s: %s:\n%s\nwant:\n%s", st.name, f.path, got, f.want)
+			}
+		}
 	}
 }
 
@@ -200,9 +277,7 @@ func TestLeasesWriteFailure(t *testing.T) {
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, before) {
 		t.Errorf("leases file after failed write = %q, %v; want unchanged %q", got, err, before)
 	}
-	if got := dirNames(t, dir); !slices.Equal(got, []string{"leases.json"}) {
-		t.Errorf("files in %s after failed write = %q, want only leases.json", dir, got)
-	}
+	checkLeaseFiles(t, path)
 	if a, ok := p.Lookup("bob"); ok {
 		t.Errorf("Lookup(bob) after failed Assign = %v, true; want no lease", a)
 	}
@@ -239,13 +314,21 @@ func TestLeasesUnwritableDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Chmod(dir, 0o700) })
-	if a, err := p.Assign("bob"); err == nil {
-		t.Fatalf("Assign(bob) in read-only directory = %v, nil; want error", a)
+	// The journal is a file of its own: new leases are still appended to
+	// it, but a compaction, which writes a new snapshot next to it, fails,
+	// and loses nothing.
+	mustAssign(t, p, "bob", "100.64.0.3")
+	if err := p.Flush(); err == nil {
+		t.Fatalf("Flush in read-only directory = nil, want error")
 	}
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, before) {
 		t.Errorf("leases file after failed write = %q, %v; want unchanged %q", got, err, before)
 	}
 	mustAssign(t, p, "alice", "100.64.0.2")
+	mustAssign(t, p, "carol", "100.64.0.4")
+	if q := mustOpenPool(t, "100.64.0.0/24", path); leaseText(q) != leaseText(p) {
+		t.Errorf("reopened leases:\n%s\nwant:\n%s", leaseText(q), leaseText(p))
+	}
 
 	// A missing leases file that cannot be created stops OpenPool.
 	if _, _, err := OpenPool(netip.MustParsePrefix("100.64.0.0/24"), filepath.Join(dir, "other.json")); err == nil {
@@ -481,59 +564,62 @@ func TestLeasesConcurrent(t *testing.T) {
 	if got, want := leaseText(q), leaseText(p); got != want || q.Len() != identities {
 		t.Errorf("reopened leases:\n%s\nwant %d leases:\n%s", got, identities, want)
 	}
-	if got := dirNames(t, dir); !slices.Equal(got, []string{"leases.json"}) {
-		t.Errorf("files in %s = %q, want only leases.json", dir, got)
-	}
+	checkLeaseFiles(t, path)
 }
 
 // TestLeasesKill9 kills a process that is assigning addresses as fast as it
-// can, and checks that the leases file it leaves is complete and holds
-// every lease the process handed out.
+// can, and checks that the leases files it leaves are complete and hold
+// every lease the process handed out: with appends to the journal only,
+// and with a compaction after every other lease, so that the kill may land
+// in one.
 func TestLeasesKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a child process")
 	}
-	dir := t.TempDir()
-	path := filepath.Join(dir, "leases.json")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLeasesKill9Child$")
-	cmd.Env = append(os.Environ(), "ROUTING_LEASES_CHILD="+path)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	handedOut := map[string]string{} // identity -> address
-	sc := bufio.NewScanner(out)
-	for len(handedOut) < 40 && sc.Scan() {
-		id, addr, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			t.Errorf("child: %s", sc.Text())
-			continue
-		}
-		handedOut[id] = addr
-	}
-	cmd.Process.Kill() // SIGKILL: the child is in the middle of an Assign
-	cmd.Wait()
-	if len(handedOut) < 40 {
-		t.Fatalf("child handed out %d addresses before it stopped, want 40", len(handedOut))
-	}
+	for _, mode := range []string{"append", "compact"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "leases.json")
+			cmd := exec.Command(os.Args[0], "-test.run=^TestLeasesKill9Child$")
+			cmd.Env = append(os.Environ(), "ROUTING_LEASES_CHILD="+path, "ROUTING_LEASES_CHILD_MODE="+mode)
+			cmd.Stderr = os.Stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			handedOut := map[string]string{} // identity -> address
+			sc := bufio.NewScanner(out)
+			for len(handedOut) < 40 && sc.Scan() {
+				id, addr, ok := strings.Cut(sc.Text(), " ")
+				if !ok {
+					t.Errorf("child: %s", sc.Text())
+					continue
+				}
+				handedOut[id] = addr
+			}
+			cmd.Process.Kill() // SIGKILL: the child is in the middle of an Assign
+			cmd.Wait()
+			if len(handedOut) < 40 {
+				t.Fatalf("child handed out %d addresses before it stopped, want 40", len(handedOut))
+			}
 
-	p := mustOpenPool(t, "100.64.0.0/20", path)
-	for id, addr := range handedOut {
-		if got, ok := p.Lookup(id); !ok || got.String() != addr {
-			t.Errorf("after kill -9: Lookup(%s) = %v, %v; want %s", id, got, ok, addr)
-		}
-	}
-	if got := dirNames(t, dir); !slices.Equal(got, []string{"leases.json"}) {
-		t.Errorf("files in %s after OpenPool = %q, want only leases.json (stale temporary files removed)", dir, got)
+			p := mustOpenPool(t, "100.64.0.0/20", path)
+			for id, addr := range handedOut {
+				if got, ok := p.Lookup(id); !ok || got.String() != addr {
+					t.Errorf("after kill -9: Lookup(%s) = %v, %v; want %s", id, got, ok, addr)
+				}
+			}
+			checkLeaseFiles(t, path) // stale temporary files removed, the journal's incomplete batch cut off
+		})
 	}
 }
 
 // TestLeasesKill9Child is TestLeasesKill9's child process: it assigns
-// addresses until it is killed, printing each one once Assign returns.
+// addresses until it is killed, printing each one once Assign returns, and
+// in mode "compact" Flushes (compacts) after every other one.
 func TestLeasesKill9Child(t *testing.T) {
 	path := os.Getenv("ROUTING_LEASES_CHILD")
 	if path == "" {
@@ -544,6 +630,7 @@ func TestLeasesKill9Child(t *testing.T) {
 		fmt.Println(err)
 		return
 	}
+	compact := os.Getenv("ROUTING_LEASES_CHILD_MODE") == "compact"
 	for i := 0; ; i++ {
 		id := fmt.Sprintf("client-%d", i)
 		a, err := p.Assign(id)
@@ -552,5 +639,11 @@ func TestLeasesKill9Child(t *testing.T) {
 			return
 		}
 		fmt.Println(id, a)
+		if compact && i%2 == 1 {
+			if err := p.Flush(); err != nil {
+				fmt.Println(err)
+				return
+			}
+		}
 	}
 }
