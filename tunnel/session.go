@@ -113,8 +113,10 @@ const DefaultQueueLen = 32
 const maxChunksPerWrite = 16
 
 // Session moves packets between one TLS connection and the TUN device.
-// Run starts two goroutines, the writer (queue -> TLS) and the reader
-// (TLS -> TUN), and runs the control loop (pings, pongs, deadline) itself.
+// Run starts two goroutines: the writer (queue -> TLS, and PINGs and
+// PONGs) and the reader (TLS -> TUN). The shared keepalive wheel
+// (keepalive.go) schedules PINGs and ends a session whose peer went
+// silent.
 type Session struct {
 	// Immutable after NewSession.
 	cfg     SessionConfig
@@ -123,6 +125,7 @@ type Session struct {
 	stats   *Stats
 	queue   chan *chunk
 	pongs   chan [PingLen]byte
+	pingDue chan struct{} // the keepalive wheel: send a PING
 	done    chan struct{} // closed when Run returns
 	peerGSO bool          // may send DATA_GSO
 	gdev    tun.GSODevice // non-nil: DATA_GSO accepted and written whole
@@ -215,6 +218,7 @@ func NewSession(cfg SessionConfig) *Session {
 		stats:        stats,
 		queue:        make(chan *chunk, cfg.QueueLen),
 		pongs:        make(chan [PingLen]byte, 4),
+		pingDue:      make(chan struct{}, 1),
 		done:         make(chan struct{}),
 		peerGSO:      cfg.PeerGSO,
 		started:      time.Now(),
@@ -294,10 +298,13 @@ func (s *Session) Run(ctx context.Context) error {
 	readerDone := make(chan struct{})
 	run(s.writeLoop, nil)
 	run(s.readLoop, readerDone)
-	// The control loop (pings, pongs, the deadline) runs on Run's own
-	// goroutine, which would otherwise only wait: one goroutine, and its
-	// stack, less per session. It returns when ctx ends.
-	guard(s.controlLoop)
+	// Pings are scheduled by the shared keepalive wheel (keepalive.go),
+	// which also ends a session whose peer went silent; PINGs and PONGs
+	// are written by the writer.
+	if s.cfg.Keepalive > 0 {
+		wheel.add(s, time.Now())
+		defer wheel.remove(s)
+	}
 
 	<-s.ctx.Done()
 	cause := context.Cause(s.ctx)
@@ -493,6 +500,16 @@ func (s *Session) writeLoop() error {
 			s.wmu.Unlock()
 			if err != nil {
 				return s.ioErr("write", err)
+			}
+		case p := <-s.pongs:
+			if err := s.writeControl(TypePong, p[:]); err != nil {
+				return err
+			}
+		case <-s.pingDue:
+			var p [PingLen]byte
+			binary.BigEndian.PutUint64(p[:], uint64(time.Now().UnixNano()))
+			if err := s.writeControl(TypePing, p[:]); err != nil {
+				return err
 			}
 		case <-s.ctx.Done():
 			return nil
@@ -806,38 +823,3 @@ func (s *Session) allowedSrc(a netip.Addr) bool {
 	return false
 }
 
-// controlLoop sends pings, answers pings with pongs and enforces the
-// keepalive deadline.
-func (s *Session) controlLoop() error {
-	var tick <-chan time.Time
-	if s.cfg.Keepalive > 0 {
-		t := time.NewTicker(s.cfg.Keepalive)
-		defer t.Stop()
-		tick = t.C
-	}
-	seen, lastChange := s.rxFrames.Load(), time.Now()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return nil
-		case p := <-s.pongs:
-			if err := s.writeControl(TypePong, p[:]); err != nil {
-				return err
-			}
-		case now := <-tick:
-			if cur := s.rxFrames.Load(); cur != seen {
-				seen, lastChange = cur, now
-				if s.cfg.PingWhenIdle {
-					continue // the peer is alive and its traffic keeps the path open
-				}
-			} else if now.Sub(lastChange) >= s.cfg.DeadAfter {
-				return ErrKeepaliveTimeout
-			}
-			var p [PingLen]byte
-			binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
-			if err := s.writeControl(TypePing, p[:]); err != nil {
-				return err
-			}
-		}
-	}
-}
