@@ -822,4 +822,3 @@ func (s *Session) allowedSrc(a netip.Addr) bool {
 	}
 	return false
 }
-
