@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
+	"runtime/metrics"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -473,6 +475,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		reload = func() { reloadClients(o.clients, pool, pool6, &policies, srv, log) }
 	}
 	go watchPeers(ctx, srv, rev, o.crlCheck, reload, log)
+	go releaseMemory(ctx, time.Minute)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
 		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive, "congestion", cli.CongestionName(congestion))
 	err = srv.Serve(ctx, ln) // closes dev
@@ -503,6 +506,29 @@ func connectionLimit(flag int) (maxConns int, nofile uint64) {
 // watchPeers reloads the CRL when its file changes or on SIGHUP, and
 // closes live sessions whose certificate was revoked or has expired. On
 // SIGHUP it also calls reload (the --clients file).
+// releaseMemory gives freed heap back to the system every interval once
+// a good deal of it sits unused: after a crowd of clients has come and
+// gone (a restart, a reconnect storm), the Go runtime would otherwise keep
+// the pages of their sessions for a long while, and RSS would stay at the
+// crowd's level. It costs one garbage collection when it acts.
+func releaseMemory(ctx context.Context, every time.Duration) {
+	const worthIt = 32 << 20
+	samples := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		metrics.Read(samples)
+		if samples[0].Value.Kind() == metrics.KindUint64 && samples[0].Value.Uint64() > worthIt {
+			debug.FreeOSMemory()
+		}
+	}
+}
+
 func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, every time.Duration, reload func(), log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
