@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -401,7 +402,7 @@ func (c *RecordConn) Flush() error {
 func (c *RecordConn) SendPending() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.werr != nil || c.pending.Load() == 0 {
+	if c.werr != nil || (c.pending.Load() == 0 && len(c.out) == 0) {
 		return c.werr
 	}
 	if err := c.updateLocked(); err != nil {
@@ -412,6 +413,56 @@ func (c *RecordConn) SendPending() error {
 		return nil
 	}
 	return c.sendLocked()
+}
+
+// TrySend seals p (a whole frame) in a record and tries to send it at
+// once without blocking, for a reader that answers a PING itself instead
+// of waking the writer. It returns false, having done nothing, when the
+// write side is busy or the connection cannot write without blocking
+// (not a socket). It returns true when the record is sealed: sent, or,
+// if the socket buffer was full, left for the writer's next send (then
+// flush is true and the caller must wake the writer to SendPending).
+func (c *RecordConn) TrySend(p []byte) (ok, flush bool, err error) {
+	sc, isSock := c.Conn.(syscall.Conn)
+	if !isSock || !c.wmu.TryLock() {
+		return false, false, nil
+	}
+	defer c.wmu.Unlock()
+	if c.werr != nil || c.holding || len(c.out) > 0 {
+		return false, false, c.werr
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false, false, nil
+	}
+	if err := c.sealLocked(recordTypeAppData, p, false); err != nil {
+		c.werr = err
+		return true, false, err
+	}
+	var n int
+	var werr error
+	if err := raw.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), c.out)
+		return true // one attempt: never wait for the socket here
+	}); err != nil {
+		werr = err
+	}
+	if n < 0 {
+		n = 0
+	}
+	switch {
+	case n == len(c.out):
+		c.out = c.out[:0]
+		c.sendLocked() // gives the send buffer back
+		return true, false, nil
+	case werr == nil || errors.Is(werr, syscall.EAGAIN) || errors.Is(werr, syscall.EINTR):
+		// Part or none of the record went out: the rest goes with the
+		// writer's next send, in order.
+		c.out = append(c.out[:0], c.out[n:]...)
+		return true, true, nil
+	}
+	c.werr = werr
+	return true, false, werr
 }
 
 // Write implements net.Conn: p is sealed into records of at most 16 KiB.

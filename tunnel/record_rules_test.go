@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -616,5 +617,67 @@ func TestBatchConnCountsRecords(t *testing.T) {
 	srv.bc.mu.Unlock()
 	if _, err := srv.tc.Write([]byte("x")); !errors.Is(err, errRecordLimit) {
 		t.Fatalf("write past the limit on crypto/tls: %v, want %v", err, errRecordLimit)
+	}
+}
+
+// TestTrySendKeepsOrder: TrySend never blocks; when the socket is full it
+// leaves the rest of the record for the writer's next send, and every
+// record still arrives whole and in order.
+func TestTrySendKeepsOrder(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	peer := <-accepted
+	defer peer.Close()
+	c.(*net.TCPConn).SetWriteBuffer(4096)
+	peer.(*net.TCPConn).SetReadBuffer(4096)
+	secret := randomSecret(t)
+	rc := newRecordConn(c, mustKeys(t, secret), 0, mustKeys(t, randomSecret(t)), 0, nil)
+	frame := func(i int) []byte { return AppendFrame(nil, TypePong, true, []byte{byte(i), 1, 2, 3, 4, 5, 6, 7}) }
+	sent, queued := 0, false
+	for ; sent < 100000 && !queued; sent++ {
+		ok, flush, err := rc.TrySend(frame(sent))
+		if err != nil || !ok {
+			t.Fatalf("TrySend %d: %v, %v", sent, ok, err)
+		}
+		queued = flush
+	}
+	if !queued {
+		t.Fatal("the socket never filled")
+	}
+	if ok, _, _ := rc.TrySend(frame(sent)); ok {
+		t.Fatal("TrySend went on with a record left over")
+	}
+	// The reader drains while the writer sends what was left.
+	got := make(chan error, 1)
+	go func() {
+		rx := newRecordConn(peer, mustKeys(t, randomSecret(t)), 0, mustKeys(t, secret), 0, nil)
+		b := make([]byte, HeaderLen+PingLen)
+		for i := range sent {
+			if err := rx.ReadFull(b, false); err != nil {
+				got <- err
+				return
+			}
+			if !bytes.Equal(b, frame(i)) {
+				got <- fmt.Errorf("record %d is %x, want %x", i, b, frame(i))
+				return
+			}
+		}
+		got <- nil
+	}()
+	if err := rc.SendPending(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -664,6 +664,35 @@ func (s *Session) flushRx() error {
 	return nil
 }
 
+// pongNow answers the PING in s.ctl: on the reader's own goroutine when
+// the write side is idle and the socket takes the record at once (an idle
+// gateway's keepalive then costs one wake-up per PING, not two), otherwise
+// through the writer.
+func (s *Session) pongNow() error {
+	if s.rc != nil && s.wmu.TryLock() {
+		var b [HeaderLen + PingLen]byte
+		ok, flush, err := s.rc.TrySend(AppendFrame(b[:0], TypePong, true, s.ctl[:]))
+		s.wmu.Unlock()
+		if err != nil {
+			return s.ioErr("write", err)
+		}
+		if flush {
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		}
+		if ok {
+			return nil
+		}
+	}
+	select {
+	case s.pongs <- s.ctl:
+	default: // the peer pings faster than we answer: skip
+	}
+	return nil
+}
+
 // releaseRx returns the receive buffers to the pool after a write to the
 // TUN (or at the end): the next batch takes fresh ones.
 func (s *Session) releaseRx() {
@@ -724,9 +753,8 @@ func (s *Session) readFrame() error {
 		if err := s.countControl(); err != nil {
 			return err
 		}
-		select {
-		case s.pongs <- s.ctl:
-		default: // the peer pings faster than we answer: skip
+		if err := s.pongNow(); err != nil {
+			return err
 		}
 	case TypePong:
 		if err := s.readFull(s.ctl[:], false); err != nil {
