@@ -11,7 +11,7 @@
 #   restart  ramp up, hold LOAD_RESTART_AFTER seconds, kill -9 tunneld, start
 #            it again (same leases), and measure how long until every session
 #            is back; the load generator reconnects like tunnelc (backoff from
-#            250 ms doubling to 30 s, ±25% jitter) and ends 2 s after recovery
+#            250 ms doubling to 30 s, each wait half to one and a half times that) and ends 2 s after recovery
 #
 # Env (defaults in brackets):
 #   LOAD_SESSIONS      held sessions [200]

@@ -225,7 +225,7 @@ func (c *Client) Run(ctx context.Context) error {
 				if c.cfg.MaxAttempts > 0 && failures >= c.cfg.MaxAttempts {
 					return err
 				}
-				wait := jitter(backoff)
+				wait := Jitter(backoff)
 				attrs := []any{"err", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond)}
 				if hint := ConnectHint(err); hint != "" {
 					attrs = append(attrs, "hint", hint)
@@ -290,14 +290,14 @@ func (c *Client) Run(ctx context.Context) error {
 				backoff = c.cfg.MinBackoff
 			}
 			cur = nil
-			wait := jitter(c.cfg.MinBackoff)
+			wait := Jitter(c.cfg.MinBackoff)
 			var pc *PeerClosedError
 			if errors.As(err, &pc) && pc.Code == CloseReplaced {
 				// Another client with this identity took over: back
 				// off as after a failure, so two devices sharing a
 				// certificate do not evict each other in a tight loop.
 				failures++
-				wait = jitter(backoff)
+				wait = Jitter(backoff)
 				backoff = min(2*backoff, c.cfg.MaxBackoff)
 				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseReconfigure {
@@ -327,7 +327,7 @@ func (c *Client) Run(ctx context.Context) error {
 			if err != nil {
 				// Keep the current session; retry with backoff so a
 				// server that refuses the overlap is not hammered.
-				wait := jitter(rotateWait)
+				wait := Jitter(rotateWait)
 				nextRotate = time.Now().Add(wait)
 				rotateWait = min(2*rotateWait, c.cfg.MaxBackoff)
 				c.log.Warn("session rotation failed; keeping the current session", "err", err, "retry_in", wait.Round(time.Millisecond))
@@ -471,13 +471,13 @@ func ConnectHint(err error) string {
 	return ""
 }
 
-// jitter spreads d uniformly over [d/2, 3d/2) so the clients of a
+// Jitter spreads d uniformly over [d/2, 3d/2) so the clients of a
 // restarted server do not come back in lockstep: ten thousand clients
 // whose sessions ended at the same instant retry over a window as long as
 // the wait itself, and the windows widen as the backoff doubles. (With
 // ±25% they arrived within half the wait, and most found the handshake
 // slots full again.)
-func jitter(d time.Duration) time.Duration {
+func Jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d+1)
 }
 

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"tlsvpn/tunnel"
 )
 
 // Phases of a run, in order.
@@ -294,7 +296,7 @@ func (g *gen) held(ctx context.Context, id *identity, first func(ok bool)) {
 			if ctx.Err() != nil || !g.o.reconnect {
 				return
 			}
-			if !sleepCtx(ctx, jitter(backoff)) {
+			if !sleepCtx(ctx, tunnel.Jitter(backoff)) {
 				return
 			}
 			backoff = min(2*backoff, maxBackoff)
@@ -321,7 +323,7 @@ func (g *gen) held(ctx context.Context, id *identity, first func(ok bool)) {
 		if time.Since(s.started) > stableSession {
 			backoff = minBackoff
 		}
-		if !sleepCtx(ctx, jitter(minBackoff)) {
+		if !sleepCtx(ctx, tunnel.Jitter(minBackoff)) {
 			return
 		}
 	}
@@ -340,7 +342,7 @@ func (g *gen) churner(ctx context.Context, id *identity, until time.Time) {
 		s, err := g.attempt(ctx, id, attChurn)
 		<-g.sem
 		if err != nil {
-			if !sleepCtx(ctx, jitter(backoff)) {
+			if !sleepCtx(ctx, tunnel.Jitter(backoff)) {
 				return
 			}
 			backoff = min(2*backoff, maxBackoff)
@@ -353,7 +355,7 @@ func (g *gen) churner(ctx context.Context, id *identity, until time.Time) {
 			return
 		}
 		g.churnLive.Add(1)
-		t := time.NewTimer(jitter(max(g.o.churnLife, time.Millisecond)))
+		t := time.NewTimer(tunnel.Jitter(max(g.o.churnLife, time.Millisecond)))
 		select {
 		case <-s.done:
 			if !s.closing.Load() {
@@ -612,7 +614,7 @@ func (g *gen) run(ctx context.Context) *report {
 	holdFor := max(g.o.hold, g.o.churnFor)
 	if len(churn) > 0 && g.o.churnFor > 0 {
 		until := holdStart.Add(g.o.churnFor)
-		g.logf("churn: %d sessions for %v, each up %v ±25%%", len(churn), g.o.churnFor, g.o.churnLife)
+		g.logf("churn: %d sessions for %v, each up %v (half to one and a half times)", len(churn), g.o.churnFor, g.o.churnLife)
 		for _, id := range churn {
 			wg.Go(func() { g.churner(workCtx, id, until) })
 		}

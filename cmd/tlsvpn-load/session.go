@@ -426,12 +426,6 @@ func ipChecksum(b []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// jitter spreads d by ±25%, as tunnelc does, so sessions that failed
-// together do not come back in lockstep.
-func jitter(d time.Duration) time.Duration {
-	return d*3/4 + rand.N(d/2+1)
-}
-
 // sleepCtx waits d or until ctx ends; it reports whether d passed.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
