@@ -167,6 +167,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	version := cli.VersionFlag(fs)
 	fs.Usage = func() {
 		fmt.Fprint(stdout, usageHead)
 		fs.SetOutput(stdout)
@@ -178,6 +179,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return &cli.UsageError{Err: fmt.Errorf("%w (see 'tunneld --help')", err)}
+	}
+	if *version {
+		return cli.PrintVersion(stdout, "tunneld")
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunneld --help')", fs.Arg(0))
