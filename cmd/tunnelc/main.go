@@ -349,6 +349,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
 			} else {
 				log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", cli.CongestionName(congestion))
+				cli.NotifyReady(log, fmt.Sprintf("tunnel up: %v on %s", cfg.Addr, o.tunName))
 			}
 			applied = desc
 		}
@@ -405,6 +406,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 	}
+	cli.NotifyStopping(ctx, log)
 	go local.watch(ctx, client, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)

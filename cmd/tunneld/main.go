@@ -482,6 +482,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	go releaseMemory(ctx, time.Minute)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
 		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive, "congestion", cli.CongestionName(congestion))
+	cli.NotifyStopping(ctx, log)
+	cli.NotifyReady(log, "listening on "+ln.Addr().String())
 	err = srv.Serve(ctx, ln) // closes dev
 	log.Info("stopped", cli.StatsAttrs(stats)...)
 	return err
@@ -553,7 +555,7 @@ func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, 
 			return
 		case <-hup:
 			force = true
-			reload()
+			cli.NotifyReload(log, reload)
 		case <-t.C:
 		}
 		if rev != nil {
