@@ -555,7 +555,9 @@ func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, 
 			return
 		case <-hup:
 			force = true
-			cli.NotifyReload(log, reload)
+			done := cli.NotifyReloading(log)
+			reload()
+			done()
 		case <-t.C:
 		}
 		if rev != nil {

@@ -25,12 +25,15 @@ func NotifyStatus(log *slog.Logger, status string) {
 	notify(log, "STATUS="+status)
 }
 
-// NotifyReload runs reload between RELOADING=1 and READY=1, so that
-// systemctl reload returns only once the new configuration applies.
-func NotifyReload(log *slog.Logger, reload func()) {
+// NotifyReloading tells systemd a reload has begun (RELOADING=1, with
+// the monotonic clock systemd 253 and later want); the returned function
+// says it is over (READY=1), so that systemctl reload returns only once
+// the new configuration applies. Reload paths start with
+//
+//	defer cli.NotifyReloading(log)()
+func NotifyReloading(log *slog.Logger) (done func()) {
 	notify(log, "RELOADING=1", strings.TrimSpace(daemon.SdNotifyMonotonicUsec()), "STATUS=reloading")
-	reload()
-	notify(log, "READY=1", "STATUS=reloaded")
+	return func() { notify(log, "READY=1", "STATUS=reloaded") }
 }
 
 // NotifyStopping sends STOPPING=1 as soon as ctx ends (SIGTERM, SIGINT),

@@ -56,11 +56,12 @@ func TestNotifyReadyAndStatus(t *testing.T) {
 // clock systemd 253+ wants) before the reload runs and READY=1 only after.
 func TestNotifyReload(t *testing.T) {
 	recv := fakeSystemd(t)
-	var before string
-	NotifyReload(slog.New(slog.DiscardHandler), func() { before = recv() })
+	done := NotifyReloading(slog.New(slog.DiscardHandler))
+	before := recv()
 	if !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=[0-9]+\nSTATUS=reloading$`).MatchString(before) {
 		t.Errorf("before the reload: %q", before)
 	}
+	done()
 	if got := recv(); !strings.HasPrefix(got, "READY=1\n") {
 		t.Errorf("after the reload: %q, want READY=1 first", got)
 	}
