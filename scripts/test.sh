@@ -10,6 +10,11 @@
 #   demo     scripts/demo.sh with a small transfer (TEST_DEMO=0 skips it)
 #   load     scripts/load.sh: 200 sessions, churn and traffic, every session
 #            must answer a ping and nothing may fail (TEST_LOAD=0 skips it)
+#   package  scripts/package-test.sh: scripts/release.sh (amd64 and arm64),
+#            dpkg -i of the amd64 package, --version, systemd-analyze verify
+#            of the installed units, the units' sandbox test against the
+#            installed files, dpkg --purge leaving nothing (TEST_PACKAGE=0
+#            skips it)
 #
 # Must run as root: the namespace tests skip without it, and a skipped root test
 # is a hole in CI. Keeps going after a failing step; ends with "N passed, N failed"
@@ -17,7 +22,7 @@
 #
 # Env: FUZZ_EXECS (default 50000 inputs per target), FUZZTIME (a duration such as
 # 1m or a count such as 200000x, for every target; unset by default), TEST_DEMO (default 1), DEMO_SIZE_MB (default 10 here),
-# TEST_LOAD (default 1).
+# TEST_LOAD (default 1), TEST_PACKAGE (default 1).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -44,6 +49,7 @@ fuzz_budget() {
 }
 TEST_DEMO="${TEST_DEMO:-1}"
 TEST_LOAD="${TEST_LOAD:-1}"
+TEST_PACKAGE="${TEST_PACKAGE:-1}"
 STATICCHECK_VERSION=v0.8.2
 # Two cores on CI: two packages at a time. -timeout bounds a hung test.
 GOTEST=(go test -p 2 -timeout 5m)
@@ -61,6 +67,13 @@ cd "$REPO_ROOT"
 ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
 	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
 	setsid:util-linux shellcheck:shellcheck python3:python3
+# The package step: dpkg-deb and dpkg build and install the .deb, useradd for
+# its postinst, systemd-analyze verifies the units, man finds the man pages
+# (verify checks Documentation=man:), setpriv and unshare emulate the units.
+if [[ "$TEST_PACKAGE" == 1 ]]; then
+	ensure_cmds dpkg-deb:dpkg useradd:passwd systemd-analyze:systemd man:man-db \
+		gzip:gzip setpriv:util-linux unshare:util-linux
+fi
 go_mod_download
 if ! staticcheck -version 2>/dev/null | grep -qF "(${STATICCHECK_VERSION#v})"; then
 	log "installing staticcheck $STATICCHECK_VERSION"
@@ -103,7 +116,7 @@ step_gofmt() {
 }
 
 step_shellcheck() {
-	shellcheck -x scripts/*.sh .ci/run
+	shellcheck -x scripts/*.sh .ci/run dist/debian/postinst dist/debian/prerm dist/debian/postrm
 }
 
 # step_gotest [FLAGS]: go test -v into a log, so skips are visible. Prints each
@@ -201,6 +214,10 @@ if [[ "$TEST_LOAD" == 1 ]]; then
 	run_step "load (200 sessions)" env LOAD_SCENARIO=hold LOAD_SESSIONS=200 LOAD_HOLD=5s LOAD_CHURN=10 \
 		LOAD_TRAFFIC=2 LOAD_SOURCES=many LOAD_TIMEOUT=2m \
 		LOAD_FLAGS="--ping-check --require-ping-all --max-failures 0" bash scripts/load.sh
+fi
+
+if [[ "$TEST_PACKAGE" == 1 ]]; then
+	run_step "package (release build, dpkg -i, units, purge)" bash scripts/package-test.sh
 fi
 
 # ------------------------------------------------------------------ summary
