@@ -129,7 +129,7 @@ package() {
 	install -m 0644 dist/config/tunneld.yaml.example "$root/etc/tlsvpn/tunneld.yaml.example"
 	install -m 0644 dist/config/client.yaml.example "$root/etc/tlsvpn/client/example.yaml.example"
 	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm "$root/DEBIAN/"
-	manpages "$root/usr/share/man/man8"
+	cp "$MAN"/*.8.gz "$root/usr/share/man/man8/"
 	copyright "$root/usr/share/doc/tlsvpn/copyright"
 	chmod 0644 "$root/usr/share/man/man8/"*.gz "$root/usr/share/doc/tlsvpn/copyright"
 	# Files under /etc are conffiles: an upgrade never overwrites one an
@@ -163,6 +163,9 @@ EOF
 for arch in $ARCHES; do
 	build "$arch"
 done
+MAN="$(mktemp -d)"
+trap 'rm -rf -- "$MAN"' EXIT
+manpages "$MAN"
 for arch in $ARCHES; do
 	package "$arch"
 done

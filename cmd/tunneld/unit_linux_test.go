@@ -332,7 +332,7 @@ func TestNetNSUnitSandbox(t *testing.T) {
 	}
 	// --route turns forwarding on: the one /proc/sys write the unit allows.
 	writeFile(filepath.Join(etc, "tunneld.yaml"), "listen: 198.18.2.1:443\n"+
-		"cert: "+pki+"/server.crt\nkey: "+pki+"/server.key\nca: "+pki+"/ca.crt\n"+
+		"cert: "+pki+"/server.crt\nkey: "+pki+"/server.key\nca: "+pki+"/ca.crt\ncrl: "+pki+"/crl.pem\n"+
 		"tun: tunneld0\nsubnet: 100.64.2.0/24\nroute:\n  - 198.18.10.0/24\n"+
 		"state-dir: "+filepath.Join(root, "var/lib/tlsvpn/tunneld0")+"\nlog-level: debug\n")
 	writeFile(filepath.Join(etc, "client", "work.yaml"), "server: 198.18.2.1:443\n"+
