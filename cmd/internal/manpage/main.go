@@ -92,7 +92,7 @@ func render(p page, help string) string {
 				section = "DESCRIPTION"
 				continue
 			}
-			body.WriteString(synopsisLine(line))
+			body.WriteString(synopsisLine(p.name, line))
 		case section == "DESCRIPTION":
 			desc = append(desc, line)
 		case section == "OPTIONS":
@@ -184,9 +184,15 @@ func closeVerbatim(body *strings.Builder) {
 	}
 }
 
-func synopsisLine(line string) string {
+// synopsisLine renders a Usage line: the program's name in bold, its
+// arguments as written; a line that continues the one before (it does not
+// start with the name) is indented.
+func synopsisLine(prog, line string) string {
 	line = strings.TrimSpace(line)
 	name, args, _ := strings.Cut(line, " ")
+	if name != prog {
+		return fmt.Sprintf(".RS\n%s\n.RE\n", text(line))
+	}
 	return fmt.Sprintf(".B %s\n%s\n.br\n", escape(name), text(args))
 }
 

@@ -7,6 +7,7 @@ import (
 
 const help = `Usage: tunnelc --server HOST:PORT [flags]
        tunnelc status [--json]
+                    (ask a running tunnelc)
 
 tunnelc is the tlsvpn client. It connects to tunneld.
 Second paragraph line.
@@ -28,7 +29,7 @@ func TestRender(t *testing.T) {
 	for _, want := range []string{
 		".TH TUNNELC 8 \"2026-12-05\" \"tlsvpn 1.4.0\" \"tlsvpn\"\n",
 		".SH NAME\ntunnelc \\- the tlsvpn client\n",
-		".SH SYNOPSIS\n.B tunnelc\n\\-\\-server HOST:PORT [flags]\n.br\n.B tunnelc\nstatus [\\-\\-json]\n.br\n.SH DESCRIPTION\n",
+		".SH SYNOPSIS\n.B tunnelc\n\\-\\-server HOST:PORT [flags]\n.br\n.B tunnelc\nstatus [\\-\\-json]\n.br\n.RS\n(ask a running tunnelc)\n.RE\n.SH DESCRIPTION\n",
 		"It connects to tunneld.\nSecond paragraph line.\n.SH OPTIONS\n",
 		".TP\n\\fB\\-\\-server\\fR \\fIstring\\fR\nserver HOST:PORT (required)\n",
 		".TP\n\\fB\\-v\\fR, \\fB\\-\\-verbose\\fR\nsay more\n",
