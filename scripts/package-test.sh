@@ -73,8 +73,8 @@ check "man pages: tunneld(8), tunnelc(8)" \
 	bash -c 'man -w 8 tunneld >/dev/null && man -w 8 tunnelc >/dev/null'
 check "system user and group tlsvpn" \
 	bash -c 'getent passwd tlsvpn | grep -q ":/usr/sbin/nologin$" && getent group tlsvpn >/dev/null'
-check "/etc/tlsvpn is 0750 root:tlsvpn" \
-	test "$(stat -c '%a %U:%G' /etc/tlsvpn /etc/tlsvpn/client | sort -u)" = "750 root:tlsvpn"
+check "/etc/tlsvpn, client/ and server/ are 0750 root:tlsvpn" \
+	test "$(stat -c '%a %U:%G' /etc/tlsvpn /etc/tlsvpn/client /etc/tlsvpn/server | sort -u)" = "750 root:tlsvpn"
 conffiles() { dpkg-query -W -f='${Conffiles}\n' tlsvpn | grep -q ' /etc/tlsvpn/tunneld.yaml.example '; }
 check "example configs are conffiles" conffiles
 

@@ -123,7 +123,7 @@ package() {
 	trap "rm -rf -- '$root'" RETURN
 	install -d -m 0755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" \
 		"$root/usr/share/man/man8" "$root/usr/share/doc/tlsvpn"
-	install -d -m 0750 "$root/etc/tlsvpn" "$root/etc/tlsvpn/client"
+	install -d -m 0750 "$root/etc/tlsvpn" "$root/etc/tlsvpn/client" "$root/etc/tlsvpn/server"
 	install -m 0755 "$OUT/linux-$arch/tunneld" "$OUT/linux-$arch/tunnelc" "$root/usr/bin/"
 	install -m 0644 dist/systemd/*.service "$root/lib/systemd/system/"
 	install -m 0644 dist/config/tunneld.yaml.example "$root/etc/tlsvpn/tunneld.yaml.example"
