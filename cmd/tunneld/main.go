@@ -63,7 +63,7 @@ const usageTail = `
 Examples:
   # create a CA, a server certificate and a client certificate
   tunneld pki init  --dir /etc/tlsvpn/pki
-  tunneld pki issue --dir /etc/tlsvpn/pki --server --name vpn.example.com --dns vpn.example.com --ip 192.0.2.1
+  tunneld pki issue --dir /etc/tlsvpn/pki --server --name vpn.example.com --ip 192.0.2.1
   tunneld pki issue --dir /etc/tlsvpn/pki --client --name laptop
 
   # serve 100.64.0.0/24 on port 443 and give clients a route to a LAN behind the server
