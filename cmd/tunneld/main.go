@@ -311,7 +311,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", o.listen, err)
+		return cli.ListenError("--listen", o.listen, err)
 	}
 	defer ln.Close()
 

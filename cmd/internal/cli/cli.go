@@ -122,7 +122,7 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("metrics listen %s: %w", addr, err)
+		return ListenError("--metrics", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -237,4 +237,16 @@ func StartCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// ListenError reports that listening on addr, the value of flag, failed:
+// "--listen 0.0.0.0:443: bind: address already in use". The *net.OpError
+// of net.Listen names the operation and the address itself, so only its
+// cause is kept and each thing is said once; errors.Is still sees it.
+func ListenError(flag, addr string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return fmt.Errorf("%s %s: %w", flag, addr, err)
 }
