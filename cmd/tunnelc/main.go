@@ -200,6 +200,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	cli.WarnKeyFile(log, o.key)
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
 	}

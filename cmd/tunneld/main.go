@@ -284,6 +284,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	cli.WarnKeyFile(log, o.key)
 	warnExpiry(log, "server certificate", o.cert, certs.LeafExpiry(tlsCfg))
 	// checkPeer re-checks a live session's client certificate: expiry
 	// always, revocation with --crl.
