@@ -231,7 +231,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		if err != nil {
-			return fmt.Errorf("resolve %s: %w", host, err)
+			return cli.ResolveError(host, err)
 		}
 		for _, ip := range ips {
 			serverAddrs = append(serverAddrs, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
@@ -308,7 +308,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			if len(serverAddrs) == 0 {
 				ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 				if err != nil || len(ips) == 0 {
-					return nil, fmt.Errorf("resolve %s for the full tunnel: %w", host, err)
+					return nil, fmt.Errorf("full tunnel: %w", cli.ResolveError(host, err))
 				}
 				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
 			}

@@ -250,3 +250,18 @@ func ListenError(flag, addr string, err error) error {
 	}
 	return fmt.Errorf("%s %s: %w", flag, addr, err)
 }
+
+// ResolveError reports that resolving host failed. A *net.DNSError for
+// host names it itself ("lookup vpn.example.com on 127.0.0.53:53: no such
+// host") and is returned as it is; other errors get the host. A nil err
+// means the lookup found no address.
+func ResolveError(host string, err error) error {
+	var de *net.DNSError
+	switch {
+	case err == nil:
+		return fmt.Errorf("resolve %s: no address", host)
+	case errors.As(err, &de) && de.Name == host:
+		return err
+	}
+	return fmt.Errorf("resolve %s: %w", host, err)
+}
