@@ -213,7 +213,7 @@ func pkiIssue(args []string, stdout io.Writer) error {
 	fs.StringVar(&dir, "dir", "", "directory `DIR` holding ca.crt and ca.key from 'tunneld pki init' (required)")
 	fs.BoolVar(&server, "server", false, "issue a server certificate, for tunneld")
 	fs.BoolVar(&client, "client", false, "issue a client certificate, for tunnelc")
-	fs.StringVar(&name, "name", "", "certificate `NAME`: its file name and CommonName, and a client's identity; "+
+	fs.StringVar(&name, "name", "", "certificate `NAME`: its file name and CommonName; a client's identity, or one of a server's addresses (see --no-name-san); "+
 		"1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-' (required)")
 	fs.StringArrayVar(&ipArgs, "ip", nil, "`IP` address clients dial to reach the server (--server only; repeatable)")
 	fs.StringArrayVar(&dnsNames, "dns", nil, "hostname `HOST` clients dial to reach the server (--server only; repeatable)")
