@@ -165,9 +165,10 @@ type Server struct {
 
 	peersMu sync.Mutex // serializes PeersChanged calls
 
-	capturing  bool         // traffic secrets are captured for the own record layer
-	conns      atomic.Int64 // connections open (MaxConnections)
-	mustResume sync.Map     // conn under TLS -> true: admitted on a reserved slot, must resume
+	live       atomic.Pointer[Live] // settings SetLive may change; cfg's fields of the same name are unused
+	capturing  bool                 // traffic secrets are captured for the own record layer
+	conns      atomic.Int64         // connections open (MaxConnections)
+	mustResume sync.Map             // conn under TLS -> true: admitted on a reserved slot, must resume
 }
 
 // NewServer validates cfg and returns a Server.
@@ -217,6 +218,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions: make(map[string]*Session),
 		special:  make(map[string]*Session),
 	}
+	s.live.Store(new(liveOf(cfg)))
 	s.capturing = capture
 	s.tls = s.admitHello(t)
 	return s, nil
@@ -304,7 +306,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		if limit := s.cfg.MaxConnections; limit > 0 && s.conns.Load() >= int64(limit) {
+		if limit := s.live.Load().MaxConnections; limit > 0 && s.conns.Load() >= int64(limit) {
 			s.lim.stats.RefusedConns.Add(1)
 			s.stats.HandshakeFailures.Add(1)
 			s.logLimit.warn(s.log, "conns", "refusing connection: too many connections open", "limit", limit, "remote_addr", c.RemoteAddr().String())
@@ -339,6 +341,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // handle runs one connection from accept to the end of its session.
 func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	accepted := time.Now()
+	live := s.live.Load() // one view of the settings for the whole connection
 	releaseHandshake := adm.Release
 	defer releaseHandshake() // idempotent; also frees the slot after a panic
 	if err := adm.Wait(ctx); err != nil {
@@ -362,13 +365,13 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 	bc := NewBatchConn(raw)
 	tc := tls.Server(bc, s.tls)
-	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	hctx, cancel := context.WithTimeout(ctx, live.HandshakeTimeout)
 	defer cancel()
 	// The ClientHello deadline runs from accept: a client sends it at
 	// once, so after a wait in the queue it is already there, and an idle
 	// connection gives its slot back right away (after a short grace).
 	// admitHello clears the deadline when the ClientHello arrives.
-	helloBy := accepted.Add(s.cfg.HelloTimeout)
+	helloBy := accepted.Add(live.HelloTimeout)
 	if grace := time.Now().Add(helloGrace); helloBy.Before(grace) {
 		helloBy = grace
 	}
@@ -421,7 +424,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		}
 	}
 	pol := s.policy(id)
-	routes := s.cfg.Routes
+	routes := live.Routes
 	if pol.Routes != nil {
 		routes = pol.Routes
 	}
@@ -435,9 +438,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		ServerAddr: s.cfg.ServerAddr,
 		MTU:        s.cfg.MTU,
 		Routes:     routes,
-		Keepalive:  s.cfg.Keepalive,
+		Keepalive:  live.Keepalive,
 		Caps:       caps,
-		DNS:        s.cfg.DNS,
+		DNS:        live.DNS,
 	}
 	allowed := []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}
 	addrs := []netip.Addr{addr}
@@ -461,9 +464,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		MTU:           s.cfg.MTU,
 		PeerGSO:       gso && hello.Caps&CapGSO != 0,
 		AcceptGSO:     gso,
-		Keepalive:     s.cfg.Keepalive,
+		Keepalive:     live.Keepalive,
 		PingWhenIdle:  true,
-		QueueLen:      s.cfg.QueueLen,
+		QueueLen:      live.QueueLen,
 		ShutdownCode:  CloseShutdown,
 		Peer:          id,
 		Logger:        log,
@@ -472,6 +475,15 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	sess.tlsState = tc.ConnectionState()
 	sess.releaseLimit = releaseSession
 	s.mu.Lock()
+	if cur := s.live.Load(); cur != live {
+		// SetLive ran during the handshake: the CONFIG not yet sent
+		// carries the routes and DNS in force now (SetLive swaps under
+		// s.mu, so it either sees this session or this sees its change).
+		cfg.DNS = cur.DNS
+		if pol.Routes == nil {
+			cfg.Routes = cur.Routes
+		}
+	}
 	// Networks behind the client: only what its policy allows and no
 	// other client holds. Accepting them in the same hold of mu as the
 	// registration keeps two clients from both winning a network. (The
