@@ -346,3 +346,13 @@ func family(a netip.Addr) string {
 	}
 	return "IPv6"
 }
+
+// parseClientsNode validates the policies under the clients key of a config
+// file; errors start with the file and the line.
+func parseClientsNode(file string, n *yaml.Node, pool, pool6 *routing.Pool) (clientPolicies, error) {
+	c, err := clientsFromNode(n, pool, pool6)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return c, nil
+}
