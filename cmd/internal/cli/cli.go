@@ -55,18 +55,25 @@ func ExitCode(err error) int {
 // NewLogger returns a slog logger writing to w in the given format ("text"
 // or "json") at the given level ("debug", "info", "warn", "error").
 func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
+	log, _, err := NewLevelLogger(w, level, format)
+	return log, err
+}
+
+// NewLevelLogger is NewLogger that also returns the logger's level, which
+// can be changed while it runs (a reload of --log-level).
+func NewLevelLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, Usagef("--log-level %q: want debug, info, warn or error", level)
+		return nil, nil, Usagef("--log-level %q: want debug, info, warn or error", level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	switch strings.ToLower(format) {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
-	return nil, Usagef("--log-format %q: want text or json", format)
+	return nil, nil, Usagef("--log-format %q: want text or json", format)
 }
 
 // Gauge is an extra gauge for the metrics endpoint.
