@@ -67,7 +67,7 @@ func (s *source) read() (options, error) {
 	if file != nil {
 		o.clientsNode = file.Sections["clients"]
 		if o.clientsNode != nil && s.ov.CommandLine("clients") {
-			return options{}, fmt.Errorf("%s: clients: the policy is in the file and --clients %s names another: keep one", file.Line("clients"), o.clients)
+			return options{}, fmt.Errorf("%s:%d: clients: the policy is in the file and --clients %s names another: keep one", file.Path, file.Lines["clients"], o.clients)
 		}
 	}
 	o.values = map[string]string{}

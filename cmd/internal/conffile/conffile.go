@@ -41,12 +41,14 @@ type File struct {
 	Lines map[string]int
 	// Sections holds the mapping values of Options.Sections keys.
 	Sections map[string]*yaml.Node
+
+	cmdline map[string]bool // flags the command line set: the file's value is not used
 }
 
 // Line returns where key is set, as "path:line", or "" if the file does
-// not set it (or f is nil).
+// not set it, the command line overrode it, or f is nil.
 func (f *File) Line(key string) string {
-	if f == nil || f.Lines[key] == 0 {
+	if f == nil || f.Lines[key] == 0 || f.cmdline[key] {
 		return ""
 	}
 	return fmt.Sprintf("%s:%d", f.Path, f.Lines[key])
@@ -156,7 +158,7 @@ var yamlLine = regexp.MustCompile(`^yaml: (?:line (\d+): )?`)
 
 // apply parses b and sets the flags; it collects every problem.
 func (o *Overlay) apply(b []byte) (*File, []error) {
-	file := &File{Path: o.path, Lines: map[string]int{}, Sections: map[string]*yaml.Node{}}
+	file := &File{Path: o.path, Lines: map[string]int{}, Sections: map[string]*yaml.Node{}, cmdline: o.cmdline}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		msg := err.Error()

@@ -201,7 +201,7 @@ func TestApplyAgain(t *testing.T) {
 func TestLocate(t *testing.T) {
 	f := newTestFlags()
 	f.fs.Parse([]string{"--nat"})
-	file, err := New(f.fs, writeConfig(t, "# a server\nlisten: nonsense\n"), testOptions).Apply()
+	file, err := New(f.fs, writeConfig(t, "# a server\nlisten: nonsense\nnat: false\n"), testOptions).Apply()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestLocate(t *testing.T) {
 		want string
 	}{
 		{Flagf("listen", "want ADDR:PORT"), file.Path + ":2: listen: want ADDR:PORT"},
-		{Flagf("nat", "from the command line"), "--nat: from the command line"},
+		{Flagf("nat", "from the command line"), "--nat: from the command line"}, // which overrides line 3
 		{errors.New("other"), "other"},
 	} {
 		if got := file.Locate(tc.err); got != tc.want {
