@@ -43,6 +43,10 @@ func main() {
 }
 
 const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca FILE [flags]
+       tunnelc --config FILE [flags]         (settings from a YAML file; flags override it)
+       tunnelc --profile NAME [flags]        (the config file /etc/tlsvpn/client/NAME.yaml)
+       tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
+       tunnelc profiles                      (list the profiles)
 
 tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
 identity with the client certificate in --cert, checks the server's certificate
@@ -68,6 +72,11 @@ Examples:
   # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
   # server (the server's --clients file must allow it: advertise)
   tunnelc --server 192.0.2.1:443 --cert site-b.crt --key site-b.key --ca ca.crt --advertise 198.18.20.0/24
+
+  # one config file per server (keys are the flag names, e.g. "server: vpn.example.com:443",
+  # "full-tunnel: true"), kept as profiles in /etc/tlsvpn/client
+  tunnelc check --profile work
+  tunnelc --profile work
 `
 
 type options struct {
@@ -92,13 +101,25 @@ type options struct {
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
+	config              string // --config FILE; config.go
+	profile, profileDir string // --profile NAME: profileDir/NAME.yaml
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "profiles" {
+		return runProfiles(stdout, stderr, args[1:])
+	}
+	checkOnly := len(args) > 0 && args[0] == "check"
+	if checkOnly {
+		args = args[1:]
+	}
 	var o options
 	fs := pflag.NewFlagSet("tunnelc", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
+	fs.StringVar(&o.config, "config", "", "read settings from a YAML FILE whose keys are the long flag names, e.g. /etc/tlsvpn/client/work.yaml (see README); a flag on the command line overrides the file")
+	fs.StringVar(&o.profile, "profile", "", "read settings from the profile NAME, the config file NAME.yaml in --profile-dir (one per server; 'tunnelc profiles' lists them)")
+	fs.StringVar(&o.profileDir, "profile-dir", DefaultProfileDir, "directory of the --profile files")
 	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
 	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
 	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
@@ -138,7 +159,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunnelc --help')", fs.Arg(0))
 	}
+	if checkOnly {
+		return runCheck(stdout, fs, &o)
+	}
+	file, err := applyConfig(fs, &o)
+	if err != nil {
+		return &cli.UsageError{Err: err}
+	}
 	o.congestionSet = fs.Changed("congestion")
+	if file != nil {
+		// Name the file's line for what is wrong, before anything starts.
+		if errs := checkOptions(o); len(errs) > 0 {
+			return &cli.UsageError{Err: errors.New(file.Locate(errs[0]))}
+		}
+	}
 	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
