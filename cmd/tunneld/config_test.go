@@ -105,7 +105,7 @@ func TestCheck(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "tunneld.yaml")
-			writeFile(t, path, tc.file)
+			writeTestFile(t, path, tc.file)
 			out, err := runCheckCmd(t, append([]string{"--config", path}, tc.args...)...)
 			out = strings.ReplaceAll(out, path, "tunneld.yaml")
 			if tc.want[0] == "ok" {
@@ -235,7 +235,7 @@ func TestReload(t *testing.T) {
 	files := "cert: " + filepath.Join(pki, "vpn.example.com.crt") + "\nkey: " + filepath.Join(pki, "vpn.example.com.key") +
 		"\nca: " + filepath.Join(pki, "ca.crt") + "\n"
 	path := filepath.Join(t.TempDir(), "tunneld.yaml")
-	writeFile(t, path, files+"route: [198.18.10.0/24]\nmax-clients: 10\nkeepalive: 15s\nclients:\n  laptop:\n    address: 100.64.0.10\n")
+	writeTestFile(t, path, files+"route: [198.18.10.0/24]\nmax-clients: 10\nkeepalive: 15s\nclients:\n  laptop:\n    address: 100.64.0.10\n")
 
 	var o options
 	fs := testFlagSet(&o)
@@ -338,7 +338,7 @@ func TestReload(t *testing.T) {
 		t.Run(step.name, func(t *testing.T) {
 			before := state()
 			logStart := len(logBuf.String())
-			writeFile(t, path, step.file)
+			writeTestFile(t, path, step.file)
 			err := r.Reload()
 			switch {
 			case step.wantErr == "" && err != nil:
@@ -367,13 +367,13 @@ func TestReload(t *testing.T) {
 // naming the file and line, before it opens anything.
 func TestServeConfigErrors(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tunneld.yaml")
-	writeFile(t, path, "cert: a.crt\nkey: a.key\nca: ca.crt\nsubnet: 100.64.0.0/33\n")
+	writeTestFile(t, path, "cert: a.crt\nkey: a.key\nca: ca.crt\nsubnet: 100.64.0.0/33\n")
 	var out bytes.Buffer
 	err := run(context.Background(), []string{"--config", path}, &out, &out)
 	if want := path + `:4: subnet: "100.64.0.0/33": want an IPv4 CIDR`; err == nil || !strings.Contains(err.Error(), want) || cli.ExitCode(err) != cli.ExitUsage {
 		t.Errorf("run = %v (exit %d), want %q and exit %d", err, cli.ExitCode(err), want, cli.ExitUsage)
 	}
-	writeFile(t, path, "max-client: 1\n")
+	writeTestFile(t, path, "max-client: 1\n")
 	err = run(context.Background(), []string{"--config", path}, &out, &out)
 	if want := path + `:1: unknown key "max-client"`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("run = %v, want %q", err, want)
@@ -388,4 +388,11 @@ func crlPath(h *crlHolder) string {
 		return r.Path()
 	}
 	return ""
+}
+
+func writeTestFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
