@@ -352,6 +352,14 @@ func family(a netip.Addr) string {
 func parseClientsNode(file string, n *yaml.Node, pool, pool6 *routing.Pool) (clientPolicies, error) {
 	c, err := clientsFromNode(n, pool, pool6)
 	if err != nil {
+		// "line 8: client ..." becomes "tunneld.yaml:8: client ...", the
+		// form of every other error about the config file.
+		var line int
+		msg := err.Error()
+		if _, scanErr := fmt.Sscanf(msg, "line %d: ", &line); scanErr == nil {
+			rest := strings.TrimPrefix(msg, fmt.Sprintf("line %d: ", line))
+			return nil, fmt.Errorf("%s:%d: %s", file, line, rest)
+		}
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return c, nil
