@@ -168,6 +168,7 @@ type Server struct {
 	live       atomic.Pointer[Live] // settings SetLive may change; cfg's fields of the same name are unused
 	capturing  bool                 // traffic secrets are captured for the own record layer
 	conns      atomic.Int64         // connections open (MaxConnections)
+	peak       atomic.Int64         // most sessions registered at once; written under mu
 	mustResume sync.Map             // conn under TLS -> true: admitted on a reserved slot, must resume
 }
 
@@ -268,6 +269,96 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// PeakSessions returns the most sessions that were live at once.
+func (s *Server) PeakSessions() int { return int(s.peak.Load()) }
+
+// SessionInfo describes one live session for status output.
+type SessionInfo struct {
+	Identity      string
+	Addrs         []netip.Addr   // tunnel addresses
+	Nets          []netip.Prefix // accepted networks behind the client
+	Remote        string         // underlay address of the client
+	Started       time.Time      // when the session was established
+	LastHandshake time.Time      // its TLS handshake or last KeyUpdate
+	Resumed       bool           // the TLS handshake resumed a session
+	TxBytes       uint64         // IP bytes sent to the client
+	RxBytes       uint64         // IP bytes received from the client
+	RTT           time.Duration  // last PING round trip; 0 if none measured
+}
+
+// SessionList returns the live sessions (one per identity), sorted by
+// identity. It reads counters the data path keeps anyway, so it costs the
+// sessions nothing.
+func (s *Server) SessionList() []SessionInfo {
+	s.mu.Lock()
+	out := make([]SessionInfo, 0, len(s.sessions))
+	for id, sess := range s.sessions {
+		tx, rx := sess.Bytes()
+		out = append(out, SessionInfo{
+			Identity:      id,
+			Addrs:         sess.addrs,
+			Nets:          sess.nets,
+			Remote:        sess.remote,
+			Started:       sess.started,
+			LastHandshake: sess.LastHandshake(),
+			Resumed:       sess.tlsState.DidResume,
+			TxBytes:       tx,
+			RxBytes:       rx,
+			RTT:           sess.RTT(),
+		})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b SessionInfo) int { return strings.Compare(a.Identity, b.Identity) })
+	return out
+}
+
+// ProbeRTT sends a PING on every live session whose round-trip time was
+// not measured within maxAge, and waits until their PONGs arrived or ctx
+// ends. The server otherwise pings only idle clients (clients ping it),
+// so a busy session's RTT is measured on demand rather than by more
+// keepalive traffic for everyone.
+func (s *Server) ProbeRTT(ctx context.Context, maxAge time.Duration) {
+	asked := time.Now()
+	s.mu.Lock()
+	var stale []*Session
+	for _, sess := range s.sessions {
+		if asked.Sub(sess.rttMeasured()) > maxAge {
+			stale = append(stale, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range stale {
+		sess.RequestPing()
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for len(stale) > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		stale = slices.DeleteFunc(stale, func(sess *Session) bool {
+			return !sess.rttMeasured().Before(asked)
+		})
+	}
+}
+
+// Kick closes the live session of identity with CloseKicked and reason,
+// which the client logs before it reconnects. It reports whether there
+// was a session. (To keep a client out, revoke its certificate.)
+func (s *Server) Kick(identity, reason string) bool {
+	s.mu.Lock()
+	sess := s.sessions[identity]
+	s.mu.Unlock()
+	if sess == nil {
+		return false
+	}
+	s.log.Info("closing session on request", "peer", identity, "reason", reason)
+	sess.Close(CloseKicked, reason)
+	return true
 }
 
 // Serve accepts connections on ln until ctx ends, then closes every session
@@ -473,6 +564,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		Stats:         s.stats,
 	})
 	sess.tlsState = tc.ConnectionState()
+	sess.remote = remote
 	sess.releaseLimit = releaseSession
 	s.mu.Lock()
 	if cur := s.live.Load(); cur != live {
@@ -494,6 +586,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	old := s.sessions[id]
 	s.sessions[id] = sess
+	if n := int64(len(s.sessions)); n > s.peak.Load() {
+		s.peak.Store(n)
+	}
 	changed := s.setSpecialLocked(id, sess)
 	if !sess.peerGSO {
 		s.nonGSO++
@@ -541,6 +636,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 
 	s.stats.SessionsOpened.Add(1)
+	if sess.tlsState.DidResume {
+		s.stats.SessionsResumed.Add(1)
+	}
 	s.lim.MarkKnown(SourceAddr(raw.RemoteAddr()), time.Now())
 	attrs := []any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}
 	if cfg.Addr6.IsValid() {

@@ -47,6 +47,7 @@ const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca
        tunnelc --profile NAME [flags]        (the config file /etc/tlsvpn/client/NAME.yaml)
        tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
        tunnelc profiles                      (list the profiles)
+       tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
 
 tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
 identity with the client certificate in --cert, checks the server's certificate
@@ -103,9 +104,13 @@ type options struct {
 	logLevel, logFormat string
 	config              string // --config FILE; config.go
 	profile, profileDir string // --profile NAME: profileDir/NAME.yaml
+	ctl                 cli.ControlFlags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "status" {
+		return cli.RunControl(ctx, statusCommand, args[1:], stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "profiles" {
 		return runProfiles(stdout, stderr, args[1:])
 	}
@@ -140,6 +145,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
+	cli.AddControlFlags(fs, &o.ctl, "tunnelc")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -238,6 +244,14 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
 	}
+	// The control socket before anything is dialed or installed: a live
+	// one means this instance already runs.
+	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+	view, given := new(tunnelView), o.server
 
 	var (
 		mu  sync.Mutex // guards dev and mgr, set by setup
@@ -368,6 +382,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			restoreDNS, appliedDNS = r, d
 		}
+		view.set(rc, cfg.DNS)
 		if len(advertise) > 0 {
 			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
 				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
@@ -437,6 +452,8 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	go local.watch(ctx, client, log)
+	startControl(ctx, ctl, &clientSource{client: client, stats: stats, view: view, server: given,
+		tun: o.tunName, fullTunnel: o.fullTunnel, killSwitch: o.killSwitch}, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
 	return err

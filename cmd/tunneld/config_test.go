@@ -339,7 +339,7 @@ func TestReload(t *testing.T) {
 			before := state()
 			logStart := len(logBuf.String())
 			writeTestFile(t, path, step.file)
-			err := r.Reload()
+			_, err := r.Reload()
 			switch {
 			case step.wantErr == "" && err != nil:
 				t.Fatalf("Reload: %v", err)

@@ -49,6 +49,8 @@ const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADD
        tunneld --config FILE [flags]                  (settings from a YAML file; flags override it)
        tunneld check --config FILE [flags]            (validate the settings and the files they name, then exit)
        tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
+       tunneld status|clients|reload|kick NAME [--tun NAME | --control PATH] [--json]
+                                                  (ask a running tunneld; see 'tunneld status --help')
 
 tunneld is the tlsvpn server. It listens for tunnelc clients on TCP, accepts only
 TLS 1.3 connections whose client certificate was issued by the CA in --ca, gives
@@ -73,13 +75,17 @@ Examples:
     --subnet 100.64.0.0/24 --route 198.18.10.0/24
 
   # per-client policy (fixed addresses, routes, site networks, client-to-client);
-  # edit the file and send SIGHUP to apply it
+  # edit the file and apply it with 'tunneld reload'
   tunneld --cert ... --key ... --ca ... --subnet 100.64.0.0/24 --clients /etc/tlsvpn/clients.yaml
-  kill -HUP $(pidof tunneld)
+  tunneld reload
+
+  # what is connected, and how the server is doing
+  tunneld clients
+  tunneld status --json
 
   # the same from a config file (keys are the flag names, e.g. "max-clients: 2000",
   # "route: [198.18.10.0/24]"; the clients policy may sit under "clients:"),
-  # checked before use; SIGHUP re-reads it and applies what changed
+  # checked before use; 'tunneld reload' re-reads it and applies what changed
   tunneld check --config /etc/tlsvpn/tunneld.yaml
   tunneld --config /etc/tlsvpn/tunneld.yaml
 `
@@ -122,9 +128,13 @@ type options struct {
 	cleanup               bool
 	logLevel, logFormat   string
 	fileState             // --config: config.go
+	ctl                   cli.ControlFlags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if isControlCommand(args) {
+		return runControlCommand(ctx, args, stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "pki" {
 		err := runPKI(args[1:], stdout, stderr)
 		if err != nil && !errors.Is(err, pflag.ErrHelp) {
@@ -176,6 +186,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
+	cli.AddControlFlags(fs, &o.ctl, "tunneld")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -231,6 +242,13 @@ func serve(ctx context.Context, o options, log *slog.Logger, src *source, level 
 	if note != "" {
 		log.Warn(note)
 	}
+	// The control socket first: a live one means this instance already
+	// runs, and nothing else may be touched.
+	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
 	openPool := func(p netip.Prefix, file string) (*routing.Pool, error) {
 		if o.stateDir == "" {
 			return routing.NewPool(p)
@@ -441,6 +459,9 @@ func serve(ctx context.Context, o options, log *slog.Logger, src *source, level 
 	rl := newReloader(&reloader{src: src, level: level, pool: pool, pool6: pool6, policies: &policies, srv: srv,
 		limits: limits, crl: crl, forwarding: fw != nil, log: log}, o)
 	go rl.watch(ctx)
+	startControl(ctx, ctl, &controlSource{srv: srv, stats: stats, limits: limits, reload: rl, crl: crl,
+		listen: ln.Addr().String(), tun: o.tunName, subnets: tunnelSubnets(subnet, subnet6),
+		certFile: o.cert, certEnd: certs.LeafExpiry(tlsCfg)}, log)
 	go releaseMemory(ctx, time.Minute)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
 		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive, "congestion", cli.CongestionName(congestion))

@@ -223,16 +223,17 @@ func newReloader(r *reloader, o options) *reloader {
 var errReloadRefused = errors.New("reload refused: the configuration in force is kept")
 
 // Reload re-reads the config file (if any) and the clients policy and
-// applies what changed. On any problem it changes nothing and returns it
-// (also logged). SIGHUP calls it, and so may a control command.
-func (r *reloader) Reload() error {
+// applies what changed, and returns what it did in words. On any problem
+// it changes nothing and returns it (also logged). SIGHUP and 'tunneld
+// reload' call it.
+func (r *reloader) Reload() (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	next, st, rev, clients, err := r.prepare()
 	if err != nil {
 		r.log.Error("reload refused: keeping the previous configuration and client policies", "err", err)
 		r.checkCRLLocked(false)
-		return fmt.Errorf("%w: %w", errReloadRefused, err)
+		return "", fmt.Errorf("%w: %w", errReloadRefused, err)
 	}
 	plan := planReload(r.cur.values, next.values)
 	for _, name := range plan.restart {
@@ -294,7 +295,37 @@ func (r *reloader) Reload() error {
 	if plan.subs[subCRL] || r.crl.rev.Load() != nil {
 		r.checkCRLLocked(true)
 	}
-	return nil
+	return reloadSummary(next, plan, len(reconnected), r.crl.rev.Load(), r.crlBad), nil
+}
+
+// reloadSummary says in words what a reload applied, for 'tunneld reload'.
+func reloadSummary(next options, plan reloadPlan, reconnected int, rev *certs.Revocation, crlBad bool) string {
+	var b strings.Builder
+	from := "the command line"
+	if next.config != "" {
+		from = next.config
+	}
+	fmt.Fprintf(&b, "configuration reloaded from %s", from)
+	if len(plan.live) > 0 {
+		fmt.Fprintf(&b, "\napplied: %s", strings.Join(plan.live, ", "))
+	} else {
+		b.WriteString("\nno setting changed")
+	}
+	if len(plan.restart) > 0 {
+		fmt.Fprintf(&b, "\nneeds a restart, running value kept: %s", strings.Join(plan.restart, ", "))
+	}
+	if next.hasPolicy() {
+		fmt.Fprintf(&b, "\nclient policies reloaded from %s", next.policySource())
+	}
+	fmt.Fprintf(&b, "\n%d sessions reconnected for a changed configuration", reconnected)
+	if rev != nil {
+		if crlBad {
+			fmt.Fprintf(&b, "\nrevocation list %s unusable: every client is refused until it is fixed", rev.Path())
+		} else {
+			fmt.Fprintf(&b, "\nrevocation list reloaded from %s", rev.Path())
+		}
+	}
+	return b.String()
 }
 
 // prepare reads and validates the new settings without applying any:

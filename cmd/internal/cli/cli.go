@@ -19,14 +19,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"tlsvpn/control"
 	"tlsvpn/tunnel"
 )
 
 // Exit codes shared by both binaries.
 const (
-	ExitOK      = 0
-	ExitFailure = 1 // runtime failure
-	ExitUsage   = 2 // bad flags or arguments
+	ExitOK          = 0
+	ExitFailure     = 1 // runtime failure
+	ExitUsage       = 2 // bad flags or arguments
+	ExitUnreachable = 3 // a control command could not reach its daemon
 )
 
 // UsageError marks an error in the command line; main exits with ExitUsage.
@@ -43,11 +45,14 @@ func Usagef(format string, args ...any) error {
 // ExitCode maps run's error to a process exit code.
 func ExitCode(err error) int {
 	var ue *UsageError
+	var unreachable *control.UnreachableError
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.As(err, &ue):
 		return ExitUsage
+	case errors.As(err, &unreachable):
+		return ExitUnreachable
 	}
 	return ExitFailure
 }
