@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 )
@@ -94,8 +95,8 @@ func Call(ctx context.Context, path, cmd string, args []string, out any) error {
 	}
 	var resp Response
 	if err := readLine(c, &resp); err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s: no answer from %s: %w", cmd, path, context.Cause(ctx))
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%s: no answer from %s in time", cmd, path)
 		}
 		return fmt.Errorf("%s: reading the answer from %s: %w", cmd, path, err)
 	}

@@ -96,7 +96,7 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 	}
 	row("uptime", "%s (since %s)", Duration(now.Sub(s.Started)), stamp(s.Started))
 	row("listen", "%s", s.Listen)
-	row("tun", "%s %s", s.TUN, joinList(s.Subnets))
+	row("tun", "%s", strings.TrimSpace(s.TUN+" "+joinList(s.Subnets)))
 	row("sessions", "%d now, %d peak, %d connections open", s.Sessions, s.PeakSessions, s.Connections)
 	row("traffic", "%s in, %s out", Bytes(s.BytesIn), Bytes(s.BytesOut))
 	row("handshakes", "%d full, %d resumed, %.1f/min", s.Handshakes.Full, s.Handshakes.Resumed, s.Handshakes.PerMinute)
@@ -152,7 +152,7 @@ func WriteClientStatus(w io.Writer, s ClientStatus, now time.Time) error {
 	if s.LastError != "" && s.State != "up" {
 		row("last error", "%s", s.LastError)
 	}
-	row("tun", "%s %s", s.TUN, joinList(s.Addresses))
+	row("tun", "%s", strings.TrimSpace(s.TUN+" "+joinList(s.Addresses)))
 	row("routes", "%s", orNone(joinList(s.Routes)))
 	row("dns", "%s", orNone(joinList(s.DNS)))
 	row("full tunnel", "%s", onOff(s.FullTunnel))
