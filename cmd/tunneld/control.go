@@ -53,8 +53,8 @@ last changed (TLS handshake or KeyUpdate), IP bytes received from it (IN)
 and sent to it (OUT), and the round-trip time of the last keepalive PING
 (measured on demand for sessions with none in the last minute; - if none).`,
 		Example: `  $ tunneld clients
-  IDENTITY  ADDRESSES               UNDERLAY           CONNECTED  HANDSHAKE  IN       OUT      RTT
-  laptop    100.64.0.2, fd00:64::2  198.51.100.7:5123  2h03m ago  2h03m ago  1.1 GiB  3.0 GiB  23.4ms
+  IDENTITY  ADDRESSES                   UNDERLAY           CONNECTED   HANDSHAKE   IN        OUT       RTT
+  laptop    100.64.0.2, fd00:64::2      198.51.100.7:5123  2h03m ago   2h03m ago   1.1 GiB   3.0 GiB   23.4ms
   site-b    100.64.0.3 +198.18.20.0/24  203.0.113.9:40100  12m30s ago  12m30s ago  88.2 MiB  12.0 MiB  41.0ms
 `,
 		Render: func(w io.Writer, raw json.RawMessage, now time.Time) error {
