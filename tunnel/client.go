@@ -130,6 +130,19 @@ func (c *Client) Status() ClientStatus {
 	return st
 }
 
+// ProbeRTT pings the server on the current session unless its
+// round-trip time was measured within maxAge, and waits for the PONG (or
+// ctx), so that Status has a fresh RTT. It does nothing while no session
+// is up.
+func (c *Client) ProbeRTT(ctx context.Context, maxAge time.Duration) {
+	c.mu.Lock()
+	cur := c.cur
+	c.mu.Unlock()
+	if cur != nil {
+		probeRTT(ctx, []*Session{cur}, maxAge)
+	}
+}
+
 // setState records a state change for Status; retry is the wait before
 // the next attempt when backing off, err why.
 func (c *Client) setState(state string, cur *Session, retry time.Duration, err error) {

@@ -320,15 +320,21 @@ func (s *Server) SessionList() []SessionInfo {
 // so a busy session's RTT is measured on demand rather than by more
 // keepalive traffic for everyone.
 func (s *Server) ProbeRTT(ctx context.Context, maxAge time.Duration) {
-	asked := time.Now()
 	s.mu.Lock()
-	var stale []*Session
+	list := make([]*Session, 0, len(s.sessions))
 	for _, sess := range s.sessions {
-		if asked.Sub(sess.rttMeasured()) > maxAge {
-			stale = append(stale, sess)
-		}
+		list = append(list, sess)
 	}
 	s.mu.Unlock()
+	probeRTT(ctx, list, maxAge)
+}
+
+// probeRTT sends a PING on each of sessions whose round-trip time was not
+// measured within maxAge, and waits until their PONGs arrived, they
+// ended, or ctx ends.
+func probeRTT(ctx context.Context, sessions []*Session, maxAge time.Duration) {
+	asked := time.Now()
+	stale := slices.DeleteFunc(sessions, func(sess *Session) bool { return asked.Sub(sess.rttMeasured()) <= maxAge })
 	for _, sess := range stale {
 		sess.RequestPing()
 	}
@@ -341,6 +347,11 @@ func (s *Server) ProbeRTT(ctx context.Context, maxAge time.Duration) {
 		case <-t.C:
 		}
 		stale = slices.DeleteFunc(stale, func(sess *Session) bool {
+			select {
+			case <-sess.Done():
+				return true
+			default:
+			}
 			return !sess.rttMeasured().Before(asked)
 		})
 	}

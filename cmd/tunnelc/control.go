@@ -79,13 +79,18 @@ type clientSource struct {
 }
 
 // handle is the control.Handler of tunnelc.
-func (c *clientSource) handle(_ context.Context, cmd string, args []string) (any, error) {
+func (c *clientSource) handle(ctx context.Context, cmd string, args []string) (any, error) {
 	if cmd != "status" {
 		return nil, fmt.Errorf("unknown command %q (tunnelc knows status)", cmd)
 	}
 	if len(args) != 0 {
 		return nil, fmt.Errorf("status: want no arguments, got %d", len(args))
 	}
+	// The keepalive measures the RTT every interval; right after a
+	// (re)connect there is none yet: ask for one, briefly.
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	c.client.ProbeRTT(pctx, time.Minute)
+	cancel()
 	return c.status(), nil
 }
 

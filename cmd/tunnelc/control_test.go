@@ -27,7 +27,7 @@ func TestClientSourceStatus(t *testing.T) {
 	st := res.(control.ClientStatus)
 	half := netip.MustParsePrefix("0.0.0.0/1")
 	if st.State != "up" || st.Server != "vpn.example.com:443" || st.ServerAddr == "" || !slices.Contains(st.Addresses, c.Config.Addr) ||
-		!slices.Contains(st.Routes, half) || len(st.DNS) != 1 || !st.KillSwitch || !st.FullTunnel || st.Since.IsZero() {
+		!slices.Contains(st.Routes, half) || len(st.DNS) != 1 || !st.KillSwitch || !st.FullTunnel || st.Since.IsZero() || st.RTTMillis <= 0 {
 		t.Errorf("status = %+v", st)
 	}
 	// The view is a copy: a later change of the routing config does not

@@ -139,7 +139,7 @@ func TestNetNSControlSocket(t *testing.T) {
 	t.Run("tunnelc status", func(t *testing.T) {
 		st := clientStatus(t)
 		if st.State != "up" || !slices.Contains(st.Addresses, addr) || !slices.Contains(st.Routes, netip.MustParsePrefix("198.18.30.0/24")) ||
-			st.Server != "198.18.0.1:443" || st.BytesOut == 0 || st.LastHandshake.IsZero() {
+			st.Server != "198.18.0.1:443" || st.BytesOut == 0 || st.LastHandshake.IsZero() || st.RTTMillis <= 0 {
 			t.Errorf("tunnelc status = %+v, want up with %v and route 198.18.30.0/24", st, addr)
 		}
 		human := ctl(t, tunnelc, "status", "--control", cliCtl)

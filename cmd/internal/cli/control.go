@@ -18,7 +18,6 @@ import (
 type ControlFlags struct {
 	Path  string // --control; see Socket
 	Group string // --control-group
-	set   bool
 	fs    *pflag.FlagSet
 }
 
