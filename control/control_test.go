@@ -7,8 +7,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -224,5 +227,28 @@ func TestListenUnknownGroup(t *testing.T) {
 func TestDefaultPath(t *testing.T) {
 	if got := DefaultPath("tunneld0"); got != "/run/tlsvpn/tunneld0.sock" {
 		t.Errorf("DefaultPath(tunneld0) = %q", got)
+	}
+}
+
+func TestListenGroup(t *testing.T) {
+	g, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Skipf("no group nogroup here: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("giving a socket to another group needs root")
+	}
+	path := socketPath(t)
+	s, err := Listen(path, Options{Group: "nogroup"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gid := fi.Sys().(*syscall.Stat_t).Gid; strconv.Itoa(int(gid)) != g.Gid || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket gid %d mode %v, want group nogroup (%s) and 0660", gid, fi.Mode().Perm(), g.Gid)
 	}
 }

@@ -88,8 +88,12 @@ func Listen(path string, opts Options) (*Server, error) {
 		return fail(fmt.Errorf("control socket %s: %w", path, err))
 	}
 	if gid >= 0 {
-		if err := os.Chown(tmp, -1, gid); err != nil {
+		if err := os.Chown(tmp, -1, gid); err != nil && opts.Group != "" {
 			return fail(fmt.Errorf("control socket %s: give it to group %s: %w", path, opts.Group, err))
+		} else if err != nil {
+			// The default group exists but this daemon's user may not
+			// hand files to it: the socket stays the user's alone.
+			log.Warn("control socket: the group "+DefaultGroup+" cannot be given access; only the daemon's user can use the socket (see --control-group)", "path", path, "err", err)
 		}
 	}
 	if err := os.Link(tmp, path); err != nil {
