@@ -294,6 +294,7 @@ func TestReload(t *testing.T) {
 		wantErr    string // "" for a valid file
 		want       string // state after
 		wantLog    []string
+		wantReport []string // lines of what Reload returns ('tunneld reload' prints it)
 	}{
 		{
 			name: "a limit, the log level, pushed routes, a client's routes, the CRL, and the listen address",
@@ -303,6 +304,9 @@ func TestReload(t *testing.T) {
 			want: "level=INFO max-clients=20 routes=[198.18.10.0/24 198.18.11.0/24] keepalive=5s laptop=100.64.0.11 routes=[198.18.12.0/24] crl=" + filepath.Join(pki, "crl.pem"),
 			wantLog: []string{`msg="setting changed but needs a restart: keeping the running value until then" setting=listen running=0.0.0.0:443 configured=0.0.0.0:8443`,
 				`msg="revocation list switched"`, `msg="client policies reloaded"`, `msg="configuration reloaded"`},
+			wantReport: []string{"configuration reloaded from " + path, "applied: crl, keepalive, max-clients, route",
+				"needs a restart, running value kept: listen", "client policies reloaded from " + path + ":10",
+				"revocation list reloaded from " + filepath.Join(pki, "crl.pem")},
 		},
 		{
 			name:    "an unknown key changes nothing",
@@ -339,7 +343,12 @@ func TestReload(t *testing.T) {
 			before := state()
 			logStart := len(logBuf.String())
 			writeTestFile(t, path, step.file)
-			_, err := r.Reload()
+			report, err := r.Reload()
+			for _, w := range step.wantReport {
+				if !slices.Contains(strings.Split(report, "\n"), w) {
+					t.Errorf("Reload's report lacks the line %q:\n%s", w, report)
+				}
+			}
 			switch {
 			case step.wantErr == "" && err != nil:
 				t.Fatalf("Reload: %v", err)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"tlsvpn/certs"
 	"tlsvpn/cmd/internal/cli"
 	"tlsvpn/control"
 	"tlsvpn/tunnel"
@@ -66,13 +67,17 @@ and sent to it (OUT), and the round-trip time of the last keepalive PING
 		},
 	},
 	"reload": {
-		Help: `Make a running tunneld re-read its --clients file and its --crl, exactly as
-SIGHUP does, but for this instance only, and report the result. A file that
-does not parse keeps the previous policies and is reported with its error
-(exit status 1); sessions stay up. Only clients whose own entry changed
-reconnect.`,
+		Help: `Make a running tunneld re-read its config file (--config), its clients
+policy and its --crl, exactly as SIGHUP does, but for this instance only, and
+report the result. A file that does not parse or validate changes nothing and
+is reported with its error (exit status 1); sessions stay up. Only what
+changed is applied; only clients whose own configuration changed reconnect;
+settings that need a restart are named and keep their running value.`,
 		Example: `  $ tunneld reload
-  client policies reloaded from /etc/tlsvpn/clients.yaml: 12 clients, 0 readdressed, 1 reconnected for a changed policy
+  configuration reloaded from /etc/tlsvpn/tunneld.yaml
+  applied: max-clients, route
+  client policies reloaded from /etc/tlsvpn/clients.yaml
+  3 sessions reconnected for a changed configuration
   revocation list reloaded from /etc/tlsvpn/pki/crl.pem
 `,
 	},
@@ -112,8 +117,8 @@ type controlSource struct {
 	srv      *tunnel.Server
 	stats    *tunnel.Stats
 	limits   *tunnel.Limiter
-	reload   *reloader
-	crl      *crlHolder // the revocation list in force; nil inside without --crl
+	reload   interface{ Reload() (string, error) } // *reloader
+	crl      *crlHolder                            // the revocation list in force; nil inside without --crl
 	started  time.Time
 	listen   string
 	tun      string
@@ -225,7 +230,7 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 		Refusals:     refusals,
 		Certificate:  control.Expiry{File: c.certFile, Expires: c.certEnd},
 	}
-	if rev := c.crl.rev.Load(); rev != nil {
+	if rev := c.crlInForce(); rev != nil {
 		e := control.Expiry{File: rev.Path()}
 		if crl, err := rev.Current(); err != nil {
 			e.Error = err.Error()
@@ -362,4 +367,12 @@ func tunnelSubnets(subnet, subnet6 netip.Prefix) []netip.Prefix {
 		out = append(out, subnet6)
 	}
 	return out
+}
+
+// crlInForce is the revocation list in force, nil without --crl.
+func (c *controlSource) crlInForce() *certs.Revocation {
+	if c.crl == nil {
+		return nil
+	}
+	return c.crl.rev.Load()
 }
