@@ -155,7 +155,7 @@ func TestNetNSControlSocket(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := ctl(t, tunneld, "reload", "--control", srvCtl)
-		if r.code != 0 || !strings.Contains(r.stdout, "client policies reloaded") || !strings.Contains(r.stdout, "1 reconnected") {
+		if r.code != 0 || !strings.Contains(r.stdout, "client policies reloaded") || !strings.Contains(r.stdout, "1 sessions reconnected") {
 			t.Fatalf("tunneld reload: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 		}
 		eventually(t, "the laptop to reconnect with the new route", func() bool {
@@ -171,7 +171,7 @@ func TestNetNSControlSocket(t *testing.T) {
 		}
 		r := ctl(t, tunneld, "reload", "--control", srvCtl)
 		t.Logf("tunneld reload of a broken file:\n%s", r.stderr)
-		if r.code != 1 || !strings.Contains(r.stderr, "keeping the previous client policies") || !strings.Contains(r.stderr, "yaml") {
+		if r.code != 1 || !strings.Contains(r.stderr, "reload refused") || !strings.Contains(r.stderr, clients+": line ") {
 			t.Fatalf("tunneld reload of a broken file: exit %d (want 1)\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 		}
 		if err := ping(t, laptop, "100.64.0.1"); err != nil {
