@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -202,6 +201,10 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return cli.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
 	}
+	sd, err := newServerDialer(o.server, host, portStr, log)
+	if err != nil {
+		return cli.Usagef("--server %q: %v", o.server, err)
+	}
 	if o.killSwitch && !o.fullTunnel {
 		return cli.Usagef("--kill-switch needs --full-tunnel")
 	}
@@ -235,6 +238,9 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if o.cert == "" || o.key == "" || o.ca == "" {
 		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
 	}
 	tlsCfg, err := certs.ClientConfig(o.cert, o.key, o.ca, o.serverName)
 	if err != nil {
@@ -270,21 +276,21 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			dev.Close()
 		}
 	}()
+	// The interface comes first, before anything else changes and before
+	// a handshake replaces a live session of this identity elsewhere.
+	if dev, err = openTUN(o.tunName, log); err != nil {
+		return err
+	}
+	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
+		return err
+	}
 	// Full tunnel and kill switch need the server's addresses.
 	var serverAddrs []netip.AddrPort
 	if o.fullTunnel {
-		port, err := strconv.ParseUint(portStr, 10, 16)
-		if err != nil {
-			return cli.Usagef("--server %q: bad port", o.server)
+		if serverAddrs, err = sd.resolve(ctx); err != nil {
+			return err
 		}
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		if err != nil {
-			return cli.ResolveError(host, err)
-		}
-		for _, ip := range ips {
-			serverAddrs = append(serverAddrs, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
-		}
-		o.server = serverAddrs[0].String() // dial what the bypass and kill switch allow
+		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
@@ -330,35 +336,21 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}()
 
-	// setup runs for every session. The first creates the TUN device;
-	// later ones (reconnects, rotations) keep it and only converge the
-	// addresses and routes, which is a no-op when nothing changed.
+	// setup runs for every session, on the TUN device opened above: it
+	// converges the addresses, MTU and routes, which is a no-op when
+	// nothing changed (reconnects, rotations).
 	var applied string
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		if dev == nil {
-			d, err := tun.Open(o.tunName, cfg.MTU, tun.Options{Logger: log})
-			if err != nil {
-				return nil, err
-			}
-			m, err := routing.NewManager(routing.Options{Logger: log})
-			if err != nil {
-				d.Close()
-				return nil, err
-			}
-			dev, mgr = d, m
-		}
 		rc, full := clientRouting(o.tunName, cfg, o.fullTunnel)
 		if full && bypass == nil {
 			// Keep the way to the server outside the tunnel before the
 			// tunnel takes everything else.
 			if len(serverAddrs) == 0 {
-				ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-				if err != nil || len(ips) == 0 {
-					return nil, fmt.Errorf("full tunnel: %w", cli.ResolveError(host, err))
-				}
-				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
+				// The server pushed a default route: keep the address
+				// this session is connected to outside the tunnel.
+				serverAddrs = append(serverAddrs, sd.lastAddr())
 			}
 			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.tunName)
 			if err != nil {
@@ -403,7 +395,6 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 
 	stats := new(tunnel.Stats)
 	keepalive := 15 * time.Second
-	dialer := &net.Dialer{}
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
@@ -421,7 +412,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 					log.Info("route to the server moved outside the tunnel", "server", o.server)
 				}
 			}
-			c, err := dialer.DialContext(ctx, "tcp", o.server)
+			c, err := sd.Dial(ctx)
 			if err == nil {
 				cli.TuneTCP(c, 3*keepalive, congestion)
 				local.set(c.LocalAddr())
