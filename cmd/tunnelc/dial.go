@@ -27,6 +27,9 @@ type serverDialer struct {
 	port   uint16 // immutable
 	log    *slog.Logger
 	dialer net.Dialer
+	// lookup resolves a name (net.DefaultResolver.LookupNetIP; tests
+	// replace it).
+	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
 
 	mu     sync.Mutex
 	pinned []netip.AddrPort // if set, dialed instead of resolving host
@@ -47,7 +50,8 @@ func newServerDialer(server, host, port string, log *slog.Logger) (*serverDialer
 	if err != nil || p == 0 {
 		return nil, fmt.Errorf("bad port %q", port)
 	}
-	return &serverDialer{server: server, host: host, port: uint16(p), log: log, logged: map[string]time.Time{}}, nil
+	return &serverDialer{server: server, host: host, port: uint16(p), log: log,
+		lookup: net.DefaultResolver.LookupNetIP, logged: map[string]time.Time{}}, nil
 }
 
 // pin makes Dial use addrs instead of resolving the name again: with a
@@ -73,7 +77,7 @@ func (d *serverDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
 		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), d.port)}, nil
 	}
 	d.logLimited("resolving the server's name", "host", d.host)
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", d.host)
+	ips, err := d.lookup(ctx, "ip", d.host)
 	if err != nil {
 		return nil, err
 	}
