@@ -48,12 +48,21 @@ const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca
        tunnelc profiles                      (list the profiles)
        tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
 
-tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
-identity with the client certificate in --cert, checks the server's certificate
-against the CA in --ca (never the system's roots) and its name against
---server-name, then creates the TUN device, installs the address, MTU and
-routes the server assigns, and carries packets. On SIGINT or SIGTERM it tells
-the server, removes the addresses and routes it installed, and exits.
+tunnelc is the tlsvpn client. It needs root or CAP_NET_ADMIN. It checks that,
+and creates the TUN device --tun, before it connects: a start that cannot work
+(no privileges, a name another process holds) fails without making the server
+drop a live session of the same identity. It connects to tunneld over TLS 1.3,
+proves its identity with the client certificate in --cert, checks the server's
+certificate against the CA in --ca (never the system's roots) and its name
+against --server-name, installs the address, MTU and routes the server
+assigns, and carries packets. On SIGINT or SIGTERM it tells the server,
+removes the addresses and routes it installed, and exits.
+
+It reconnects after failures with a backoff from 250ms up to 30s; after a
+problem that does not go away by itself (a server certificate from another CA
+or for another name, a client certificate the server refuses, a server that
+is not a tlsvpn server) it logs the reason and a hint once and retries about
+every 5 minutes.
 
 Flags:
 `
@@ -77,6 +86,14 @@ Examples:
   # "full-tunnel: true"), kept as profiles in /etc/tlsvpn/client
   tunnelc check --profile work
   tunnelc --profile work
+
+Exit status:
+  0  stopped by SIGINT or SIGTERM (or --help)
+  1  failed (including --max-attempts used up, or 'tunnelc check' found a problem)
+  2  bad flags or arguments
+  3  cannot run here as asked: no root or CAP_NET_ADMIN, or the --tun name is
+     held by another process or is not a TUN device; nothing was changed and
+     the server was not contacted
 `
 
 type options struct {
@@ -132,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.tunName, "tun", "tunnelc0", "name of the TUN interface to create")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 15*time.Second, "time allowed to connect and complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
-	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s)")
+	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s, or about 5m after a problem that does not go away by itself, e.g. a certificate from another CA)")
 	fs.Int64Var(&o.rotateBytes, "rotate-bytes", 0, "open a fresh session (new keys) after N bytes through the tunnel, e.g. 1073741824 (0: only the TLS record budget and --rotate-after)")
 	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
 	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
