@@ -276,7 +276,8 @@ func (c *Client) Counts() (reconnects, rotations uint64) {
 // reconnects with exponential backoff and jitter, keeping the TUN device,
 // its address and routes in place so applications see a pause, not an
 // error. It returns nil on shutdown, or the last error when MaxAttempts
-// consecutive attempts failed or Setup failed.
+// consecutive attempts failed (a *ConnectError for a permanent problem)
+// or Setup failed.
 func (c *Client) Run(ctx context.Context) error {
 	var (
 		dev     tun.Device
@@ -308,7 +309,7 @@ func (c *Client) Run(ctx context.Context) error {
 				}
 				failures++
 				if c.cfg.MaxAttempts > 0 && failures >= c.cfg.MaxAttempts {
-					return err
+					return explain(err)
 				}
 				wait := c.connectFailed(&retry, err, failures, &backoff)
 				c.setState(StateBackingOff, nil, wait, err)

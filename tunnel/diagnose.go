@@ -133,6 +133,25 @@ func Diagnose(err error) Diagnosis {
 	return Diagnosis{Hint: transientHint(err)}
 }
 
+// ConnectError is a connection attempt that failed for a permanent
+// problem, as Run returns it when MaxAttempts ran out: its message is the
+// reason and the hint, and it wraps the error.
+type ConnectError struct {
+	Diagnosis
+	Err error
+}
+
+func (e *ConnectError) Error() string { return e.Reason + "; " + e.Hint }
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// explain returns err as a *ConnectError if it is a permanent problem.
+func explain(err error) error {
+	if d := Diagnose(err); d.Problem.Permanent() {
+		return &ConnectError{Diagnosis: d, Err: err}
+	}
+	return err
+}
+
 // nameMismatch explains a server certificate that does not hold the name
 // the client checks, listing the names it holds.
 func nameMismatch(hn x509.HostnameError) Diagnosis {

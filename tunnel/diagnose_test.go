@@ -324,3 +324,26 @@ func TestTransientProblemBacksOffFast(t *testing.T) {
 		t.Errorf("first warning %q does not say why", warns[0])
 	}
 }
+
+// TestRunExplainsPermanentProblem: when MaxAttempts runs out on a
+// permanent problem, Run's error is the reason and hint, wrapping the
+// TLS error.
+func TestRunExplainsPermanentProblem(t *testing.T) {
+	p := newPKI(t)
+	srv := p.server(p.other.ServerCert(t, "vpn.example.com"))
+	var err error
+	synctest.Test(t, func(t *testing.T) {
+		c, nerr := tunnel.NewClient(tunnel.ClientConfig{Dial: pipeDial(serveTLS(srv, nil)), TLS: p.client(t, p.ca, "vpn.example.com"),
+			Setup: noSetup, MaxAttempts: 1})
+		if nerr != nil {
+			t.Fatal(nerr)
+		}
+		err = c.Run(context.Background())
+	})
+	var ce *tunnel.ConnectError
+	var ua x509.UnknownAuthorityError
+	if !errors.As(err, &ce) || ce.Problem != tunnel.ProblemUnknownCA || !errors.As(err, &ua) ||
+		!strings.HasPrefix(err.Error(), ce.Reason+"; "+ce.Hint) {
+		t.Errorf("Run = %v, want a *ConnectError (unknown CA) saying the reason and hint, wrapping the x509 error", err)
+	}
+}

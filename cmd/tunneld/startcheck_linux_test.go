@@ -163,6 +163,53 @@ func TestNetNSTunnelcPrivileges(t *testing.T) {
 	}
 }
 
+// TestNetNSTunnelcPermanentProblem: tunnelc told to check a name the
+// server's certificate does not hold says where it connects, names the
+// problem with the names the certificate holds and a hint, and waits the
+// slow backoff (about 30s first) instead of 250ms; with --max-attempts 1
+// it exits with that explanation, said once.
+func TestNetNSTunnelcPermanentProblem(t *testing.T) {
+	e := newEnv(t)
+	args := []string{"--server", e.serverIPs[0] + ":443", "--server-name", "wrong.example",
+		"--cert", e.file("laptop1.crt"), "--key", e.file("laptop1.key"), "--ca", e.file("ca.crt")}
+	c := start(t, e.laptops[0], e.tunnelc, append(args, "--log-level", "debug")...)
+	var failed string
+	eventually(t, "tunnelc to report the name mismatch", func() bool {
+		failed = logLine(c.log.String(), "level=ERROR", `msg="connect failed"`)
+		return failed != ""
+	})
+	connecting := logLine(c.log.String(), `msg="connecting to the server" server=`+e.serverIPs[0]+":443")
+	if connecting == "" || strings.Index(c.log.String(), connecting) > strings.Index(c.log.String(), failed) {
+		t.Errorf("no \"connecting to the server\" line before the failure:\n%s", c.log)
+	}
+	if got := logAttr(failed, "problem"); got != "server name mismatch" {
+		t.Errorf("problem = %q, want server name mismatch: %s", got, failed)
+	}
+	if r := logAttr(failed, "reason"); !strings.Contains(r, e.serverIPs[0]) || !strings.Contains(r, "not wrong.example") {
+		t.Errorf("reason = %q, want the certificate's names and the name checked", r)
+	}
+	if h := logAttr(failed, "hint"); !strings.Contains(h, "--server-name") {
+		t.Errorf("hint = %q, want a pointer to --server-name", h)
+	}
+	if wait := logDuration(t, failed, "retry_in"); wait < 15*time.Second {
+		t.Errorf("retry_in = %v after a name mismatch, want the slow backoff (30s drawn from [15s, 45s])", wait)
+	}
+	if err := c.stop(t); err != nil {
+		t.Errorf("tunnelc exit: %v", err)
+	}
+
+	once := start(t, e.laptops[0], e.tunnelc, append(args, "--max-attempts", "1")...)
+	if code := exitCode(t, once); code != cli.ExitFailure {
+		t.Errorf("tunnelc --max-attempts 1 exited %d, want %d", code, cli.ExitFailure)
+	}
+	last := strings.TrimSpace(once.log.String())
+	last = last[strings.LastIndex(last, "\n")+1:]
+	if !strings.HasPrefix(last, "tunnelc: the server's certificate is for ") || !strings.Contains(last, "--server-name") ||
+		strings.Contains(last, "x509") || strings.Contains(last, "tls:") {
+		t.Errorf("tunnelc --max-attempts 1 ended with %q, want the reason and hint without the TLS error chain", last)
+	}
+}
+
 func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	t.Helper()
 	src, err := os.Open(from)
