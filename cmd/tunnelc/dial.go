@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,9 +45,9 @@ const logEvery = 30 * time.Second
 const minDialShare = 2 * time.Second
 
 func newServerDialer(server, host, port string, log *slog.Logger) (*serverDialer, error) {
-	p, err := strconv.ParseUint(port, 10, 16)
+	p, err := net.LookupPort("tcp", port) // a number, or a name from /etc/services
 	if err != nil || p == 0 {
-		return nil, fmt.Errorf("bad port %q", port)
+		return nil, fmt.Errorf("the port must be a number from 1 to 65535 or a service name such as https")
 	}
 	return &serverDialer{server: server, host: host, port: uint16(p), log: log,
 		lookup: net.DefaultResolver.LookupNetIP, logged: map[string]time.Time{}}, nil
