@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"tlsvpn/cmd/internal/cli"
 )
 
 // serverDialer opens the TCP connection to the server for each attempt.
@@ -69,19 +71,15 @@ func (d *serverDialer) lastAddr() netip.AddrPort {
 }
 
 // resolve returns the server's addresses with the port, logging the
-// lookup of a name first. Its error is the resolver's, which names the
-// host ("lookup vpn.example.com on 127.0.0.53:53: no such host").
+// lookup of a name first. Its error names the host once (cli.ResolveError).
 func (d *serverDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
 	if ip, err := netip.ParseAddr(d.host); err == nil {
 		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), d.port)}, nil
 	}
 	d.logLimited("resolving the server's name", "host", d.host)
 	ips, err := d.lookup(ctx, "ip", d.host)
-	if err != nil {
-		return nil, err
-	}
-	if len(ips) == 0 { // the resolver reports that as an error; be sure
-		return nil, &net.DNSError{Err: "no addresses", Name: d.host, IsNotFound: true}
+	if err != nil || len(ips) == 0 {
+		return nil, cli.ResolveError(d.host, err)
 	}
 	addrs := make([]netip.AddrPort, len(ips))
 	for i, ip := range ips {

@@ -256,9 +256,6 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if o.cert == "" || o.key == "" || o.ca == "" {
 		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
 	}
-	if err := checkPrivileges(); err != nil {
-		return err
-	}
 	tlsCfg, err := certs.ClientConfig(o.cert, o.key, o.ca, o.serverName)
 	if err != nil {
 		return err
@@ -266,6 +263,15 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	cli.WarnKeyFile(log, o.key)
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
+	}
+	stats := new(tunnel.Stats)
+	if o.metrics != "" {
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
+			return err
+		}
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
 	}
 	// The control socket before anything is dialed or installed: a live
 	// one means this instance already runs.
@@ -410,7 +416,6 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		return dev, nil
 	}
 
-	stats := new(tunnel.Stats)
 	keepalive := 15 * time.Second
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
@@ -453,11 +458,6 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	})
 	if err != nil {
 		return err
-	}
-	if o.metrics != "" {
-		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
-			return err
-		}
 	}
 	go local.watch(ctx, client, log)
 	startControl(ctx, ctl, &clientSource{client: client, stats: stats, view: view, server: given,
