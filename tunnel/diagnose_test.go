@@ -108,8 +108,7 @@ func noSetup(context.Context, tunnel.Config) (tun.Device, error) {
 func TestDiagnose(t *testing.T) {
 	p := newPKI(t)
 	good := p.ca.ServerCert(t, "vpn.example.com")
-	named := p.ca.Issue(t, certs.IssueRequest{Name: "server", Server: true,
-		DNSNames: []string{"vpn.example.com"}, IPs: []net.IP{net.IPv4(192, 0, 2, 1)}})
+	named := p.ca.Issue(t, certs.IssueRequest{Name: "vpn.example.com", Server: true, IPs: []net.IP{net.IPv4(192, 0, 2, 1)}})
 	expired := p.ca.Issue(t, certs.IssueRequest{Name: "vpn.example.com", Server: true, Days: 1, Now: p.now.AddDate(0, 0, -2)})
 	revoked := p.ca.ClientCert(t, "laptop")
 	revokedCfg := certs.ClientConfigFrom(revoked, p.ca.Pool(), "vpn.example.com")
