@@ -47,12 +47,22 @@ const logEvery = 30 * time.Second
 const minDialShare = 2 * time.Second
 
 func newServerDialer(server, host, port string, log *slog.Logger) (*serverDialer, error) {
-	p, err := net.LookupPort("tcp", port) // a number, or a name from /etc/services
-	if err != nil || p == 0 {
-		return nil, fmt.Errorf("the port must be a number from 1 to 65535 or a service name such as https")
+	p, err := serverPort(port)
+	if err != nil {
+		return nil, err
 	}
-	return &serverDialer{server: server, host: host, port: uint16(p), log: log,
+	return &serverDialer{server: server, host: host, port: p, log: log,
 		lookup: net.DefaultResolver.LookupNetIP, logged: map[string]time.Time{}}, nil
+}
+
+// serverPort parses the port of --server: a number, or a service name
+// from /etc/services (as net.Dial takes it).
+func serverPort(port string) (uint16, error) {
+	p, err := net.LookupPort("tcp", port)
+	if err != nil || p == 0 {
+		return 0, fmt.Errorf("the port must be a number from 1 to 65535 or a service name such as https")
+	}
+	return uint16(p), nil
 }
 
 // pin makes Dial use addrs instead of resolving the name again: with a
