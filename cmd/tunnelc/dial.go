@@ -155,6 +155,13 @@ func (d *serverDialer) logLimited(msg string, attrs ...any) {
 	d.mu.Lock()
 	quiet := now.Sub(d.logged[key]) < logEvery
 	if !quiet {
+		if len(d.logged) >= 64 { // lines of addresses the name no longer has
+			for k, t := range d.logged {
+				if now.Sub(t) >= logEvery {
+					delete(d.logged, k)
+				}
+			}
+		}
 		d.logged[key] = now
 	}
 	d.mu.Unlock()
