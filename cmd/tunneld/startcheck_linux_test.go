@@ -125,7 +125,8 @@ func TestNetNSTunnelcPrivileges(t *testing.T) {
 	}
 	ln := ns.Listen(t, "tcp", "127.0.0.1:0")
 	args := []string{"--server", ln.Addr().String(), "--tun", "tvtnobody0",
-		"--cert", certFile, "--key", keyFile, "--ca", caFile, "--log-level", "debug"}
+		"--cert", certFile, "--key", keyFile, "--ca", caFile, "--log-level", "debug",
+		"--control", ""} // nobody may not create a socket in /run/tlsvpn
 	nobody := []string{"--reuid", "65534", "--regid", "65534", "--clear-groups"}
 
 	// Changing all uids away from 0 clears the capabilities.
