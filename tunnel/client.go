@@ -5,13 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"tlsvpn/tun"
@@ -19,7 +16,8 @@ import (
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	// Dial opens the underlying connection to the server (TCP).
+	// Dial opens the underlying connection to the server (TCP). Its error
+	// is returned as is, so it names what was dialed (net.Dialer's do).
 	Dial func(ctx context.Context) (net.Conn, error)
 	// TLS is the client's TLS configuration (TLS 1.3, client certificate,
 	// the project CA as the only root). NewClient sets NextProtos to ALPN on
@@ -50,6 +48,13 @@ type ClientConfig struct {
 	// Reconnect backoff: the first retry waits MinBackoff, each failure
 	// doubles it up to MaxBackoff; each wait is drawn from [b/2, 3b/2). Defaults 250ms, 30s.
 	MinBackoff, MaxBackoff time.Duration
+	// SlowBackoff bounds the wait after an attempt that failed for a
+	// permanent reason (Diagnose: a server certificate from another CA or
+	// for another name, a refused client certificate, a server that is not
+	// a tlsvpn server). Such a failure waits at least MaxBackoff, doubling
+	// up to SlowBackoff, each wait drawn like the others, so that a client
+	// that cannot succeed does not hammer the server; default 5m.
+	SlowBackoff time.Duration
 	// MaxAttempts ends Run after that many consecutive failed connection
 	// attempts; 0 retries forever.
 	MaxAttempts int
@@ -78,9 +83,83 @@ type Client struct {
 
 	kick chan string // asks Run to replace the session at once
 
-	mu      sync.Mutex // guards reconnects
+	mu      sync.Mutex // guards the fields below
 	rotated uint64
 	reconns uint64
+	// What Status reports: the state, the current session (nil unless
+	// up), the server and configuration of the last session, when a
+	// backing-off client tries again, and why the last attempt or
+	// session ended.
+	state   string
+	cur     *Session
+	server  string
+	config  Config
+	retryAt time.Time
+	lastErr string
+}
+
+// Client states reported by Status.
+const (
+	StateConnecting = "connecting"  // dialing and handshaking
+	StateUp         = "up"          // a session carries traffic
+	StateBackingOff = "backing off" // waiting before the next attempt
+)
+
+// ClientStatus is a snapshot of a Client for status output.
+type ClientStatus struct {
+	State         string    // StateConnecting, StateUp or StateBackingOff
+	Server        string    // address of the server of the current (or last) session
+	Config        Config    // configuration of the current (or last) session
+	Since         time.Time // when the current session was established; zero unless up
+	LastHandshake time.Time // the current session's TLS handshake or last KeyUpdate
+	RTT           time.Duration
+	RetryAt       time.Time // backing off: when the next attempt starts
+	LastError     string    // why the last attempt failed or the last session ended
+	Reconnects    uint64
+	Rotations     uint64
+}
+
+// Status returns the client's state. It is cheap: a lock and a few
+// atomic loads.
+func (c *Client) Status() ClientStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := ClientStatus{State: c.state, Server: c.server, Config: c.config, RetryAt: c.retryAt,
+		LastError: c.lastErr, Reconnects: c.reconns, Rotations: c.rotated}
+	if st.State == "" {
+		st.State = StateConnecting
+	}
+	if c.cur != nil {
+		st.Since, st.LastHandshake, st.RTT = c.cur.started, c.cur.LastHandshake(), c.cur.RTT()
+	}
+	return st
+}
+
+// ProbeRTT pings the server on the current session unless its
+// round-trip time was measured within maxAge, and waits for the PONG (or
+// ctx), so that Status has a fresh RTT. It does nothing while no session
+// is up.
+func (c *Client) ProbeRTT(ctx context.Context, maxAge time.Duration) {
+	c.mu.Lock()
+	cur := c.cur
+	c.mu.Unlock()
+	if cur != nil {
+		probeRTT(ctx, []*Session{cur}, maxAge)
+	}
+}
+
+// setState records a state change for Status; retry is the wait before
+// the next attempt when backing off, err why.
+func (c *Client) setState(state string, cur *Session, retry time.Duration, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.state, c.cur, c.retryAt = state, cur, time.Time{}
+	if retry > 0 {
+		c.retryAt = time.Now().Add(retry)
+	}
+	if err != nil {
+		c.lastErr = err.Error()
+	}
 }
 
 // NewClient returns a Client.
@@ -103,6 +182,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
 	}
+	if cfg.SlowBackoff <= 0 {
+		cfg.SlowBackoff = max(5*time.Minute, cfg.MaxBackoff)
+	}
+	cfg.SlowBackoff = max(cfg.SlowBackoff, cfg.MaxBackoff)
 	if cfg.RotateRecords == 0 {
 		cfg.RotateRecords = 1 << 23
 	}
@@ -151,7 +234,7 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 	defer cancel()
 	raw, err := c.cfg.Dial(hctx)
 	if err != nil {
-		return nil, nil, Connected{}, fmt.Errorf("dial: %w", err)
+		return nil, nil, Connected{}, err // it names what it dialed (net.Dialer's do)
 	}
 	bc := NewBatchConn(raw)
 	var tc *tls.Conn
@@ -193,7 +276,8 @@ func (c *Client) Counts() (reconnects, rotations uint64) {
 // reconnects with exponential backoff and jitter, keeping the TUN device,
 // its address and routes in place so applications see a pause, not an
 // error. It returns nil on shutdown, or the last error when MaxAttempts
-// consecutive attempts failed or Setup failed.
+// consecutive attempts failed (a *ConnectError for a permanent problem)
+// or Setup failed.
 func (c *Client) Run(ctx context.Context) error {
 	var (
 		dev     tun.Device
@@ -209,6 +293,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}()
 	backoff := c.cfg.MinBackoff
+	var retry retryLog // what was logged about failed attempts
 	failures := 0
 	var down time.Time // when the last session ended
 	rotateWait, nextRotate := c.cfg.MinBackoff, time.Time{}
@@ -216,6 +301,7 @@ func (c *Client) Run(ctx context.Context) error {
 	var curEnd chan error
 	for {
 		if cur == nil {
+			c.setState(StateConnecting, nil, 0, nil)
 			tc, bc, info, err := c.Connect(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -223,21 +309,17 @@ func (c *Client) Run(ctx context.Context) error {
 				}
 				failures++
 				if c.cfg.MaxAttempts > 0 && failures >= c.cfg.MaxAttempts {
-					return err
+					return explain(err)
 				}
-				wait := Jitter(backoff)
-				attrs := []any{"err", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond)}
-				if hint := ConnectHint(err); hint != "" {
-					attrs = append(attrs, "hint", hint)
-				}
-				c.log.Warn("connect failed", attrs...)
+				wait := c.connectFailed(&retry, err, failures, &backoff)
+				c.setState(StateBackingOff, nil, wait, err)
 				if !sleep(ctx, wait) {
 					return nil
 				}
-				backoff = min(2*backoff, c.cfg.MaxBackoff)
 				continue
 			}
 			failures = 0
+			retry = retryLog{}
 			d, err := c.setup(ctx, tc, info)
 			if err != nil {
 				return err
@@ -253,6 +335,10 @@ func (c *Client) Run(ctx context.Context) error {
 				return errors.New("setup returned a different device on reconnect")
 			}
 			cur, curEnd = c.startSession(ctx, tc, bc, info, mux)
+			c.mu.Lock()
+			c.server, c.config = tc.RemoteAddr().String(), info.Config
+			c.mu.Unlock()
+			c.setState(StateUp, cur, 0, nil)
 			if muxDone == nil {
 				// Start reading only once the session is the default, so
 				// the first packets are not dropped for want of one.
@@ -302,9 +388,12 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseReconfigure {
 				c.log.Info("server changed this client's configuration; reconnecting to apply it", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			} else if errors.As(err, &pc) && pc.Code == CloseKicked {
+				c.log.Warn("kicked: the server's operator closed this session; reconnecting", "reason", pc.Reason, "retry_in", wait.Round(time.Millisecond))
 			} else {
 				c.log.Warn("session ended; reconnecting", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			}
+			c.setState(StateBackingOff, nil, wait, errors.New(errString(err)))
 			if !sleep(ctx, wait) {
 				return nil
 			}
@@ -334,6 +423,7 @@ func (c *Client) Run(ctx context.Context) error {
 				continue
 			}
 			rotateWait, nextRotate = c.cfg.MinBackoff, time.Time{}
+			c.setState(StateUp, next, 0, nil)
 			// The old session drains and closes by itself (the server
 			// retires it when the new one registers); its end is logged
 			// here, not treated as a failure.
@@ -430,45 +520,12 @@ func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, 
 	}
 	next, end := c.startSession(ctx, tc, bc, info, mux)
 	c.mu.Lock()
+	c.server, c.config = tc.RemoteAddr().String(), info.Config
 	c.rotated++
 	c.mu.Unlock()
 	c.log.Info("session rotated", "records", records, "bytes", bytes, "age", time.Since(old.started).Round(time.Millisecond),
 		"handshake_ms", info.Handshake.Milliseconds(), "resumed", info.TLS.DidResume)
 	return next, end, nil
-}
-
-// ConnectHint explains a failed connection attempt in words a user can
-// act on, or returns "" when the error says it already. A server refuses
-// some connections before it reads anything (its rate, connection and
-// handshake limits), which the client sees only as a closed connection.
-func ConnectHint(err error) string {
-	var pc *PeerClosedError
-	var cv *tls.CertificateVerificationError
-	// crypto/tls reports an alert from the peer as "remote error: tls:
-	// <alert name>", with no type to match.
-	remote := func(names ...string) bool {
-		for _, n := range names {
-			if strings.Contains(err.Error(), "remote error: tls: "+n) {
-				return true
-			}
-		}
-		return false
-	}
-	switch {
-	case errors.As(err, &pc) && pc.Code == ClosePolicy:
-		return "the server refused this client by its policy or limits (see the reason); it retries"
-	case errors.As(err, &cv):
-		return "the server's certificate did not verify against --ca (another CA, or a name other than --server-name): check the client's --ca and --server-name"
-	case remote("bad certificate", "unknown certificate authority", "revoked certificate", "expired certificate", "certificate required", "unsupported certificate"):
-		return "the server does not accept this client's certificate (revoked, expired, or from another CA): ask for a new one"
-	case remote("internal error"):
-		return "the server refused the handshake: it is busy and keeps its reserved slots for clients that resume a session or reconnect from a known address; it retries"
-	case remote("no application protocol"):
-		return "the server does not speak tlsvpn/1 (ALPN): wrong port or an incompatible version"
-	case strings.Contains(err.Error(), "tls handshake") && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
-		return "the server closed the connection during the TLS handshake: it is refusing new connections for now (rate, connection or handshake limits: its log says which), or this is not a tlsvpn server; it retries"
-	}
-	return ""
 }
 
 // Jitter spreads d uniformly over [d/2, 3d/2) so the clients of a

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -43,13 +42,27 @@ func main() {
 }
 
 const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca FILE [flags]
+       tunnelc --config FILE [flags]         (settings from a YAML file; flags override it)
+       tunnelc --profile NAME [flags]        (the config file /etc/tlsvpn/client/NAME.yaml)
+       tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
+       tunnelc profiles                      (list the profiles)
+       tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
 
-tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
-identity with the client certificate in --cert, checks the server's certificate
-against the CA in --ca (never the system's roots) and its name against
---server-name, then creates the TUN device, installs the address, MTU and
-routes the server assigns, and carries packets. On SIGINT or SIGTERM it tells
-the server, removes the addresses and routes it installed, and exits.
+tunnelc is the tlsvpn client. It needs root or CAP_NET_ADMIN. It checks that,
+and creates the TUN device --tun, before it connects: a start that cannot work
+(no privileges, a name another process holds) fails without making the server
+drop a live session of the same identity. It connects to tunneld over TLS 1.3,
+proves its identity with the client certificate in --cert, checks the server's
+certificate against the CA in --ca (never the system's roots) and its name
+against --server-name, installs the address, MTU and routes the server
+assigns, and carries packets. On SIGINT or SIGTERM it tells the server,
+removes the addresses and routes it installed, and exits.
+
+It reconnects after failures with a backoff from 250ms up to 30s; after a
+problem that does not go away by itself (a server certificate from another CA
+or for another name, a client certificate the server refuses, a server that
+is not a tlsvpn server) it logs the reason and a hint once and retries about
+every 5 minutes.
 
 Flags:
 `
@@ -68,6 +81,19 @@ Examples:
   # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
   # server (the server's --clients file must allow it: advertise)
   tunnelc --server 192.0.2.1:443 --cert site-b.crt --key site-b.key --ca ca.crt --advertise 198.18.20.0/24
+
+  # one config file per server (keys are the flag names, e.g. "server: vpn.example.com:443",
+  # "full-tunnel: true"), kept as profiles in /etc/tlsvpn/client
+  tunnelc check --profile work
+  tunnelc --profile work
+
+Exit status:
+  0  stopped by SIGINT or SIGTERM (or --help)
+  1  failed (including --max-attempts used up, or 'tunnelc check' found a problem)
+  2  bad flags or arguments
+  3  cannot run here as asked: no root or CAP_NET_ADMIN, or the --tun name is
+     held by another process or is not a TUN device; nothing was changed and
+     the server was not contacted
 `
 
 type options struct {
@@ -92,13 +118,29 @@ type options struct {
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
+	config              string // --config FILE; config.go
+	profile, profileDir string // --profile NAME: profileDir/NAME.yaml
+	ctl                 cli.ControlFlags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "status" {
+		return cli.RunControl(ctx, statusCommand, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "profiles" {
+		return runProfiles(stdout, stderr, args[1:])
+	}
+	checkOnly := len(args) > 0 && args[0] == "check"
+	if checkOnly {
+		args = args[1:]
+	}
 	var o options
 	fs := pflag.NewFlagSet("tunnelc", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
+	fs.StringVar(&o.config, "config", "", "read settings from a YAML FILE whose keys are the long flag names, e.g. /etc/tlsvpn/client/work.yaml (see README); a flag on the command line overrides the file")
+	fs.StringVar(&o.profile, "profile", "", "read settings from the profile NAME, the config file NAME.yaml in --profile-dir (one per server; 'tunnelc profiles' lists them)")
+	fs.StringVar(&o.profileDir, "profile-dir", DefaultProfileDir, "directory of the --profile files")
 	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
 	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
 	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
@@ -107,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.tunName, "tun", "tunnelc0", "name of the TUN interface to create")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 15*time.Second, "time allowed to connect and complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
-	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s)")
+	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s, or about 5m after a problem that does not go away by itself, e.g. a certificate from another CA)")
 	fs.Int64Var(&o.rotateBytes, "rotate-bytes", 0, "open a fresh session (new keys) after N bytes through the tunnel, e.g. 1073741824 (0: only the TLS record budget and --rotate-after)")
 	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
 	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
@@ -119,6 +161,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
+	cli.AddControlFlags(fs, &o.ctl, "tunnelc")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -142,7 +185,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunnelc --help')", fs.Arg(0))
 	}
+	if checkOnly {
+		return runCheck(stdout, fs, &o)
+	}
+	file, err := applyConfig(fs, &o)
+	if err != nil {
+		return &cli.UsageError{Err: err}
+	}
 	o.congestionSet = fs.Changed("congestion")
+	if file != nil {
+		// Name the file's line for what is wrong, before anything starts.
+		if errs := checkOptions(o); len(errs) > 0 {
+			return &cli.UsageError{Err: errors.New(file.Locate(errs[0]))}
+		}
+	}
 	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -165,6 +221,10 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	host, portStr, err := net.SplitHostPort(o.server)
 	if err != nil {
 		return cli.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
+	}
+	sd, err := newServerDialer(o.server, host, portStr, log)
+	if err != nil {
+		return cli.Usagef("--server %q: %v", o.server, err)
 	}
 	if o.killSwitch && !o.fullTunnel {
 		return cli.Usagef("--kill-switch needs --full-tunnel")
@@ -204,9 +264,27 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	cli.WarnKeyFile(log, o.key)
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
 	}
+	stats := new(tunnel.Stats)
+	if o.metrics != "" {
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
+			return err
+		}
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
+	// The control socket before anything is dialed or installed: a live
+	// one means this instance already runs.
+	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+	view, given := new(tunnelView), o.server
 
 	var (
 		mu  sync.Mutex // guards dev and mgr, set by setup
@@ -225,21 +303,21 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			dev.Close()
 		}
 	}()
+	// The interface comes first, before anything else changes and before
+	// a handshake replaces a live session of this identity elsewhere.
+	if dev, err = openTUN(o.tunName, log); err != nil {
+		return err
+	}
+	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
+		return err
+	}
 	// Full tunnel and kill switch need the server's addresses.
 	var serverAddrs []netip.AddrPort
 	if o.fullTunnel {
-		port, err := strconv.ParseUint(portStr, 10, 16)
-		if err != nil {
-			return cli.Usagef("--server %q: bad port", o.server)
+		if serverAddrs, err = sd.resolve(ctx); err != nil {
+			return err
 		}
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		if err != nil {
-			return fmt.Errorf("resolve %s: %w", host, err)
-		}
-		for _, ip := range ips {
-			serverAddrs = append(serverAddrs, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
-		}
-		o.server = serverAddrs[0].String() // dial what the bypass and kill switch allow
+		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
@@ -285,35 +363,21 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}()
 
-	// setup runs for every session. The first creates the TUN device;
-	// later ones (reconnects, rotations) keep it and only converge the
-	// addresses and routes, which is a no-op when nothing changed.
+	// setup runs for every session, on the TUN device opened above: it
+	// converges the addresses, MTU and routes, which is a no-op when
+	// nothing changed (reconnects, rotations).
 	var applied string
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		if dev == nil {
-			d, err := tun.Open(o.tunName, cfg.MTU, tun.Options{Logger: log})
-			if err != nil {
-				return nil, err
-			}
-			m, err := routing.NewManager(routing.Options{Logger: log})
-			if err != nil {
-				d.Close()
-				return nil, err
-			}
-			dev, mgr = d, m
-		}
 		rc, full := clientRouting(o.tunName, cfg, o.fullTunnel)
 		if full && bypass == nil {
 			// Keep the way to the server outside the tunnel before the
 			// tunnel takes everything else.
 			if len(serverAddrs) == 0 {
-				ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-				if err != nil || len(ips) == 0 {
-					return nil, fmt.Errorf("resolve %s for the full tunnel: %w", host, err)
-				}
-				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
+				// The server pushed a default route: keep the address
+				// this session is connected to outside the tunnel.
+				serverAddrs = append(serverAddrs, sd.lastAddr())
 			}
 			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.tunName)
 			if err != nil {
@@ -337,6 +401,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			restoreDNS, appliedDNS = r, d
 		}
+		view.set(rc, cfg.DNS)
 		if len(advertise) > 0 {
 			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
 				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
@@ -356,9 +421,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		return dev, nil
 	}
 
-	stats := new(tunnel.Stats)
 	keepalive := 15 * time.Second
-	dialer := &net.Dialer{}
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
@@ -376,7 +439,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 					log.Info("route to the server moved outside the tunnel", "server", o.server)
 				}
 			}
-			c, err := dialer.DialContext(ctx, "tcp", o.server)
+			c, err := sd.Dial(ctx)
 			if err == nil {
 				cli.TuneTCP(c, 3*keepalive, congestion)
 				local.set(c.LocalAddr())
@@ -401,13 +464,10 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if o.metrics != "" {
-		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
-			return err
-		}
-	}
 	cli.NotifyStopping(ctx, log)
 	go local.watch(ctx, client, log)
+	startControl(ctx, ctl, &clientSource{client: client, stats: stats, view: view, server: given,
+		tun: o.tunName, fullTunnel: o.fullTunnel, killSwitch: o.killSwitch}, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
 	return err

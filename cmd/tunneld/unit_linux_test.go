@@ -305,7 +305,7 @@ func TestNetNSUnitSandbox(t *testing.T) {
 		}
 	}
 
-	// Keys readable by the group only, as the README tells operators.
+	// Keys owned by the unit's user, mode 0600, as the README tells operators.
 	tunneld := bins["/usr/bin/tunneld"]
 	pki := filepath.Join(etc, "pki")
 	for _, args := range [][]string{
@@ -319,10 +319,9 @@ func TestNetNSUnitSandbox(t *testing.T) {
 	}
 	mkdir("etc/tlsvpn/pki", 0o750, 0, gid)
 	for _, f := range []string{"server.key", "laptop.key"} {
-		if err := os.Chown(filepath.Join(pki, f), 0, gid); err != nil {
+		if err := os.Chown(filepath.Join(pki, f), uid, gid); err != nil {
 			t.Fatal(err)
 		}
-		os.Chmod(filepath.Join(pki, f), 0o640)
 	}
 	writeFile := func(path, content string) {
 		if err := os.WriteFile(path, []byte(content), 0o640); err != nil {
