@@ -5,7 +5,8 @@ package main
 // the unit's user, group, capabilities and no-new-privileges applied by
 // setpriv, /proc/sys read-only except the unit's ReadWritePaths, and a
 // NOTIFY_SOCKET the test reads as systemd does. A tunneld and a tunnelc
-// so started must bring a tunnel up, say READY=1, reload and stop.
+// so started must bring a tunnel up, say READY=1, answer the control
+// commands at the units' sockets, reload and stop.
 //
 // By default the test uses the units of this tree and freshly built
 // binaries; with TLSVPN_INSTALLED=1 (scripts/test.sh's package step, after
@@ -357,6 +358,24 @@ func TestNetNSUnitSandbox(t *testing.T) {
 	// READY=1 means the tunnel is up: no waiting for routes.
 	if err := ping(t, laptop, "100.64.2.1"); err != nil {
 		t.Fatalf("through the tunnel of the units: %v", err)
+	}
+
+	// The operator's commands reach each instance at the --control path
+	// its unit names (in the RuntimeDirectory).
+	control := func(u *unit) string {
+		for _, a := range strings.Fields(u.one(t, "ExecStart")) {
+			if strings.HasPrefix(a, "/run/tlsvpn/") {
+				return filepath.Join(root, a)
+			}
+		}
+		t.Fatalf("%s: ExecStart has no --control /run/tlsvpn/...", u.name)
+		return ""
+	}
+	if out := server.Run(t, tunneld, "clients", "--control", control(srvUnit)); !strings.Contains(out, "laptop") {
+		t.Errorf("tunneld clients through the unit's socket:\n%s", out)
+	}
+	if out := laptop.Run(t, bins["/usr/bin/tunnelc"], "status", "--control", control(cliUnit)); !strings.Contains(out, "100.64.2.") {
+		t.Errorf("tunnelc status through the unit's socket:\n%s", out)
 	}
 
 	// systemctl reload: ExecReload as the unit's user, bracketed by
