@@ -4,7 +4,7 @@
 #
 #   dist/out/linux-ARCH/tunneld, tunnelc   CGO_ENABLED=0, -trimpath, -s -w
 #   dist/out/tlsvpn_VERSION_ARCH.deb        binaries, systemd units, example
-#                                           configs, man pages, copyright,
+#                                           configs (docs/examples), man pages, copyright,
 #                                           maintainer scripts (dist/debian)
 #
 # Env: VERSION (default: from git, e.g. 1.4.0 on tag v1.4.0, 1.4.0+3.g1a2b3c4d
@@ -126,8 +126,10 @@ package() {
 	install -d -m 0750 "$root/etc/tlsvpn" "$root/etc/tlsvpn/client" "$root/etc/tlsvpn/server"
 	install -m 0755 "$OUT/linux-$arch/tunneld" "$OUT/linux-$arch/tunnelc" "$root/usr/bin/"
 	install -m 0644 dist/systemd/*.service "$root/lib/systemd/system/"
-	install -m 0644 dist/config/tunneld.yaml.example "$root/etc/tlsvpn/tunneld.yaml.example"
-	install -m 0644 dist/config/client.yaml.example "$root/etc/tlsvpn/client/example.yaml.example"
+	# The examples that 'tunneld check' and 'tunnelc check' accept in their
+	# tests (TestCheckExample).
+	install -m 0644 docs/examples/tunneld.yaml "$root/etc/tlsvpn/tunneld.yaml.example"
+	install -m 0644 docs/examples/tunnelc.yaml "$root/etc/tlsvpn/client/example.yaml.example"
 	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm "$root/DEBIAN/"
 	cp "$MAN"/*.8.gz "$root/usr/share/man/man8/"
 	copyright "$root/usr/share/doc/tlsvpn/copyright"
