@@ -250,7 +250,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}()
 	}
 	if o.killSwitch || len(advertise) > 0 {
-		fw, err := routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		fw, err := routing.NewFirewall(routing.FirewallOptions{Instance: o.tunName, Logger: log})
 		if err != nil {
 			return err
 		}

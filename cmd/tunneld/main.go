@@ -358,7 +358,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 				log.Warn("restoring forwarding settings", "err", err)
 			}
 		}()
-		fw, err = routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		fw, err = routing.NewFirewall(routing.FirewallOptions{Instance: o.tunName, Logger: log})
 		if err != nil {
 			dev.Close()
 			return err

@@ -242,7 +242,7 @@ func TestNetNSFullTunnelKillSwitch6(t *testing.T) {
 	if out := u.laptop.Run(t, "ip", "-6", "route", "show"); hasRoute(out, "::/1") || hasRoute(out, "8000::/1") {
 		t.Errorf("full-tunnel halves left after exit:\n%s", out)
 	}
-	if out := u.laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, routing.FirewallTable) {
+	if out := u.laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, "inet tlsvpn") {
 		t.Errorf("kill switch table left after exit:\n%s", out)
 	}
 	if err := dial(closed); err == nil || !strings.Contains(err.Error(), "refused") {

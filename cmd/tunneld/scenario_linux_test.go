@@ -77,7 +77,7 @@ func TestNetNSSplitTunnelToLAN(t *testing.T) {
 				transfer(t, lan, laptop, "100.64.0.2:7003", 4<<20) // the LAN can reach the laptop too
 			}
 			if tc.lanMTU != "" {
-				if out := server.Run(t, "nft", "list", "table", "inet", routing.FirewallTable); !strings.Contains(out, "maxseg size set rt mtu") {
+				if out := server.Run(t, "nft", "list", "table", "inet", routing.FirewallTable("tunneld0")); !strings.Contains(out, "maxseg size set rt mtu") {
 					t.Fatalf("no MSS clamp rule in the server's table:\n%s", out)
 				}
 			}
@@ -156,7 +156,7 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 	if out := laptop.Run(t, "ip", "route", "get", "198.18.20.2"); !strings.Contains(out, "via 198.18.0.1") {
 		t.Fatalf("after exit the original route is not back: %s", out)
 	}
-	if out := laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, routing.FirewallTable) {
+	if out := laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, "inet tlsvpn") {
 		t.Fatalf("kill switch table left after exit:\n%s", out)
 	}
 	if err := dial("198.18.0.1:80"); err == nil || !strings.Contains(err.Error(), "refused") {
