@@ -98,6 +98,7 @@ type options struct {
 	congestion            string
 	congestionSet         bool
 	stateDir              string
+	stateDirSet           bool
 	crl                   string
 	crlCheck              time.Duration
 	maxClients            int
@@ -146,7 +147,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "per-client send queue bound in chunks (up to 64 KiB each); a full queue drops")
 	fs.StringVar(&o.crl, "crl", "", "certificate revocation list FILE (PEM) from 'tunneld pki revoke', e.g. /etc/tlsvpn/pki/crl.pem: checked on every handshake and resumption, reloaded when it changes or on SIGHUP; live sessions of newly revoked clients are closed. A missing, expired or wrongly signed CRL refuses every client (fail closed)")
 	fs.DurationVar(&o.crlCheck, "crl-check", 5*time.Second, "how often to look for a changed --crl file and re-check live sessions (revocation, certificate expiry)")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tlsvpn", "directory for state that must survive restarts: leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
+	fs.StringVar(&o.stateDir, "state-dir", stateRoot+"/<tun>", "directory for state that must survive restarts, one per instance (locked while it runs): leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
 	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
@@ -183,6 +184,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cli.Usagef("unexpected argument %q (see 'tunneld --help')", fs.Arg(0))
 	}
 	o.congestionSet = fs.Changed("congestion")
+	o.stateDirSet = fs.Changed("state-dir")
 	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -239,11 +241,28 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if o.mtu < 576 || o.mtu > tun.MaxPacketSize {
 		return cli.Usagef("--mtu %d: want 576 to %d", o.mtu, tun.MaxPacketSize)
 	}
+	var subnet6 netip.Prefix
+	if o.subnet6 != "" {
+		subnet6, err = netip.ParsePrefix(o.subnet6)
+		if err != nil || !subnet6.Addr().Is6() || subnet6.Addr().Is4In6() {
+			return cli.Usagef("--subnet6 %q: want an IPv6 CIDR such as fd00:64::/64", o.subnet6)
+		}
+		subnet6 = subnet6.Masked()
+	}
+	// Nothing is created or changed before this instance is known to
+	// collide with no other (TUN name, subnets, listen address, state
+	// directory).
+	inst, err := claimInstance(o, slices.DeleteFunc([]netip.Prefix{subnet, subnet6}, func(p netip.Prefix) bool { return !p.IsValid() }), log)
+	if err != nil {
+		return err
+	}
+	defer inst.release()
+	ln := inst.ln
 	openPool := func(p netip.Prefix, file string) (*routing.Pool, error) {
-		if o.stateDir == "" {
+		if inst.stateDir == "" {
 			return routing.NewPool(p)
 		}
-		pool, warnings, err := routing.OpenPool(p, filepath.Join(o.stateDir, file))
+		pool, warnings, err := routing.OpenPool(p, filepath.Join(inst.stateDir, file))
 		for _, w := range warnings {
 			log.Warn("leases", "warning", w)
 		}
@@ -254,14 +273,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		return fmt.Errorf("address pool for --subnet %v: %w", subnet, err)
 	}
 	defer pool.Flush()
-	var subnet6 netip.Prefix
 	var pool6 *routing.Pool
 	if o.subnet6 != "" {
-		subnet6, err = netip.ParsePrefix(o.subnet6)
-		if err != nil || !subnet6.Addr().Is6() || subnet6.Addr().Is4In6() {
-			return cli.Usagef("--subnet6 %q: want an IPv6 CIDR such as fd00:64::/64", o.subnet6)
-		}
-		subnet6 = subnet6.Masked()
 		if pool6, err = openPool(subnet6, "leases6.json"); err != nil {
 			return fmt.Errorf("address pool for --subnet6 %v: %w", subnet6, err)
 		}
@@ -308,12 +321,6 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	} else {
 		log.Warn("no --crl: revoked client certificates cannot be refused; create one with 'tunneld pki revoke' or 'tunneld pki crl'")
 	}
-
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", o.listen, err)
-	}
-	defer ln.Close()
 
 	dev, err := tun.Open(o.tunName, o.mtu, tun.Options{Logger: log})
 	if err != nil {
