@@ -235,8 +235,10 @@ func TestNetNSFullTunnelKillSwitch6(t *testing.T) {
 		t.Fatalf("after exit the original IPv4 route is not back: %s", out)
 	}
 	for _, fam := range []string{"-4", "-6"} {
-		if out := u.laptop.Run(t, "ip", fam, "route", "show", "proto", strconv.Itoa(routing.RouteProtocol)); strings.TrimSpace(out) != "" {
-			t.Errorf("ip %s: routes of ours left after exit:\n%s", fam, out)
+		for _, proto := range []int{routing.RouteProtocol, routing.BypassProtocol} {
+			if out := u.laptop.Run(t, "ip", fam, "route", "show", "proto", strconv.Itoa(proto)); strings.TrimSpace(out) != "" {
+				t.Errorf("ip %s: routes of ours (proto %d) left after exit:\n%s", fam, proto, out)
+			}
 		}
 	}
 	if out := u.laptop.Run(t, "ip", "-6", "route", "show"); hasRoute(out, "::/1") || hasRoute(out, "8000::/1") {

@@ -268,6 +268,13 @@ func TestNetNSFullTunnelRoam(t *testing.T) {
 	if out := laptop.Run(t, "ip", "route", "get", "198.18.100.1"); !strings.Contains(out, "via 198.18.0.1") {
 		t.Fatalf("route to the server is not pinned via uplink A: %s", out)
 	}
+	// The pinned route names its instance: the bypass protocol, and the
+	// tunnel device's index as metric (what --cleanup goes by).
+	if l, err := laptop.Handle().LinkByName("tunnelc0"); err != nil {
+		t.Fatal(err)
+	} else if out := laptop.Run(t, "ip", "route", "show", "198.18.100.1/32", "proto", strconv.Itoa(routing.BypassProtocol)); !strings.Contains(out, "metric "+strconv.Itoa(l.Attrs().Index)) {
+		t.Errorf("route to the server = %q, want proto %d metric %d", out, routing.BypassProtocol, l.Attrs().Index)
+	}
 
 	// Roam: uplink A is gone, uplink B's gateway is the new default.
 	laptop.Run(t, "ip", "addr", "flush", "dev", upA)
@@ -283,7 +290,9 @@ func TestNetNSFullTunnelRoam(t *testing.T) {
 	if err := cli.stop(t); err != nil {
 		t.Fatalf("tunnelc exit: %v", err)
 	}
-	if out := laptop.Run(t, "ip", "route", "show", "proto", strconv.Itoa(routing.RouteProtocol)); strings.TrimSpace(out) != "" {
-		t.Fatalf("routes left after exit: %s", out)
+	for _, proto := range []int{routing.RouteProtocol, routing.BypassProtocol} {
+		if out := laptop.Run(t, "ip", "route", "show", "proto", strconv.Itoa(proto)); strings.TrimSpace(out) != "" {
+			t.Fatalf("routes left after exit: %s", out)
+		}
 	}
 }
