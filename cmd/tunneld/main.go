@@ -71,6 +71,11 @@ Examples:
     --key /etc/tlsvpn/pki/vpn.example.com.key --ca /etc/tlsvpn/pki/ca.crt \
     --subnet 100.64.0.0/24 --route 198.18.10.0/24
 
+  # a second instance beside the first needs its own --tun, --subnet and
+  # --listen; its nftables table is inet tlsvpn-vpn1, its leases are in
+  # /var/lib/tlsvpn/vpn1
+  tunneld --tun vpn1 --listen 0.0.0.0:8443 --subnet 100.64.1.0/24 --cert ... --key ... --ca ...
+
   # per-client policy (fixed addresses, routes, site networks, client-to-client);
   # edit the file and send SIGHUP to apply it
   tunneld --cert ... --key ... --ca ... --subnet 100.64.0.0/24 --clients /etc/tlsvpn/clients.yaml
@@ -136,7 +141,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.subnet, "subnet", "100.64.0.0/24", "tunnel subnet CIDR; the server takes the first host address, clients the rest")
 	fs.StringVar(&o.subnet6, "subnet6", "", "IPv6 tunnel subnet CIDR for dual stack, e.g. fd00:64::/64: each client also gets an IPv6 address from it, the server the first one (off if empty)")
 	fs.StringArrayVar(&o.dns, "dns", nil, "DNS server IP pushed to clients, e.g. --dns 100.64.0.1 (repeatable); tunnelc applies it through systemd-resolved or /etc/resolv.conf while connected")
-	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn), so networks behind the server need no route back to --subnet")
+	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn-<tun>), so networks behind the server need no route back to --subnet")
 	fs.StringVar(&o.clients, "clients", "", "per-client policy FILE (YAML keyed by certificate name: address, routes, advertise, reach_clients; see README), e.g. /etc/tlsvpn/clients.yaml; re-read on SIGHUP: only clients whose entry changed reconnect")
 	fs.BoolVar(&o.clientToClient, "client-to-client", false, "let clients open connections to each other through the server (the default for reach_clients in --clients); replies to allowed connections always pass")
 	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
@@ -164,7 +169,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
-	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "remove what a crashed run of this instance (--tun) left behind: its routes, tunnel addresses and nftables table inet tlsvpn-<tun> (other instances and everything else untouched), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
