@@ -239,7 +239,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
-		restore, err := routing.EnableForwarding(adv6)
+		restore, err := routing.EnableForwarding(o.tunName, adv6, log)
 		if err != nil {
 			return err
 		}

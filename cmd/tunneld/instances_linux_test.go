@@ -36,6 +36,10 @@ func TestNetNSInstances(t *testing.T) {
 		netnstest.Veth(t, server, netip.PrefixFrom(srvIP, 30), laptops[i], netip.PrefixFrom(srvIP.Next(), 30))
 		serverIPs[i] = srvIP.String()
 	}
+	// A LAN behind the server, which both instances route their clients
+	// to, masqueraded.
+	lan := netnstest.New(t)
+	netnstest.Veth(t, server, netip.MustParsePrefix("198.18.50.1/24"), lan, netip.MustParsePrefix("198.18.50.2/24"))
 	e := &env{tunneld: tunneld, tunnelc: tunnelc, pki: filepath.Join(t.TempDir(), "pki")}
 	e.run(t, tunneld, "pki", "init", "--dir", e.pki)
 	e.run(t, tunneld, "pki", "issue", "--dir", e.pki, "--server", "--name", "server", "--ip", serverIPs[0], "--ip", serverIPs[1])
@@ -59,11 +63,13 @@ func TestNetNSInstances(t *testing.T) {
 	subnetA, subnetB := "100.64.10.0/24", "100.64.20.0/24"
 	listenA, listenB := serverIPs[0]+":443", serverIPs[1]+":443"
 
-	srvA := start(t, server, tunneld, append([]string{"--tun", tunA, "--subnet", subnetA, "--listen", listenA, "--nat", "--keepalive", "2s"}, creds...)...)
-	srvB := start(t, server, tunneld, append([]string{"--tun", tunB, "--subnet", subnetB, "--listen", listenB, "--nat", "--keepalive", "2s", "--state-dir", stateB}, creds...)...)
-	for _, s := range []*proc{srvA, srvB} {
-		eventually(t, "tunneld listening", func() bool { return strings.Contains(s.log.String(), "msg=listening") })
-	}
+	// B starts first, so it is B that turns forwarding on: A must keep it
+	// when B stops.
+	lanRoute := []string{"--route", "198.18.50.0/24", "--nat", "--keepalive", "2s"}
+	srvB := start(t, server, tunneld, append(append([]string{"--tun", tunB, "--subnet", subnetB, "--listen", listenB, "--state-dir", stateB}, lanRoute...), creds...)...)
+	eventually(t, "tunneld B listening", func() bool { return strings.Contains(srvB.log.String(), "msg=listening") })
+	srvA := start(t, server, tunneld, append(append([]string{"--tun", tunA, "--subnet", subnetA, "--listen", listenA}, lanRoute...), creds...)...)
+	eventually(t, "tunneld A listening", func() bool { return strings.Contains(srvA.log.String(), "msg=listening") })
 	connect := func(i int, name, want string) {
 		t.Helper()
 		start(t, laptops[i], tunnelc, "--server", serverIPs[i]+":443",
@@ -72,16 +78,19 @@ func TestNetNSInstances(t *testing.T) {
 	}
 	connect(0, "laptop1", "100.64.10.2/24")
 	connect(1, "laptop2", "100.64.20.2/24")
-	works := func(what string) {
+	// A client works: it reaches its server and, forwarded and
+	// masqueraded, the LAN.
+	works := func(what string, i int, serverAddr string) {
 		t.Helper()
-		if err := ping(t, laptops[0], "100.64.10.1"); err != nil {
-			t.Fatalf("%s: A's client: %v", what, err)
+		for _, dst := range []string{serverAddr, "198.18.50.2"} {
+			if err := ping(t, laptops[i], dst); err != nil {
+				t.Fatalf("%s: client %d: %v", what, i+1, err)
+			}
 		}
 	}
-	works("side by side")
-	if err := ping(t, laptops[1], "100.64.20.1"); err != nil {
-		t.Fatalf("side by side: B's client: %v", err)
-	}
+	worksA := func(what string) { t.Helper(); works(what, 0, "100.64.10.1") }
+	worksA("side by side")
+	works("side by side", 1, "100.64.20.1")
 
 	tables := func() string { // sorted: nft lists them in creation order
 		ls := slices.Sorted(strings.Lines(server.Run(t, "nft", "list", "tables")))
@@ -150,7 +159,7 @@ func TestNetNSInstances(t *testing.T) {
 			if after := snapshot(); after != before {
 				t.Errorf("the refused start changed the namespace:\n%s\nafter:\n%s", lineDiff(before, after), after)
 			}
-			works("after a refused start")
+			worksA("after a refused start")
 		})
 	}
 
@@ -164,8 +173,14 @@ func TestNetNSInstances(t *testing.T) {
 	if got := server.Run(t, "nft", "list", "table", "inet", routing.FirewallTable(tunA)); got != tableA {
 		t.Errorf("A's table changed when B stopped:\n%s\nwas:\n%s", got, tableA)
 	}
-	works("after B stopped")
-	transfer(t, laptops[0], server, "100.64.10.1:5101", 4<<20)
+	worksA("after B stopped")
+	transfer(t, laptops[0], lan, "198.18.50.2:5101", 4<<20)
+	if got := strings.TrimSpace(server.Run(t, "sysctl", "-n", "net.ipv4.ip_forward")); got != "1" {
+		t.Errorf("after B stopped, net.ipv4.ip_forward = %s, want 1 (A forwards)", got)
+	}
+	if !strings.Contains(srvB.log.String(), "leaving IP forwarding on: other instances forward") {
+		t.Errorf("B did not say why it left forwarding on:\n%s", srvB.log)
+	}
 	if !strings.Contains(srvB.log.String(), "deleted nftables table") {
 		t.Errorf("B did not report deleting its table:\n%s", srvB.log)
 	}

@@ -360,7 +360,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	var fw routing.Firewall
 	var fc routing.FirewallConfig
 	if len(routes) > 0 || o.nat || o.clients != "" || o.clientToClient {
-		restore, err := routing.EnableForwarding(pool6 != nil)
+		restore, err := routing.EnableForwarding(o.tunName, pool6 != nil, log)
 		if err != nil {
 			dev.Close()
 			return err
