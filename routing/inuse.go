@@ -35,8 +35,11 @@ type ConflictError struct {
 	// the interface name itself is taken.
 	Subnet netip.Prefix
 	Used   InUse
-	// PID and Command name the process that holds the existing TUN device
-	// of that name, when it could be found (0 and "" otherwise).
+	// NotTUN says that the existing interface of that name is no TUN
+	// device. PID and Command name the process that holds the existing
+	// TUN device of that name, when it could be found (0 and ""
+	// otherwise).
+	NotTUN  bool
 	PID     int
 	Command string
 }
@@ -44,8 +47,13 @@ type ConflictError struct {
 func (e *ConflictError) Error() string {
 	if !e.Subnet.IsValid() {
 		s := fmt.Sprintf("interface %s already exists", e.Ifname)
-		if e.PID != 0 {
+		switch {
+		case e.NotTUN:
+			s += " (not a TUN device)"
+		case e.PID != 0:
 			s += fmt.Sprintf(" (its TUN device is held by %s, pid %d)", e.Command, e.PID)
+		default:
+			s += " (a TUN device another process holds)"
 		}
 		return s
 	}

@@ -30,9 +30,12 @@ func CheckFree(ifname string, subnets []netip.Prefix) error {
 }
 
 func checkFree(h *netlink.Handle, ifname string, subnets []netip.Prefix) error {
-	if _, err := h.LinkByName(ifname); err == nil {
-		e := &ConflictError{Ifname: ifname}
-		e.PID, e.Command = tunHolder(ifname)
+	if l, err := h.LinkByName(ifname); err == nil {
+		_, isTun := l.(*netlink.Tuntap)
+		e := &ConflictError{Ifname: ifname, NotTUN: !isTun}
+		if isTun {
+			e.PID, e.Command = tunHolder(ifname)
+		}
 		return e
 	} else if !isGone(err) {
 		return fmt.Errorf("find link %s: %w", ifname, err)

@@ -52,8 +52,11 @@ func TestConflictError(t *testing.T) {
 	if name != "interface tunneld0 already exists (its TUN device is held by tunneld, pid 42)" {
 		t.Errorf("name conflict: %q", name)
 	}
-	if s := (&ConflictError{Ifname: "tunneld0"}).Error(); s != "interface tunneld0 already exists" {
+	if s := (&ConflictError{Ifname: "tunneld0"}).Error(); s != "interface tunneld0 already exists (a TUN device another process holds)" {
 		t.Errorf("name conflict, holder unknown: %q", s)
+	}
+	if s := (&ConflictError{Ifname: "eth0", NotTUN: true}).Error(); s != "interface eth0 already exists (not a TUN device)" {
+		t.Errorf("name conflict, not a TUN: %q", s)
 	}
 	sub := (&ConflictError{Ifname: "tunneld1", Subnet: netip.MustParsePrefix("100.64.0.0/24"),
 		Used: InUse{Ifname: "tunneld0", Prefix: netip.MustParsePrefix("100.64.0.1/24")}}).Error()
