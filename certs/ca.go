@@ -127,7 +127,7 @@ func InitCA(dir string, opts CAOptions) (Files, error) {
 	if _, err := os.Lstat(crlFile); !errors.Is(err, fs.ErrNotExist) {
 		undoDir()
 		if err != nil {
-			return Files{}, fmt.Errorf("check %s: %w", crlFile, err)
+			return Files{}, pathError("check", crlFile, err)
 		}
 		return Files{}, fmt.Errorf("CRL %s already exists: refusing to overwrite; it belongs to a previous CA: move it away first", crlFile)
 	}
@@ -154,7 +154,7 @@ func LoadCA(dir string) (*CA, error) {
 		return nil, fmt.Errorf("no CA in %s (%s): run 'tunneld pki init --dir %s' first", dir, certFile, dir)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %w", err)
+		return nil, pathError("read CA certificate", certFile, err)
 	}
 	keyPEM, err := readFile(keyFile, "CA key", "issue certificates where the CA key is kept: pass the directory given to 'tunneld pki init' as --dir")
 	if err != nil {

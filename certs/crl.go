@@ -165,7 +165,7 @@ func crlReadError(path string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("CRL %s not found: create it with 'tunneld pki crl --dir %s'", path, filepath.Dir(path))
 	}
-	return fmt.Errorf("read CRL %s: %w", path, err)
+	return pathError("read CRL", path, err)
 }
 
 // parseCRL decodes the CRL in data (PEM "X509 CRL", or bare DER as openssl can write it),
@@ -324,7 +324,7 @@ type IssuedCert struct {
 func ListCerts(dir string) ([]IssuedCert, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("list certificates in %s: %w", dir, err)
+		return nil, pathError("list certificates in", dir, err)
 	}
 	var out []IssuedCert
 	for _, e := range entries { // ReadDir sorts by file name
@@ -539,7 +539,7 @@ func lockFile(dst string) (*lockedFile, error) {
 			tmp, filepath.Base(dst), tmp)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create %s: %w", tmp, err)
+		return nil, pathError("create", tmp, err)
 	}
 	return &lockedFile{f: f, tmp: tmp, dst: dst}, nil
 }
@@ -548,19 +548,19 @@ func lockFile(dst string) (*lockedFile, error) {
 // readers see either the old or the new file, never a partial one.
 func (w *lockedFile) commit(data []byte, mode fs.FileMode) error {
 	if err := w.f.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", w.tmp, err)
+		return pathError("chmod", w.tmp, err)
 	}
 	if _, err := w.f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", w.tmp, err)
+		return pathError("write", w.tmp, err)
 	}
 	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", w.tmp, err)
+		return pathError("sync", w.tmp, err)
 	}
 	if err := w.f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", w.tmp, err)
+		return pathError("close", w.tmp, err)
 	}
 	if err := os.Rename(w.tmp, w.dst); err != nil {
-		return fmt.Errorf("replace %s: %w", w.dst, err)
+		return pathError("replace", w.dst, err)
 	}
 	w.done = true
 	// Make the rename durable. Some file systems cannot sync a directory; the new file is

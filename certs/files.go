@@ -53,7 +53,7 @@ func (p pair) refuseExisting(certKind, keyKind, advice string) error {
 			return fmt.Errorf("%s %s already exists: refusing to overwrite; %s", f.kind, f.path, advice)
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("check %s: %w", f.path, err)
+			return pathError("check", f.path, err)
 		}
 	}
 	return nil
@@ -82,11 +82,11 @@ func writeExclusive(path string, data []byte, mode fs.FileMode) (err error) {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%s already exists: refusing to overwrite; remove it first", path)
 		}
-		return fmt.Errorf("create %s: %w", path, err)
+		return pathError("create", path, err)
 	}
 	defer func() {
 		if cerr := f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("close %s: %w", path, cerr)
+			err = pathError("close", path, cerr)
 		}
 		if err != nil {
 			os.Remove(path)
@@ -94,13 +94,13 @@ func writeExclusive(path string, data []byte, mode fs.FileMode) (err error) {
 	}()
 	// The umask may have narrowed mode; set it exactly (it never widens a key beyond 0600).
 	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", path, err)
+		return pathError("chmod", path, err)
 	}
 	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return pathError("write", path, err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
+		return pathError("sync", path, err)
 	}
 	return nil
 }
@@ -115,7 +115,7 @@ func ensureDir(dir string) (undo func(), err error) {
 		return func() {}, nil
 	}
 	if err := os.MkdirAll(dir, dirMode); err != nil {
-		return nil, fmt.Errorf("create directory %s: %w", dir, err)
+		return nil, pathError("create directory", dir, err)
 	}
 	return func() { os.Remove(dir) }, nil
 }
@@ -127,9 +127,25 @@ func readFile(path, what, howToCreate string) ([]byte, error) {
 		return nil, fmt.Errorf("%s %s not found: %s", what, path, howToCreate)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
+		return nil, pathError("read "+what, path, err)
 	}
 	return b, nil
+}
+
+// pathError returns "VERB PATH: REASON" for err from an operation on path. The *fs.PathError
+// (or *os.LinkError) of the os package names the path itself, so when it is path the reason
+// alone is kept: "read server key a.key: is a directory", not "read server key a.key: read
+// a.key: is a directory". errors.Is still sees the underlying error.
+func pathError(verb, path string, err error) error {
+	var pe *fs.PathError
+	var le *os.LinkError
+	switch {
+	case errors.As(err, &pe) && pe.Path == path:
+		err = pe.Err
+	case errors.As(err, &le) && (le.Old == path || le.New == path):
+		err = le.Err
+	}
+	return fmt.Errorf("%s %s: %w", verb, path, err)
 }
 
 // parseCerts decodes every CERTIFICATE block in data, which was read from path.

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -21,11 +23,17 @@ type IssueRequest struct {
 	Server bool // issue a server certificate (extKeyUsage serverAuth)
 	Client bool // issue a client certificate (extKeyUsage clientAuth)
 
-	// IPs and DNSNames are the server's subjectAltNames: the addresses clients dial. If both
-	// are empty, Name is used as the DNS name when it is a valid hostname. They must be
-	// empty for a client certificate, which carries only its CommonName.
+	// IPs and DNSNames are the server's subjectAltNames: the addresses clients dial. A server
+	// certificate also carries Name among them (as an IP address if it is one, else as a DNS
+	// name if it is a hostname) unless NoNameSAN is set, so a client that dials the name the
+	// certificate was issued under can verify it. Repeated addresses are written once. They
+	// must be empty for a client certificate, which carries only its CommonName.
 	IPs      []net.IP
 	DNSNames []string
+
+	// NoNameSAN keeps Name out of a server certificate's subjectAltNames: only IPs and
+	// DNSNames are written, and at least one of them must be given.
+	NoNameSAN bool
 
 	Days      int       // validity in days; 0 means DefaultLeafDays
 	Algorithm Algorithm // key algorithm; "" means ECDSA
@@ -63,34 +71,55 @@ func (r IssueRequest) template(caCert *x509.Certificate) (*x509.Certificate, err
 		if len(r.IPs) > 0 || len(r.DNSNames) > 0 {
 			return nil, errors.New("--ip and --dns apply to --server certificates only: a client certificate names its owner with --name")
 		}
+		if r.NoNameSAN {
+			return nil, errors.New("--no-name-san applies to --server certificates only: a client certificate carries no addresses")
+		}
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 		return checkLifetime(tmpl, caCert, days)
 	}
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	for _, ip := range r.IPs {
+	ips, dnsNames := r.IPs, r.DNSNames
+	if !r.NoNameSAN {
+		if ip := net.ParseIP(r.Name); ip != nil {
+			ips = append([]net.IP{ip}, ips...)
+		} else if isHostname(r.Name) {
+			dnsNames = append([]string{r.Name}, dnsNames...)
+		}
+	}
+	for _, ip := range ips {
 		if ip4 := ip.To4(); ip4 != nil {
 			ip = ip4
 		} else if len(ip) != net.IPv6len {
 			return nil, fmt.Errorf("invalid IP address %v: pass --ip like 203.0.113.10 or 2001:db8::1", ip)
 		}
-		tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		if !slices.ContainsFunc(tmpl.IPAddresses, ip.Equal) {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		}
 	}
-	for _, d := range r.DNSNames {
+	for _, d := range dnsNames {
 		if !isHostname(d) {
 			if net.ParseIP(d) != nil {
 				return nil, fmt.Errorf("%q is an IP address: pass it with --ip %s instead of --dns", d, d)
 			}
 			return nil, fmt.Errorf("invalid DNS name %q: pass a hostname like vpn.example.com to --dns", d)
 		}
-		tmpl.DNSNames = append(tmpl.DNSNames, d)
+		if !slices.ContainsFunc(tmpl.DNSNames, func(s string) bool { return strings.EqualFold(s, d) }) {
+			tmpl.DNSNames = append(tmpl.DNSNames, d)
+		}
 	}
 	if len(tmpl.IPAddresses) == 0 && len(tmpl.DNSNames) == 0 {
-		if !isHostname(r.Name) {
-			return nil, fmt.Errorf("server name %q is not a hostname, so it cannot be the certificate's DNS name: pass the address clients dial with --dns NAME or --ip IP", r.Name)
+		if r.NoNameSAN {
+			return nil, errors.New("--no-name-san leaves the certificate without an address: pass the addresses clients dial with --dns NAME or --ip IP")
 		}
-		tmpl.DNSNames = []string{r.Name}
+		return nil, fmt.Errorf("server name %q is neither a hostname nor an IP address, so clients cannot dial it: pass the address clients dial with --dns NAME or --ip IP", r.Name)
 	}
 	return checkLifetime(tmpl, caCert, days)
+}
+
+// NameInSANs reports whether a server certificate issued for r carries r.Name among its
+// subjectAltNames: unless NoNameSAN is set, it does when Name is an IP address or a hostname.
+func (r IssueRequest) NameInSANs() bool {
+	return r.Server && !r.NoNameSAN && (net.ParseIP(r.Name) != nil || isHostname(r.Name))
 }
 
 // checkLifetime returns tmpl unless it would outlive caCert: chain verification fails once

@@ -145,7 +145,7 @@ func (r *Revocation) read() ([]byte, fileStamp, error) {
 // closed.
 func (r *Revocation) installLocked(data []byte, stamp fileStamp, readErr error) error {
 	if readErr != nil && transientReadError(readErr) && r.cur.Load() != nil && r.cur.Load().err == nil {
-		return fmt.Errorf("read %s: %w (keeping the revocation list in force; will retry)", r.path, readErr)
+		return fmt.Errorf("%w (keeping the revocation list in force; will retry)", pathError("read CRL", r.path, readErr))
 	}
 	r.stamp = stamp
 	crl, err := r.parse(data, readErr)

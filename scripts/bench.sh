@@ -1381,7 +1381,7 @@ up_tls() {
   read -r -a cflags <<<"$TUNNEL_FLAGS_CLIENT"
   start_bg "$slog" ip netns exec "$NS_A" "$TUNNELD" \
     --listen "$UL_A:$port" --cert "$D/server.crt" --key "$D/server.key" --ca "$D/ca.crt" \
-    --subnet "$subnet" --tun "$tun_s" --state-dir "$WORK/state$tag-r$round" \
+    --subnet "$subnet" --tun "$tun_s" --state-dir "$WORK/state$tag-r$round" --control "" \
     --metrics "127.0.0.1:${MPORT_S[$path]}" "${extra[@]}" "${sflags[@]}"
   pids=("$LAST_PID")
   PPIDS[$path]="${pids[*]}"
@@ -1395,7 +1395,7 @@ up_tls() {
   if ((ok)); then
     start_bg "$clog" ip netns exec "$NS_B" "$TUNNELC" \
       --server "$UL_A:$port" --cert "$D/client.crt" --key "$D/client.key" --ca "$D/ca.crt" \
-      --tun "$tun_c" --metrics "127.0.0.1:${MPORT_C[$path]}" "${extra[@]}" "${cflags[@]}"
+      --tun "$tun_c" --control "" --metrics "127.0.0.1:${MPORT_C[$path]}" "${extra[@]}" "${cflags[@]}"
     pids+=("$LAST_PID")
     PPIDS[$path]="${pids[*]}"
     ok=0

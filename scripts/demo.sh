@@ -150,7 +150,8 @@ step "start tunneld in $NS_SRV, tunnelc in $NS_LAP"
 # then stopped by cleanup with SIGTERM, exercising their shutdown path.
 ip netns exec "$NS_SRV" setsid "$TMP/tunneld" --listen "$SERVER_UNDERLAY:$LISTEN_PORT" \
 	--cert "$PKI/server.crt" --key "$PKI/server.key" --ca "$PKI/ca.crt" \
-	--subnet "$SUBNET" --tun "$SERVER_TUN" --state-dir "$TMP/state" >"$TMP/tunneld.log" 2>&1 &
+	--subnet "$SUBNET" --tun "$SERVER_TUN" --state-dir "$TMP/state" \
+	--control "$TMP/tunneld.sock" >"$TMP/tunneld.log" 2>&1 &
 SRV_PID=$!
 
 listening() {
@@ -162,7 +163,7 @@ wait_until "$CONNECT_TIMEOUT" listening || fail "tunneld not listening on $SERVE
 
 ip netns exec "$NS_LAP" setsid "$TMP/tunnelc" --server "$SERVER_UNDERLAY:$LISTEN_PORT" \
 	--cert "$PKI/laptop.crt" --key "$PKI/laptop.key" --ca "$PKI/ca.crt" \
-	--tun "$CLIENT_TUN" >"$TMP/tunnelc.log" 2>&1 &
+	--tun "$CLIENT_TUN" --control "$TMP/tunnelc.sock" >"$TMP/tunnelc.log" 2>&1 &
 CLI_PID=$!
 
 connected() {
@@ -198,6 +199,15 @@ step "ping $SERVER_TUN_IP through the tunnel"
 RTT_TUN="$(ping_avg "$NS_LAP" "$SERVER_TUN_IP")" || fail "ping $SERVER_TUN_IP through the tunnel failed"
 RTT_VETH="$(ping_avg "$NS_LAP" "$SERVER_UNDERLAY")" || fail "ping $SERVER_UNDERLAY over the veth failed"
 printf '    avg rtt %s ms (bare veth %s ms)\n' "$RTT_TUN" "$RTT_VETH"
+
+# ------------------------------------------------------------------ control
+step "tunneld clients, tunnelc status (control sockets)"
+CLIENTS="$("$TMP/tunneld" clients --control "$TMP/tunneld.sock")" || fail "tunneld clients failed"
+printf '%s\n' "$CLIENTS" | sed 's/^/    /'
+grep -q '^laptop ' <<<"$CLIENTS" || fail "tunneld clients does not list laptop"
+STATUS="$("$TMP/tunnelc" status --control "$TMP/tunnelc.sock")" || fail "tunnelc status failed"
+printf '%s\n' "$STATUS" | sed 's/^/    /'
+grep -Eq '^state: +up' <<<"$STATUS" || fail "tunnelc status does not say up"
 
 # ------------------------------------------------------------------ transfer
 step "payload: $SIZE_MB MiB from /dev/urandom"

@@ -253,7 +253,7 @@ ip netns exec "$NS_CLI" ping -q -c 1 -W 2 "$SERVER_UL" >/dev/null || die "veth: 
 # ------------------------------------------------------------------ tunneld
 MAX_CLIENTS=$((IDENTITIES + 64))
 SERVER_ARGS=(--listen "$SERVER_UL:$PORT" --cert "$PKI/server.crt" --key "$PKI/server.key" --ca "$PKI/ca.crt"
-	--subnet "$SUBNET" --tun "$SRV_TUN" --state-dir "$TMP/state" --metrics "$SERVER_UL:$METRICS_PORT"
+	--subnet "$SUBNET" --tun "$SRV_TUN" --state-dir "$TMP/state" --control "$TMP/tunneld.sock" --metrics "$SERVER_UL:$METRICS_PORT"
 	--max-clients "$MAX_CLIENTS" "${SERVER_EXTRA[@]}")
 
 server_up() {

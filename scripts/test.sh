@@ -110,11 +110,29 @@ step_shellcheck() {
 # package's result line, every SKIP with its reason, and the whole output
 # (minus RUN/PASS chatter) of failing packages. A skip under root deserves a
 # look: the root tests must not skip silently in CI.
+# gotest_progress: filters go test -v output on stdin down to progress lines.
+gotest_progress() {
+	awk '
+		/^(ok|FAIL|\?)[[:space:]]/ { print; fflush(); next }
+		/^--- FAIL: / { print "  " $0; fflush(); next }
+		/^--- PASS: / {
+			t = $NF; gsub(/[()s]/, "", t)
+			if (t + 0 >= 2) { print "  " $3 " " $NF; fflush() }
+		}'
+}
+
 step_gotest() {
-	local log rc=0 skips
+	local log rc=0 skips grc
 	log="$(mktemp "$WORK/gotest.XXXXXX")"
-	"${GOTEST[@]}" "$@" -count=1 -v ./... >"$log" 2>&1 || rc=$?
-	grep -E '^(ok|FAIL|\?)[[:space:]]' "$log" || true
+	# Progress while it runs (the root integration tests take minutes): each
+	# package as it ends, and each top-level test that failed or took 2 s or
+	# more. The whole -v output stays in $log for the summaries below.
+	{
+		grc=0
+		"${GOTEST[@]}" "$@" -count=1 -v ./... 2>&1 || grc=$?
+		echo "$grc" >"$log.rc"
+	} | tee "$log" | gotest_progress || true
+	rc="$(cat "$log.rc")"
 	skips="$(grep -B1 -E '^[[:space:]]*--- SKIP' "$log" | grep -vE '^(--$|=== )' || true)"
 	if [[ -n "$skips" ]]; then
 		SKIPPED=$((SKIPPED + $(grep -cE '^[[:space:]]*--- SKIP' <<<"$skips")))

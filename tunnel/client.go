@@ -78,9 +78,83 @@ type Client struct {
 
 	kick chan string // asks Run to replace the session at once
 
-	mu      sync.Mutex // guards reconnects
+	mu      sync.Mutex // guards the fields below
 	rotated uint64
 	reconns uint64
+	// What Status reports: the state, the current session (nil unless
+	// up), the server and configuration of the last session, when a
+	// backing-off client tries again, and why the last attempt or
+	// session ended.
+	state   string
+	cur     *Session
+	server  string
+	config  Config
+	retryAt time.Time
+	lastErr string
+}
+
+// Client states reported by Status.
+const (
+	StateConnecting = "connecting"  // dialing and handshaking
+	StateUp         = "up"          // a session carries traffic
+	StateBackingOff = "backing off" // waiting before the next attempt
+)
+
+// ClientStatus is a snapshot of a Client for status output.
+type ClientStatus struct {
+	State         string    // StateConnecting, StateUp or StateBackingOff
+	Server        string    // address of the server of the current (or last) session
+	Config        Config    // configuration of the current (or last) session
+	Since         time.Time // when the current session was established; zero unless up
+	LastHandshake time.Time // the current session's TLS handshake or last KeyUpdate
+	RTT           time.Duration
+	RetryAt       time.Time // backing off: when the next attempt starts
+	LastError     string    // why the last attempt failed or the last session ended
+	Reconnects    uint64
+	Rotations     uint64
+}
+
+// Status returns the client's state. It is cheap: a lock and a few
+// atomic loads.
+func (c *Client) Status() ClientStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := ClientStatus{State: c.state, Server: c.server, Config: c.config, RetryAt: c.retryAt,
+		LastError: c.lastErr, Reconnects: c.reconns, Rotations: c.rotated}
+	if st.State == "" {
+		st.State = StateConnecting
+	}
+	if c.cur != nil {
+		st.Since, st.LastHandshake, st.RTT = c.cur.started, c.cur.LastHandshake(), c.cur.RTT()
+	}
+	return st
+}
+
+// ProbeRTT pings the server on the current session unless its
+// round-trip time was measured within maxAge, and waits for the PONG (or
+// ctx), so that Status has a fresh RTT. It does nothing while no session
+// is up.
+func (c *Client) ProbeRTT(ctx context.Context, maxAge time.Duration) {
+	c.mu.Lock()
+	cur := c.cur
+	c.mu.Unlock()
+	if cur != nil {
+		probeRTT(ctx, []*Session{cur}, maxAge)
+	}
+}
+
+// setState records a state change for Status; retry is the wait before
+// the next attempt when backing off, err why.
+func (c *Client) setState(state string, cur *Session, retry time.Duration, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.state, c.cur, c.retryAt = state, cur, time.Time{}
+	if retry > 0 {
+		c.retryAt = time.Now().Add(retry)
+	}
+	if err != nil {
+		c.lastErr = err.Error()
+	}
 }
 
 // NewClient returns a Client.
@@ -216,6 +290,7 @@ func (c *Client) Run(ctx context.Context) error {
 	var curEnd chan error
 	for {
 		if cur == nil {
+			c.setState(StateConnecting, nil, 0, nil)
 			tc, bc, info, err := c.Connect(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -231,6 +306,7 @@ func (c *Client) Run(ctx context.Context) error {
 					attrs = append(attrs, "hint", hint)
 				}
 				c.log.Warn("connect failed", attrs...)
+				c.setState(StateBackingOff, nil, wait, err)
 				if !sleep(ctx, wait) {
 					return nil
 				}
@@ -253,6 +329,10 @@ func (c *Client) Run(ctx context.Context) error {
 				return errors.New("setup returned a different device on reconnect")
 			}
 			cur, curEnd = c.startSession(ctx, tc, bc, info, mux)
+			c.mu.Lock()
+			c.server, c.config = tc.RemoteAddr().String(), info.Config
+			c.mu.Unlock()
+			c.setState(StateUp, cur, 0, nil)
 			if muxDone == nil {
 				// Start reading only once the session is the default, so
 				// the first packets are not dropped for want of one.
@@ -302,9 +382,12 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseReconfigure {
 				c.log.Info("server changed this client's configuration; reconnecting to apply it", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			} else if errors.As(err, &pc) && pc.Code == CloseKicked {
+				c.log.Warn("kicked: the server's operator closed this session; reconnecting", "reason", pc.Reason, "retry_in", wait.Round(time.Millisecond))
 			} else {
 				c.log.Warn("session ended; reconnecting", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			}
+			c.setState(StateBackingOff, nil, wait, errors.New(errString(err)))
 			if !sleep(ctx, wait) {
 				return nil
 			}
@@ -334,6 +417,7 @@ func (c *Client) Run(ctx context.Context) error {
 				continue
 			}
 			rotateWait, nextRotate = c.cfg.MinBackoff, time.Time{}
+			c.setState(StateUp, next, 0, nil)
 			// The old session drains and closes by itself (the server
 			// retires it when the new one registers); its end is logged
 			// here, not treated as a failure.
@@ -430,6 +514,7 @@ func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, 
 	}
 	next, end := c.startSession(ctx, tc, bc, info, mux)
 	c.mu.Lock()
+	c.server, c.config = tc.RemoteAddr().String(), info.Config
 	c.rotated++
 	c.mu.Unlock()
 	c.log.Info("session rotated", "records", records, "bytes", bytes, "age", time.Since(old.started).Round(time.Millisecond),

@@ -394,6 +394,7 @@ const (
 	CloseRekey       uint16 = 8  // the key's record budget is spent; reconnect
 	CloseRevoked     uint16 = 9  // the peer's certificate was revoked or expired
 	CloseReconfigure uint16 = 10 // the client's configuration changed; reconnect at once
+	CloseKicked      uint16 = 11 // an operator closed the session (tunneld kick); reconnect after the usual wait
 )
 
 // CloseCodeName returns a short name for a close code.
@@ -421,6 +422,8 @@ func CloseCodeName(c uint16) string {
 		return "revoked"
 	case CloseReconfigure:
 		return "reconfigure"
+	case CloseKicked:
+		return "kicked"
 	}
 	return fmt.Sprintf("code_%d", c)
 }

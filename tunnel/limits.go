@@ -185,7 +185,7 @@ type LimitUsage struct {
 // Limiter enforces pre-authentication and connection limits. All methods
 // are safe for concurrent use.
 type Limiter struct {
-	cfg   LimitConfig // immutable after NewLimiter; defaults applied, -1 = off
+	cfg   atomic.Pointer[LimitConfig] // defaults applied, -1 = off; swapped whole by SetConfig
 	stats LimitStats
 
 	handshakes atomic.Int64  // handshakes in progress on the shared slots
@@ -226,8 +226,7 @@ type bucket struct {
 // NewLimiter returns a Limiter enforcing cfg, with defaults for zero fields.
 func NewLimiter(cfg LimitConfig) *Limiter {
 	cfg = cfg.withDefaults()
-	return &Limiter{
-		cfg:      cfg,
+	l := &Limiter{
 		sources:  make(map[sourceKey]int32),
 		inflight: make(map[sourceKey]int32),
 		// One token per slot that can be freed, so no release is lost
@@ -237,11 +236,28 @@ func NewLimiter(cfg LimitConfig) *Limiter {
 		tail:       -1,
 		identities: make(map[string]int),
 	}
+	l.cfg.Store(&cfg)
+	return l
 }
 
 // Config returns the limits in force: defaults filled in and -1 for a limit
 // that is off. Log it at startup.
-func (l *Limiter) Config() LimitConfig { return l.cfg }
+func (l *Limiter) Config() LimitConfig { return *l.cfg.Load() }
+
+// SetConfig changes the limits of a running Limiter (tunneld's reload),
+// with defaults for zero fields as in NewLimiter. MaxHandshakes,
+// ReservedHandshakes and MaxSources keep the values NewLimiter gave them:
+// they size what the Limiter allocated (the wake-ups of queued
+// connections, the source table). What is held already is not taken
+// back: a lower MaxClients refuses new identities, it does not close
+// sessions; a lower HandshakeBurst caps each source's bucket when the
+// source next connects.
+func (l *Limiter) SetConfig(cfg LimitConfig) {
+	cfg = cfg.withDefaults()
+	cur := l.cfg.Load()
+	cfg.MaxHandshakes, cfg.ReservedHandshakes, cfg.MaxSources = cur.MaxHandshakes, cur.ReservedHandshakes, cur.MaxSources
+	l.cfg.Store(&cfg)
+}
 
 // Stats returns the refusal counters.
 func (l *Limiter) Stats() *LimitStats { return &l.stats }
@@ -256,7 +272,8 @@ func noRelease() {}
 // is taken it returns ok == false and the caller should close the
 // connection at once, without logging it individually.
 func (l *Limiter) AcquireHandshake() (release func(), ok bool) {
-	if limit := int64(l.cfg.MaxHandshakes); limit >= 0 {
+	cfg := l.cfg.Load()
+	if limit := int64(cfg.MaxHandshakes); limit >= 0 {
 		for {
 			n := l.handshakes.Load()
 			if n >= limit {
@@ -293,7 +310,8 @@ func (l *Limiter) AcquireHandshake() (release func(), ok bool) {
 //
 // For a source already in the table, AllowSource does not allocate.
 func (l *Limiter) AllowSource(addr netip.Addr, now time.Time) bool {
-	if l.cfg.HandshakeRate < 0 || !addr.IsValid() {
+	cfg := l.cfg.Load()
+	if cfg.HandshakeRate < 0 || !addr.IsValid() {
 		return true
 	}
 	l.srcMu.Lock()
@@ -308,18 +326,19 @@ func (l *Limiter) AllowSource(addr netip.Addr, now time.Time) bool {
 // takeTokenLocked takes a token from key's bucket (true when the rate
 // limit is off). The caller holds srcMu.
 func (l *Limiter) takeTokenLocked(key sourceKey, now time.Time) bool {
+	cfg := l.cfg.Load()
 	i, ok := l.sources[key]
 	if ok {
 		l.moveToFrontLocked(i)
 	} else {
 		i = l.insertLocked(key, now)
 	}
-	if l.cfg.HandshakeRate < 0 {
+	if cfg.HandshakeRate < 0 {
 		return true
 	}
 	b := &l.buckets[i]
 	if d := now.Sub(b.last); d > 0 {
-		b.tokens = min(b.tokens+d.Seconds()*l.cfg.HandshakeRate, float64(l.cfg.HandshakeBurst))
+		b.tokens = min(b.tokens+d.Seconds()*cfg.HandshakeRate, float64(cfg.HandshakeBurst))
 		b.last = now
 	}
 	if b.tokens < 1 {
@@ -368,10 +387,11 @@ type Admission struct {
 // Admission in any case. An invalid src (no IP) is limited by the slots
 // only.
 func (l *Limiter) Admit(src netip.Addr, now time.Time) (*Admission, error) {
-	a := &Admission{l: l, key: keyOf(src), perSource: src.IsValid() && l.cfg.MaxHandshakesPerSource >= 0}
+	cfg := l.cfg.Load()
+	a := &Admission{l: l, key: keyOf(src), perSource: src.IsValid() && cfg.MaxHandshakesPerSource >= 0}
 	if src.IsValid() {
 		l.srcMu.Lock()
-		if a.perSource && l.inflight[a.key] >= int32(l.cfg.MaxHandshakesPerSource) {
+		if a.perSource && l.inflight[a.key] >= int32(cfg.MaxHandshakesPerSource) {
 			l.srcMu.Unlock()
 			l.stats.RefusedSource.Add(1)
 			return nil, ErrSourceHandshakes
@@ -390,12 +410,12 @@ func (l *Limiter) Admit(src netip.Addr, now time.Time) (*Admission, error) {
 		l.srcMu.Unlock()
 	}
 	switch {
-	case take(&l.handshakes, l.cfg.MaxHandshakes):
+	case take(&l.handshakes, cfg.MaxHandshakes):
 		a.slot = &l.handshakes
-	case a.known && l.cfg.ReservedHandshakes > 0 && take(&l.reserved, l.cfg.ReservedHandshakes):
+	case a.known && cfg.ReservedHandshakes > 0 && take(&l.reserved, cfg.ReservedHandshakes):
 		a.slot = &l.reserved
 		l.stats.Reserved.Add(1)
-	case l.cfg.MaxQueued >= 0 && l.queued.Load() >= int64(l.cfg.MaxQueued):
+	case cfg.MaxQueued >= 0 && l.queued.Load() >= int64(cfg.MaxQueued):
 		a.Release()
 		l.stats.RefusedHandshakes.Add(1)
 		return nil, ErrHandshakes
@@ -418,12 +438,13 @@ func (a *Admission) Wait(ctx context.Context) error {
 		return nil
 	}
 	l := a.l
+	cfg := l.cfg.Load()
 	defer l.queued.Add(-1)
-	timer := time.NewTimer(l.cfg.MaxQueueWait)
+	timer := time.NewTimer(cfg.MaxQueueWait)
 	defer timer.Stop()
 wait:
 	for {
-		if take(&l.handshakes, l.cfg.MaxHandshakes) {
+		if take(&l.handshakes, cfg.MaxHandshakes) {
 			a.slot = &l.handshakes
 			return nil
 		}
@@ -435,7 +456,7 @@ wait:
 			break wait
 		}
 	}
-	if l.cfg.ReservedHandshakes > 0 && take(&l.reserved, l.cfg.ReservedHandshakes) {
+	if cfg.ReservedHandshakes > 0 && take(&l.reserved, cfg.ReservedHandshakes) {
 		a.slot, a.MustResume = &l.reserved, !a.known
 		l.stats.Reserved.Add(1)
 		return nil
@@ -502,6 +523,7 @@ func (l *Limiter) RefuseResumption() { l.stats.RefusedResumption.Add(1) }
 // come back one after another (an office after two restarts) should not
 // exhaust their address's bucket by succeeding.
 func (l *Limiter) MarkKnown(src netip.Addr, now time.Time) {
+	cfg := l.cfg.Load()
 	if !src.IsValid() {
 		return
 	}
@@ -513,8 +535,8 @@ func (l *Limiter) MarkKnown(src netip.Addr, now time.Time) {
 		i = l.insertLocked(key, now)
 	}
 	b := &l.buckets[i]
-	b.knownUntil = now.Add(l.cfg.KnownFor)
-	b.tokens = min(b.tokens+1, float64(l.cfg.HandshakeBurst))
+	b.knownUntil = now.Add(cfg.KnownFor)
+	b.tokens = min(b.tokens+1, float64(cfg.HandshakeBurst))
 }
 
 func keyOf(addr netip.Addr) sourceKey {
@@ -529,8 +551,9 @@ func keyOf(addr netip.Addr) sourceKey {
 // insertLocked adds key with a full bucket at the front of the LRU list,
 // evicting the tail if the table is full, and returns its index.
 func (l *Limiter) insertLocked(key sourceKey, now time.Time) int32 {
+	cfg := l.cfg.Load()
 	var i int32
-	if len(l.buckets) < l.cfg.MaxSources {
+	if len(l.buckets) < cfg.MaxSources {
 		i = int32(len(l.buckets))
 		l.buckets = append(l.buckets, bucket{})
 	} else {
@@ -539,7 +562,7 @@ func (l *Limiter) insertLocked(key sourceKey, now time.Time) int32 {
 		delete(l.sources, l.buckets[i].key)
 		l.stats.SourcesEvicted.Add(1)
 	}
-	l.buckets[i] = bucket{key: key, tokens: float64(l.cfg.HandshakeBurst), last: now, prev: -1, next: -1}
+	l.buckets[i] = bucket{key: key, tokens: float64(cfg.HandshakeBurst), last: now, prev: -1, next: -1}
 	l.sources[key] = i
 	l.pushFrontLocked(i)
 	return i
@@ -591,14 +614,15 @@ func (l *Limiter) pushFrontLocked(i int32) {
 // On success the caller must call release when the session ends (extra
 // calls do nothing).
 func (l *Limiter) AcquireSession(identity string) (release func(), err error) {
+	cfg := l.cfg.Load()
 	l.sessMu.Lock()
 	defer l.sessMu.Unlock()
 	n := l.identities[identity]
-	if limit := l.cfg.MaxSessionsPerIdentity; limit >= 0 && n >= limit {
+	if limit := cfg.MaxSessionsPerIdentity; limit >= 0 && n >= limit {
 		l.stats.RefusedSessions.Add(1)
 		return noRelease, &LimitError{Err: ErrTooManySessions, Max: limit, Identity: identity}
 	}
-	if limit := l.cfg.MaxClients; n == 0 && limit >= 0 && len(l.identities) >= limit {
+	if limit := cfg.MaxClients; n == 0 && limit >= 0 && len(l.identities) >= limit {
 		l.stats.RefusedClients.Add(1)
 		return noRelease, &LimitError{Err: ErrTooManyClients, Max: limit, Identity: identity}
 	}

@@ -300,6 +300,10 @@ type RecordConn struct {
 	pending atomic.Uint32
 	rxCount atomic.Uint64 // rxSeq, for other goroutines
 	alert   atomic.Uint32 // 1 + the fatal alert to send at Close; 0: none
+	// keysAt is when either direction last changed keys with a KeyUpdate
+	// (Unix nanoseconds; 0: never), for status output. Set once per key
+	// change, never per record.
+	keysAt atomic.Int64
 
 	wmu     sync.Mutex // guards the write side
 	holding bool
@@ -364,6 +368,15 @@ func (c *RecordConn) setOptions(o recordOptions) {
 	if o.rekeyAt > 0 {
 		c.rekeyAt = min(o.rekeyAt, MaxRecordsPerKey/2)
 	}
+}
+
+// KeysUpdated returns when the keys last changed with a KeyUpdate in
+// either direction, or the zero time if they never did.
+func (c *RecordConn) KeysUpdated() time.Time {
+	if n := c.keysAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // OwnAESGCM reports whether the keys use tlsvpn's own AES-GCM.
@@ -535,6 +548,7 @@ func (c *RecordConn) updateLocked() error {
 	}
 	c.tx.wipe()
 	c.tx, c.txSeq = next, 0
+	c.keysAt.Store(time.Now().UnixNano())
 	if c.stats != nil {
 		c.stats.KeyUpdatesSent.Add(1)
 	}
@@ -837,6 +851,7 @@ func (c *RecordConn) handshake(content []byte) error {
 			c.rx.wipe()
 			c.rx, c.rxSeq, c.requested = next, 0, false
 			c.rxCount.Store(0)
+			c.keysAt.Store(time.Now().UnixNano())
 			// A request of ours not sent yet is moot: the key it was
 			// about is gone. (An answer is update_not_requested.)
 			c.pending.And(^uint32(pendingRequest))

@@ -165,9 +165,11 @@ type Server struct {
 
 	peersMu sync.Mutex // serializes PeersChanged calls
 
-	capturing  bool         // traffic secrets are captured for the own record layer
-	conns      atomic.Int64 // connections open (MaxConnections)
-	mustResume sync.Map     // conn under TLS -> true: admitted on a reserved slot, must resume
+	live       atomic.Pointer[Live] // settings SetLive may change; cfg's fields of the same name are unused
+	capturing  bool                 // traffic secrets are captured for the own record layer
+	conns      atomic.Int64         // connections open (MaxConnections)
+	peak       atomic.Int64         // most sessions registered at once; written under mu
+	mustResume sync.Map             // conn under TLS -> true: admitted on a reserved slot, must resume
 }
 
 // NewServer validates cfg and returns a Server.
@@ -217,6 +219,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions: make(map[string]*Session),
 		special:  make(map[string]*Session),
 	}
+	s.live.Store(new(liveOf(cfg)))
 	s.capturing = capture
 	s.tls = s.admitHello(t)
 	return s, nil
@@ -268,6 +271,107 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
+// PeakSessions returns the most sessions that were live at once.
+func (s *Server) PeakSessions() int { return int(s.peak.Load()) }
+
+// SessionInfo describes one live session for status output.
+type SessionInfo struct {
+	Identity      string
+	Addrs         []netip.Addr   // tunnel addresses
+	Nets          []netip.Prefix // accepted networks behind the client
+	Remote        string         // underlay address of the client
+	Started       time.Time      // when the session was established
+	LastHandshake time.Time      // its TLS handshake or last KeyUpdate
+	Resumed       bool           // the TLS handshake resumed a session
+	TxBytes       uint64         // IP bytes sent to the client
+	RxBytes       uint64         // IP bytes received from the client
+	RTT           time.Duration  // last PING round trip; 0 if none measured
+}
+
+// SessionList returns the live sessions (one per identity), sorted by
+// identity. It reads counters the data path keeps anyway, so it costs the
+// sessions nothing.
+func (s *Server) SessionList() []SessionInfo {
+	s.mu.Lock()
+	out := make([]SessionInfo, 0, len(s.sessions))
+	for id, sess := range s.sessions {
+		tx, rx := sess.Bytes()
+		out = append(out, SessionInfo{
+			Identity:      id,
+			Addrs:         sess.addrs,
+			Nets:          sess.nets,
+			Remote:        sess.remote,
+			Started:       sess.started,
+			LastHandshake: sess.LastHandshake(),
+			Resumed:       sess.tlsState.DidResume,
+			TxBytes:       tx,
+			RxBytes:       rx,
+			RTT:           sess.RTT(),
+		})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b SessionInfo) int { return strings.Compare(a.Identity, b.Identity) })
+	return out
+}
+
+// ProbeRTT sends a PING on every live session whose round-trip time was
+// not measured within maxAge, and waits until their PONGs arrived or ctx
+// ends. The server otherwise pings only idle clients (clients ping it),
+// so a busy session's RTT is measured on demand rather than by more
+// keepalive traffic for everyone.
+func (s *Server) ProbeRTT(ctx context.Context, maxAge time.Duration) {
+	s.mu.Lock()
+	list := make([]*Session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		list = append(list, sess)
+	}
+	s.mu.Unlock()
+	probeRTT(ctx, list, maxAge)
+}
+
+// probeRTT sends a PING on each of sessions whose round-trip time was not
+// measured within maxAge, and waits until their PONGs arrived, they
+// ended, or ctx ends.
+func probeRTT(ctx context.Context, sessions []*Session, maxAge time.Duration) {
+	asked := time.Now()
+	stale := slices.DeleteFunc(sessions, func(sess *Session) bool { return asked.Sub(sess.rttMeasured()) <= maxAge })
+	for _, sess := range stale {
+		sess.RequestPing()
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for len(stale) > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		stale = slices.DeleteFunc(stale, func(sess *Session) bool {
+			select {
+			case <-sess.Done():
+				return true
+			default:
+			}
+			return !sess.rttMeasured().Before(asked)
+		})
+	}
+}
+
+// Kick closes the live session of identity with CloseKicked and reason,
+// which the client logs before it reconnects. It reports whether there
+// was a session. (To keep a client out, revoke its certificate.)
+func (s *Server) Kick(identity, reason string) bool {
+	s.mu.Lock()
+	sess := s.sessions[identity]
+	s.mu.Unlock()
+	if sess == nil {
+		return false
+	}
+	s.log.Info("closing session on request", "peer", identity, "reason", reason)
+	sess.Close(CloseKicked, reason)
+	return true
+}
+
 // Serve accepts connections on ln until ctx ends, then closes every session
 // (telling clients the server shuts down) and returns. The TUN reader runs
 // for as long as Serve does.
@@ -304,7 +408,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		if limit := s.cfg.MaxConnections; limit > 0 && s.conns.Load() >= int64(limit) {
+		if limit := s.live.Load().MaxConnections; limit > 0 && s.conns.Load() >= int64(limit) {
 			s.lim.stats.RefusedConns.Add(1)
 			s.stats.HandshakeFailures.Add(1)
 			s.logLimit.warn(s.log, "conns", "refusing connection: too many connections open", "limit", limit, "remote_addr", c.RemoteAddr().String())
@@ -339,6 +443,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // handle runs one connection from accept to the end of its session.
 func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	accepted := time.Now()
+	live := s.live.Load() // one view of the settings for the whole connection
 	releaseHandshake := adm.Release
 	defer releaseHandshake() // idempotent; also frees the slot after a panic
 	if err := adm.Wait(ctx); err != nil {
@@ -362,13 +467,13 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 	bc := NewBatchConn(raw)
 	tc := tls.Server(bc, s.tls)
-	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	hctx, cancel := context.WithTimeout(ctx, live.HandshakeTimeout)
 	defer cancel()
 	// The ClientHello deadline runs from accept: a client sends it at
 	// once, so after a wait in the queue it is already there, and an idle
 	// connection gives its slot back right away (after a short grace).
 	// admitHello clears the deadline when the ClientHello arrives.
-	helloBy := accepted.Add(s.cfg.HelloTimeout)
+	helloBy := accepted.Add(live.HelloTimeout)
 	if grace := time.Now().Add(helloGrace); helloBy.Before(grace) {
 		helloBy = grace
 	}
@@ -421,7 +526,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		}
 	}
 	pol := s.policy(id)
-	routes := s.cfg.Routes
+	routes := live.Routes
 	if pol.Routes != nil {
 		routes = pol.Routes
 	}
@@ -435,9 +540,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		ServerAddr: s.cfg.ServerAddr,
 		MTU:        s.cfg.MTU,
 		Routes:     routes,
-		Keepalive:  s.cfg.Keepalive,
+		Keepalive:  live.Keepalive,
 		Caps:       caps,
-		DNS:        s.cfg.DNS,
+		DNS:        live.DNS,
 	}
 	allowed := []netip.Prefix{netip.PrefixFrom(addr, addr.BitLen())}
 	addrs := []netip.Addr{addr}
@@ -461,17 +566,27 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		MTU:           s.cfg.MTU,
 		PeerGSO:       gso && hello.Caps&CapGSO != 0,
 		AcceptGSO:     gso,
-		Keepalive:     s.cfg.Keepalive,
+		Keepalive:     live.Keepalive,
 		PingWhenIdle:  true,
-		QueueLen:      s.cfg.QueueLen,
+		QueueLen:      live.QueueLen,
 		ShutdownCode:  CloseShutdown,
 		Peer:          id,
 		Logger:        log,
 		Stats:         s.stats,
 	})
 	sess.tlsState = tc.ConnectionState()
+	sess.remote = remote
 	sess.releaseLimit = releaseSession
 	s.mu.Lock()
+	if cur := s.live.Load(); cur != live {
+		// SetLive ran during the handshake: the CONFIG not yet sent
+		// carries the routes and DNS in force now (SetLive swaps under
+		// s.mu, so it either sees this session or this sees its change).
+		cfg.DNS = cur.DNS
+		if pol.Routes == nil {
+			cfg.Routes = cur.Routes
+		}
+	}
 	// Networks behind the client: only what its policy allows and no
 	// other client holds. Accepting them in the same hold of mu as the
 	// registration keeps two clients from both winning a network. (The
@@ -482,6 +597,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	old := s.sessions[id]
 	s.sessions[id] = sess
+	if n := int64(len(s.sessions)); n > s.peak.Load() {
+		s.peak.Store(n)
+	}
 	changed := s.setSpecialLocked(id, sess)
 	if !sess.peerGSO {
 		s.nonGSO++
@@ -529,6 +647,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 
 	s.stats.SessionsOpened.Add(1)
+	if sess.tlsState.DidResume {
+		s.stats.SessionsResumed.Add(1)
+	}
 	s.lim.MarkKnown(SourceAddr(raw.RemoteAddr()), time.Now())
 	attrs := []any{"tunnel_addr", cfg.Addr, "gso", sess.peerGSO, "software", hello.Software}
 	if cfg.Addr6.IsValid() {

@@ -148,6 +148,7 @@ type Session struct {
 
 	started  time.Time           // when NewSession ran
 	tlsState tls.ConnectionState // set by the server before Run
+	remote   string              // the peer's underlay address; set by the server before Run
 	// Set by the server before registering the session; addrs and nets
 	// are immutable, policy is guarded by the server's mu.
 	addrs  []netip.Addr
@@ -169,6 +170,7 @@ type Session struct {
 	txIP      atomic.Uint64 // IP bytes sent
 	txRecords atomic.Uint64 // records sent, estimated from frames (Usage without a Batch)
 	rttNanos  atomic.Int64  // last ping round trip
+	rttAt     atomic.Int64  // when rttNanos was measured (Unix nanoseconds)
 
 	// Reader-goroutine state. The receive buffers are taken from the
 	// shared pool as packets arrive and go back after each write to the
@@ -241,6 +243,43 @@ func (s *Session) Peer() string { return s.cfg.Peer }
 
 // RTT returns the last measured ping round-trip time, or 0.
 func (s *Session) RTT() time.Duration { return time.Duration(s.rttNanos.Load()) }
+
+// rttMeasured returns when RTT was last measured (zero: never).
+func (s *Session) rttMeasured() time.Time {
+	if n := s.rttAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// RequestPing asks the writer to send a PING now (the PONG updates RTT),
+// unless one is already due. It does not wait.
+func (s *Session) RequestPing() {
+	select {
+	case s.pingDue <- struct{}{}:
+	default:
+	}
+}
+
+// Started returns when the session was created (its TLS handshake had
+// just completed).
+func (s *Session) Started() time.Time { return s.started }
+
+// LastHandshake returns when the session's keys last changed: its TLS
+// handshake, or a later in-band KeyUpdate (either direction).
+func (s *Session) LastHandshake() time.Time {
+	if rc := s.rcLoaded.Load(); rc != nil {
+		if t := rc.KeysUpdated(); t.After(s.started) {
+			return t
+		}
+	}
+	return s.started
+}
+
+// Bytes returns the IP bytes this session sent to its peer (tx) and
+// received from it (rx). The counters are atomics the data path keeps
+// anyway; reading them costs the data path nothing.
+func (s *Session) Bytes() (tx, rx uint64) { return s.txIP.Load(), s.rxIP.Load() }
 
 // Close ends the session, telling the peer why. It returns at once; Run
 // returns when the session is down. Safe to call before Run (Run then
@@ -448,7 +487,7 @@ func (s *Session) sayGoodbye(cause error) (linger bool) {
 	switch {
 	case errors.As(cause, &ce):
 		code, reason = ce.Code, ce.Reason
-		drain = ce.Code == CloseNormal || ce.Code == CloseShutdown || ce.Code == CloseReplaced || ce.Code == CloseReconfigure
+		drain = ce.Code == CloseNormal || ce.Code == CloseShutdown || ce.Code == CloseReplaced || ce.Code == CloseReconfigure || ce.Code == CloseKicked
 		linger = drain
 	case errors.As(cause, &pc):
 		// The peer closed first and lingers for our answer.
@@ -764,8 +803,10 @@ func (s *Session) readFrame() error {
 			return err
 		}
 		sent := int64(binary.BigEndian.Uint64(s.ctl[:]))
-		if rtt := time.Now().UnixNano() - sent; rtt >= 0 && rtt < int64(time.Minute) {
+		now := time.Now().UnixNano()
+		if rtt := now - sent; rtt >= 0 && rtt < int64(time.Minute) {
 			s.rttNanos.Store(rtt)
+			s.rttAt.Store(now)
 		}
 	case TypeClose:
 		p := make([]byte, h.Len)

@@ -20,6 +20,7 @@ type Stats struct {
 	DropNoGSO     atomic.Uint64 // super-packet for a session that cannot take one (mode change)
 
 	SessionsOpened    atomic.Uint64
+	SessionsResumed   atomic.Uint64 // of SessionsOpened: the TLS handshake resumed a session (no certificate exchange)
 	SessionsClosed    atomic.Uint64
 	SessionsReplaced  atomic.Uint64
 	HandshakeFailures atomic.Uint64 // TLS or protocol handshake did not complete

@@ -43,6 +43,11 @@ func main() {
 }
 
 const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca FILE [flags]
+       tunnelc --config FILE [flags]         (settings from a YAML file; flags override it)
+       tunnelc --profile NAME [flags]        (the config file /etc/tlsvpn/client/NAME.yaml)
+       tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
+       tunnelc profiles                      (list the profiles)
+       tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
 
 tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
 identity with the client certificate in --cert, checks the server's certificate
@@ -68,6 +73,11 @@ Examples:
   # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
   # server (the server's --clients file must allow it: advertise)
   tunnelc --server 192.0.2.1:443 --cert site-b.crt --key site-b.key --ca ca.crt --advertise 198.18.20.0/24
+
+  # one config file per server (keys are the flag names, e.g. "server: vpn.example.com:443",
+  # "full-tunnel: true"), kept as profiles in /etc/tlsvpn/client
+  tunnelc check --profile work
+  tunnelc --profile work
 `
 
 type options struct {
@@ -92,13 +102,29 @@ type options struct {
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
+	config              string // --config FILE; config.go
+	profile, profileDir string // --profile NAME: profileDir/NAME.yaml
+	ctl                 cli.ControlFlags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "status" {
+		return cli.RunControl(ctx, statusCommand, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "profiles" {
+		return runProfiles(stdout, stderr, args[1:])
+	}
+	checkOnly := len(args) > 0 && args[0] == "check"
+	if checkOnly {
+		args = args[1:]
+	}
 	var o options
 	fs := pflag.NewFlagSet("tunnelc", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
+	fs.StringVar(&o.config, "config", "", "read settings from a YAML FILE whose keys are the long flag names, e.g. /etc/tlsvpn/client/work.yaml (see README); a flag on the command line overrides the file")
+	fs.StringVar(&o.profile, "profile", "", "read settings from the profile NAME, the config file NAME.yaml in --profile-dir (one per server; 'tunnelc profiles' lists them)")
+	fs.StringVar(&o.profileDir, "profile-dir", DefaultProfileDir, "directory of the --profile files")
 	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
 	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
 	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
@@ -119,6 +145,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
+	cli.AddControlFlags(fs, &o.ctl, "tunnelc")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove what a crashed run of this instance (--tun) left behind: its routes, tunnel addresses and nftables table inet tlsvpn-<tun> (other instances and everything else untouched), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -138,7 +165,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunnelc --help')", fs.Arg(0))
 	}
+	if checkOnly {
+		return runCheck(stdout, fs, &o)
+	}
+	file, err := applyConfig(fs, &o)
+	if err != nil {
+		return &cli.UsageError{Err: err}
+	}
 	o.congestionSet = fs.Changed("congestion")
+	if file != nil {
+		// Name the file's line for what is wrong, before anything starts.
+		if errs := checkOptions(o); len(errs) > 0 {
+			return &cli.UsageError{Err: errors.New(file.Locate(errs[0]))}
+		}
+	}
 	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -200,9 +240,18 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	cli.WarnKeyFile(log, o.key)
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
 	}
+	// The control socket before anything is dialed or installed: a live
+	// one means this instance already runs.
+	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+	view, given := new(tunnelView), o.server
 
 	var (
 		mu  sync.Mutex // guards dev and mgr, set by setup
@@ -230,7 +279,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		if err != nil {
-			return fmt.Errorf("resolve %s: %w", host, err)
+			return cli.ResolveError(host, err)
 		}
 		for _, ip := range ips {
 			serverAddrs = append(serverAddrs, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
@@ -307,7 +356,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			if len(serverAddrs) == 0 {
 				ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 				if err != nil || len(ips) == 0 {
-					return nil, fmt.Errorf("resolve %s for the full tunnel: %w", host, err)
+					return nil, fmt.Errorf("full tunnel: %w", cli.ResolveError(host, err))
 				}
 				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
 			}
@@ -333,6 +382,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			restoreDNS, appliedDNS = r, d
 		}
+		view.set(rc, cfg.DNS)
 		if len(advertise) > 0 {
 			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
 				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
@@ -402,6 +452,8 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	go local.watch(ctx, client, log)
+	startControl(ctx, ctl, &clientSource{client: client, stats: stats, view: view, server: given,
+		tun: o.tunName, fullTunnel: o.fullTunnel, killSwitch: o.killSwitch}, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
 	return err

@@ -86,6 +86,7 @@ type proc struct {
 
 func start(t *testing.T, ns *netnstest.NS, name string, args ...string) *proc {
 	t.Helper()
+	args = ownControl(t, name, args)
 	p := &proc{log: new(tunneltest.SyncBuffer), done: make(chan struct{})}
 	p.cmd = ns.Cmd(context.Background(), name, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -103,6 +104,40 @@ func start(t *testing.T, ns *netnstest.NS, name string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// ownControl gives a daemon started by a test a control socket of its
+// own, unless the test chose one: the daemons of tests in parallel
+// namespaces share the file system, and with the default
+// /run/tlsvpn/<tun>.sock the second would refuse to start. name may be a
+// wrapper (prlimit) with the daemon among its arguments.
+func ownControl(t *testing.T, name string, args []string) []string {
+	daemon := false
+	for _, a := range append([]string{name}, args...) {
+		switch {
+		case a == "--control" || strings.HasPrefix(a, "--control="):
+			return args
+		case filepath.Base(a) == "tunneld" || filepath.Base(a) == "tunnelc":
+			daemon = true
+		}
+	}
+	if !daemon {
+		return args
+	}
+	return append(slices.Clip(args), "--control", controlPath(t))
+}
+
+// controlPath returns a control socket path in a fresh directory that is
+// removed after the test. It is short: t.TempDir() carries the test's
+// name, and a unix socket path has at most 107 bytes.
+func controlPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tlsvpn-ctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "control.sock")
 }
 
 // stop sends SIGTERM and waits (bounded) for the process to exit. It

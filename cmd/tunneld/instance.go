@@ -2,15 +2,15 @@ package main
 
 // What keeps two tunneld instances apart. An instance is named by its TUN
 // interface (--tun); it has its own nftables table (inet tlsvpn-TUN), its
-// own state directory (/var/lib/tlsvpn/TUN by default, held with a lock)
-// and its own listen address. A start that would collide with another
-// instance is refused before it creates or changes anything.
+// own state directory (/var/lib/tlsvpn/TUN by default, held with a lock),
+// its own control socket and its own listen address. A start that would
+// collide with another instance is refused before it creates or changes
+// anything on the host.
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,15 +37,12 @@ var leaseFiles = []string{"leases.json", "leases.json.journal", "leases6.json", 
 
 // instance is what claimInstance took for a starting tunneld.
 type instance struct {
-	ln       net.Listener
 	stateDir string   // "" keeps leases in memory
 	lock     *os.File // holds stateDir's lock until closed; nil without stateDir
 }
 
-// release closes the listener (if serve has not) and gives up the state
-// directory's lock.
+// release gives up the state directory's lock.
 func (in *instance) release() {
-	in.ln.Close()
 	if in.lock != nil {
 		in.lock.Close()
 	}
@@ -60,32 +57,25 @@ func stateDirOf(o options) string {
 	return filepath.Join(stateRoot, o.tunName)
 }
 
-// claimInstance checks that this instance collides with no other, and
-// takes its listen address and state directory, in an order that changes
-// nothing before every check has passed: the TUN name must be free and
-// the tunnel subnets must not overlap an address or connected route of any
-// interface (read only); then the listen address is bound (its error is
-// the bind's) and the state directory locked, so that a second instance
-// configured with the same one is refused. Leases an older tunneld kept
-// in stateRoot move into the default instance's directory. On error
-// nothing is held.
+// claimInstance checks that this instance collides with no other and
+// takes its state directory, changing nothing on the host: the TUN name
+// must be free and the tunnel subnets must not overlap an address or
+// connected route of any interface (read only); then the state directory
+// is locked, so that a second instance configured with the same one is
+// refused. Leases an older tunneld kept in stateRoot move into the
+// default instance's directory. (serve binds the listen address before it
+// creates the TUN device, so that a taken one fails with the bind's own
+// error before anything else.) On error nothing is held.
 func claimInstance(o options, subnets []netip.Prefix, log *slog.Logger) (*instance, error) {
 	if err := routing.CheckFree(o.tunName, subnets); err != nil {
 		return nil, refusal(o, err)
 	}
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("%w: another tunneld instance or another server listens there; give each instance its own --listen", err)
-		}
-		return nil, err
-	}
-	in := &instance{ln: ln, stateDir: stateDirOf(o)}
+	in := &instance{stateDir: stateDirOf(o)}
 	if in.stateDir == "" {
 		return in, nil
 	}
+	var err error
 	if in.lock, err = lockStateDir(in.stateDir, o.tunName); err != nil {
-		ln.Close()
 		return nil, err
 	}
 	if !o.stateDirSet && o.tunName == defaultTun {

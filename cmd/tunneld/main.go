@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +46,11 @@ func main() {
 }
 
 const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADDR:PORT] [--subnet CIDR] [flags]
+       tunneld --config FILE [flags]                  (settings from a YAML file; flags override it)
+       tunneld check --config FILE [flags]            (validate the settings and the files they name, then exit)
        tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
+       tunneld status|clients|reload|kick NAME [--tun NAME | --control PATH] [--json]
+                                                  (ask a running tunneld; see 'tunneld status --help')
 
 tunneld is the tlsvpn server. It listens for tunnelc clients on TCP, accepts only
 TLS 1.3 connections whose client certificate was issued by the CA in --ca, gives
@@ -63,7 +66,7 @@ const usageTail = `
 Examples:
   # create a CA, a server certificate and a client certificate
   tunneld pki init  --dir /etc/tlsvpn/pki
-  tunneld pki issue --dir /etc/tlsvpn/pki --server --name vpn.example.com --dns vpn.example.com --ip 192.0.2.1
+  tunneld pki issue --dir /etc/tlsvpn/pki --server --name vpn.example.com --ip 192.0.2.1
   tunneld pki issue --dir /etc/tlsvpn/pki --client --name laptop
 
   # serve 100.64.0.0/24 on port 443 and give clients a route to a LAN behind the server
@@ -77,9 +80,19 @@ Examples:
   tunneld --tun vpn1 --listen 0.0.0.0:8443 --subnet 100.64.1.0/24 --cert ... --key ... --ca ...
 
   # per-client policy (fixed addresses, routes, site networks, client-to-client);
-  # edit the file and send SIGHUP to apply it
+  # edit the file and apply it with 'tunneld reload'
   tunneld --cert ... --key ... --ca ... --subnet 100.64.0.0/24 --clients /etc/tlsvpn/clients.yaml
-  kill -HUP $(pidof tunneld)
+  tunneld reload
+
+  # what is connected, and how the server is doing
+  tunneld clients
+  tunneld status --json
+
+  # the same from a config file (keys are the flag names, e.g. "max-clients: 2000",
+  # "route: [198.18.10.0/24]"; the clients policy may sit under "clients:"),
+  # checked before use; 'tunneld reload' re-reads it and applies what changed
+  tunneld check --config /etc/tlsvpn/tunneld.yaml
+  tunneld --config /etc/tlsvpn/tunneld.yaml
 `
 
 type options struct {
@@ -120,9 +133,14 @@ type options struct {
 	cpuProfile            string
 	cleanup               bool
 	logLevel, logFormat   string
+	fileState             // --config: config.go
+	ctl                   cli.ControlFlags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if isControlCommand(args) {
+		return runControlCommand(ctx, args, stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "pki" {
 		err := runPKI(args[1:], stdout, stderr)
 		if err != nil && !errors.Is(err, pflag.ErrHelp) {
@@ -130,10 +148,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	checkOnly := len(args) > 0 && args[0] == "check"
+	if checkOnly {
+		args = args[1:]
+	}
 	var o options
 	fs := pflag.NewFlagSet("tunneld", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
+	fs.StringVar(&o.config, "config", "", "read settings from a YAML FILE whose keys are the long flag names, e.g. /etc/tlsvpn/tunneld.yaml (see README); a flag on the command line overrides the file; SIGHUP re-reads it")
 	fs.StringVar(&o.listen, "listen", "0.0.0.0:443", "TCP address ADDR:PORT to accept clients on, e.g. 198.18.0.1:443 or [2001:db8::1]:443")
 	fs.StringVar(&o.cert, "cert", "", "server certificate FILE (PEM), e.g. /etc/tlsvpn/pki/server.crt (required)")
 	fs.StringVar(&o.key, "key", "", "server private key FILE (PEM), e.g. /etc/tlsvpn/pki/server.key (required)")
@@ -169,6 +192,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
+	cli.AddControlFlags(fs, &o.ctl, "tunneld")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove what a crashed run of this instance (--tun) left behind: its routes, tunnel addresses and nftables table inet tlsvpn-<tun> (other instances and everything else untouched), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -188,9 +212,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return cli.Usagef("unexpected argument %q (see 'tunneld --help')", fs.Arg(0))
 	}
-	o.congestionSet = fs.Changed("congestion")
-	o.stateDirSet = fs.Changed("state-dir")
-	log, err := cli.NewLogger(stderr, o.logLevel, o.logFormat)
+	src := newSource(fs, &o)
+	if checkOnly {
+		return runCheck(stdout, src)
+	}
+	o, err := src.read()
+	if err != nil {
+		return &cli.UsageError{Err: err}
+	}
+	log, level, err := cli.NewLevelLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
 	}
@@ -202,13 +232,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopProfile()
-	return serve(ctx, o, log)
+	return serve(ctx, o, log, src, level)
 }
 
-func serve(ctx context.Context, o options, log *slog.Logger) error {
-	if o.cert == "" || o.key == "" || o.ca == "" {
-		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert pki/server.crt --key pki/server.key --ca pki/ca.crt (create them with 'tunneld pki')")
+func serve(ctx context.Context, o options, log *slog.Logger, src *source, level *slog.LevelVar) error {
+	st, errs := parseSettings(o)
+	if len(errs) > 0 {
+		return &cli.UsageError{Err: locateAll(o.file, errs)}
 	}
+	subnet, subnet6, routes, dns := st.subnet, st.subnet6, st.routes, st.dns
 	congestion, note, err := cli.Congestion(o.congestion, o.congestionSet)
 	if err != nil {
 		return err
@@ -216,53 +248,21 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if note != "" {
 		log.Warn(note)
 	}
-	subnet, err := netip.ParsePrefix(o.subnet)
-	if err != nil || !subnet.Addr().Is4() {
-		return cli.Usagef("--subnet %q: want an IPv4 CIDR such as 100.64.0.0/24", o.subnet)
+	// The control socket first: a live one means this instance already
+	// runs, and nothing else may be touched.
+	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
+	if err != nil {
+		return err
 	}
-	subnet = subnet.Masked()
-	var routes []netip.Prefix
-	for _, r := range o.routes {
-		p, err := netip.ParsePrefix(r)
-		if err != nil {
-			return cli.Usagef("--route %q: want a CIDR such as 198.18.10.0/24", r)
-		}
-		routes = append(routes, p.Masked())
-	}
-	var dns []netip.Addr
-	for _, d := range o.dns {
-		a, err := netip.ParseAddr(d)
-		if err != nil || a.Zone() != "" {
-			return cli.Usagef("--dns %q: want an IP address such as 100.64.0.1", d)
-		}
-		dns = append(dns, a.Unmap())
-	}
-	if len(dns) > tunnel.MaxDNS {
-		return cli.Usagef("at most %d --dns flags", tunnel.MaxDNS)
-	}
-	if len(routes) > tunnel.MaxRoutes {
-		return cli.Usagef("at most %d --route flags", tunnel.MaxRoutes)
-	}
-	if o.mtu < 576 || o.mtu > tun.MaxPacketSize {
-		return cli.Usagef("--mtu %d: want 576 to %d", o.mtu, tun.MaxPacketSize)
-	}
-	var subnet6 netip.Prefix
-	if o.subnet6 != "" {
-		subnet6, err = netip.ParsePrefix(o.subnet6)
-		if err != nil || !subnet6.Addr().Is6() || subnet6.Addr().Is4In6() {
-			return cli.Usagef("--subnet6 %q: want an IPv6 CIDR such as fd00:64::/64", o.subnet6)
-		}
-		subnet6 = subnet6.Masked()
-	}
+	defer ctl.Close()
 	// Nothing is created or changed before this instance is known to
-	// collide with no other (TUN name, subnets, listen address, state
-	// directory).
-	inst, err := claimInstance(o, slices.DeleteFunc([]netip.Prefix{subnet, subnet6}, func(p netip.Prefix) bool { return !p.IsValid() }), log)
+	// collide with no other (TUN name, subnets, state directory; the
+	// listen address is bound before the TUN device is made).
+	inst, err := claimInstance(o, tunnelSubnets(subnet, subnet6), log)
 	if err != nil {
 		return err
 	}
 	defer inst.release()
-	ln := inst.ln
 	openPool := func(p netip.Prefix, file string) (*routing.Pool, error) {
 		if inst.stateDir == "" {
 			return routing.NewPool(p)
@@ -279,53 +279,51 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	defer pool.Flush()
 	var pool6 *routing.Pool
-	if o.subnet6 != "" {
+	if subnet6.IsValid() {
 		if pool6, err = openPool(subnet6, "leases6.json"); err != nil {
 			return fmt.Errorf("address pool for --subnet6 %v: %w", subnet6, err)
 		}
 		defer pool6.Flush()
 	}
 	var clients clientPolicies
-	if o.clients != "" {
-		if clients, err = loadClients(o.clients, pool, pool6); err != nil {
+	if o.hasPolicy() {
+		if clients, err = o.loadPolicy(pool, pool6); err != nil {
 			return err
 		}
 		if _, err := pinAddresses(clients, pool, pool6); err != nil {
-			return fmt.Errorf("--clients %s: %w", o.clients, err)
+			return fmt.Errorf("clients policy %s: %w", o.policySource(), err)
 		}
-		log.Info("client policies loaded", "file", o.clients, "clients", len(clients))
+		log.Info("client policies loaded", "file", o.policySource(), "clients", len(clients))
 	}
-	var policies atomic.Pointer[clientPolicies]
-	policies.Store(&clients)
+	var policies atomic.Pointer[policySet]
+	policies.Store(&policySet{clients: clients, reach: o.clientToClient})
 
 	tlsCfg, err := certs.ServerConfig(o.cert, o.key, o.ca)
 	if err != nil {
 		return err
 	}
+	cli.WarnKeyFile(log, o.key)
 	warnExpiry(log, "server certificate", o.cert, certs.LeafExpiry(tlsCfg))
-	// checkPeer re-checks a live session's client certificate: expiry
-	// always, revocation with --crl.
-	checkPeer := func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) > 0 && time.Now().After(cs.PeerCertificates[0].NotAfter) {
-			return fmt.Errorf("client certificate expired at %v", cs.PeerCertificates[0].NotAfter)
-		}
-		return nil
-	}
-	var rev *certs.Revocation
+	// The revocation list in force (a reload may switch it) is checked on
+	// every handshake and, with expiry, on live sessions.
+	crl := new(crlHolder)
+	tlsCfg = crl.wrap(tlsCfg)
 	if o.crl != "" {
-		caCert, err := certs.LoadCACert(o.ca)
+		rev, err := openCRL(o.ca, o.crl)
 		if err != nil {
 			return err
 		}
-		if rev, err = certs.NewRevocation(o.crl, caCert, certs.RevocationOptions{}); err != nil {
-			return err
-		}
-		tlsCfg = certs.WithRevocation(tlsCfg, rev)
-		checkPeer = rev.VerifyConnection
+		crl.rev.Store(rev)
 		log.Info("revocation list loaded", "file", o.crl)
 	} else {
 		log.Warn("no --crl: revoked client certificates cannot be refused; create one with 'tunneld pki revoke' or 'tunneld pki crl'")
 	}
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return cli.ListenError("--listen", o.listen, err)
+	}
+	defer ln.Close()
 
 	dev, err := tun.Open(o.tunName, o.mtu, tun.Options{Logger: log})
 	if err != nil {
@@ -359,7 +357,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	// crash.
 	var fw routing.Firewall
 	var fc routing.FirewallConfig
-	if len(routes) > 0 || o.nat || o.clients != "" || o.clientToClient {
+	if needsForwarding(o, st) {
 		restore, err := routing.EnableForwarding(o.tunName, pool6 != nil, log)
 		if err != nil {
 			dev.Close()
@@ -416,17 +414,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 
 	stats := new(tunnel.Stats)
-	limits := tunnel.NewLimiter(tunnel.LimitConfig{
-		MaxClients:             o.maxClients,
-		MaxSessionsPerIdentity: o.maxSessionsPerID,
-		MaxHandshakes:          o.maxHandshakes,
-		MaxHandshakesPerSource: o.maxHandshakesPerSrc,
-		ReservedHandshakes:     o.reservedHandshakes,
-		MaxQueued:              o.handshakeQueue,
-		MaxQueueWait:           o.handshakeQueueWait,
-		HandshakeRate:          o.handshakeRate,
-		HandshakeBurst:         o.handshakeBurst,
-	})
+	limits := tunnel.NewLimiter(limitConfig(o))
 	maxConns, nofile := connectionLimit(o.maxConnections)
 	log.Info("connection limits", "max_connections", maxConns, "descriptors", nofile, "limits", fmt.Sprintf("%+v", limits.Config()))
 	scfg := tunnel.ServerConfig{
@@ -450,8 +438,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		OwnAESGCM:        cli.RecordLayer(log, o.stdlibRecords, o.ownAESGCM),
 		Limits:           limits,
 		TuneConn:         func(c net.Conn) { cli.TuneTCP(c, 3*o.keepalive, congestion) },
-		CheckPeer:        checkPeer,
-		Policy:           func(id string) tunnel.Policy { return policies.Load().policy(id, o.clientToClient) },
+		CheckPeer:        crl.checkPeer,
+		Policy:           func(id string) tunnel.Policy { return policies.Load().policy(id) },
 		PeersChanged:     peersChanged,
 		Logger:           log,
 		Stats:            stats,
@@ -482,11 +470,12 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 	}
-	reload := func() {}
-	if o.clients != "" {
-		reload = func() { reloadClients(o.clients, pool, pool6, &policies, srv, log) }
-	}
-	go watchPeers(ctx, srv, rev, o.crlCheck, reload, log)
+	rl := newReloader(&reloader{src: src, level: level, pool: pool, pool6: pool6, policies: &policies, srv: srv,
+		limits: limits, crl: crl, forwarding: fw != nil, log: log}, o)
+	go rl.watch(ctx)
+	startControl(ctx, ctl, &controlSource{srv: srv, stats: stats, limits: limits, reload: rl, crl: crl,
+		listen: ln.Addr().String(), tun: o.tunName, subnets: tunnelSubnets(subnet, subnet6),
+		certFile: o.cert, certEnd: certs.LeafExpiry(tlsCfg)}, log)
 	go releaseMemory(ctx, time.Minute)
 	log.Info("listening", "addr", ln.Addr().String(), "ifname", o.tunName, "tunnel_addr", serverPrefix,
 		"mtu", o.mtu, "routes", len(routes), "keepalive", o.keepalive, "congestion", cli.CongestionName(congestion))
@@ -515,9 +504,6 @@ func connectionLimit(flag int) (maxConns int, nofile uint64) {
 	return int(min(nofile-reserve, 1<<30)), nofile
 }
 
-// watchPeers reloads the CRL when its file changes or on SIGHUP, and
-// closes live sessions whose certificate was revoked or has expired. On
-// SIGHUP it also calls reload (the --clients file).
 // releaseMemory gives freed heap back to the system every interval once
 // a good deal of it sits unused: after a crowd of clients has come and
 // gone (a restart, a reconnect storm), the Go runtime would otherwise keep
@@ -543,50 +529,6 @@ func releaseMemory(ctx context.Context, every time.Duration) {
 		}
 		if free := samples[0].Value.Uint64(); free > worthIt && free > samples[1].Value.Uint64()/4 {
 			debug.FreeOSMemory()
-		}
-	}
-}
-
-func watchPeers(ctx context.Context, srv *tunnel.Server, rev *certs.Revocation, every time.Duration, reload func(), log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	t := time.NewTicker(max(every, 100*time.Millisecond))
-	defer t.Stop()
-	crlBad := false
-	for {
-		force := false
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-			force = true
-			reload()
-		case <-t.C:
-		}
-		if rev != nil {
-			var err error
-			reloaded := force
-			if force {
-				err = rev.Reload()
-			} else {
-				reloaded, err = rev.ReloadIfChanged()
-			}
-			if err == nil {
-				_, err = rev.Current() // also fails once a loaded CRL expires
-			}
-			switch {
-			case err != nil && !crlBad:
-				log.Error("revocation list unusable: refusing every client until it is fixed", "file", rev.Path(), "err", err)
-			case err == nil && crlBad:
-				log.Info("revocation list usable again", "file", rev.Path())
-			case err == nil && reloaded:
-				log.Info("revocation list reloaded", "file", rev.Path())
-			}
-			crlBad = err != nil
-		}
-		if n := srv.CheckSessions(); n > 0 {
-			log.Warn("closed sessions of revoked or expired certificates", "sessions", n)
 		}
 	}
 }
@@ -666,26 +608,4 @@ func pinAddresses(c clientPolicies, pool, pool6 *routing.Pool) ([]string, error)
 	}
 	slices.Sort(moved)
 	return slices.Compact(moved), nil
-}
-
-// reloadClients re-reads the --clients file (on SIGHUP) and applies it:
-// clients whose address, routes or advertised networks changed reconnect,
-// reach_clients changes apply in place, everyone else is untouched. A file
-// that does not parse changes nothing.
-func reloadClients(path string, pool, pool6 *routing.Pool, cur *atomic.Pointer[clientPolicies], srv *tunnel.Server, log *slog.Logger) {
-	next, err := loadClients(path, pool, pool6)
-	if err != nil {
-		log.Error("keeping the previous client policies", "err", err)
-		return
-	}
-	moved, err := pinAddresses(next, pool, pool6)
-	if err != nil {
-		log.Error("fixed addresses from --clients", "err", err)
-	}
-	cur.Store(&next)
-	for _, id := range moved {
-		srv.Reconfigure(id, "tunnel address changed")
-	}
-	closed := srv.Policies()
-	log.Info("client policies reloaded", "file", path, "clients", len(next), "readdressed", len(moved), "reconfigured", len(closed))
 }

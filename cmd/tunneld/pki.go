@@ -175,15 +175,18 @@ func pkiInit(args []string, stdout io.Writer) error {
 	return nil
 }
 
-const pkiIssueUsage = `Usage: tunneld pki issue --dir DIR --server --name NAME [--ip IP]... [--dns HOST]... [--days N]
+const pkiIssueUsage = `Usage: tunneld pki issue --dir DIR --server --name NAME [--ip IP]... [--dns HOST]... [--no-name-san] [--days N]
        tunneld pki issue --dir DIR --client --name NAME [--days N]
 
 Issue a certificate signed by the CA in DIR (see 'tunneld pki init') and write
 DIR/NAME.key (private key, mode 0600) and DIR/NAME.crt (certificate, mode 0644).
 Existing files are never overwritten.
 
-A server certificate must name the address clients dial: pass each DNS name with
---dns and each IP address with --ip. With neither, NAME is used as the DNS name.
+A server certificate must name every address clients dial (tunnelc --server, or
+its --server-name). NAME is one of them: it is written in as a DNS name, or as an
+IP address if NAME is one. Pass each other DNS name with --dns and each other IP
+address with --ip; an address given twice is written once. --no-name-san leaves
+NAME out, e.g. when it is only a label such as "gw".
 
 A client certificate carries only NAME, which is the client's identity: the server
 logs it and tells clients apart by it, so give every client its own NAME. Copy
@@ -192,7 +195,8 @@ NAME.crt, NAME.key and ca.crt to the client.
 
 const pkiIssueExamples = `Examples:
   tunneld pki issue --dir ` + pkiExampleDir + ` --server --name vpn.example.com
-  tunneld pki issue --dir ` + pkiExampleDir + ` --server --name gw --dns vpn.example.com --ip 203.0.113.10
+  tunneld pki issue --dir ` + pkiExampleDir + ` --server --name vpn.example.com --ip 203.0.113.10
+  tunneld pki issue --dir ` + pkiExampleDir + ` --server --name gw --no-name-san --dns vpn.example.com --ip 203.0.113.10
   tunneld pki issue --dir ` + pkiExampleDir + ` --client --name laptop --days 90
 `
 
@@ -201,6 +205,7 @@ func pkiIssue(args []string, stdout io.Writer) error {
 	var (
 		dir, name, algo  string
 		server, client   bool
+		noNameSAN        bool
 		ipArgs, dnsNames []string
 		days             int
 	)
@@ -208,10 +213,11 @@ func pkiIssue(args []string, stdout io.Writer) error {
 	fs.StringVar(&dir, "dir", "", "directory `DIR` holding ca.crt and ca.key from 'tunneld pki init' (required)")
 	fs.BoolVar(&server, "server", false, "issue a server certificate, for tunneld")
 	fs.BoolVar(&client, "client", false, "issue a client certificate, for tunnelc")
-	fs.StringVar(&name, "name", "", "certificate `NAME`: its file name and CommonName, and a client's identity; "+
+	fs.StringVar(&name, "name", "", "certificate `NAME`: its file name and CommonName; a client's identity, or one of a server's addresses (see --no-name-san); "+
 		"1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-' (required)")
 	fs.StringArrayVar(&ipArgs, "ip", nil, "`IP` address clients dial to reach the server (--server only; repeatable)")
 	fs.StringArrayVar(&dnsNames, "dns", nil, "hostname `HOST` clients dial to reach the server (--server only; repeatable)")
+	fs.BoolVar(&noNameSAN, "no-name-san", false, "leave NAME out of the addresses in a server certificate: clients must dial one given with --dns or --ip (--server only)")
 	fs.IntVar(&days, "days", certs.DefaultLeafDays, "number of days `N` the certificate is valid")
 	fs.StringVar(&algo, "algo", string(certs.ECDSA), "key algorithm `ALGO`: ecdsa (NIST P-256) or ed25519")
 	if err := pkiParse(fs, "issue", args); err != nil {
@@ -247,15 +253,17 @@ func pkiIssue(args []string, stdout io.Writer) error {
 		}
 		ips = append(ips, ip)
 	}
-	f, err := certs.Issue(dir, certs.IssueRequest{
+	req := certs.IssueRequest{
 		Name:      name,
 		Server:    server,
 		Client:    client,
 		IPs:       ips,
 		DNSNames:  dnsNames,
+		NoNameSAN: noNameSAN,
 		Days:      days,
 		Algorithm: alg,
-	})
+	}
+	f, err := certs.Issue(dir, req)
 	if err != nil {
 		return fmt.Errorf("pki issue: %w", err)
 	}
@@ -274,6 +282,9 @@ func pkiIssue(args []string, stdout io.Writer) error {
 			sans = append(sans, ip.String())
 		}
 		fmt.Fprintf(stdout, "Clients must dial the server as one of: %s\n", strings.Join(sans, ", "))
+		if !noNameSAN && !req.NameInSANs() {
+			fmt.Fprintf(stdout, "%q is neither a hostname nor an IP address, so it is only the certificate's name, not an address.\n", name)
+		}
 	} else {
 		fmt.Fprintf(stdout, "Copy %s, %s and %s to the client; the server will know it as %q.\n",
 			filepath.Base(f.CertFile), filepath.Base(f.KeyFile), certs.CACertFile, c.Subject.CommonName)

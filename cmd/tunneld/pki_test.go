@@ -100,7 +100,8 @@ func TestPKIHelp(t *testing.T) {
 		}},
 		{"issue -h", []string{"issue", "-h"}, []string{
 			"Usage: tunneld pki issue --dir DIR --server --name NAME", "--dir DIR", "--server", "--client", "--name NAME",
-			"--ip IP", "--dns HOST", "--days N", "(default 365)", "--algo ALGO",
+			"--ip IP", "--dns HOST", "--no-name-san", "--days N", "(default 365)", "--algo ALGO",
+			"NAME is one of them: it is written in as a DNS name, or as an\nIP address if NAME is one",
 			"tunneld pki issue --dir /etc/tlsvpn/pki --client --name laptop",
 		}},
 		{"help wins over other flags", []string{"issue", "--client", "--help"}, []string{"--name NAME"}},
@@ -177,6 +178,8 @@ func TestPKIErrors(t *testing.T) {
 		{"issue bad ip", []string{"issue", "--dir", dir, "--server", "--name", "gw", "--ip", "vpn.test"}, `--ip "vpn.test" is not an IP address`},
 		{"issue client with ip", []string{"issue", "--dir", dir, "--client", "--name", "x", "--ip", "10.0.0.1"}, "--ip and --dns apply to --server certificates only"},
 		{"issue server without SAN", []string{"issue", "--dir", dir, "--server", "--name", "my_gw"}, "pass the address clients dial with --dns NAME or --ip IP"},
+		{"issue server --no-name-san alone", []string{"issue", "--dir", dir, "--server", "--name", "vpn.test", "--no-name-san"}, "--no-name-san leaves the certificate without an address"},
+		{"issue client --no-name-san", []string{"issue", "--dir", dir, "--client", "--name", "x", "--no-name-san"}, "--no-name-san applies to --server certificates only"},
 		{"issue outlives CA", []string{"issue", "--dir", dir, "--client", "--name", "x", "--days", "4000"}, "would outlive the CA"},
 	}
 	for _, tt := range tests {
@@ -276,8 +279,23 @@ func TestPKIIssue(t *testing.T) {
 		wantOut string
 	}{
 		{"server with SANs", []string{"--server", "--name", "gw", "--ip", "127.0.0.1", "--ip", "2001:db8::1", "--dns", "vpn.test"},
-			"gw", x509.ExtKeyUsageServerAuth, []string{"vpn.test"}, []string{"127.0.0.1", "2001:db8::1"},
-			"Clients must dial the server as one of: vpn.test, 127.0.0.1, 2001:db8::1"},
+			"gw", x509.ExtKeyUsageServerAuth, []string{"gw", "vpn.test"}, []string{"127.0.0.1", "2001:db8::1"},
+			"Clients must dial the server as one of: gw, vpn.test, 127.0.0.1, 2001:db8::1\n"},
+		{"server with --ip only keeps its name", []string{"--server", "--name", "vpn1.test", "--ip", "192.0.2.1"},
+			"vpn1.test", x509.ExtKeyUsageServerAuth, []string{"vpn1.test"}, []string{"192.0.2.1"},
+			"Clients must dial the server as one of: vpn1.test, 192.0.2.1\n"},
+		{"server name repeated with --dns and --ip", []string{"--server", "--name", "vpn2.test", "--dns", "vpn2.test", "--ip", "192.0.2.2", "--ip", "192.0.2.2"},
+			"vpn2.test", x509.ExtKeyUsageServerAuth, []string{"vpn2.test"}, []string{"192.0.2.2"},
+			"Clients must dial the server as one of: vpn2.test, 192.0.2.2\n"},
+		{"server name that is an IP address", []string{"--server", "--name", "192.0.2.3", "--dns", "vpn3.test"},
+			"192.0.2.3", x509.ExtKeyUsageServerAuth, []string{"vpn3.test"}, []string{"192.0.2.3"},
+			"Clients must dial the server as one of: vpn3.test, 192.0.2.3\n"},
+		{"server --no-name-san", []string{"--server", "--name", "gw4", "--no-name-san", "--ip", "192.0.2.4"},
+			"gw4", x509.ExtKeyUsageServerAuth, nil, []string{"192.0.2.4"},
+			"Clients must dial the server as one of: 192.0.2.4\n"},
+		{"server name that is not an address", []string{"--server", "--name", "my_gw", "--dns", "vpn5.test"},
+			"my_gw", x509.ExtKeyUsageServerAuth, []string{"vpn5.test"}, nil,
+			"Clients must dial the server as one of: vpn5.test\n\"my_gw\" is neither a hostname nor an IP address, so it is only the certificate's name, not an address.\n"},
 		{"server name as SAN", []string{"--server", "--name", "vpn.example.com", "--days", "30"},
 			"vpn.example.com", x509.ExtKeyUsageServerAuth, []string{"vpn.example.com"}, nil, "vpn.example.com"},
 		{"client", []string{"--client", "--name", "laptop"},
@@ -681,6 +699,50 @@ func TestPKIRevokedHandshake(t *testing.T) {
 			}
 			if res.ClientErr == nil || !strings.Contains(res.ClientErr.Error(), "bad certificate") {
 				t.Errorf("client error = %v, want a bad certificate alert", res.ClientErr)
+			}
+		})
+	}
+}
+
+// TestPKIServerNameVerifies is the setup the README documents: a server certificate issued
+// with only --ip, and a client that dials the server by the --name it was issued under. The
+// name is in the certificate, so the handshake succeeds; with --no-name-san it fails the way
+// it used to for everyone ("not valid for any names"), and a client dialing the IP still works.
+func TestPKIServerNameVerifies(t *testing.T) {
+	dir := pkiNewDir(t)
+	pkiMustRun(t, "issue", "--dir", dir, "--server", "--name", "vpn.test", "--ip", "127.0.0.1")
+	pkiMustRun(t, "issue", "--dir", dir, "--server", "--name", "bare.test", "--ip", "127.0.0.1", "--no-name-san")
+	pkiMustRun(t, "issue", "--dir", dir, "--server", "--name", "127.0.0.2")
+	pkiMustRun(t, "issue", "--dir", dir, "--client", "--name", "laptop")
+	file := func(name string) string { return filepath.Join(dir, name) }
+	for _, tt := range []struct {
+		server, dial string
+		wantErr      string // "" means success
+	}{
+		{server: "vpn.test", dial: "vpn.test"},
+		{server: "vpn.test", dial: "127.0.0.1"},
+		{server: "127.0.0.2", dial: "127.0.0.2"},
+		{server: "bare.test", dial: "127.0.0.1"},
+		{server: "bare.test", dial: "bare.test", wantErr: "certificate is not valid for any names, but wanted to match bare.test"},
+	} {
+		t.Run(tt.server+" dialed as "+tt.dial, func(t *testing.T) {
+			server, err := certs.ServerConfig(file(tt.server+".crt"), file(tt.server+".key"), file("ca.crt"))
+			if err != nil {
+				t.Fatalf("ServerConfig: %v", err)
+			}
+			client, err := certs.ClientConfig(file("laptop.crt"), file("laptop.key"), file("ca.crt"), tt.dial)
+			if err != nil {
+				t.Fatalf("ClientConfig: %v", err)
+			}
+			res := certstest.Handshake(t, server, client)
+			if tt.wantErr == "" {
+				if res.ClientErr != nil || res.ServerErr != nil {
+					t.Fatalf("handshake: client %v, server %v; want success", res.ClientErr, res.ServerErr)
+				}
+				return
+			}
+			if res.ClientErr == nil || !strings.Contains(res.ClientErr.Error(), tt.wantErr) {
+				t.Errorf("client error = %v, want one containing %q", res.ClientErr, tt.wantErr)
 			}
 		})
 	}

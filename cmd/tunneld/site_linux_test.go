@@ -65,7 +65,7 @@ func writeFile(t *testing.T, path, content string) {
 
 // reload writes content to the policy file at path, sends tunneld SIGHUP
 // and waits until its log has one more line with want ("client policies
-// reloaded" or "keeping the previous client policies").
+// reloaded" or "reload refused: keeping the previous configuration").
 func (e *env) reload(t *testing.T, path, content, want string) {
 	t.Helper()
 	writeFile(t, path, content)
@@ -379,7 +379,7 @@ func TestNetNSClientPolicyReload(t *testing.T) {
 	t.Run("broken file keeps the previous policies", func(t *testing.T) {
 		est1, rec1 := sessions(e, c1, "laptop1")
 		est2, rec2 := sessions(e, c2, "laptop2")
-		e.reload(t, path, policy(70)+"  colour: blue\n", "keeping the previous client policies")
+		e.reload(t, path, policy(70)+"  colour: blue\n", "reload refused: keeping the previous configuration and client policies")
 		for _, c := range []struct {
 			ns   *netnstest.NS
 			addr string

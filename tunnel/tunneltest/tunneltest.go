@@ -169,6 +169,7 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 
 // Client is a running in-process tunnel client.
 type Client struct {
+	Client *tunnel.Client
 	Dev    *tuntest.ChannelDevice
 	Config tunnel.Config
 	Stats  *tunnel.Stats
@@ -241,7 +242,7 @@ func (s *Server) tryClient(t testing.TB, tlsCfg *tls.Config, advertise []netip.P
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Client{Dev: dev, Stats: stats, Done: make(chan error, 1), cancel: cancel}
+	c := &Client{Client: cl, Dev: dev, Stats: stats, Done: make(chan error, 1), cancel: cancel}
 	go func() {
 		err := cl.Run(ctx)
 		dev.Close()

@@ -19,14 +19,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"tlsvpn/control"
 	"tlsvpn/tunnel"
 )
 
 // Exit codes shared by both binaries.
 const (
-	ExitOK      = 0
-	ExitFailure = 1 // runtime failure
-	ExitUsage   = 2 // bad flags or arguments
+	ExitOK          = 0
+	ExitFailure     = 1 // runtime failure
+	ExitUsage       = 2 // bad flags or arguments
+	ExitUnreachable = 3 // a control command could not reach its daemon
 )
 
 // UsageError marks an error in the command line; main exits with ExitUsage.
@@ -43,11 +45,14 @@ func Usagef(format string, args ...any) error {
 // ExitCode maps run's error to a process exit code.
 func ExitCode(err error) int {
 	var ue *UsageError
+	var unreachable *control.UnreachableError
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.As(err, &ue):
 		return ExitUsage
+	case errors.As(err, &unreachable):
+		return ExitUnreachable
 	}
 	return ExitFailure
 }
@@ -55,18 +60,25 @@ func ExitCode(err error) int {
 // NewLogger returns a slog logger writing to w in the given format ("text"
 // or "json") at the given level ("debug", "info", "warn", "error").
 func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
+	log, _, err := NewLevelLogger(w, level, format)
+	return log, err
+}
+
+// NewLevelLogger is NewLogger that also returns the logger's level, which
+// can be changed while it runs (a reload of --log-level).
+func NewLevelLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, Usagef("--log-level %q: want debug, info, warn or error", level)
+		return nil, nil, Usagef("--log-level %q: want debug, info, warn or error", level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	switch strings.ToLower(format) {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
-	return nil, Usagef("--log-format %q: want text or json", format)
+	return nil, nil, Usagef("--log-format %q: want text or json", format)
 }
 
 // Gauge is an extra gauge for the metrics endpoint.
@@ -122,7 +134,7 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("metrics listen %s: %w", addr, err)
+		return ListenError("--metrics", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -237,4 +249,31 @@ func StartCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// ListenError reports that listening on addr, the value of flag, failed:
+// "--listen 0.0.0.0:443: bind: address already in use". The *net.OpError
+// of net.Listen names the operation and the address itself, so only its
+// cause is kept and each thing is said once; errors.Is still sees it.
+func ListenError(flag, addr string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	return fmt.Errorf("%s %s: %w", flag, addr, err)
+}
+
+// ResolveError reports that resolving host failed. A *net.DNSError for
+// host names it itself ("lookup vpn.example.com on 127.0.0.53:53: no such
+// host") and is returned as it is; other errors get the host. A nil err
+// means the lookup found no address.
+func ResolveError(host string, err error) error {
+	var de *net.DNSError
+	switch {
+	case err == nil:
+		return fmt.Errorf("resolve %s: no address", host)
+	case errors.As(err, &de) && de.Name == host:
+		return err
+	}
+	return fmt.Errorf("resolve %s: %w", host, err)
 }

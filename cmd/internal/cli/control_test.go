@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"tlsvpn/control"
+)
+
+// fakeDaemon serves a control socket that answers "kick" for "laptop"
+// and "status" with a message, like a daemon would.
+func fakeDaemon(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "cli-ctl-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "d.sock")
+	s, err := control.Listen(path, control.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Serve(ctx, func(_ context.Context, cmd string, args []string) (any, error) {
+			switch {
+			case cmd == "kick" && len(args) == 1 && args[0] == "laptop":
+				return Message{Message: "closed the session of laptop"}, nil
+			case cmd == "kick":
+				return nil, fmt.Errorf("no session of client %q", args[0])
+			case cmd == "status":
+				return map[string]any{"sessions": 2}, nil
+			}
+			return nil, fmt.Errorf("unknown command %q", cmd)
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return path
+}
+
+func TestRunControl(t *testing.T) {
+	path := fakeDaemon(t)
+	kick := ControlCommand{Prog: "tunneld", Name: "kick", Args: "NAME", NArgs: 1, DefaultTun: "tunneld0", Help: "Close a session."}
+	status := ControlCommand{Prog: "tunneld", Name: "status", DefaultTun: "tunneld0", Help: "Show status.",
+		Render: func(w io.Writer, raw json.RawMessage, _ time.Time) error {
+			var v struct{ Sessions int }
+			json.Unmarshal(raw, &v)
+			_, err := fmt.Fprintf(w, "sessions: %d\n", v.Sessions)
+			return err
+		}}
+	missing := filepath.Join(filepath.Dir(path), "other.sock")
+	cases := []struct {
+		name     string
+		cmd      ControlCommand
+		args     []string
+		exit     int
+		stdout   string // exact
+		errHas   string
+		stdoutIn string
+	}{
+		{name: "message", cmd: kick, args: []string{"laptop", "--control", path}, stdout: "closed the session of laptop\n"},
+		{name: "refused is exit 1", cmd: kick, args: []string{"nobody", "--control", path}, exit: ExitFailure, errHas: `no session of client "nobody"`},
+		{name: "human rendering", cmd: status, args: []string{"--control", path}, stdout: "sessions: 2\n"},
+		{name: "json", cmd: status, args: []string{"--control", path, "--json"}, stdout: "{\n  \"sessions\": 2\n}\n"},
+		{name: "missing argument is usage", cmd: kick, args: []string{"--control", path}, exit: ExitUsage, errHas: "want NAME"},
+		{name: "extra argument is usage", cmd: status, args: []string{"x", "--control", path}, exit: ExitUsage, errHas: `unexpected argument "x"`},
+		{name: "bad flag is usage", cmd: status, args: []string{"--bogus"}, exit: ExitUsage, errHas: "tunneld status --help"},
+		{name: "empty --control is usage", cmd: status, args: []string{"--control", ""}, exit: ExitUsage, errHas: "--control"},
+		{name: "no daemon is exit 3", cmd: status, args: []string{"--control", missing}, exit: ExitUnreachable, errHas: missing},
+		{name: "--tun picks the default path", cmd: status, args: []string{"--tun", "no-such-tun-for-test"}, exit: ExitUnreachable, errHas: "/run/tlsvpn/no-such-tun-for-test.sock"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var out, errOut strings.Builder
+			err := RunControl(context.Background(), c.cmd, c.args, &out, &errOut)
+			if got := ExitCode(err); got != c.exit {
+				t.Errorf("exit code %d (err %v), want %d", got, err, c.exit)
+			}
+			if c.errHas != "" && (err == nil || !strings.Contains(err.Error(), c.errHas)) {
+				t.Errorf("error %v, want one containing %q", err, c.errHas)
+			}
+			if c.exit == 0 && out.String() != c.stdout {
+				t.Errorf("stdout %q, want %q", out.String(), c.stdout)
+			}
+		})
+	}
+}
+
+func TestRunControlHelp(t *testing.T) {
+	cmd := ControlCommand{Prog: "tunneld", Name: "kick", Args: "NAME", NArgs: 1, Help: "Close the session of NAME.", Example: "  $ tunneld kick laptop\n"}
+	var out strings.Builder
+	err := RunControl(context.Background(), cmd, []string{"--help"}, &out, io.Discard)
+	if !errors.Is(err, pflag.ErrHelp) {
+		t.Fatalf("--help = %v", err)
+	}
+	for _, want := range []string{"Usage: tunneld kick NAME [--tun NAME | --control PATH] [--json]", "Close the session of NAME.", "--json", "--tun", "--control", "$ tunneld kick laptop", "Exit status: 0"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestControlFlagsSocket(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "/run/tlsvpn/vpn1.sock"},
+		{[]string{"--control", "/tmp/x.sock"}, "/tmp/x.sock"},
+		{[]string{"--control", ""}, ""},
+	} {
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		var cf ControlFlags
+		AddControlFlags(fs, &cf, "tunneld")
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if got := cf.Socket("vpn1"); got != c.want {
+			t.Errorf("%v: Socket(vpn1) = %q, want %q", c.args, got, c.want)
+		}
+	}
+}

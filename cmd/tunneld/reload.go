@@ -1,0 +1,422 @@
+package main
+
+// Reload: SIGHUP (and the control socket's reload) re-reads the config
+// file and the clients policy. A file that does not parse or validate
+// changes nothing; a valid one is applied per subsystem, touching only
+// what changed, and settings that need a restart are named in a warning.
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"tlsvpn/certs"
+	"tlsvpn/routing"
+	"tlsvpn/tunnel"
+)
+
+// subsystem is what applies a setting that reloads live.
+type subsystem int
+
+const (
+	subLog      subsystem = iota + 1 // the logger's level
+	subLimits                        // tunnel.Limiter.SetConfig
+	subServer                        // tunnel.Server.SetLive: new connections and sessions
+	subPushed                        // tunnel.Server.SetLive: in CONFIG; sessions using it reconnect
+	subCRL                           // the revocation checker is replaced
+	subCRLCheck                      // the interval of the CRL and session checks
+	subPolicy                        // the clients policy and its default reach_clients
+)
+
+// liveSettings are the flags a reload applies while tunneld runs, by the
+// subsystem that applies them. Every other flag needs a restart: that is
+// also the safe answer for a flag added later and not listed here.
+var liveSettings = map[string]subsystem{
+	"log-level":                 subLog,
+	"max-clients":               subLimits,
+	"max-sessions-per-client":   subLimits,
+	"max-handshakes-per-source": subLimits,
+	"handshake-queue":           subLimits,
+	"handshake-queue-wait":      subLimits,
+	"handshake-rate":            subLimits,
+	"handshake-burst":           subLimits,
+	"keepalive":                 subServer,
+	"handshake-timeout":         subServer,
+	"hello-timeout":             subServer,
+	"max-connections":           subServer,
+	"queue-len":                 subServer,
+	"route":                     subPushed,
+	"dns":                       subPushed,
+	"crl":                       subCRL,
+	"crl-check":                 subCRLCheck,
+	"clients":                   subPolicy,
+	"client-to-client":          subPolicy,
+}
+
+// reloadPlan is what a reload does, from the flag values before and after.
+type reloadPlan struct {
+	live    []string // changed settings applied now, sorted
+	restart []string // changed settings that need a restart, sorted
+	subs    map[subsystem]bool
+}
+
+// planReload compares two sets of flag values (name -> value).
+func planReload(old, next map[string]string) reloadPlan {
+	p := reloadPlan{subs: map[subsystem]bool{}}
+	for _, name := range slices.Sorted(maps.Keys(next)) {
+		before, ok := old[name]
+		if !ok || before == next[name] {
+			continue
+		}
+		if sub, live := liveSettings[name]; live {
+			p.live = append(p.live, name)
+			p.subs[sub] = true
+		} else {
+			p.restart = append(p.restart, name)
+		}
+	}
+	return p
+}
+
+// String lists the plan's actions, for logs and tests.
+func (p reloadPlan) String() string {
+	var acts []string
+	for _, a := range []struct {
+		sub  subsystem
+		what string
+	}{
+		{subLog, "set the log level"},
+		{subLimits, "set the connection limits"},
+		{subServer, "set the settings of new connections"},
+		{subPushed, "push new routes/DNS: reconnect the sessions they change"},
+		{subCRL, "switch the revocation list"},
+		{subCRLCheck, "set the CRL check interval"},
+		{subPolicy, "apply the clients policy defaults"},
+	} {
+		if p.subs[a.sub] {
+			acts = append(acts, a.what)
+		}
+	}
+	if len(p.restart) > 0 {
+		acts = append(acts, "warn: restart needed for "+strings.Join(p.restart, ", "))
+	}
+	if len(acts) == 0 {
+		return "nothing changed"
+	}
+	return strings.Join(acts, "; ")
+}
+
+// policySet is the clients policy in force and the default of
+// reach_clients (--client-to-client).
+type policySet struct {
+	clients clientPolicies
+	reach   bool
+}
+
+func (p *policySet) policy(id string) tunnel.Policy { return p.clients.policy(id, p.reach) }
+
+// limitConfig is the Limiter configuration of o.
+func limitConfig(o options) tunnel.LimitConfig {
+	return tunnel.LimitConfig{
+		MaxClients:             o.maxClients,
+		MaxSessionsPerIdentity: o.maxSessionsPerID,
+		MaxHandshakes:          o.maxHandshakes,
+		MaxHandshakesPerSource: o.maxHandshakesPerSrc,
+		ReservedHandshakes:     o.reservedHandshakes,
+		MaxQueued:              o.handshakeQueue,
+		MaxQueueWait:           o.handshakeQueueWait,
+		HandshakeRate:          o.handshakeRate,
+		HandshakeBurst:         o.handshakeBurst,
+	}
+}
+
+// needsForwarding reports whether o has tunneld forward between the
+// tunnel and other networks (IP forwarding, the nftables table).
+func needsForwarding(o options, st settings) bool {
+	return len(st.routes) > 0 || o.nat || o.hasPolicy() || o.clientToClient
+}
+
+// crlHolder is the revocation checker in force (none without --crl). A
+// reload that changes --crl swaps it; handshakes and session checks
+// always read the current one.
+type crlHolder struct {
+	rev atomic.Pointer[certs.Revocation]
+}
+
+// openCRL loads the CRL at path, which must be signed by the CA in caFile.
+func openCRL(caFile, path string) (*certs.Revocation, error) {
+	ca, err := certs.LoadCACert(caFile)
+	if err != nil {
+		return nil, err
+	}
+	return certs.NewRevocation(path, ca, certs.RevocationOptions{})
+}
+
+// wrap returns cfg checking every handshake, resumptions included, against
+// the current revocation list (as certs.WithRevocation does for a fixed one).
+func (h *crlHolder) wrap(cfg *tls.Config) *tls.Config {
+	out := cfg.Clone()
+	prev := cfg.VerifyConnection
+	out.VerifyConnection = func(cs tls.ConnectionState) error {
+		if prev != nil {
+			if err := prev(cs); err != nil {
+				return err
+			}
+		}
+		if r := h.rev.Load(); r != nil {
+			return r.VerifyConnection(cs)
+		}
+		return nil
+	}
+	return out
+}
+
+// checkPeer re-checks a live session's client certificate: revocation and
+// expiry with a CRL, expiry alone without.
+func (h *crlHolder) checkPeer(cs tls.ConnectionState) error {
+	if r := h.rev.Load(); r != nil {
+		return r.VerifyConnection(cs)
+	}
+	if len(cs.PeerCertificates) > 0 && time.Now().After(cs.PeerCertificates[0].NotAfter) {
+		return fmt.Errorf("client certificate expired at %v", cs.PeerCertificates[0].NotAfter)
+	}
+	return nil
+}
+
+// reloader applies new settings to a running tunneld.
+type reloader struct {
+	src         *source
+	level       *slog.LevelVar
+	pool, pool6 *routing.Pool
+	policies    *atomic.Pointer[policySet]
+	srv         *tunnel.Server
+	limits      *tunnel.Limiter
+	crl         *crlHolder
+	forwarding  bool // IP forwarding and the firewall were set up at start
+	log         *slog.Logger
+	crlEvery    atomic.Int64 // --crl-check in force, in nanoseconds
+
+	mu     sync.Mutex // one reload or check at a time; guards cur and crlBad
+	cur    options    // the settings in force; values holds the running value of restart-only ones
+	crlBad bool       // the revocation list is unusable (reported once)
+}
+
+// newReloader returns the reloader of a tunneld running with o.
+func newReloader(r *reloader, o options) *reloader {
+	r.cur = o
+	r.crlEvery.Store(int64(o.crlCheck))
+	return r
+}
+
+// errReloadRefused wraps why a reload changed nothing.
+var errReloadRefused = errors.New("reload refused: the configuration in force is kept")
+
+// Reload re-reads the config file (if any) and the clients policy and
+// applies what changed, and returns what it did in words. On any problem
+// it changes nothing and returns it (also logged). SIGHUP and 'tunneld
+// reload' call it.
+func (r *reloader) Reload() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next, st, rev, clients, err := r.prepare()
+	if err != nil {
+		r.log.Error("reload refused: keeping the previous configuration and client policies", "err", err)
+		r.checkCRLLocked(false)
+		return "", fmt.Errorf("%w: %w", errReloadRefused, err)
+	}
+	plan := planReload(r.cur.values, next.values)
+	for _, name := range plan.restart {
+		r.log.Warn("setting changed but needs a restart: keeping the running value until then", "setting", name,
+			"running", r.cur.values[name], "configured", next.values[name])
+	}
+	if plan.subs[subLog] {
+		r.level.UnmarshalText([]byte(next.logLevel)) // checked by prepare
+	}
+	if plan.subs[subLimits] {
+		r.limits.SetConfig(limitConfig(next))
+		r.log.Info("connection limits changed", "limits", fmt.Sprintf("%+v", r.limits.Config()))
+	}
+	var reconnected []string
+	if plan.subs[subServer] || plan.subs[subPushed] {
+		maxConns, _ := connectionLimit(next.maxConnections)
+		reconnected = r.srv.SetLive(tunnel.Live{Routes: st.routes, DNS: st.dns, Keepalive: next.keepalive,
+			HandshakeTimeout: next.handshakeTimeout, HelloTimeout: next.helloTimeout, MaxConnections: maxConns, QueueLen: next.queueLen})
+	}
+	if !r.forwarding && needsForwarding(next, st) {
+		r.log.Warn("routes, a clients policy or client-to-client need IP forwarding and the firewall, which tunneld sets up only at start: restart to route for clients")
+	}
+	if plan.subs[subCRL] {
+		r.crl.rev.Store(rev)
+		r.crlBad = false
+		if rev == nil {
+			r.log.Warn("revocation list removed (--crl): revoked client certificates are no longer refused")
+		} else {
+			r.log.Info("revocation list switched", "file", rev.Path())
+		}
+	}
+	r.crlEvery.Store(int64(next.crlCheck))
+	if next.hasPolicy() || r.cur.hasPolicy() || plan.subs[subPolicy] {
+		r.policies.Store(&policySet{clients: clients, reach: next.clientToClient})
+		moved, err := pinAddresses(clients, r.pool, r.pool6)
+		if err != nil {
+			r.log.Error("fixed addresses from the clients policy", "err", err)
+		}
+		for _, id := range moved {
+			r.srv.Reconfigure(id, "tunnel address changed")
+		}
+		closed := r.srv.Policies()
+		reconnected = append(reconnected, moved...)
+		reconnected = append(reconnected, closed...)
+		r.log.Info("client policies reloaded", "file", next.policySource(), "clients", len(clients), "readdressed", len(moved), "reconfigured", len(closed))
+	}
+	// What needs a restart keeps its running value, so that the next
+	// reload warns again until the restart.
+	values := maps.Clone(next.values)
+	for _, name := range plan.restart {
+		values[name] = r.cur.values[name]
+	}
+	r.cur = next
+	r.cur.values = values
+	slices.Sort(reconnected)
+	reconnected = slices.Compact(reconnected)
+	r.log.Info("configuration reloaded", "file", next.config, "applied", strings.Join(plan.live, ","),
+		"needs_restart", strings.Join(plan.restart, ","), "sessions_reconnected", len(reconnected))
+	if plan.subs[subCRL] || r.crl.rev.Load() != nil {
+		r.checkCRLLocked(true)
+	}
+	return reloadSummary(next, plan, len(reconnected), r.crl.rev.Load(), r.crlBad), nil
+}
+
+// reloadSummary says in words what a reload applied, for 'tunneld reload'.
+func reloadSummary(next options, plan reloadPlan, reconnected int, rev *certs.Revocation, crlBad bool) string {
+	var b strings.Builder
+	from := "the command line"
+	if next.config != "" {
+		from = next.config
+	}
+	fmt.Fprintf(&b, "configuration reloaded from %s", from)
+	if len(plan.live) > 0 {
+		fmt.Fprintf(&b, "\napplied: %s", strings.Join(plan.live, ", "))
+	} else {
+		b.WriteString("\nno setting changed")
+	}
+	if len(plan.restart) > 0 {
+		fmt.Fprintf(&b, "\nneeds a restart, running value kept: %s", strings.Join(plan.restart, ", "))
+	}
+	if next.hasPolicy() {
+		fmt.Fprintf(&b, "\nclient policies reloaded from %s", next.policySource())
+	}
+	fmt.Fprintf(&b, "\n%d sessions reconnected for a changed configuration", reconnected)
+	if rev != nil {
+		if crlBad {
+			fmt.Fprintf(&b, "\nrevocation list %s unusable: every client is refused until it is fixed", rev.Path())
+		} else {
+			fmt.Fprintf(&b, "\nrevocation list reloaded from %s", rev.Path())
+		}
+	}
+	return b.String()
+}
+
+// prepare reads and validates the new settings without applying any:
+// the settings, the parsed values, the revocation checker if --crl
+// changed (nil if it was removed), and the clients policy.
+func (r *reloader) prepare() (next options, st settings, rev *certs.Revocation, clients clientPolicies, err error) {
+	if next, err = r.src.read(); err != nil {
+		return
+	}
+	var errs []error
+	st, errs = parseSettings(next)
+	if err = locateAll(next.file, errs); err != nil {
+		return
+	}
+	if _, err = certs.ServerConfig(next.cert, next.key, next.ca); err != nil {
+		return
+	}
+	if next.crl != r.cur.crl && next.crl != "" {
+		// Against the CA in force: a new --ca needs a restart.
+		if rev, err = openCRL(r.cur.values["ca"], next.crl); err != nil {
+			err = fmt.Errorf("%s: %w", where(next, "crl"), err)
+			return
+		}
+	}
+	clients, err = next.loadPolicy(r.pool, r.pool6)
+	return
+}
+
+// where names where flag was set: the config file's line or the command
+// line.
+func where(o options, flag string) string {
+	if w := o.file.Line(flag); w != "" {
+		return w + ": " + flag
+	}
+	return "--" + flag
+}
+
+// checkCRLLocked reloads the revocation list (force: always, else if its
+// file changed) and closes the sessions of revoked or expired
+// certificates. r.mu is held.
+func (r *reloader) checkCRLLocked(force bool) {
+	if rev := r.crl.rev.Load(); rev != nil {
+		var err error
+		reloaded := force
+		if force {
+			err = rev.Reload()
+		} else {
+			reloaded, err = rev.ReloadIfChanged()
+		}
+		if err == nil {
+			_, err = rev.Current() // also fails once a loaded CRL expires
+		}
+		switch {
+		case err != nil && !r.crlBad:
+			r.log.Error("revocation list unusable: refusing every client until it is fixed", "file", rev.Path(), "err", err)
+		case err == nil && r.crlBad:
+			r.log.Info("revocation list usable again", "file", rev.Path())
+		case err == nil && reloaded:
+			r.log.Info("revocation list reloaded", "file", rev.Path())
+		}
+		r.crlBad = err != nil
+	}
+	if n := r.srv.CheckSessions(); n > 0 {
+		r.log.Warn("closed sessions of revoked or expired certificates", "sessions", n)
+	}
+}
+
+// watch reloads on SIGHUP, and every --crl-check reloads the CRL when its
+// file changes and closes live sessions whose certificate was revoked or
+// has expired.
+func (r *reloader) watch(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	every := time.Duration(r.crlEvery.Load())
+	t := time.NewTicker(max(every, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			r.Reload() // logs its outcome
+		case <-t.C:
+			r.mu.Lock()
+			r.checkCRLLocked(false)
+			r.mu.Unlock()
+		}
+		if e := time.Duration(r.crlEvery.Load()); e != every {
+			every = e
+			t.Reset(max(every, 100*time.Millisecond))
+		}
+	}
+}
