@@ -113,3 +113,44 @@ func TestRefusal(t *testing.T) {
 		}
 	}
 }
+
+// TestStateDirFromSource: the state directory is the default instance's
+// own unless --state-dir is given on the command line or in the config
+// file ("" included).
+func TestStateDirFromSource(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		file string // config file content; "" for none
+		args []string
+		want string
+	}{
+		{"default", "", []string{"--tun", "vpn1"}, "/var/lib/tlsvpn/vpn1"},
+		{"flag", "", []string{"--tun", "vpn1", "--state-dir", "/srv/vpn1"}, "/srv/vpn1"},
+		{"flag empty", "", []string{"--tun", "vpn1", "--state-dir", ""}, ""},
+		{"file", "tun: vpn2\nstate-dir: /srv/vpn2\n", nil, "/srv/vpn2"},
+		{"file without", "tun: vpn2\n", nil, "/var/lib/tlsvpn/vpn2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var o options
+			fs := testFlagSet(&o)
+			fs.StringVar(&o.stateDir, "state-dir", stateRoot+"/<tun>", "")
+			args := tc.args
+			if tc.file != "" {
+				path := filepath.Join(dir, tc.name+".yaml")
+				writeTestFile(t, path, tc.file)
+				args = append(args, "--config", path)
+			}
+			if err := fs.Parse(args); err != nil {
+				t.Fatal(err)
+			}
+			got, err := newSource(fs, &o).read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := stateDirOf(got); d != tc.want {
+				t.Errorf("state dir = %q, want %q", d, tc.want)
+			}
+		})
+	}
+}
