@@ -5,13 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"tlsvpn/tun"
@@ -19,7 +16,8 @@ import (
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	// Dial opens the underlying connection to the server (TCP).
+	// Dial opens the underlying connection to the server (TCP). Its error
+	// is returned as is, so it names what was dialed (net.Dialer's do).
 	Dial func(ctx context.Context) (net.Conn, error)
 	// TLS is the client's TLS configuration (TLS 1.3, client certificate,
 	// the project CA as the only root). NewClient sets NextProtos to ALPN on
@@ -50,6 +48,13 @@ type ClientConfig struct {
 	// Reconnect backoff: the first retry waits MinBackoff, each failure
 	// doubles it up to MaxBackoff; each wait is drawn from [b/2, 3b/2). Defaults 250ms, 30s.
 	MinBackoff, MaxBackoff time.Duration
+	// SlowBackoff bounds the wait after an attempt that failed for a
+	// permanent reason (Diagnose: a server certificate from another CA or
+	// for another name, a refused client certificate, a server that is not
+	// a tlsvpn server). Such a failure waits at least MaxBackoff, doubling
+	// up to SlowBackoff, each wait drawn like the others, so that a client
+	// that cannot succeed does not hammer the server; default 5m.
+	SlowBackoff time.Duration
 	// MaxAttempts ends Run after that many consecutive failed connection
 	// attempts; 0 retries forever.
 	MaxAttempts int
@@ -177,6 +182,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(30*time.Second, cfg.MinBackoff)
 	}
+	if cfg.SlowBackoff <= 0 {
+		cfg.SlowBackoff = max(5*time.Minute, cfg.MaxBackoff)
+	}
+	cfg.SlowBackoff = max(cfg.SlowBackoff, cfg.MaxBackoff)
 	if cfg.RotateRecords == 0 {
 		cfg.RotateRecords = 1 << 23
 	}
@@ -225,7 +234,7 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 	defer cancel()
 	raw, err := c.cfg.Dial(hctx)
 	if err != nil {
-		return nil, nil, Connected{}, fmt.Errorf("dial: %w", err)
+		return nil, nil, Connected{}, err // it names what it dialed (net.Dialer's do)
 	}
 	bc := NewBatchConn(raw)
 	var tc *tls.Conn
@@ -267,7 +276,8 @@ func (c *Client) Counts() (reconnects, rotations uint64) {
 // reconnects with exponential backoff and jitter, keeping the TUN device,
 // its address and routes in place so applications see a pause, not an
 // error. It returns nil on shutdown, or the last error when MaxAttempts
-// consecutive attempts failed or Setup failed.
+// consecutive attempts failed (a *ConnectError for a permanent problem)
+// or Setup failed.
 func (c *Client) Run(ctx context.Context) error {
 	var (
 		dev     tun.Device
@@ -283,6 +293,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}()
 	backoff := c.cfg.MinBackoff
+	var retry retryLog // what was logged about failed attempts
 	failures := 0
 	var down time.Time // when the last session ended
 	rotateWait, nextRotate := c.cfg.MinBackoff, time.Time{}
@@ -298,22 +309,17 @@ func (c *Client) Run(ctx context.Context) error {
 				}
 				failures++
 				if c.cfg.MaxAttempts > 0 && failures >= c.cfg.MaxAttempts {
-					return err
+					return explain(err)
 				}
-				wait := Jitter(backoff)
-				attrs := []any{"err", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond)}
-				if hint := ConnectHint(err); hint != "" {
-					attrs = append(attrs, "hint", hint)
-				}
-				c.log.Warn("connect failed", attrs...)
+				wait := c.connectFailed(&retry, err, failures, &backoff)
 				c.setState(StateBackingOff, nil, wait, err)
 				if !sleep(ctx, wait) {
 					return nil
 				}
-				backoff = min(2*backoff, c.cfg.MaxBackoff)
 				continue
 			}
 			failures = 0
+			retry = retryLog{}
 			d, err := c.setup(ctx, tc, info)
 			if err != nil {
 				return err
@@ -520,40 +526,6 @@ func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, 
 	c.log.Info("session rotated", "records", records, "bytes", bytes, "age", time.Since(old.started).Round(time.Millisecond),
 		"handshake_ms", info.Handshake.Milliseconds(), "resumed", info.TLS.DidResume)
 	return next, end, nil
-}
-
-// ConnectHint explains a failed connection attempt in words a user can
-// act on, or returns "" when the error says it already. A server refuses
-// some connections before it reads anything (its rate, connection and
-// handshake limits), which the client sees only as a closed connection.
-func ConnectHint(err error) string {
-	var pc *PeerClosedError
-	var cv *tls.CertificateVerificationError
-	// crypto/tls reports an alert from the peer as "remote error: tls:
-	// <alert name>", with no type to match.
-	remote := func(names ...string) bool {
-		for _, n := range names {
-			if strings.Contains(err.Error(), "remote error: tls: "+n) {
-				return true
-			}
-		}
-		return false
-	}
-	switch {
-	case errors.As(err, &pc) && pc.Code == ClosePolicy:
-		return "the server refused this client by its policy or limits (see the reason); it retries"
-	case errors.As(err, &cv):
-		return "the server's certificate did not verify against --ca (another CA, or a name other than --server-name): check the client's --ca and --server-name"
-	case remote("bad certificate", "unknown certificate authority", "revoked certificate", "expired certificate", "certificate required", "unsupported certificate"):
-		return "the server does not accept this client's certificate (revoked, expired, or from another CA): ask for a new one"
-	case remote("internal error"):
-		return "the server refused the handshake: it is busy and keeps its reserved slots for clients that resume a session or reconnect from a known address; it retries"
-	case remote("no application protocol"):
-		return "the server does not speak tlsvpn/1 (ALPN): wrong port or an incompatible version"
-	case strings.Contains(err.Error(), "tls handshake") && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
-		return "the server closed the connection during the TLS handshake: it is refusing new connections for now (rate, connection or handshake limits: its log says which), or this is not a tlsvpn server; it retries"
-	}
-	return ""
 }
 
 // Jitter spreads d uniformly over [d/2, 3d/2) so the clients of a

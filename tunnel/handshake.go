@@ -58,9 +58,19 @@ func writeControlFrame(ctx context.Context, c net.Conn, typ byte, payload []byte
 // checkALPN refuses a connection that did not negotiate our protocol.
 func checkALPN(cs tls.ConnectionState) error {
 	if cs.NegotiatedProtocol != ALPN {
-		return fmt.Errorf("peer did not negotiate ALPN %q (got %q): not a tlsvpn peer or an incompatible version", ALPN, cs.NegotiatedProtocol)
+		return &alpnError{got: cs.NegotiatedProtocol}
 	}
 	return nil
+}
+
+// alpnError is a peer that completed TLS without agreeing on ALPN.
+type alpnError struct{ got string }
+
+func (e *alpnError) Error() string {
+	if e.got == "" {
+		return fmt.Sprintf("the peer negotiated no ALPN, want %q: not a tlsvpn peer", ALPN)
+	}
+	return fmt.Sprintf("the peer negotiated ALPN %q, want %q: not a tlsvpn peer, or an incompatible version", e.got, ALPN)
 }
 
 // ClientHandshake runs the protocol handshake on a TLS connection whose TLS

@@ -25,6 +25,10 @@ func pipe() (net.Conn, net.Conn) {
 	return a, b
 }
 
+// Pipe returns the two ends of an in-memory, buffered, full-duplex connection (see pipe):
+// for TLS over an in-memory connection, in a testing/synctest bubble or outside one.
+func Pipe() (net.Conn, net.Conn) { return pipe() }
+
 // pipeConn is one end of [pipe]. Read is used by one goroutine at a time, as is Write.
 type pipeConn struct {
 	in         <-chan []byte

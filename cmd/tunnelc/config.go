@@ -113,8 +113,10 @@ func checkOptions(o options) []error {
 	host := ""
 	if o.server == "" {
 		bad("server", "required, e.g. vpn.example.com:443")
-	} else if h, _, err := net.SplitHostPort(o.server); err != nil {
+	} else if h, port, err := net.SplitHostPort(o.server); err != nil {
 		bad("server", "%q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
+	} else if _, err := serverPort(port); err != nil {
+		bad("server", "%q: %v", o.server, err)
 	} else {
 		host = h
 	}

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -49,12 +48,21 @@ const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca
        tunnelc profiles                      (list the profiles)
        tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
 
-tunnelc is the tlsvpn client. It connects to tunneld over TLS 1.3, proves its
-identity with the client certificate in --cert, checks the server's certificate
-against the CA in --ca (never the system's roots) and its name against
---server-name, then creates the TUN device, installs the address, MTU and
-routes the server assigns, and carries packets. On SIGINT or SIGTERM it tells
-the server, removes the addresses and routes it installed, and exits.
+tunnelc is the tlsvpn client. It needs root or CAP_NET_ADMIN. It checks that,
+and creates the TUN device --tun, before it connects: a start that cannot work
+(no privileges, a name another process holds) fails without making the server
+drop a live session of the same identity. It connects to tunneld over TLS 1.3,
+proves its identity with the client certificate in --cert, checks the server's
+certificate against the CA in --ca (never the system's roots) and its name
+against --server-name, installs the address, MTU and routes the server
+assigns, and carries packets. On SIGINT or SIGTERM it tells the server,
+removes the addresses and routes it installed, and exits.
+
+It reconnects after failures with a backoff from 250ms up to 30s; after a
+problem that does not go away by itself (a server certificate from another CA
+or for another name, a client certificate the server refuses, a server that
+is not a tlsvpn server) it logs the reason and a hint once and retries about
+every 5 minutes.
 
 Flags:
 `
@@ -78,6 +86,14 @@ Examples:
   # "full-tunnel: true"), kept as profiles in /etc/tlsvpn/client
   tunnelc check --profile work
   tunnelc --profile work
+
+Exit status:
+  0  stopped by SIGINT or SIGTERM (or --help)
+  1  failed (including --max-attempts used up, or 'tunnelc check' found a problem)
+  2  bad flags or arguments
+  3  cannot run here as asked: no root or CAP_NET_ADMIN, or the --tun name is
+     held by another process or is not a TUN device; nothing was changed and
+     the server was not contacted
 `
 
 type options struct {
@@ -133,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.tunName, "tun", "tunnelc0", "name of the TUN interface to create")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 15*time.Second, "time allowed to connect and complete the TLS and protocol handshakes")
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "send queue bound in chunks (up to 64 KiB each); a full queue drops")
-	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s)")
+	fs.IntVar(&o.maxAttempts, "max-attempts", 0, "give up after N consecutive failed connection attempts (0 retries forever, with backoff up to 30s, or about 5m after a problem that does not go away by itself, e.g. a certificate from another CA)")
 	fs.Int64Var(&o.rotateBytes, "rotate-bytes", 0, "open a fresh session (new keys) after N bytes through the tunnel, e.g. 1073741824 (0: only the TLS record budget and --rotate-after)")
 	fs.DurationVar(&o.rotateAfter, "rotate-after", 0, "open a fresh session after this long, e.g. 1h (0: no age limit)")
 	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
@@ -202,6 +218,10 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return cli.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
 	}
+	sd, err := newServerDialer(o.server, host, portStr, log)
+	if err != nil {
+		return cli.Usagef("--server %q: %v", o.server, err)
+	}
 	if o.killSwitch && !o.fullTunnel {
 		return cli.Usagef("--kill-switch needs --full-tunnel")
 	}
@@ -244,6 +264,15 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
 	}
+	stats := new(tunnel.Stats)
+	if o.metrics != "" {
+		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
+			return err
+		}
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
 	// The control socket before anything is dialed or installed: a live
 	// one means this instance already runs.
 	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
@@ -270,21 +299,21 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 			dev.Close()
 		}
 	}()
+	// The interface comes first, before anything else changes and before
+	// a handshake replaces a live session of this identity elsewhere.
+	if dev, err = openTUN(o.tunName, log); err != nil {
+		return err
+	}
+	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
+		return err
+	}
 	// Full tunnel and kill switch need the server's addresses.
 	var serverAddrs []netip.AddrPort
 	if o.fullTunnel {
-		port, err := strconv.ParseUint(portStr, 10, 16)
-		if err != nil {
-			return cli.Usagef("--server %q: bad port", o.server)
+		if serverAddrs, err = sd.resolve(ctx); err != nil {
+			return err
 		}
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		if err != nil {
-			return cli.ResolveError(host, err)
-		}
-		for _, ip := range ips {
-			serverAddrs = append(serverAddrs, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
-		}
-		o.server = serverAddrs[0].String() // dial what the bypass and kill switch allow
+		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
@@ -330,35 +359,21 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}()
 
-	// setup runs for every session. The first creates the TUN device;
-	// later ones (reconnects, rotations) keep it and only converge the
-	// addresses and routes, which is a no-op when nothing changed.
+	// setup runs for every session, on the TUN device opened above: it
+	// converges the addresses, MTU and routes, which is a no-op when
+	// nothing changed (reconnects, rotations).
 	var applied string
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		if dev == nil {
-			d, err := tun.Open(o.tunName, cfg.MTU, tun.Options{Logger: log})
-			if err != nil {
-				return nil, err
-			}
-			m, err := routing.NewManager(routing.Options{Logger: log})
-			if err != nil {
-				d.Close()
-				return nil, err
-			}
-			dev, mgr = d, m
-		}
 		rc, full := clientRouting(o.tunName, cfg, o.fullTunnel)
 		if full && bypass == nil {
 			// Keep the way to the server outside the tunnel before the
 			// tunnel takes everything else.
 			if len(serverAddrs) == 0 {
-				ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-				if err != nil || len(ips) == 0 {
-					return nil, fmt.Errorf("full tunnel: %w", cli.ResolveError(host, err))
-				}
-				serverAddrs = append(serverAddrs, netip.AddrPortFrom(ips[0].Unmap(), 0))
+				// The server pushed a default route: keep the address
+				// this session is connected to outside the tunnel.
+				serverAddrs = append(serverAddrs, sd.lastAddr())
 			}
 			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.tunName)
 			if err != nil {
@@ -401,9 +416,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		return dev, nil
 	}
 
-	stats := new(tunnel.Stats)
 	keepalive := 15 * time.Second
-	dialer := &net.Dialer{}
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
@@ -421,7 +434,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 					log.Info("route to the server moved outside the tunnel", "server", o.server)
 				}
 			}
-			c, err := dialer.DialContext(ctx, "tcp", o.server)
+			c, err := sd.Dial(ctx)
 			if err == nil {
 				cli.TuneTCP(c, 3*keepalive, congestion)
 				local.set(c.LocalAddr())
@@ -445,11 +458,6 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	})
 	if err != nil {
 		return err
-	}
-	if o.metrics != "" {
-		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
-			return err
-		}
 	}
 	go local.watch(ctx, client, log)
 	startControl(ctx, ctl, &clientSource{client: client, stats: stats, view: view, server: given,

@@ -25,10 +25,17 @@ import (
 
 // Exit codes shared by both binaries.
 const (
-	ExitOK          = 0
-	ExitFailure     = 1 // runtime failure
-	ExitUsage       = 2 // bad flags or arguments
-	ExitUnreachable = 3 // a control command could not reach its daemon
+	ExitOK      = 0
+	ExitFailure = 1 // runtime failure
+	ExitUsage   = 2 // bad flags or arguments
+	// ExitUnreachable: a control command could not reach its daemon.
+	ExitUnreachable = 3
+	// ExitCannotRun: a daemon cannot run as asked (no root or
+	// CAP_NET_ADMIN, an interface name another process holds); found
+	// before anything was changed or any connection made. The same value
+	// as ExitUnreachable: one is said by control commands, the other by
+	// daemons, and both mean "nothing was done, fix the setup".
+	ExitCannotRun = 3
 )
 
 // UsageError marks an error in the command line; main exits with ExitUsage.
@@ -42,10 +49,23 @@ func Usagef(format string, args ...any) error {
 	return &UsageError{Err: fmt.Errorf(format, args...)}
 }
 
+// CannotRunError marks a start that cannot succeed on this host as asked;
+// main exits with ExitCannotRun.
+type CannotRunError struct{ Err error }
+
+func (e *CannotRunError) Error() string { return e.Err.Error() }
+func (e *CannotRunError) Unwrap() error { return e.Err }
+
+// CannotRunf returns a *CannotRunError.
+func CannotRunf(format string, args ...any) error {
+	return &CannotRunError{Err: fmt.Errorf(format, args...)}
+}
+
 // ExitCode maps run's error to a process exit code.
 func ExitCode(err error) int {
 	var ue *UsageError
 	var unreachable *control.UnreachableError
+	var cr *CannotRunError
 	switch {
 	case err == nil:
 		return ExitOK
@@ -53,6 +73,8 @@ func ExitCode(err error) int {
 		return ExitUsage
 	case errors.As(err, &unreachable):
 		return ExitUnreachable
+	case errors.As(err, &cr):
+		return ExitCannotRun
 	}
 	return ExitFailure
 }

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+
+	"tlsvpn/tunnel/tunneltest"
+)
+
+// testDialer is a serverDialer for vpn.test:port whose name resolves to
+// addrs, logging to the returned buffer.
+func testDialer(t *testing.T, port string, addrs ...string) (*serverDialer, *tunneltest.SyncBuffer) {
+	t.Helper()
+	log := new(tunneltest.SyncBuffer)
+	d, err := newServerDialer("vpn.test:"+port, "vpn.test", port, slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		if host != "vpn.test" {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		var ips []netip.Addr
+		for _, a := range addrs {
+			ips = append(ips, netip.MustParseAddr(a))
+		}
+		return ips, nil
+	}
+	return d, log
+}
+
+// wantLines checks that log has a line containing each of want, in order.
+func wantLines(t *testing.T, log string, want ...string) {
+	t.Helper()
+	lines := strings.Split(log, "\n")
+	i := 0
+	for _, w := range want {
+		for i < len(lines) && !strings.Contains(lines[i], w) {
+			i++
+		}
+		if i == len(lines) {
+			t.Fatalf("log lacks %q (in this order):\n%s", w, log)
+		}
+		i++
+	}
+}
+
+// TestServerDialerLogs: before each dial the dialer says what it
+// resolved and which of several addresses it tries; an address that
+// fails is named and the next one tried; repeats in a retry loop go to
+// debug level.
+func TestServerDialerLogs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	// Linux routes all of 127.0.0.0/8 to lo: nothing listens on .2.
+	d, log := testDialer(t, port, "127.0.0.2", "127.0.0.1")
+
+	c, err := d.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	c.Close()
+	if got, want := d.lastAddr().String(), "127.0.0.1:"+port; got != want {
+		t.Errorf("lastAddr() = %s, want %s", got, want)
+	}
+	wantLines(t, log.String(),
+		`level=INFO msg="resolving the server's name" host=vpn.test`,
+		`level=INFO msg="connecting to the server" server=vpn.test:`+port+` resolved_to=127.0.0.2:`+port+` address="1 of 2"`,
+		`level=INFO msg="no connection to this address of the server; trying the next" addr=127.0.0.2:`+port+` err="connect to 127.0.0.2:`+port+`: connection refused"`,
+		`level=INFO msg="connecting to the server" server=vpn.test:`+port+` resolved_to=127.0.0.1:`+port+` address="2 of 2"`)
+
+	// The same attempt again at once: the same lines, at debug level.
+	from := len(log.String())
+	c, err = d.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("second Dial: %v", err)
+	}
+	c.Close()
+	again := log.String()[from:]
+	if strings.Contains(again, "level=INFO") || strings.Count(again, "level=DEBUG") != 4 {
+		t.Errorf("a repeated attempt logged, want the same four lines at debug level:\n%s", again)
+	}
+}
+
+// TestServerDialerAddress: an address given as --server is dialed as is:
+// no lookup, and no resolved_to in the line.
+func TestServerDialerAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	log := new(tunneltest.SyncBuffer)
+	d, err := newServerDialer(ln.Addr().String(), host, port, slog.New(slog.NewTextHandler(log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.lookup = nil // must not be called
+	c, err := d.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	c.Close()
+	want := `level=INFO msg="connecting to the server" server=` + ln.Addr().String() + "\n"
+	if got := log.String(); !strings.HasSuffix(got, want) || strings.Count(got, "\n") != 1 {
+		t.Errorf("log:\n%s\nwant one line ending in %q", got, want)
+	}
+}
+
+// TestServerDialerErrors: a failed dial says each thing once, names every
+// address tried, and keeps the cause for errors.Is; a failed lookup is
+// the resolver's error as is.
+func TestServerDialerErrors(t *testing.T) {
+	d, _ := testDialer(t, "9", "127.0.0.2", "127.0.0.3") // discard: nothing listens
+	_, err := d.Dial(context.Background())
+	want := "connect to 127.0.0.2:9: connection refused; connect to 127.0.0.3:9: connection refused"
+	if err == nil || err.Error() != want || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("Dial = %v, want %q wrapping ECONNREFUSED", err, want)
+	}
+
+	d, _ = testDialer(t, "9", "127.0.0.2")
+	if _, err := d.Dial(context.Background()); err == nil || err.Error() != "connect to 127.0.0.2:9: connection refused" {
+		t.Errorf("Dial = %v, want one address's failure", err)
+	}
+
+	d, log := testDialer(t, "443")
+	d.host, d.server = "nowhere.test", "nowhere.test:443"
+	_, err = d.Dial(context.Background())
+	var dnsErr *net.DNSError
+	if !errors.As(err, &dnsErr) || strings.Count(err.Error(), "nowhere.test") != 1 {
+		t.Errorf("Dial = %v, want the resolver's error naming the host once", err)
+	}
+	if strings.Contains(log.String(), "connecting to the server") {
+		t.Errorf("dialed without an address:\n%s", log)
+	}
+}
