@@ -18,7 +18,9 @@ import (
 // the system's own routes (every route but ours) give for the server, and
 // Refresh moves it when those change: after roaming to another network
 // the old gateway is gone, and a reconnect must take the new one. The
-// route carries RouteProtocol, so Cleanup removes it after a crash.
+// route carries BypassProtocol and, as its metric, the interface index of
+// tunIf, so that two instances with routes to the same server each keep
+// their own, and Cleanup removes it after a crash (once tunIf is gone).
 type Bypass struct {
 	addr   netip.Addr
 	tunIf  string
@@ -71,14 +73,22 @@ func (b *Bypass) Refresh(ctx context.Context) (bool, error) {
 
 // present reports whether the pinned route is still in the kernel.
 func (b *Bypass) present() bool {
-	rs, err := b.h.RouteListFiltered(family(b.addr), &netlink.Route{Dst: b.pinned.Dst, Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+	rs, err := b.h.RouteListFiltered(family(b.addr), &netlink.Route{Dst: b.pinned.Dst, Protocol: BypassProtocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_DST|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	return err == nil && len(rs) > 0
+	if err != nil {
+		return false
+	}
+	for _, r := range rs {
+		if r.Priority == b.pinned.Priority {
+			return true
+		}
+	}
+	return false
 }
 
 // systemRoute returns the host route to pin: the main table's most
 // specific route to the server (lowest metric first) that is neither ours
-// nor through the tunnel interface.
+// (of any instance) nor through the tunnel interface.
 func (b *Bypass) systemRoute() (*netlink.Route, error) {
 	tunIndex := -1
 	if l, err := b.h.LinkByName(b.tunIf); err == nil {
@@ -94,7 +104,7 @@ func (b *Bypass) systemRoute() (*netlink.Route, error) {
 	bestBits := -1
 	for i := range routes {
 		r := &routes[i]
-		if r.Protocol == RouteProtocol || r.LinkIndex == tunIndex || r.Type != unix.RTN_UNICAST || r.LinkIndex == 0 {
+		if r.Protocol == RouteProtocol || r.Protocol == BypassProtocol || r.LinkIndex == tunIndex || r.Type != unix.RTN_UNICAST || r.LinkIndex == 0 {
 			continue
 		}
 		bits := 0
@@ -112,12 +122,16 @@ func (b *Bypass) systemRoute() (*netlink.Route, error) {
 	if best == nil {
 		return nil, fmt.Errorf("no route to server %v to keep outside the tunnel", b.addr)
 	}
+	if tunIndex <= 0 {
+		return nil, fmt.Errorf("pin the route to server %v: tunnel interface %s not found", b.addr, b.tunIf)
+	}
 	n := b.addr.BitLen()
 	return &netlink.Route{
 		Dst:       &net.IPNet{IP: b.addr.AsSlice(), Mask: net.CIDRMask(n, n)},
 		Gw:        best.Gw,
 		LinkIndex: best.LinkIndex,
-		Protocol:  RouteProtocol,
+		Protocol:  BypassProtocol,
+		Priority:  tunIndex, // the owner; see BypassProtocol
 		Table:     unix.RT_TABLE_MAIN,
 	}, nil
 }

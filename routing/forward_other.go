@@ -2,9 +2,12 @@
 
 package routing
 
-import "errors"
+import (
+	"errors"
+	"log/slog"
+)
 
 // EnableForwarding is only implemented on Linux.
-func EnableForwarding(v6 bool) (restore func() error, err error) {
+func EnableForwarding(instance string, v6 bool, log *slog.Logger) (restore func() error, err error) {
 	return nil, errors.ErrUnsupported
 }

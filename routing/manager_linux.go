@@ -318,18 +318,27 @@ func (m *linuxManager) Close() error {
 	return errors.Join(errs...)
 }
 
-// Cleanup removes what a crashed process may have left behind, in the
-// network namespace of the calling thread:
+// Cleanup removes what a crashed instance whose tunnel interface is ifname
+// may have left behind, in the network namespace of the calling thread:
 //
-//   - every route with protocol RouteProtocol, in any routing table, on
-//     any link, IPv4 and IPv6;
-//   - if a link named ifname exists, every address on it except IPv6
-//     link-local ones (fe80::/10, which the kernel generates itself).
+//   - if a link named ifname exists, every route with protocol
+//     RouteProtocol on it (any table), and every address on it except
+//     IPv6 link-local ones (fe80::/10, which the kernel generates itself);
+//   - the instance's bypass routes (BypassProtocol, see Bypass): those
+//     whose metric is the interface index of ifname, and those whose
+//     metric names no existing link, whose instance has gone with its
+//     tunnel device. Older versions made them with RouteProtocol and a
+//     gateway (a Manager never sets one): those count as gone too.
+//
+// Routes and addresses of other instances (on their own tunnel
+// interfaces, or bypass routes whose tunnel device exists) are left alone:
+// a TUN device vanishes with the process that made it, and the kernel
+// removes its routes and addresses with it.
 //
 // Because addresses carry no owner tag, ifname must name an interface that
-// belongs to this program alone (its TUN device); pass "" to remove routes
-// only. The link itself, its MTU and state are left alone. Objects that
-// vanish concurrently are ignored.
+// belongs to this program alone (its TUN device); pass "" to remove the
+// bypass routes of gone instances only. The link itself, its MTU and state
+// are left alone. Objects that vanish concurrently are ignored.
 func Cleanup(ctx context.Context, ifname string) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
@@ -340,32 +349,52 @@ func Cleanup(ctx context.Context, ifname string) error {
 }
 
 func cleanup(ctx context.Context, h *netlink.Handle, ifname string) error {
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_ALL,
-			&netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_UNSPEC},
-			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	})
+	var link netlink.Link
+	if ifname != "" {
+		l, err := h.LinkByName(ifname)
+		if err != nil && !isGone(err) {
+			return fmt.Errorf("find link %s: %w", ifname, err)
+		}
+		link = l
+	}
+	links, err := retryDump(h.LinkList)
 	if err != nil {
-		return fmt.Errorf("list routes proto %d: %w", RouteProtocol, err)
+		return fmt.Errorf("list links: %w", err)
+	}
+	exists := make(map[int]bool, len(links))
+	for _, l := range links {
+		exists[l.Attrs().Index] = true
+	}
+	var routes []netlink.Route
+	for _, proto := range []netlink.RouteProtocol{RouteProtocol, BypassProtocol} {
+		rs, err := retryDump(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_ALL,
+				&netlink.Route{Protocol: proto, Table: unix.RT_TABLE_UNSPEC},
+				netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		})
+		if err != nil {
+			return fmt.Errorf("list routes proto %d: %w", proto, err)
+		}
+		routes = append(routes, rs...)
+	}
+	linkIndex := 0
+	if link != nil {
+		linkIndex = link.Attrs().Index
 	}
 	var errs []error
 	for _, r := range routes {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(append(errs, fmt.Errorf("cleanup routes: %w", err))...)
 		}
+		if !cleanupOwns(r, linkIndex, exists) {
+			continue
+		}
 		if err := h.RouteDel(&r); err != nil && !isGone(err) {
 			errs = append(errs, fmt.Errorf("delete route %v: %w", r, err))
 		}
 	}
-	if ifname == "" {
+	if link == nil {
 		return errors.Join(errs...)
-	}
-	link, err := h.LinkByName(ifname)
-	if err != nil {
-		if isGone(err) {
-			return errors.Join(errs...)
-		}
-		return errors.Join(append(errs, fmt.Errorf("find link %s: %w", ifname, err))...)
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
@@ -383,6 +412,21 @@ func cleanup(ctx context.Context, h *netlink.Handle, ifname string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cleanupOwns reports whether Cleanup of the instance whose tunnel link has
+// index linkIndex (0: the link does not exist) removes route r, one with
+// RouteProtocol or BypassProtocol; exists holds the indexes of the links
+// in the namespace. See Cleanup.
+func cleanupOwns(r netlink.Route, linkIndex int, exists map[int]bool) bool {
+	switch {
+	case r.Protocol == BypassProtocol:
+		return (linkIndex != 0 && r.Priority == linkIndex) || !exists[r.Priority]
+	case r.Gw != nil: // an older version's bypass route: its owner is unknown
+		return !exists[r.Priority]
+	default:
+		return linkIndex != 0 && r.LinkIndex == linkIndex
+	}
 }
 
 // retryDump calls list again when the kernel reports that the dump was

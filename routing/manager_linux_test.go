@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -410,94 +411,130 @@ func TestManagerAdoptsLeftovers(t *testing.T) {
 	}
 }
 
-// TestCleanup simulates a crash (no Close) and checks that Cleanup removes
-// routes with our protocol on every link and the addresses of the named
-// interface, and nothing else.
+// TestCleanup simulates a crash (no Close) and checks that Cleanup of one
+// instance removes its routes and addresses and the bypass routes of gone
+// instances, and nothing of other instances or anyone else.
 func TestCleanup(t *testing.T) {
+	const (
+		ours      = "198.18.20.0/24 dev tunnelc0 scope link"
+		other     = "198.18.21.0/24 dev tunnelc1 scope link"
+		byOurs    = "198.18.40.1 via 198.18.99.1 dev uplink0 metric OURS"
+		byOther   = "198.18.40.2 via 198.18.99.1 dev uplink0 metric OTHER"
+		byOrphan  = "198.18.40.3 via 198.18.99.1 dev uplink0 metric 99999"
+		byLegacy  = "198.18.40.4 via 198.18.99.1 dev uplink0" // RouteProtocol, metric 0
+		ourAddr   = "100.64.0.2/24"
+		otherAddr = "100.64.1.2/24"
+	)
 	tests := []struct {
-		name   string
-		ifname string
-		want   []string
+		name     string
+		ifname   string
+		want116  []string // ip -4 route show table all proto 116
+		want117  []string // ip -4 route show table all proto 117
+		wantAddr bool     // tunnelc0 keeps its address
 	}{
 		{
-			name:   "routes and addresses",
-			ifname: "tunnelc0",
-			want: []string{
-				"link tunnelc0 mtu 1400 up",
-				"route fd00:300::/64 dev tunnelc0 proto boot",
-				"route 198.18.7.0/24 dev lo proto boot",
-			},
+			name:    "this instance's routes, addresses and bypass",
+			ifname:  "tunnelc0",
+			want116: []string{other},
+			want117: []string{byOther},
 		},
 		{
-			name:   "routes only",
-			ifname: "",
-			want: []string{
-				"link tunnelc0 mtu 1400 up",
-				"addr 100.64.0.2/24 dev tunnelc0",
-				"addr fd00:64::2/64 dev tunnelc0",
-				"route 100.64.0.0/24 dev tunnelc0 proto kernel",
-				"route fd00:64::/64 dev tunnelc0 proto kernel",
-				"route fd00:300::/64 dev tunnelc0 proto boot",
-				"route 198.18.7.0/24 dev lo proto boot",
-			},
+			name:     "bypass routes of gone instances only",
+			ifname:   "",
+			want116:  []string{ours, other},
+			want117:  []string{byOurs, byOther},
+			wantAddr: true,
 		},
 		{
-			name:   "interface missing",
-			ifname: "nope0",
-			want: []string{
-				"link tunnelc0 mtu 1400 up",
-				"addr 100.64.0.2/24 dev tunnelc0",
-				"addr fd00:64::2/64 dev tunnelc0",
-				"route 100.64.0.0/24 dev tunnelc0 proto kernel",
-				"route fd00:64::/64 dev tunnelc0 proto kernel",
-				"route fd00:300::/64 dev tunnelc0 proto boot",
-				"route 198.18.7.0/24 dev lo proto boot",
-			},
+			name:     "interface missing",
+			ifname:   "nope0",
+			want116:  []string{ours, other},
+			want117:  []string{byOurs, byOther},
+			wantAddr: true,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := netnstest.New(t)
-			newTun(t, n, "tunnelc0")
+			for _, name := range []string{"tunnelc0", "tunnelc1", "uplink0"} {
+				newTun(t, n, name)
+				n.Run(t, "ip", "link", "set", name, "up")
+			}
+			n.Run(t, "ip", "addr", "add", "198.18.99.2/24", "dev", "uplink0")
+			n.Run(t, "ip", "addr", "add", otherAddr, "dev", "tunnelc1")
 			m, err := routing.NewManager(routing.Options{Handle: n.Handle()})
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg := routing.Config{
-				Interface: "tunnelc0",
-				MTU:       1400,
-				Addresses: pfxs("100.64.0.2/24", "fd00:64::2/64"),
-				Routes:    pfxs("198.19.0.0/16", "fd00:100::/56"),
-			}
+			cfg := routing.Config{Interface: "tunnelc0", Addresses: pfxs(ourAddr), Routes: pfxs("198.18.20.0/24")}
 			if err := m.Set(t.Context(), cfg); err != nil {
 				t.Fatalf("Set: %v", err)
 			}
-			// "Crash": m is dropped without Close. Also leftovers on
-			// another link, and foreign routes that must stay.
-			proto := fmt.Sprint(routing.RouteProtocol)
-			n.Run(t, "ip", "route", "add", "198.18.20.0/24", "dev", "lo", "proto", proto)
-			n.Run(t, "ip", "-6", "route", "add", "fd00:20::/64", "dev", "lo", "proto", proto)
+			// "Crash": m is dropped without Close. Another instance
+			// (tunnelc1) lives; bypass routes of this one, the other one,
+			// a gone one and an older version's; and a foreign route.
+			idx := func(name string) string {
+				l, err := n.Handle().LinkByName(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return strconv.Itoa(l.Attrs().Index)
+			}
+			expand := strings.NewReplacer("OURS", idx("tunnelc0"), "OTHER", idx("tunnelc1")).Replace
+			p116, p117 := strconv.Itoa(routing.RouteProtocol), strconv.Itoa(routing.BypassProtocol)
+			n.Run(t, "ip", "route", "add", "198.18.21.0/24", "dev", "tunnelc1", "proto", p116)
+			for _, r := range []string{byOurs, byOther, byOrphan} {
+				n.Run(t, "ip", append(append([]string{"route", "add"}, strings.Fields(expand(r))...), "proto", p117)...)
+			}
+			n.Run(t, "ip", append(append([]string{"route", "add"}, strings.Fields(byLegacy)...), "proto", p116)...)
 			n.Run(t, "ip", "route", "add", "198.18.7.0/24", "dev", "lo")
-			// IPv6: the kernel flushes a device's IPv4 routes when its
-			// last IPv4 address goes, which Cleanup does.
-			n.Run(t, "ip", "-6", "route", "add", "fd00:300::/64", "dev", "tunnelc0")
 
+			check := func(when string) {
+				t.Helper()
+				for _, c := range []struct {
+					proto string
+					want  []string
+				}{{p116, tt.want116}, {p117, tt.want117}} {
+					want := make([]string, len(c.want))
+					for i, r := range c.want {
+						want[i] = expand(r)
+					}
+					got := strings.Split(strings.TrimSpace(n.Run(t, "ip", "-4", "route", "show", "table", "all", "proto", c.proto)), "\n")
+					for i := range got {
+						got[i] = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(got[i]), "linkdown")) // TUN without a reader
+					}
+					if lines(got...) != lines(want...) {
+						t.Errorf("%s Cleanup(%q): proto %s routes:\n%s\nwant:\n%s", when, tt.ifname, c.proto, lines(got...), lines(want...))
+					}
+				}
+				if got := hasAddrOn(t, n, "tunnelc0", ourAddr); got != tt.wantAddr {
+					t.Errorf("%s Cleanup(%q): tunnelc0 has %s = %v, want %v", when, tt.ifname, ourAddr, got, tt.wantAddr)
+				}
+				if !hasAddrOn(t, n, "tunnelc1", otherAddr) {
+					t.Errorf("%s Cleanup(%q): the other instance lost its address", when, tt.ifname)
+				}
+				if out := n.Run(t, "ip", "route", "show", "198.18.7.0/24"); !strings.Contains(out, "dev lo") {
+					t.Errorf("%s Cleanup(%q): foreign route removed", when, tt.ifname)
+				}
+			}
 			// Cleanup works in the calling thread's namespace.
 			if err := n.Do(func() error { return routing.Cleanup(t.Context(), tt.ifname) }); err != nil {
 				t.Fatalf("Cleanup(%q): %v", tt.ifname, err)
 			}
-			if got, want := kernelState(t, n.Handle(), "tunnelc0"), lines(tt.want...); got != want {
-				t.Errorf("after Cleanup(%q): kernel state:\n%s\nwant:\n%s", tt.ifname, got, want)
-			}
-			if out := n.Run(t, "ip", "-d", "route", "show", "table", "all", "proto", proto); strings.TrimSpace(out) != "" {
-				t.Errorf("routes with proto %s left after Cleanup:\n%s", proto, out)
-			}
+			check("after")
 			// Running it again finds nothing to do.
 			if err := n.Do(func() error { return routing.Cleanup(t.Context(), tt.ifname) }); err != nil {
 				t.Errorf("second Cleanup(%q): %v", tt.ifname, err)
 			}
+			check("after a second")
 		})
 	}
+}
+
+// hasAddrOn reports whether ifname in n has the address addr (CIDR).
+func hasAddrOn(t *testing.T, n *netnstest.NS, ifname, addr string) bool {
+	t.Helper()
+	return strings.Contains(n.Run(t, "ip", "addr", "show", "dev", ifname), " "+addr+" ")
 }
 
 // TestManagerReaddress checks address changes that make the kernel drop

@@ -8,14 +8,28 @@ import (
 	"slices"
 )
 
-// FirewallTable is the name of the one nftables table this program owns,
-// in the inet family (IPv4 and IPv6): `nft list table inet tlsvpn`. A
-// Firewall replaces its whole content on every Set and deletes it on Close;
-// CleanupFirewall (or `nft delete table inet tlsvpn`) removes it after a
-// crash. Tables, chains and rules of anyone else are never touched.
-const FirewallTable = "tlsvpn"
+// FirewallTable returns the name of the nftables table that the instance
+// named instance (its tunnel interface name, --tun) owns, in the inet family
+// (IPv4 and IPv6): "tlsvpn-" + instance, e.g. `nft list table inet
+// tlsvpn-tunneld0`. Each instance has its own table, so two daemons in one
+// network namespace never touch each other's rules. A Firewall replaces its
+// whole content on every Set and deletes it on Close; CleanupFirewall (or
+// `nft delete table inet tlsvpn-tunneld0`) removes it after a crash. Tables,
+// chains and rules of anyone else are never touched.
+//
+// nft's command line accepts the name unquoted when the instance name has
+// only letters, digits and '-', '_', '.'; otherwise quote it:
+// `nft list table inet '"tlsvpn-a+b"'`.
+func FirewallTable(instance string) string { return "tlsvpn-" + instance }
 
-// FirewallConfig is the desired content of the FirewallTable.
+// LegacyFirewallTable is the one table that every instance shared before
+// tables were named per instance (`inet tlsvpn`). No current process creates
+// it; CleanupFirewall removes one left behind by an older version when it
+// belongs to the instance being cleaned or to no running one.
+const LegacyFirewallTable = "tlsvpn"
+
+// FirewallConfig is the desired content of an instance's table
+// (FirewallTable).
 //
 // The zero value means "no rules": Set with it leaves an empty table.
 type FirewallConfig struct {
@@ -171,13 +185,13 @@ func (c FirewallConfig) IsZero() bool {
 	return len(c.Masquerade) == 0 && !c.ClampMSS && !c.KillSwitch && !c.IsolateClients
 }
 
-// Firewall converges the FirewallTable to a desired FirewallConfig. There
-// must be at most one Firewall per network namespace: they would share the
-// table.
+// Firewall converges the table of one instance (FirewallTable) to a
+// desired FirewallConfig. There must be at most one Firewall per instance
+// and network namespace: they would share the table.
 //
 // Implementations are safe for concurrent use; calls are serialized.
 type Firewall interface {
-	// Set replaces the content of the FirewallTable with the rules cfg
+	// Set replaces the content of the instance's table with the rules cfg
 	// asks for, creating the table if needed, in one atomic nftables
 	// transaction: packets see either the old rules or the new ones,
 	// never a table without the kill switch. On error nothing changed.
@@ -201,19 +215,35 @@ type Firewall interface {
 	// table; the next Set puts it back, with the count it last read).
 	IsolationDrops() (uint64, error)
 
-	// Close deletes the FirewallTable, including a table left behind by
+	// Close deletes the instance's table, including one left behind by
 	// an earlier process, and releases the Firewall's resources. After
 	// Close, Set returns ErrClosed; Close is idempotent.
 	Close() error
 }
 
-// FirewallOptions configures NewFirewall and CleanupFirewall. The zero
-// value is ready to use.
+// FirewallOptions configures NewFirewall and CleanupFirewall. Instance is
+// required.
 type FirewallOptions struct {
+	// Instance names the instance whose table the Firewall owns: its
+	// tunnel interface name (--tun), e.g. "tunneld0". The table is inet
+	// FirewallTable(Instance). Required; at most 15 bytes, as interface
+	// names.
+	Instance string
 	// NetNS is the path of a network namespace file to work in, such as
 	// /var/run/netns/NAME or /proc/PID/ns/net. Empty means the network
 	// namespace of the process.
 	NetNS string
 	// Logger receives one record per table change. Nil discards.
 	Logger *slog.Logger
+}
+
+// validate checks that Instance names an interface.
+func (o FirewallOptions) validate() error {
+	if o.Instance == "" {
+		return fmt.Errorf("%w: no instance (tunnel interface name) for the nftables table", ErrInvalidConfig)
+	}
+	if len(o.Instance) > 15 {
+		return fmt.Errorf("%w: instance %q longer than 15 bytes", ErrInvalidConfig, o.Instance)
+	}
+	return nil
 }

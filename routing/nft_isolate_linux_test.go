@@ -133,7 +133,7 @@ func TestNFTIsolateClientsTable(t *testing.T) {
 		{name: "again", cfg: cfg1, want: want1},
 		{name: "unnormalized", cfg: cfg1b, want: want1},
 		{name: "tampered", cfg: cfg1, want: want1, tamper: []string{
-			"add", "element", "inet", routing.FirewallTable, "reach_clients4", "{ 198.18.99.0/24 }"}},
+			"add", "element", "inet", nftOurTable, "reach_clients4", "{ 198.18.99.0/24 }"}},
 		{name: "changed", cfg: cfg2, want: want2,
 			in:  []string{"::", "2001:db8::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"},
 			out: []string{"198.18.0.5", "0.0.0.0"}},
@@ -150,7 +150,7 @@ func TestNFTIsolateClientsTable(t *testing.T) {
 		}
 		got, _ := nftListOurs(t, n)
 		if got != s.want {
-			t.Errorf("%s: after Set, nft list table inet %s:\n%s\nwant:\n%s", s.name, routing.FirewallTable, got, s.want)
+			t.Errorf("%s: after Set, nft list table inet %s:\n%s\nwant:\n%s", s.name, nftOurTable, got, s.want)
 		}
 		for _, a := range s.in {
 			if !nftSetHas(t, n, a) {
@@ -244,7 +244,7 @@ func TestNFTIsolateClients(t *testing.T) {
 			t.Errorf("%s: IsolationDrops() after Set = %d, %v; want %d (carried over)", s.name, got, err, drops)
 		}
 		if s.cfg.IsolateClients {
-			list := h.r.Run(t, "nft", "list", "counter", "inet", routing.FirewallTable, "isolation_drops")
+			list := h.r.Run(t, "nft", "list", "counter", "inet", nftOurTable, "isolation_drops")
 			if want := fmt.Sprintf("packets %d ", drops); !strings.Contains(list, want) {
 				t.Errorf("%s: nft list counter shows\n%s\nwant %q (carried over)", s.name, list, want)
 			}
@@ -323,7 +323,7 @@ func TestNFTIsolateClients(t *testing.T) {
 	if len(kept) != 0 {
 		t.Fatalf("%d connections left unchecked: the last step must not keep any", len(kept))
 	}
-	t.Logf("nft list table inet %s in R after the last isolating step:\n%s", routing.FirewallTable, lastList)
+	t.Logf("nft list table inet %s in R after the last isolating step:\n%s", nftOurTable, lastList)
 }
 
 // nftHairpin is two clients, X and Y, that reach each other only through
@@ -433,7 +433,7 @@ func nftSetHas(t *testing.T, n *netnstest.NS, addr string) bool {
 	if netip.MustParseAddr(addr).Is6() {
 		set = "reach_clients6"
 	}
-	out, err := n.Cmd(t.Context(), "nft", "get", "element", "inet", routing.FirewallTable, set, "{ "+addr+" }").CombinedOutput()
+	out, err := n.Cmd(t.Context(), "nft", "get", "element", "inet", nftOurTable, set, "{ "+addr+" }").CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "No such file or directory") {
 			return false

@@ -1,8 +1,10 @@
 package routing
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,12 +15,14 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// Base chains of the FirewallTable, by name as `nft list` shows them. Only
-// the chains a FirewallConfig needs exist; a Set that no longer needs one
-// removes it with the rest of the old table.
+// Base chains of an instance's table (FirewallTable), by name as `nft list`
+// shows them. Only the chains a FirewallConfig needs exist; a Set that no
+// longer needs one removes it with the rest of the old table.
 const (
 	// type nat hook postrouting priority srcnat
 	chainMasquerade = "masquerade"
@@ -32,7 +36,7 @@ const (
 	chainIsolate = "isolate_clients"
 )
 
-// Sets and stateful objects of the FirewallTable, by name.
+// Sets and stateful objects of an instance's table, by name.
 const (
 	// type ipv4_addr / ipv6_addr, flags interval: FirewallConfig.ReachClients
 	setReachClients4 = "reach_clients4"
@@ -43,16 +47,27 @@ const (
 	counterIsolationDrops = "isolation_drops"
 )
 
-// NewFirewall returns a Firewall that manages the FirewallTable through
-// nftables netlink (github.com/google/nftables), in the network namespace
-// named by opts.NetNS. It checks that nftables can be reached there (root,
+// NewFirewall returns a Firewall that manages the table of opts.Instance
+// (FirewallTable) through nftables netlink (github.com/google/nftables), in
+// the network namespace named by opts.NetNS. It checks that nftables can be reached there (root,
 // or CAP_NET_ADMIN, is needed) but changes nothing until Set.
 //
 // Rules are independent of other tables: a packet dropped by any base
 // chain of any table is dropped, so the kill switch holds whatever other
 // tables accept, and the kill switch's accepts do not override their drops.
 func NewFirewall(opts FirewallOptions) (Firewall, error) {
-	f := &linuxFirewall{log: opts.Logger}
+	f, err := newFirewall(opts)
+	if err != nil {
+		return nil, err // not a nil *linuxFirewall in a non-nil Firewall
+	}
+	return f, nil
+}
+
+func newFirewall(opts FirewallOptions) (*linuxFirewall, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	f := &linuxFirewall{table: FirewallTable(opts.Instance), log: opts.Logger}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
@@ -70,18 +85,131 @@ func NewFirewall(opts FirewallOptions) (Firewall, error) {
 	return f, nil
 }
 
-// CleanupFirewall deletes the FirewallTable, if present, in the network
-// namespace named by opts.NetNS: what a crashed process left behind. It is
-// what Firewall.Close does, without needing the Firewall.
+// CleanupFirewall deletes the table of opts.Instance (FirewallTable), if
+// present, in the network namespace named by opts.NetNS: what a crashed
+// process left behind. It is what Firewall.Close does, without needing the
+// Firewall. Tables of other instances are left alone.
+//
+// It also deletes the table of older versions (LegacyFirewallTable, which
+// all instances shared) when that table belongs to opts.Instance or to no
+// running process: when every interface its rules name is opts.Instance,
+// the loopback, or gone (a TUN device vanishes with the process that made
+// it). A legacy table whose rules name another existing interface may
+// belong to an older daemon still running: it is kept, and the log says so.
 func CleanupFirewall(ctx context.Context, opts FirewallOptions) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("delete nftables table inet %s: %w", FirewallTable, err)
+		return fmt.Errorf("delete nftables table inet %s: %w", FirewallTable(opts.Instance), err)
 	}
-	f, err := NewFirewall(opts)
+	f, err := newFirewall(opts)
 	if err != nil {
 		return err
 	}
-	return f.Close()
+	errLegacy := f.cleanupLegacy()
+	return errors.Join(f.Close(), errLegacy)
+}
+
+// cleanupLegacy deletes the LegacyFirewallTable if it belongs to f's
+// instance or to no running process; see CleanupFirewall.
+func (f *linuxFirewall) cleanupLegacy() error {
+	c := f.conn()
+	legacy := &nftables.Table{Name: LegacyFirewallTable, Family: nftables.TableFamilyINet}
+	if _, err := c.ListTableOfFamily(legacy.Name, legacy.Family); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("look for nftables table inet %s: %w", LegacyFirewallTable, err)
+	}
+	names, err := legacyInterfaces(c, legacy)
+	if err != nil {
+		return err
+	}
+	instance := f.table[len(FirewallTable("")):]
+	for _, name := range names {
+		if name == instance || name == "lo" {
+			continue
+		}
+		exists, err := f.linkExists(name)
+		if err != nil {
+			return err
+		}
+		if exists {
+			f.log.Warn("kept the nftables table of an older tlsvpn: its interface exists, so its daemon may still run; delete it with nft once that one has stopped",
+				"table", "inet "+LegacyFirewallTable, "ifname", name)
+			return nil
+		}
+	}
+	c.DelTable(legacy)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("delete nftables table inet %s: %w", LegacyFirewallTable, err)
+	}
+	f.log.Info("deleted the nftables table an older tlsvpn left behind", "table", "inet "+LegacyFirewallTable, "ifnames", names)
+	return nil
+}
+
+// legacyInterfaces returns the interface names that the rules of table t
+// compare iifname or oifname with.
+func legacyInterfaces(c *nftables.Conn, t *nftables.Table) ([]string, error) {
+	chains, err := c.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables chains: %w", err)
+	}
+	var names []string
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != t.Name {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of chain inet %s %s: %w", t.Name, ch.Name, err)
+		}
+		for _, r := range rules {
+			names = append(names, ruleInterfaces(r.Exprs)...)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// ruleInterfaces returns the names that exprs compare the input or output
+// interface name with (matchIfname's shape: meta, then cmp on its register).
+func ruleInterfaces(exprs []expr.Any) []string {
+	var names []string
+	for i := 0; i+1 < len(exprs); i++ {
+		m, ok := exprs[i].(*expr.Meta)
+		if !ok || (m.Key != expr.MetaKeyIIFNAME && m.Key != expr.MetaKeyOIFNAME) {
+			continue
+		}
+		if cmp, ok := exprs[i+1].(*expr.Cmp); ok && cmp.Register == m.Register {
+			if name := string(bytes.TrimRight(cmp.Data, "\x00")); name != "" {
+				names = append(names, name)
+			}
+		}
+	}
+	return names
+}
+
+// linkExists reports whether an interface named name exists in f's
+// network namespace.
+func (f *linuxFirewall) linkExists(name string) (bool, error) {
+	var h *netlink.Handle
+	var err error
+	if f.ns == nil {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandleAt(netns.NsHandle(f.ns.Fd()))
+	}
+	if err != nil {
+		return false, fmt.Errorf("open rtnetlink handle: %w", err)
+	}
+	defer h.Close()
+	if _, err := h.LinkByName(name); err != nil {
+		var lnf netlink.LinkNotFoundError
+		if errors.As(err, &lnf) {
+			return false, nil
+		}
+		return false, fmt.Errorf("find link %s: %w", name, err)
+	}
+	return true, nil
 }
 
 // linuxFirewall implements Firewall. Every operation is one nftables
@@ -89,8 +217,9 @@ func CleanupFirewall(ctx context.Context, opts FirewallOptions) error {
 // at all.
 type linuxFirewall struct {
 	// Immutable after NewFirewall.
-	ns  *os.File // network namespace to work in; nil: the process's
-	log *slog.Logger
+	table string   // FirewallTable(instance)
+	ns    *os.File // network namespace to work in; nil: the process's
+	log   *slog.Logger
 
 	mu     sync.Mutex
 	closed bool           // guarded by mu
@@ -133,7 +262,7 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 	}
 	cfg = cfg.Normalized()
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+		return fmt.Errorf("set nftables table inet %s: %w", f.table, err)
 	}
 	if f.set && f.last.IsolateClients {
 		// The new table starts its counter where the old one is now.
@@ -143,7 +272,7 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 	}
 
 	c := f.conn()
-	t := firewallTable()
+	t := f.nftTable()
 	// Add (a no-op if the table exists), delete, and build again from
 	// nothing, all in one transaction: whatever the table held before, it
 	// ends up holding exactly cfg's rules, and no packet ever sees it
@@ -152,10 +281,10 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 	c.DelTable(t)
 	c.AddTable(t)
 	if err := addFirewallRules(c, t, cfg, f.drops); err != nil {
-		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+		return fmt.Errorf("set nftables table inet %s: %w", f.table, err)
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("set nftables table inet %s: %w", FirewallTable, err)
+		return fmt.Errorf("set nftables table inet %s: %w", f.table, err)
 	}
 	if cfg.IsolateClients {
 		f.kernelDrops = f.drops
@@ -167,7 +296,7 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 	}
 	f.last, f.set = cfg, true
 	f.log.Log(ctx, level, "set nftables table",
-		"table", "inet "+FirewallTable,
+		"table", "inet "+f.table,
 		"tunnel_if", cfg.TunnelIf,
 		"masquerade", cfg.Masquerade,
 		"clamp_mss", cfg.ClampMSS,
@@ -196,13 +325,13 @@ func (f *linuxFirewall) IsolationDrops() (uint64, error) {
 // counted since it was last read or created. A counter that went down was
 // reset (`nft reset counter`) and has counted everything it holds since.
 func (f *linuxFirewall) readDropsLocked() error {
-	o, err := f.conn().GetObject(&nftables.CounterObj{Table: firewallTable(), Name: counterIsolationDrops})
+	o, err := f.conn().GetObject(&nftables.CounterObj{Table: f.nftTable(), Name: counterIsolationDrops})
 	if err != nil {
-		return fmt.Errorf("read nftables counter inet %s %s: %w", FirewallTable, counterIsolationDrops, err)
+		return fmt.Errorf("read nftables counter inet %s %s: %w", f.table, counterIsolationDrops, err)
 	}
 	co, ok := o.(*nftables.CounterObj)
 	if !ok {
-		return fmt.Errorf("read nftables counter inet %s %s: got %T", FirewallTable, counterIsolationDrops, o)
+		return fmt.Errorf("read nftables counter inet %s %s: got %T", f.table, counterIsolationDrops, o)
 	}
 	now := nftCount{packets: co.Packets, bytes: co.Bytes}
 	since := now
@@ -225,13 +354,13 @@ func (f *linuxFirewall) Close() error {
 	defer f.closeNS()
 
 	c := f.conn()
-	t := firewallTable()
+	t := f.nftTable()
 	c.AddTable(t) // so that deleting an absent table is not an error
 	c.DelTable(t)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("delete nftables table inet %s: %w", FirewallTable, err)
+		return fmt.Errorf("delete nftables table inet %s: %w", f.table, err)
 	}
-	f.log.Info("deleted nftables table", "table", "inet "+FirewallTable)
+	f.log.Info("deleted nftables table", "table", "inet "+f.table)
 	return nil
 }
 
@@ -243,8 +372,8 @@ func (c FirewallConfig) equal(d FirewallConfig) bool {
 		slices.Equal(c.ReachClients, d.ReachClients)
 }
 
-func firewallTable() *nftables.Table {
-	return &nftables.Table{Name: FirewallTable, Family: nftables.TableFamilyINet}
+func (f *linuxFirewall) nftTable() *nftables.Table {
+	return &nftables.Table{Name: f.table, Family: nftables.TableFamilyINet}
 }
 
 // addFirewallRules queues the chains, sets, objects and rules of cfg

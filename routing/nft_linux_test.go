@@ -242,9 +242,9 @@ func TestNFTSetConverges(t *testing.T) {
 		{"add", "table", "inet", "other"},
 		{"add", "chain", "inet", "other", "out", "{ type filter hook output priority 0; policy accept; }"},
 		{"add", "rule", "inet", "other", "out", "tcp", "dport", "9", "counter", "accept"},
-		{"add", "table", "ip", routing.FirewallTable},
-		{"add", "chain", "ip", routing.FirewallTable, "post", "{ type nat hook postrouting priority 100; }"},
-		{"add", "rule", "ip", routing.FirewallTable, "post", "ip", "saddr", "192.0.2.0/24", "masquerade"},
+		{"add", "table", "ip", nftOurTable},
+		{"add", "chain", "ip", nftOurTable, "post", "{ type nat hook postrouting priority 100; }"},
+		{"add", "rule", "ip", nftOurTable, "post", "ip", "saddr", "192.0.2.0/24", "masquerade"},
 	} {
 		n.Run(t, "nft", cmd...)
 	}
@@ -321,9 +321,9 @@ func TestNFTSetConverges(t *testing.T) {
 		{name: "again", cfg: cfg1, want: want1},
 		{name: "unnormalized", cfg: cfg1b, want: want1},
 		{name: "tampered", cfg: cfg1,
-			tamper: []string{"insert", "rule", "inet", routing.FirewallTable, "killswitch_output", "accept"}, want: want1},
+			tamper: []string{"insert", "rule", "inet", nftOurTable, "killswitch_output", "accept"}, want: want1},
 		{name: "foreign chain", cfg: cfg1,
-			tamper: []string{"add", "chain", "inet", routing.FirewallTable, "extra"}, want: want1},
+			tamper: []string{"add", "chain", "inet", nftOurTable, "extra"}, want: want1},
 		{name: "changed", cfg: cfg2, want: want2},
 		{name: "zero", cfg: routing.FirewallConfig{}, want: nftTable("")},
 		{name: "from zero", cfg: cfg1, want: want1},
@@ -336,7 +336,7 @@ func TestNFTSetConverges(t *testing.T) {
 			t.Fatalf("%s: Set: %v", s.name, err)
 		}
 		if got, _ := nftListOurs(t, n); got != s.want {
-			t.Errorf("%s: after Set, nft list table inet %s:\n%s\nwant:\n%s", s.name, routing.FirewallTable, got, s.want)
+			t.Errorf("%s: after Set, nft list table inet %s:\n%s\nwant:\n%s", s.name, nftOurTable, got, s.want)
 		}
 		if got := nftOthers(t, n); got != others {
 			t.Errorf("%s: after Set, other tables changed:\n%s\nwant:\n%s", s.name, got, others)
@@ -377,7 +377,7 @@ func TestNFTSetInvalid(t *testing.T) {
 	if err := f.Set(ctx, routing.FirewallConfig{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Set(canceled ctx) = %v, want context.Canceled", err)
 	}
-	if _, err := routing.NewFirewall(routing.FirewallOptions{NetNS: "/var/run/netns/" + n.Name + "-absent"}); err == nil {
+	if _, err := routing.NewFirewall(routing.FirewallOptions{Instance: nftInstance, NetNS: "/var/run/netns/" + n.Name + "-absent"}); err == nil {
 		t.Errorf("NewFirewall(absent netns) succeeded")
 	}
 }
@@ -433,7 +433,7 @@ func TestNFTClampMSS(t *testing.T) {
 
 func TestNFTCleanup(t *testing.T) {
 	n := netnstest.New(t)
-	opts := routing.FirewallOptions{NetNS: "/var/run/netns/" + n.Name}
+	opts := routing.FirewallOptions{Instance: nftInstance, NetNS: "/var/run/netns/" + n.Name}
 	// A process that "crashes": it never calls Close.
 	f, err := routing.NewFirewall(opts)
 	if err != nil {
@@ -499,13 +499,20 @@ func newNFTRouted(t *testing.T) nftRouted {
 	return r
 }
 
+// nftInstance is the instance (tunnel interface name) of the Firewalls in
+// these tests, and nftOurTable the name of its table.
+const nftInstance = "tvtun0"
+
+var nftOurTable = routing.FirewallTable(nftInstance)
+
 // newNFTFirewall returns a Firewall working in n, logging to the test
 // output, closed in cleanup.
 func newNFTFirewall(t *testing.T, n *netnstest.NS) routing.Firewall {
 	t.Helper()
 	f, err := routing.NewFirewall(routing.FirewallOptions{
-		NetNS:  "/var/run/netns/" + n.Name,
-		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Instance: nftInstance,
+		NetNS:    "/var/run/netns/" + n.Name,
+		Logger:   slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
 	if err != nil {
 		t.Fatalf("NewFirewall: %v", err)
@@ -567,17 +574,17 @@ func nftAddAddr(t *testing.T, n *netnstest.NS, ifname, addr string) {
 	n.Run(t, "ip", "addr", "add", addr, "dev", ifname, "nodad")
 }
 
-// nftListOurs returns `nft list table inet tlsvpn` and whether the table
+// nftListOurs returns `nft list table inet tlsvpn-tvtun0` and whether the table
 // exists.
 func nftListOurs(t *testing.T, n *netnstest.NS) (string, bool) {
 	t.Helper()
-	out, err := n.Cmd(t.Context(), "nft", "list", "table", "inet", routing.FirewallTable).CombinedOutput()
+	out, err := n.Cmd(t.Context(), "nft", "list", "table", "inet", nftOurTable).CombinedOutput()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && strings.Contains(string(out), "No such file or directory") {
 			return "", false
 		}
-		t.Fatalf("nft list table inet %s: %v\n%s", routing.FirewallTable, err, out)
+		t.Fatalf("nft list table inet %s: %v\n%s", nftOurTable, err, out)
 	}
 	return string(out), true
 }
@@ -588,7 +595,7 @@ func nftOthers(t *testing.T, n *netnstest.NS) string {
 	var b strings.Builder
 	for line := range strings.Lines(n.Run(t, "nft", "list", "tables")) {
 		f := strings.Fields(line) // table FAMILY NAME
-		if len(f) != 3 || (f[1] == "inet" && f[2] == routing.FirewallTable) {
+		if len(f) != 3 || (f[1] == "inet" && f[2] == nftOurTable) {
 			continue
 		}
 		b.WriteString(n.Run(t, "nft", "list", "table", f[1], f[2]))
@@ -599,7 +606,7 @@ func nftOthers(t *testing.T, n *netnstest.NS) string {
 // nftTable renders our table as nft lists it, given its body (tab-indented
 // chains, starting with a newline).
 func nftTable(body string) string {
-	return "table inet " + routing.FirewallTable + " {" + body + "\n}\n"
+	return "table inet " + nftOurTable + " {" + body + "\n}\n"
 }
 
 func nftPfxs(ss ...string) []netip.Prefix {
@@ -608,4 +615,96 @@ func nftPfxs(ss ...string) []netip.Prefix {
 		ps[i] = netip.MustParsePrefix(s)
 	}
 	return ps
+}
+
+// TestNFTInstances: two instances in one namespace each own their table:
+// a Set, Close or CleanupFirewall of one never touches the other's.
+func TestNFTInstances(t *testing.T) {
+	n := netnstest.New(t)
+	ns := "/var/run/netns/" + n.Name
+	newFW := func(instance string) routing.Firewall {
+		f, err := routing.NewFirewall(routing.FirewallOptions{Instance: instance, NetNS: ns})
+		if err != nil {
+			t.Fatalf("NewFirewall(%s): %v", instance, err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	a, b := newFW("tvta0"), newFW("tvtb0")
+	for _, x := range []struct {
+		f      routing.Firewall
+		ifname string
+	}{{a, "tvta0"}, {b, "tvtb0"}} {
+		if err := x.f.Set(t.Context(), routing.FirewallConfig{TunnelIf: x.ifname, ClampMSS: true, IsolateClients: true}); err != nil {
+			t.Fatalf("Set(%s): %v", x.ifname, err)
+		}
+	}
+	tables := func() string { return n.Run(t, "nft", "list", "tables") }
+	if got, want := tables(), "table inet tlsvpn-tvta0\ntable inet tlsvpn-tvtb0\n"; got != want {
+		t.Fatalf("nft list tables = %q, want %q", got, want)
+	}
+	bTable := n.Run(t, "nft", "list", "table", "inet", "tlsvpn-tvtb0")
+
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close(tvta0): %v", err)
+	}
+	if got, want := tables(), "table inet tlsvpn-tvtb0\n"; got != want {
+		t.Fatalf("after Close of tvta0, nft list tables = %q, want %q", got, want)
+	}
+	if err := routing.CleanupFirewall(t.Context(), routing.FirewallOptions{Instance: "tvta0", NetNS: ns}); err != nil {
+		t.Fatalf("CleanupFirewall(tvta0): %v", err)
+	}
+	if got := n.Run(t, "nft", "list", "table", "inet", "tlsvpn-tvtb0"); got != bTable {
+		t.Errorf("tvtb0's table changed by tvta0's Close and cleanup:\n%s\nwas:\n%s", got, bTable)
+	}
+	if _, err := b.IsolationDrops(); err != nil {
+		t.Errorf("IsolationDrops(tvtb0) after tvta0 left: %v", err)
+	}
+	if _, err := routing.NewFirewall(routing.FirewallOptions{NetNS: ns}); !errors.Is(err, routing.ErrInvalidConfig) {
+		t.Errorf("NewFirewall without an instance: err = %v, want ErrInvalidConfig", err)
+	}
+}
+
+// TestNFTCleanupLegacy: the table all instances shared before tables were
+// named per instance (inet tlsvpn) is removed by the cleanup of the
+// instance it belonged to or when its interface is gone, and kept while
+// its interface (its daemon) still exists.
+func TestNFTCleanupLegacy(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		ifname   string // the legacy table's TunnelIf
+		exists   bool   // create a link with that name
+		instance string // the instance cleaned up
+		removed  bool
+	}{
+		{name: "orphan", ifname: "tvtold0", instance: "tvtnew0", removed: true},
+		{name: "this instance's", ifname: "tvtnew0", exists: true, instance: "tvtnew0", removed: true},
+		{name: "in use by another", ifname: "tvtold0", exists: true, instance: "tvtnew0", removed: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := netnstest.New(t)
+			if tc.exists {
+				n.Run(t, "ip", "tuntap", "add", "dev", tc.ifname, "mode", "tun")
+			}
+			// What an older tunneld --nat made.
+			n.Run(t, "nft", "add", "table", "inet", routing.LegacyFirewallTable)
+			n.Run(t, "nft", "add", "chain", "inet", routing.LegacyFirewallTable, "post", "{ type nat hook postrouting priority srcnat; }")
+			n.Run(t, "nft", "add", "rule", "inet", routing.LegacyFirewallTable, "post", "oifname", "!=", tc.ifname, "ip", "saddr", "100.64.0.0/24", "masquerade")
+			n.Run(t, "nft", "add", "chain", "inet", routing.LegacyFirewallTable, "clamp", "{ type filter hook forward priority mangle; }")
+			n.Run(t, "nft", "add", "rule", "inet", routing.LegacyFirewallTable, "clamp", "oifname", "lo", "accept")
+			n.Run(t, "nft", "add", "table", "inet", "other")
+
+			opts := routing.FirewallOptions{Instance: tc.instance, NetNS: "/var/run/netns/" + n.Name}
+			if err := routing.CleanupFirewall(t.Context(), opts); err != nil {
+				t.Fatalf("CleanupFirewall: %v", err)
+			}
+			want := "table inet other\n"
+			if !tc.removed {
+				want = "table inet " + routing.LegacyFirewallTable + "\n" + want
+			}
+			if got := n.Run(t, "nft", "list", "tables"); got != want {
+				t.Errorf("after CleanupFirewall(%s), nft list tables = %q, want %q", tc.instance, got, want)
+			}
+		})
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -66,8 +67,11 @@ func savedResolvConf(content []byte) (old []byte, ours bool, err error) {
 
 // RestoreResolvConf puts back the content ResolvConf had before SetDNS
 // rewrote it, if it still is SetDNS's (after a crash; a normal exit
-// restores it already). It reports whether it restored anything.
-func RestoreResolvConf() (bool, error) {
+// restores it already) and was written for the instance ifname or for one
+// whose interface no longer exists: a tunnelc that still runs keeps its
+// DNS settings whatever other instance is cleaned up. It reports whether
+// it restored anything.
+func RestoreResolvConf(ifname string) (bool, error) {
 	content, err := os.ReadFile(ResolvConf)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
@@ -79,8 +83,25 @@ func RestoreResolvConf() (bool, error) {
 	if !ours || err != nil {
 		return false, err
 	}
+	if w := resolvConfWriter(content); w != ifname && w != "" {
+		if _, err := net.InterfaceByName(w); err == nil {
+			return false, nil // another instance's, and it is up
+		}
+	}
 	if err := os.WriteFile(ResolvConf, old, 0o644); err != nil {
 		return false, fmt.Errorf("restore %s: %w", ResolvConf, err)
 	}
 	return true, nil
+}
+
+// resolvConfWriter returns the tunnel interface named in the first line
+// of a resolv.conf that SetDNS wrote ("" if none).
+func resolvConfWriter(content []byte) string {
+	line, _, _ := bytes.Cut(content, []byte("\n"))
+	rest, ok := bytes.CutPrefix(line, []byte(resolvMarker))
+	if !ok {
+		return ""
+	}
+	name, _, _ := bytes.Cut(rest, []byte(" "))
+	return string(name)
 }

@@ -48,19 +48,32 @@ func TestRestoreResolvConf(t *testing.T) {
 	ResolvConf = path
 	t.Cleanup(func() { ResolvConf = saved })
 
-	if ok, err := RestoreResolvConf(); ok || err != nil {
+	if ok, err := RestoreResolvConf("tunnelc0"); ok || err != nil {
 		t.Fatalf("no file: RestoreResolvConf = %v, %v", ok, err)
 	}
 	orig := []byte("nameserver 192.0.2.53\n")
 	os.WriteFile(path, orig, 0o644)
-	if ok, err := RestoreResolvConf(); ok || err != nil {
+	if ok, err := RestoreResolvConf("tunnelc0"); ok || err != nil {
 		t.Fatalf("foreign file: RestoreResolvConf = %v, %v; want it left alone", ok, err)
 	}
-	os.WriteFile(path, resolvConfContent("tunnelc0", []netip.Addr{netip.MustParseAddr("100.64.0.1")}, orig), 0o644)
-	if ok, err := RestoreResolvConf(); !ok || err != nil {
-		t.Fatalf("our file: RestoreResolvConf = %v, %v", ok, err)
+	// Another instance's file, while its interface exists (lo stands in
+	// for a running tunnelc's TUN): left alone.
+	live := resolvConfContent("lo", []netip.Addr{netip.MustParseAddr("100.64.0.1")}, orig)
+	os.WriteFile(path, live, 0o644)
+	if ok, err := RestoreResolvConf("tunnelc0"); ok || err != nil {
+		t.Fatalf("a running instance's file: RestoreResolvConf = %v, %v; want it left alone", ok, err)
 	}
-	if b, _ := os.ReadFile(path); !bytes.Equal(b, orig) {
-		t.Fatalf("restored %q, want %q", b, orig)
+	if b, _ := os.ReadFile(path); !bytes.Equal(b, live) {
+		t.Fatalf("a running instance's file changed to %q", b)
+	}
+	// This instance's file, and the file of an instance that is gone.
+	for _, writer := range []string{"tunnelc0", "tvt-gone0"} {
+		os.WriteFile(path, resolvConfContent(writer, []netip.Addr{netip.MustParseAddr("100.64.0.1")}, orig), 0o644)
+		if ok, err := RestoreResolvConf("tunnelc0"); !ok || err != nil {
+			t.Fatalf("file of %s: RestoreResolvConf = %v, %v", writer, ok, err)
+		}
+		if b, _ := os.ReadFile(path); !bytes.Equal(b, orig) {
+			t.Fatalf("file of %s: restored %q, want %q", writer, b, orig)
+		}
 	}
 }

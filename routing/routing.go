@@ -8,8 +8,11 @@
 // NewManager and Cleanup return errors.ErrUnsupported.
 //
 // Every kernel object a Manager creates is owned and can be erased: routes
-// carry the dedicated route protocol RouteProtocol, so they can be found
-// again after a crash, and Close removes everything the Manager installed.
+// carry the dedicated route protocol RouteProtocol on the instance's own
+// tunnel interface, so they can be found again after a crash, and Close
+// removes everything the Manager installed. An instance is named by its
+// tunnel interface (--tun); nothing one instance installs is found by the
+// cleanup of another.
 package routing
 
 import (
@@ -29,7 +32,18 @@ import (
 // (include/uapi/linux/rtnetlink.h RTPROT_*) nor listed in iproute2's
 // rt_protos (0-4, 8-18, 42, 99, 186-192). Values above RTPROT_STATIC (4)
 // are not interpreted by the kernel.
+//
+// Routes with RouteProtocol belong to the instance whose tunnel interface
+// they go through: Cleanup of one instance removes only those on its own
+// interface.
 const RouteProtocol = 0x74
+
+// BypassProtocol is the route protocol of the host routes that keep the way
+// to the tunnel server outside a full tunnel (Bypass). They go through
+// another interface than the tunnel, so their metric names their instance:
+// it is the interface index of the instance's tunnel device, and Cleanup
+// tells them apart by it. 0x75 (117) is as free as RouteProtocol.
+const BypassProtocol = 0x75
 
 // Config is the desired network state of one tunnel interface.
 //

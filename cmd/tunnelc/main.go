@@ -162,7 +162,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9101 (off if empty)")
 	cli.AddControlFlags(fs, &o.ctl, "tunnelc")
-	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "remove what a crashed run of this instance (--tun) left behind: its routes, tunnel addresses and nftables table inet tlsvpn-<tun> (other instances and everything else untouched), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -321,7 +321,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
-		restore, err := routing.EnableForwarding(adv6)
+		restore, err := routing.EnableForwarding(o.tunName, adv6, log)
 		if err != nil {
 			return err
 		}
@@ -332,7 +332,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		}()
 	}
 	if o.killSwitch || len(advertise) > 0 {
-		fw, err := routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		fw, err := routing.NewFirewall(routing.FirewallOptions{Instance: o.tunName, Logger: log})
 		if err != nil {
 			return err
 		}

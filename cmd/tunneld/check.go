@@ -86,8 +86,8 @@ func checkOptions(o options) []string {
 			}
 		}
 	}
-	if o.stateDir != "" {
-		if fi, err := os.Stat(o.stateDir); err == nil && !fi.IsDir() {
+	if dir := stateDirOf(o); dir != "" {
+		if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
 			bad("state-dir", errors.New("not a directory"))
 		}
 	}

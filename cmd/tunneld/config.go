@@ -63,6 +63,7 @@ func (s *source) read() (options, error) {
 	}
 	o := *s.o
 	o.congestionSet = s.fs.Changed("congestion")
+	o.stateDirSet = s.fs.Changed("state-dir")
 	o.file = file
 	if file != nil {
 		o.clientsNode = file.Sections["clients"]

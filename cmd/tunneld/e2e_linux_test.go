@@ -618,34 +618,55 @@ func tlsDial(t *testing.T, ns *netnstest.NS, addr string, cfg *tls.Config) error
 	return err
 }
 
-// TestNetNSCleanup: after a crash, --cleanup removes our routes and our
-// nftables table, and nothing of anyone else's.
+// TestNetNSCleanup: after a crash, --cleanup removes the routes,
+// addresses and nftables table of its own instance (--tun), bypass routes
+// and the shared table of older versions when no running instance owns
+// them, and nothing of another instance or anyone else.
 func TestNetNSCleanup(t *testing.T) {
 	tunneld, tunnelc := binaries(t)
 	for _, bin := range []string{tunneld, tunnelc} {
 		t.Run(filepath.Base(bin), func(t *testing.T) {
 			ns := netnstest.New(t)
-			proto := strconv.Itoa(routing.RouteProtocol)
-			ns.Run(t, "ip", "route", "add", "198.18.200.0/24", "dev", "lo", "proto", proto)
-			ns.Run(t, "ip", "route", "add", "198.18.201.0/24", "dev", "lo", "proto", "static")
-			ns.Run(t, "nft", "add", "table", "inet", routing.FirewallTable)
+			p116, p117 := strconv.Itoa(routing.RouteProtocol), strconv.Itoa(routing.BypassProtocol)
+			// What a crashed instance "tvtc0" left (its TUN device made
+			// persistent so that something is left on it), and a running
+			// instance "tvtlive0".
+			for i, tun := range []string{"tvtc0", "tvtlive0"} {
+				ns.Run(t, "ip", "tuntap", "add", "dev", tun, "mode", "tun")
+				ns.Run(t, "ip", "link", "set", tun, "up")
+				ns.Run(t, "ip", "addr", "add", fmt.Sprintf("100.64.%d.1/24", i), "dev", tun)
+				ns.Run(t, "ip", "route", "add", fmt.Sprintf("198.18.%d.0/24", 200+i), "dev", tun, "proto", p116)
+				ns.Run(t, "nft", "add", "table", "inet", routing.FirewallTable(tun))
+			}
+			// A bypass route of a gone instance (its metric names no
+			// link), and the shared table of an older version.
+			ns.Run(t, "ip", "route", "add", "198.18.210.1/32", "dev", "lo", "proto", p117, "metric", "99999")
+			ns.Run(t, "nft", "add", "table", "inet", routing.LegacyFirewallTable)
+			ns.Run(t, "ip", "route", "add", "198.18.220.0/24", "dev", "lo", "proto", "static")
 			ns.Run(t, "nft", "add", "table", "inet", "someone_else")
-			out := ns.Run(t, bin, "--cleanup")
-			if !strings.Contains(out, "cleanup done") {
+
+			out := ns.Run(t, bin, "--cleanup", "--tun", "tvtc0")
+			if !strings.Contains(out, "cleanup done") || !strings.Contains(out, "table=\"inet tlsvpn-tvtc0\"") {
 				t.Errorf("--cleanup output lacks its summary:\n%s", out)
 			}
-			if got := ns.Run(t, "ip", "route", "show", "proto", proto); strings.TrimSpace(got) != "" {
-				t.Errorf("our route survived --cleanup: %s", got)
+			if got := ns.Run(t, "ip", "route", "show", "proto", p116); strings.Contains(got, "tvtc0") || !strings.Contains(got, "198.18.201.0/24 dev tvtlive0") {
+				t.Errorf("after --cleanup, routes with proto %s:\n%s\nwant only tvtlive0's", p116, got)
 			}
-			if got := ns.Run(t, "ip", "route", "show", "198.18.201.0/24"); !strings.Contains(got, "198.18.201.0/24") {
+			if got := ns.Run(t, "ip", "route", "show", "proto", p117); strings.TrimSpace(got) != "" {
+				t.Errorf("bypass route of a gone instance survived --cleanup: %s", got)
+			}
+			if hasAddr(ns, "tvtc0", netip.MustParsePrefix("100.64.0.1/24")) || !hasAddr(ns, "tvtlive0", netip.MustParsePrefix("100.64.1.1/24")) {
+				t.Errorf("after --cleanup, addresses:\n%s\nwant tvtc0's gone, tvtlive0's kept", ns.Run(t, "ip", "addr"))
+			}
+			if got := ns.Run(t, "ip", "route", "show", "198.18.220.0/24"); !strings.Contains(got, "198.18.220.0/24") {
 				t.Error("--cleanup removed a route that is not ours")
 			}
-			tables := ns.Run(t, "nft", "list", "tables")
-			if strings.Contains(tables, "inet "+routing.FirewallTable+"\n") || !strings.Contains(tables, "someone_else") {
-				t.Errorf("after --cleanup, nft tables are:\n%s", tables)
+			want := "table inet tlsvpn-tvtlive0\ntable inet someone_else\n"
+			if got := ns.Run(t, "nft", "list", "tables"); got != want {
+				t.Errorf("after --cleanup, nft list tables:\n%s\nwant:\n%s", got, want)
 			}
 			// Running it again on a clean system is fine.
-			ns.Run(t, bin, "--cleanup")
+			ns.Run(t, bin, "--cleanup", "--tun", "tvtc0")
 		})
 	}
 }

@@ -74,6 +74,11 @@ Examples:
     --key /etc/tlsvpn/pki/vpn.example.com.key --ca /etc/tlsvpn/pki/ca.crt \
     --subnet 100.64.0.0/24 --route 198.18.10.0/24
 
+  # a second instance beside the first needs its own --tun, --subnet and
+  # --listen; its nftables table is inet tlsvpn-vpn1, its leases are in
+  # /var/lib/tlsvpn/vpn1
+  tunneld --tun vpn1 --listen 0.0.0.0:8443 --subnet 100.64.1.0/24 --cert ... --key ... --ca ...
+
   # per-client policy (fixed addresses, routes, site networks, client-to-client);
   # edit the file and apply it with 'tunneld reload'
   tunneld --cert ... --key ... --ca ... --subnet 100.64.0.0/24 --clients /etc/tlsvpn/clients.yaml
@@ -111,6 +116,7 @@ type options struct {
 	congestion            string
 	congestionSet         bool
 	stateDir              string
+	stateDirSet           bool
 	crl                   string
 	crlCheck              time.Duration
 	maxClients            int
@@ -158,7 +164,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.subnet, "subnet", "100.64.0.0/24", "tunnel subnet CIDR; the server takes the first host address, clients the rest")
 	fs.StringVar(&o.subnet6, "subnet6", "", "IPv6 tunnel subnet CIDR for dual stack, e.g. fd00:64::/64: each client also gets an IPv6 address from it, the server the first one (off if empty)")
 	fs.StringArrayVar(&o.dns, "dns", nil, "DNS server IP pushed to clients, e.g. --dns 100.64.0.1 (repeatable); tunnelc applies it through systemd-resolved or /etc/resolv.conf while connected")
-	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn), so networks behind the server need no route back to --subnet")
+	fs.BoolVar(&o.nat, "nat", false, "masquerade client traffic that leaves the server through its other interfaces (nftables table inet tlsvpn-<tun>), so networks behind the server need no route back to --subnet")
 	fs.StringVar(&o.clients, "clients", "", "per-client policy FILE (YAML keyed by certificate name: address, routes, advertise, reach_clients; see README), e.g. /etc/tlsvpn/clients.yaml; re-read on SIGHUP: only clients whose entry changed reconnect")
 	fs.BoolVar(&o.clientToClient, "client-to-client", false, "let clients open connections to each other through the server (the default for reach_clients in --clients); replies to allowed connections always pass")
 	fs.StringVar(&o.tunName, "tun", "tunneld0", "name of the TUN interface to create")
@@ -169,7 +175,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.queueLen, "queue-len", tunnel.DefaultQueueLen, "per-client send queue bound in chunks (up to 64 KiB each); a full queue drops")
 	fs.StringVar(&o.crl, "crl", "", "certificate revocation list FILE (PEM) from 'tunneld pki revoke', e.g. /etc/tlsvpn/pki/crl.pem: checked on every handshake and resumption, reloaded when it changes or on SIGHUP; live sessions of newly revoked clients are closed. A missing, expired or wrongly signed CRL refuses every client (fail closed)")
 	fs.DurationVar(&o.crlCheck, "crl-check", 5*time.Second, "how often to look for a changed --crl file and re-check live sessions (revocation, certificate expiry)")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/tlsvpn", "directory for state that must survive restarts: leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
+	fs.StringVar(&o.stateDir, "state-dir", stateRoot+"/<tun>", "directory for state that must survive restarts, one per instance (locked while it runs): leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
 	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
@@ -187,7 +193,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	cli.AddControlFlags(fs, &o.ctl, "tunneld")
-	fs.BoolVar(&o.cleanup, "cleanup", false, "remove the routes, tunnel addresses and nftables table a crashed run left behind (only the project's own), then exit; e.g. for systemd ExecStopPost")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "remove what a crashed run of this instance (--tun) left behind: its routes, tunnel addresses and nftables table inet tlsvpn-<tun> (other instances and everything else untouched), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -253,11 +259,19 @@ func serve(ctx context.Context, o options, log *slog.Logger, src *source, level 
 		return err
 	}
 	defer ctl.Close()
+	// Nothing is created or changed before this instance is known to
+	// collide with no other (TUN name, subnets, state directory; the
+	// listen address is bound before the TUN device is made).
+	inst, err := claimInstance(o, tunnelSubnets(subnet, subnet6), log)
+	if err != nil {
+		return err
+	}
+	defer inst.release()
 	openPool := func(p netip.Prefix, file string) (*routing.Pool, error) {
-		if o.stateDir == "" {
+		if inst.stateDir == "" {
 			return routing.NewPool(p)
 		}
-		pool, warnings, err := routing.OpenPool(p, filepath.Join(o.stateDir, file))
+		pool, warnings, err := routing.OpenPool(p, filepath.Join(inst.stateDir, file))
 		for _, w := range warnings {
 			log.Warn("leases", "warning", w)
 		}
@@ -348,7 +362,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, src *source, level 
 	var fw routing.Firewall
 	var fc routing.FirewallConfig
 	if needsForwarding(o, st) {
-		restore, err := routing.EnableForwarding(pool6 != nil)
+		restore, err := routing.EnableForwarding(o.tunName, pool6 != nil, log)
 		if err != nil {
 			dev.Close()
 			return err
@@ -358,7 +372,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, src *source, level 
 				log.Warn("restoring forwarding settings", "err", err)
 			}
 		}()
-		fw, err = routing.NewFirewall(routing.FirewallOptions{Logger: log})
+		fw, err = routing.NewFirewall(routing.FirewallOptions{Instance: o.tunName, Logger: log})
 		if err != nil {
 			dev.Close()
 			return err

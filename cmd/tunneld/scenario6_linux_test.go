@@ -235,14 +235,16 @@ func TestNetNSFullTunnelKillSwitch6(t *testing.T) {
 		t.Fatalf("after exit the original IPv4 route is not back: %s", out)
 	}
 	for _, fam := range []string{"-4", "-6"} {
-		if out := u.laptop.Run(t, "ip", fam, "route", "show", "proto", strconv.Itoa(routing.RouteProtocol)); strings.TrimSpace(out) != "" {
-			t.Errorf("ip %s: routes of ours left after exit:\n%s", fam, out)
+		for _, proto := range []int{routing.RouteProtocol, routing.BypassProtocol} {
+			if out := u.laptop.Run(t, "ip", fam, "route", "show", "proto", strconv.Itoa(proto)); strings.TrimSpace(out) != "" {
+				t.Errorf("ip %s: routes of ours (proto %d) left after exit:\n%s", fam, proto, out)
+			}
 		}
 	}
 	if out := u.laptop.Run(t, "ip", "-6", "route", "show"); hasRoute(out, "::/1") || hasRoute(out, "8000::/1") {
 		t.Errorf("full-tunnel halves left after exit:\n%s", out)
 	}
-	if out := u.laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, routing.FirewallTable) {
+	if out := u.laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, "inet tlsvpn") {
 		t.Errorf("kill switch table left after exit:\n%s", out)
 	}
 	if err := dial(closed); err == nil || !strings.Contains(err.Error(), "refused") {

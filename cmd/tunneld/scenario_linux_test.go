@@ -77,7 +77,7 @@ func TestNetNSSplitTunnelToLAN(t *testing.T) {
 				transfer(t, lan, laptop, "100.64.0.2:7003", 4<<20) // the LAN can reach the laptop too
 			}
 			if tc.lanMTU != "" {
-				if out := server.Run(t, "nft", "list", "table", "inet", routing.FirewallTable); !strings.Contains(out, "maxseg size set rt mtu") {
+				if out := server.Run(t, "nft", "list", "table", "inet", routing.FirewallTable("tunneld0")); !strings.Contains(out, "maxseg size set rt mtu") {
 					t.Fatalf("no MSS clamp rule in the server's table:\n%s", out)
 				}
 			}
@@ -156,7 +156,7 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 	if out := laptop.Run(t, "ip", "route", "get", "198.18.20.2"); !strings.Contains(out, "via 198.18.0.1") {
 		t.Fatalf("after exit the original route is not back: %s", out)
 	}
-	if out := laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, routing.FirewallTable) {
+	if out := laptop.Run(t, "nft", "list", "tables"); strings.Contains(out, "inet tlsvpn") {
 		t.Fatalf("kill switch table left after exit:\n%s", out)
 	}
 	if err := dial("198.18.0.1:80"); err == nil || !strings.Contains(err.Error(), "refused") {
@@ -268,6 +268,13 @@ func TestNetNSFullTunnelRoam(t *testing.T) {
 	if out := laptop.Run(t, "ip", "route", "get", "198.18.100.1"); !strings.Contains(out, "via 198.18.0.1") {
 		t.Fatalf("route to the server is not pinned via uplink A: %s", out)
 	}
+	// The pinned route names its instance: the bypass protocol, and the
+	// tunnel device's index as metric (what --cleanup goes by).
+	if l, err := laptop.Handle().LinkByName("tunnelc0"); err != nil {
+		t.Fatal(err)
+	} else if out := laptop.Run(t, "ip", "route", "show", "198.18.100.1/32", "proto", strconv.Itoa(routing.BypassProtocol)); !strings.Contains(out, "metric "+strconv.Itoa(l.Attrs().Index)) {
+		t.Errorf("route to the server = %q, want proto %d metric %d", out, routing.BypassProtocol, l.Attrs().Index)
+	}
 
 	// Roam: uplink A is gone, uplink B's gateway is the new default.
 	laptop.Run(t, "ip", "addr", "flush", "dev", upA)
@@ -283,7 +290,9 @@ func TestNetNSFullTunnelRoam(t *testing.T) {
 	if err := cli.stop(t); err != nil {
 		t.Fatalf("tunnelc exit: %v", err)
 	}
-	if out := laptop.Run(t, "ip", "route", "show", "proto", strconv.Itoa(routing.RouteProtocol)); strings.TrimSpace(out) != "" {
-		t.Fatalf("routes left after exit: %s", out)
+	for _, proto := range []int{routing.RouteProtocol, routing.BypassProtocol} {
+		if out := laptop.Run(t, "ip", "route", "show", "proto", strconv.Itoa(proto)); strings.TrimSpace(out) != "" {
+			t.Fatalf("routes left after exit: %s", out)
+		}
 	}
 }

@@ -161,7 +161,7 @@ rival:
 	if got, want := protoRoutes(t, gwA, "-6"), []string{"2001:db8:20::/64"}; !slices.Equal(got, want) {
 		t.Fatalf("server's IPv6 routes of ours = %v, want %v", got, want)
 	}
-	if out := gwB.Run(t, "nft", "list", "table", "inet", routing.FirewallTable); !strings.Contains(out, "maxseg size set rt mtu") {
+	if out := gwB.Run(t, "nft", "list", "table", "inet", routing.FirewallTable("tunnelc0")); !strings.Contains(out, "maxseg size set rt mtu") {
 		t.Errorf("no MSS clamp rule on gateway B:\n%s", out)
 	}
 	for _, dst := range []string{"198.18.20.2", "2001:db8:20::2"} {
@@ -288,7 +288,7 @@ rival:
 				t.Errorf("gateway B after tunnelc exit: %s = %s, want 0 (as before)", key, out)
 			}
 		}
-		if out := gwB.Run(t, "nft", "list", "tables"); strings.Contains(out, routing.FirewallTable) {
+		if out := gwB.Run(t, "nft", "list", "tables"); strings.Contains(out, "inet tlsvpn") {
 			t.Errorf("gateway B's table left after exit:\n%s", out)
 		}
 	})
