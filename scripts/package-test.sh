@@ -19,6 +19,13 @@ cd "$REPO_ROOT"
 if dpkg-query -W -f='${Status}\n' tlsvpn 2>/dev/null | grep -q ' installed$'; then
 	die "a tlsvpn package is already installed here; not replacing it (dpkg --purge tlsvpn first)"
 fi
+# The purge removes /var/lib/tlsvpn and /run/tlsvpn: never with another
+# tunneld's leases or sockets in them.
+for dir in /var/lib/tlsvpn /run/tlsvpn; do
+	if [[ -d "$dir" ]] && [[ -n "$(ls -A "$dir")" ]]; then
+		die "$dir is not empty (a tunneld not from the package keeps state there); the purge check would remove it"
+	fi
+done
 for name in passwd group; do
 	if getent "$name" tlsvpn >/dev/null; then
 		die "a $name entry tlsvpn exists without the package; the purge check would remove it"
