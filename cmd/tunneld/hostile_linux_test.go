@@ -1321,10 +1321,12 @@ func TestNetNSHostile(t *testing.T) {
 		d := h.refusalsSince(t, before)
 		// The attempts closed before the ServerHello were refused at
 		// accept, or (when the client side is slow to send its
-		// ClientHello, under the race detector say) closed at the hello
-		// deadline.
+		// ClientHello: under the race detector on two cores, a fifth of
+		// them) closed at the hello deadline. Every one of them is a
+		// counted handshake failure (checked above); a refusal at accept
+		// is always seen by its client as a close before the ServerHello.
 		atAccept := d["source_handshakes_in_progress"] + d["handshakes_in_progress"] + d["handshake_rate"]
-		if atAccept > float64(refusedAtOnce.Load()) || atAccept < float64(refusedAtOnce.Load())*9/10 {
+		if atAccept > float64(refusedAtOnce.Load()) {
 			t.Errorf("%d attempts were closed before the ServerHello, but the refusals at accept grew by %v (%v)", refusedAtOnce.Load(), atAccept, d)
 		}
 		lateHello := refusedAtOnce.Load() - int64(atAccept)
