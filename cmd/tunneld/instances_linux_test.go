@@ -132,12 +132,14 @@ func TestNetNSInstances(t *testing.T) {
 		args []string
 		want []string // in the error, each once
 	}{
-		{"overlapping subnet", []string{"--tun", "tvtC0", "--subnet", "100.64.10.128/25", "--listen", serverIPs[0] + ":4443"},
+		// Cases that are not about the state directory keep theirs out of
+		// /var/lib/tlsvpn (a start refused late has already claimed it).
+		{"overlapping subnet", []string{"--tun", "tvtC0", "--subnet", "100.64.10.128/25", "--listen", serverIPs[0] + ":4443", "--state-dir", t.TempDir()},
 			[]string{"--subnet 100.64.10.128/25: tunnel subnet 100.64.10.128/25 overlaps the address 100.64.10.1/24 on " + tunA}},
 		// Without a control socket, which would answer first (A's is live).
 		{"TUN name in use", []string{"--tun", tunA, "--subnet", "100.64.30.0/24", "--listen", serverIPs[0] + ":4443", "--control", ""},
 			[]string{"--tun " + tunA + ": interface " + tunA + " already exists (its TUN device is held by tunneld, pid " + pidA + ")"}},
-		{"listen address in use", []string{"--tun", "tvtC0", "--subnet", "100.64.30.0/24", "--listen", listenA},
+		{"listen address in use", []string{"--tun", "tvtC0", "--subnet", "100.64.30.0/24", "--listen", listenA, "--state-dir", t.TempDir()},
 			[]string{"--listen " + listenA + ": bind: address already in use"}},
 		{"state dir in use", []string{"--tun", "tvtC0", "--subnet", "100.64.30.0/24", "--listen", serverIPs[0] + ":4443", "--state-dir", stateB},
 			[]string{"--state-dir " + stateB + " is in use by tunneld --tun " + tunB + " (pid " + strconv.Itoa(srvB.cmd.Process.Pid) + ")"}},
