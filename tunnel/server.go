@@ -361,14 +361,20 @@ func probeRTT(ctx context.Context, sessions []*Session, maxAge time.Duration) {
 // which the client logs before it reconnects. It reports whether there
 // was a session. (To keep a client out, revoke its certificate.)
 func (s *Server) Kick(identity, reason string) bool {
+	return s.closeIdentity(identity, CloseKicked, reason, "closing session on request")
+}
+
+// closeIdentity closes the live session of identity, if any, with code
+// and reason, logging msg first. It reports whether there was a session.
+func (s *Server) closeIdentity(identity string, code uint16, reason, msg string) bool {
 	s.mu.Lock()
 	sess := s.sessions[identity]
 	s.mu.Unlock()
 	if sess == nil {
 		return false
 	}
-	s.log.Info("closing session on request", "peer", identity, "reason", reason)
-	sess.Close(CloseKicked, reason)
+	s.log.Info(msg, "peer", identity, "reason", reason)
+	sess.Close(code, reason)
 	return true
 }
 
@@ -816,15 +822,7 @@ func (s *Server) peersChanged() {
 // new configuration (after a --clients change). It reports whether there
 // was a session.
 func (s *Server) Reconfigure(identity, reason string) bool {
-	s.mu.Lock()
-	sess := s.sessions[identity]
-	s.mu.Unlock()
-	if sess == nil {
-		return false
-	}
-	s.log.Info("closing session to apply a new configuration", "peer", identity, "reason", reason)
-	sess.Close(CloseReconfigure, reason)
-	return true
+	return s.closeIdentity(identity, CloseReconfigure, reason, "closing session to apply a new configuration")
 }
 
 // Policies re-reads every live session's policy (after a --clients
