@@ -1,4 +1,4 @@
-package cli
+package service
 
 import (
 	"context"
@@ -30,7 +30,7 @@ func NotifyStatus(log *slog.Logger, status string) {
 // says it is over (READY=1), so that systemctl reload returns only once
 // the new configuration applies. Reload paths start with
 //
-//	defer cli.NotifyReloading(log)()
+//	defer service.NotifyReloading(log)()
 func NotifyReloading(log *slog.Logger) (done func()) {
 	notify(log, "RELOADING=1", strings.TrimSpace(daemon.SdNotifyMonotonicUsec()), "STATUS=reloading")
 	return func() { notify(log, "READY=1", "STATUS=reloaded") }

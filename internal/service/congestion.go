@@ -1,4 +1,4 @@
-package cli
+package service
 
 // DefaultCongestion is the outer TCP connection's default congestion
 // control. A tunnel's outer connection sees the path's random loss (Wi-Fi,
