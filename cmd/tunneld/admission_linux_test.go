@@ -519,7 +519,7 @@ func testDescriptors(t *testing.T, nofile int, noCap bool) {
 	limits := logLine(h.srv.log.String(), `msg="connection limits"`)
 	wantCap := 0
 	if !noCap {
-		wantCap = nofile - 64 // connectionLimit keeps max(64, nofile/16) in reserve
+		wantCap = nofile - 64 // server.connectionLimit keeps max(64, nofile/16) in reserve
 	}
 	if logAttr(limits, "descriptors") != strconv.Itoa(nofile) || logAttr(limits, "max_connections") != strconv.Itoa(wantCap) {
 		t.Fatalf("tunneld logged %q, want descriptors=%d max_connections=%d", limits, nofile, wantCap)

@@ -15,6 +15,7 @@ import (
 	"tlsvpn/certs"
 	"tlsvpn/cmd/internal/conffile"
 	"tlsvpn/routing"
+	"tlsvpn/server"
 )
 
 // runCheck prints "FILE: ok", or every problem of the settings one a line
@@ -81,7 +82,7 @@ func checkOptions(o options) []string {
 		if _, err := certs.ServerConfig(o.cert, o.key, o.ca); err != nil {
 			bad("cert", err)
 		} else if o.crl != "" {
-			if _, err := openCRL(o.ca, o.crl); err != nil {
+			if _, err := server.OpenCRL(o.ca, o.crl); err != nil {
 				bad("crl", err)
 			}
 		}
@@ -100,7 +101,7 @@ func checkOptions(o options) []string {
 		if err == nil {
 			var clients clientPolicies
 			if clients, err = o.loadPolicy(pool, pool6); err == nil {
-				_, err = pinAddresses(clients, pool, pool6)
+				_, err = clients.Pin(pool, pool6)
 			}
 			if err != nil {
 				problems = append(problems, err.Error())

@@ -26,33 +26,15 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"tlsvpn/routing"
+	"tlsvpn/server"
 	"tlsvpn/tunnel"
 )
 
 // clientEntry is one client's policy from the --clients file.
-type clientEntry struct {
-	Addr, Addr6 netip.Addr     // fixed tunnel addresses (invalid: from the pool)
-	Routes      []netip.Prefix // nil: not given (--route applies); empty: push none
-	Advertise   []netip.Prefix
-	Reach       *bool // reach_clients; nil: the --client-to-client default
-}
+type clientEntry = server.ClientPolicy
 
 // clientPolicies is a parsed --clients file, by certificate name.
-type clientPolicies map[string]clientEntry
-
-// policy returns the tunnel.Policy of identity, with reach as the default
-// for reach_clients.
-func (c clientPolicies) policy(identity string, reach bool) tunnel.Policy {
-	e, ok := c[identity]
-	if !ok {
-		return tunnel.Policy{ReachClients: reach}
-	}
-	p := tunnel.Policy{Routes: e.Routes, Advertise: e.Advertise, ReachClients: reach}
-	if e.Reach != nil {
-		p.ReachClients = *e.Reach
-	}
-	return p
-}
+type clientPolicies = server.Policies
 
 // clientKeys are the keys of a client's entry in the --clients file.
 var clientKeys = []string{"address", "routes", "advertise", "reach_clients"}

@@ -73,7 +73,7 @@ plain:
 		{"plain", true, tunnel.Policy{ReachClients: true}},
 		{"unlisted", false, tunnel.Policy{}},
 	} {
-		p := got.policy(tc.id, tc.reach)
+		p := got.Policy(tc.id, tc.reach)
 		if !p.Equal(tc.want) || (p.Routes == nil) != (tc.want.Routes == nil) {
 			t.Errorf("policy(%q, reach %v) = %+v, want %+v", tc.id, tc.reach, p, tc.want)
 		}

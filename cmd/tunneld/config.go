@@ -18,6 +18,7 @@ import (
 	"tlsvpn/cmd/internal/cli"
 	"tlsvpn/cmd/internal/conffile"
 	"tlsvpn/routing"
+	"tlsvpn/server"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
@@ -74,6 +75,70 @@ func (s *source) read() (options, error) {
 	o.values = map[string]string{}
 	s.fs.VisitAll(func(f *pflag.Flag) { o.values[f.Name] = f.Value.String() })
 	return o, nil
+}
+
+// config returns the server configuration of the settings in force, read
+// now, or every problem with them, each where it was set. It is the
+// server's Options.Source: a reload calls it.
+func (s *source) config() (server.Config, error) {
+	o, err := s.read()
+	if err != nil {
+		return server.Config{}, err
+	}
+	st, errs := parseSettings(o)
+	if err := locateAll(o.file, errs); err != nil {
+		return server.Config{}, err
+	}
+	return serverConfig(o, st), nil
+}
+
+// serverConfig is the server configuration of o, whose values parse
+// into st (parseSettings found no problem).
+func serverConfig(o options, st settings) server.Config {
+	c := server.Config{
+		Listen: o.listen, Cert: o.cert, Key: o.key, CA: o.ca, CRL: o.crl, CRLCheck: o.crlCheck,
+		Subnet: st.subnet, Subnet6: st.subnet6, Routes: st.routes, DNS: st.dns, NAT: o.nat, ClientToClient: o.clientToClient,
+		TUN: o.tunName, MTU: o.mtu, Keepalive: o.keepalive,
+		HandshakeTimeout: o.handshakeTimeout, HelloTimeout: o.helloTimeout, QueueLen: o.queueLen, MaxConnections: o.maxConnections,
+		MaxClients: o.maxClients, MaxSessionsPerClient: o.maxSessionsPerID, MaxHandshakes: o.maxHandshakes,
+		MaxHandshakesPerSource: o.maxHandshakesPerSrc, ReservedHandshakes: o.reservedHandshakes,
+		HandshakeQueue: o.handshakeQueue, HandshakeQueueWait: o.handshakeQueueWait,
+		HandshakeRate: o.handshakeRate, HandshakeBurst: o.handshakeBurst,
+		NoOffload: o.noOffload, StdlibTLSRecords: o.stdlibRecords, OwnAESGCM: o.ownAESGCM, Metrics: o.metrics,
+		Control: o.ctl.Socket(o.tunName), ControlGroup: o.ctl.Group,
+		ConfigFile: o.config, Settings: o.values,
+		Locate: func(flag string) string { return where(o, flag) },
+	}
+	c.NoControl = c.Control == ""
+	if o.congestionSet {
+		c.Congestion = o.congestion
+	}
+	if o.stateDirSet {
+		c.StateDir, c.MemoryLeases = o.stateDir, o.stateDir == ""
+	}
+	c.LogLevel.UnmarshalText([]byte(o.logLevel)) // checked by parseSettings
+	if o.hasPolicy() {
+		c.Policy, c.PolicySource = o.loadPolicy, o.policySource()
+	}
+	return c
+}
+
+// where names where flag was set: the config file's line or the command
+// line.
+func where(o options, flag string) string {
+	if w := o.file.Line(flag); w != "" {
+		return w + ": " + flag
+	}
+	return "--" + flag
+}
+
+// stateDirOf returns the state directory of the instance: --state-dir as
+// given if set (also ""), else the default of its --tun.
+func stateDirOf(o options) string {
+	if o.stateDirSet {
+		return o.stateDir
+	}
+	return server.DefaultStateDir(o.tunName)
 }
 
 // hasPolicy reports whether a clients policy is configured (a file or a

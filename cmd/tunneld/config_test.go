@@ -3,25 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"tlsvpn/certs"
 	"tlsvpn/cmd/internal/cli"
 	"tlsvpn/routing"
-	"tlsvpn/tun/tuntest"
 	"tlsvpn/tunnel"
-	"tlsvpn/tunnel/tunneltest"
 )
 
 // checkPKI makes a PKI with a server certificate and a CRL and returns
@@ -154,54 +148,6 @@ func TestCheckExample(t *testing.T) {
 	}
 }
 
-func TestPlanReload(t *testing.T) {
-	base := map[string]string{
-		"listen": "0.0.0.0:443", "tun": "tunneld0", "subnet": "100.64.0.0/24", "cert": "a.crt", "log-level": "info",
-		"max-clients": "1024", "handshake-rate": "2", "max-handshakes": "64", "keepalive": "15s", "queue-len": "64",
-		"route": "[198.18.10.0/24]", "dns": "[]", "crl": "", "crl-check": "5s", "clients": "", "client-to-client": "false",
-		"some-flag-added-later": "x",
-	}
-	with := func(kv ...string) map[string]string {
-		m := map[string]string{}
-		for k, v := range base {
-			m[k] = v
-		}
-		for i := 0; i < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
-	for _, tc := range []struct {
-		name          string
-		next          map[string]string
-		want          string
-		live, restart []string
-	}{
-		{"nothing", with(), "nothing changed", nil, nil},
-		{"a limit", with("max-clients", "2000", "handshake-rate", "5"), "set the connection limits", []string{"handshake-rate", "max-clients"}, nil},
-		{"log level", with("log-level", "debug"), "set the log level", []string{"log-level"}, nil},
-		{"new sessions' settings", with("keepalive", "5s", "queue-len", "128"), "set the settings of new connections", []string{"keepalive", "queue-len"}, nil},
-		{"pushed routes", with("route", "[198.18.10.0/24,198.18.11.0/24]"), "push new routes/DNS: reconnect the sessions they change", []string{"route"}, nil},
-		{"DNS", with("dns", "[100.64.0.1]"), "push new routes/DNS: reconnect the sessions they change", []string{"dns"}, nil},
-		{"CRL", with("crl", "/etc/tlsvpn/pki/crl.pem", "crl-check", "10s"), "switch the revocation list; set the CRL check interval", []string{"crl", "crl-check"}, nil},
-		{"policy", with("client-to-client", "true", "clients", "/etc/tlsvpn/clients.yaml"), "apply the clients policy defaults", []string{"client-to-client", "clients"}, nil},
-		{"restart only", with("listen", "0.0.0.0:8443", "subnet", "100.64.1.0/24", "cert", "b.crt", "max-handshakes", "128"),
-			"warn: restart needed for cert, listen, max-handshakes, subnet", nil, []string{"cert", "listen", "max-handshakes", "subnet"}},
-		{"a flag this table does not know needs a restart", with("some-flag-added-later", "y"), "warn: restart needed for some-flag-added-later", nil, []string{"some-flag-added-later"}},
-		{"both", with("tun", "vpn1", "max-clients", "5"), "set the connection limits; warn: restart needed for tun", []string{"max-clients"}, []string{"tun"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := planReload(base, tc.next)
-			if got := p.String(); got != tc.want {
-				t.Errorf("plan = %q, want %q", got, tc.want)
-			}
-			if !slices.Equal(p.live, tc.live) || !slices.Equal(p.restart, tc.restart) {
-				t.Errorf("live %v restart %v, want %v and %v", p.live, p.restart, tc.live, tc.restart)
-			}
-		})
-	}
-}
-
 // testFlagSet defines, on o, the flags the reload reads, as run does.
 func testFlagSet(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("tunneld", pflag.ContinueOnError)
@@ -227,148 +173,68 @@ func testFlagSet(o *options) *pflag.FlagSet {
 	return fs
 }
 
-// TestReload runs the reload against an in-process server (no TUN, no
-// root): a valid change applies per subsystem and warns about what needs
-// a restart; a file that fails to parse or validate changes nothing.
-func TestReload(t *testing.T) {
+// TestSourceConfig: what a reload re-reads (the server's Options.Source)
+// is the command line over the config file, as a server.Config; a file
+// that does not parse or validate is an error naming the file and line.
+func TestSourceConfig(t *testing.T) {
 	pki := checkPKI(t)
 	files := "cert: " + filepath.Join(pki, "vpn.example.com.crt") + "\nkey: " + filepath.Join(pki, "vpn.example.com.key") +
 		"\nca: " + filepath.Join(pki, "ca.crt") + "\n"
 	path := filepath.Join(t.TempDir(), "tunneld.yaml")
-	writeTestFile(t, path, files+"route: [198.18.10.0/24]\nmax-clients: 10\nkeepalive: 15s\nclients:\n  laptop:\n    address: 100.64.0.10\n")
-
 	var o options
 	fs := testFlagSet(&o)
-	if err := fs.Parse([]string{"--config", path, "--log-level", "info"}); err != nil {
+	fs.StringVar(&o.stateDir, "state-dir", "", "")
+	cli.AddControlFlags(fs, &o.ctl, "tunneld")
+	if err := fs.Parse([]string{"--config", path, "--log-level", "warn", "--control", ""}); err != nil {
 		t.Fatal(err)
 	}
 	src := newSource(fs, &o)
-	cur, err := src.read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, errs := parseSettings(cur)
-	if len(errs) > 0 {
-		t.Fatal(errs)
-	}
-	pool, err := routing.NewPool(st.subnet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clients, err := cur.loadPolicy(pool, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pinAddresses(clients, pool, nil)
-	var policies atomic.Pointer[policySet]
-	policies.Store(&policySet{clients: clients})
-	limits := tunnel.NewLimiter(limitConfig(cur))
-	var logBuf tunneltest.SyncBuffer
-	level := new(slog.LevelVar)
-	log := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: level}))
-	srv, err := tunnel.NewServer(tunnel.ServerConfig{
-		TLS: &tls.Config{}, Identity: certs.PeerIdentity, Dev: tuntest.NewChannelDevice("t0", 1500, 1, 1), Pool: pool,
-		Subnet: st.subnet, ServerAddr: pool.ServerAddr(), MTU: 1500, Routes: st.routes, Keepalive: cur.keepalive,
-		Limits: limits, Policy: func(id string) tunnel.Policy { return policies.Load().policy(id) }, Logger: log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := newReloader(&reloader{src: src, level: level, pool: pool, policies: &policies, srv: srv, limits: limits,
-		crl: new(crlHolder), forwarding: true, log: log}, cur)
 
-	// state renders what a reload may change.
-	state := func() string {
-		lv := srv.Live()
-		addr, _ := pool.Lookup("laptop")
-		return fmt.Sprintf("level=%v max-clients=%d routes=%v keepalive=%v laptop=%v routes=%v crl=%s", level.Level(),
-			limits.Config().MaxClients, lv.Routes, lv.Keepalive, addr, policies.Load().policy("laptop").Routes, crlPath(r.crl))
+	writeTestFile(t, path, files+"route: [198.18.10.0/24]\nmax-clients: 10\nkeepalive: 5s\ncrl: /etc/crl.pem\nclients:\n  laptop:\n    address: 100.64.0.10\n")
+	c, err := src.config()
+	if err != nil {
+		t.Fatal(err)
 	}
-	const start = "level=INFO max-clients=10 routes=[198.18.10.0/24] keepalive=15s laptop=100.64.0.10 routes=[] crl="
-	if got := state(); got != start {
-		t.Fatalf("at start: %s\nwant %s", got, start)
+	if c.MaxClients != 10 || c.Keepalive != 5*time.Second || len(c.Routes) != 1 || c.Routes[0] != netip.MustParsePrefix("198.18.10.0/24") ||
+		c.LogLevel != slog.LevelWarn || !c.NoControl || c.ConfigFile != path || c.Settings["max-clients"] != "10" || c.Settings["log-format"] != "text" {
+		t.Errorf("config = %+v", c)
+	}
+	if c.StateDir != "" || c.MemoryLeases {
+		t.Errorf("state dir %q, memory %v; want the default", c.StateDir, c.MemoryLeases)
+	}
+	if got, want := c.Locate("crl"), path+":7: crl"; got != want {
+		t.Errorf("Locate(crl) = %q, want %q", got, want)
+	}
+	if got, want := c.Locate("tun"), "--tun"; got != want {
+		t.Errorf("Locate(tun) = %q, want %q", got, want)
+	}
+	pool, err := routing.NewPool(c.Subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy == nil || c.PolicySource != path+":8" {
+		t.Fatalf("policy %v from %q, want the file's clients at line 8", c.Policy != nil, c.PolicySource)
+	}
+	if p, err := c.Policy(pool, nil); err != nil || p["laptop"].Addr != netip.MustParseAddr("100.64.0.10") {
+		t.Errorf("policy = %v, %v", p, err)
 	}
 
-	steps := []struct {
-		name, file string
-		wantErr    string // "" for a valid file
-		want       string // state after
-		wantLog    []string
-		wantReport []string // lines of what Reload returns ('tunneld reload' prints it)
-	}{
-		{
-			name: "a limit, the log level, pushed routes, a client's routes, the CRL, and the listen address",
-			file: files + "crl: " + filepath.Join(pki, "crl.pem") + "\nlisten: 0.0.0.0:8443\nlog-level: debug\nroute: [198.18.10.0/24, 198.18.11.0/24]\n" +
-				"max-clients: 20\nkeepalive: 5s\nclients:\n  laptop:\n    address: 100.64.0.11\n    routes: [198.18.12.0/24]\n",
-			// --log-level is on the command line: it wins over the file.
-			want: "level=INFO max-clients=20 routes=[198.18.10.0/24 198.18.11.0/24] keepalive=5s laptop=100.64.0.11 routes=[198.18.12.0/24] crl=" + filepath.Join(pki, "crl.pem"),
-			wantLog: []string{`msg="setting changed but needs a restart: keeping the running value until then" setting=listen running=0.0.0.0:443 configured=0.0.0.0:8443`,
-				`msg="revocation list switched"`, `msg="client policies reloaded"`, `msg="configuration reloaded"`},
-			wantReport: []string{"configuration reloaded from " + path, "applied: crl, keepalive, max-clients, route",
-				"needs a restart, running value kept: listen", "client policies reloaded from " + path + ":10",
-				"revocation list reloaded from " + filepath.Join(pki, "crl.pem")},
-		},
-		{
-			name:    "an unknown key changes nothing",
-			file:    files + "max-clients: 30\nmax-client: 40\n",
-			wantErr: path + `:5: unknown key "max-client" (did you mean "max-clients"?)`,
-			wantLog: []string{`msg="reload refused: keeping the previous configuration and client policies"`},
-		},
-		{
-			name:    "a bad value changes nothing",
-			file:    files + "max-clients: 30\nroute: [bogus]\n",
-			wantErr: path + `:5: route: "bogus": want a CIDR`,
-		},
-		{
-			name:    "a bad clients policy changes nothing",
-			file:    files + "max-clients: 30\nclients:\n  laptop:\n    address: 100.64.9.9\n",
-			wantErr: path + `:7: client "laptop": address 100.64.9.9 is not a client address`,
-		},
-		{
-			name:    "a CRL that does not load changes nothing",
-			file:    files + "max-clients: 30\ncrl: " + filepath.Join(pki, "missing.pem") + "\n",
-			wantErr: path + ":5: crl: ",
-		},
-		{
-			name: "keys removed from the file go back to their defaults",
-			file: files + "listen: 0.0.0.0:8443\n",
-			want: "level=INFO max-clients=1024 routes=[] keepalive=15s laptop=100.64.0.11 routes=[] crl=",
-			// The listen address still differs from the running one: warned again.
-			wantLog: []string{`setting=listen running=0.0.0.0:443 configured=0.0.0.0:8443`,
-				`msg="revocation list removed (--crl): revoked client certificates are no longer refused"`},
-		},
+	for _, tc := range []struct{ file, want string }{
+		{files + "max-clients: 30\nmax-client: 40\n", path + `:5: unknown key "max-client" (did you mean "max-clients"?)`},
+		{files + "max-clients: 30\nroute: [bogus]\n", path + `:5: route: "bogus": want a CIDR`},
+	} {
+		writeTestFile(t, path, tc.file)
+		if _, err := src.config(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config of %q = %v, want %q", tc.file, err, tc.want)
+		}
 	}
-	for _, step := range steps {
-		t.Run(step.name, func(t *testing.T) {
-			before := state()
-			logStart := len(logBuf.String())
-			writeTestFile(t, path, step.file)
-			report, err := r.Reload()
-			for _, w := range step.wantReport {
-				if !slices.Contains(strings.Split(report, "\n"), w) {
-					t.Errorf("Reload's report lacks the line %q:\n%s", w, report)
-				}
-			}
-			switch {
-			case step.wantErr == "" && err != nil:
-				t.Fatalf("Reload: %v", err)
-			case step.wantErr != "" && (err == nil || !strings.Contains(err.Error(), step.wantErr)):
-				t.Fatalf("Reload = %v, want an error containing %q", err, step.wantErr)
-			}
-			want := step.want
-			if step.wantErr != "" {
-				want = before
-			}
-			if got := state(); got != want {
-				t.Errorf("after the reload:\n got %s\nwant %s", got, want)
-			}
-			log := logBuf.String()[logStart:]
-			for _, w := range step.wantLog {
-				if !strings.Contains(log, w) {
-					t.Errorf("log lacks %q:\n%s", w, log)
-				}
-			}
-		})
+	writeTestFile(t, path, files+"clients:\n  laptop:\n    address: 100.64.9.9\n")
+	c, err = src.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Policy(pool, nil); err == nil || !strings.Contains(err.Error(), path+`:6: client "laptop": address 100.64.9.9 is not a client address`) {
+		t.Errorf("policy with a foreign address: %v", err)
 	}
 }
 
@@ -390,13 +256,6 @@ func TestServeConfigErrors(t *testing.T) {
 	if _, err := os.Stat(path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func crlPath(h *crlHolder) string {
-	if r := h.rev.Load(); r != nil {
-		return r.Path()
-	}
-	return ""
 }
 
 func writeTestFile(t *testing.T, path, content string) {

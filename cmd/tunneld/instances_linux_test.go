@@ -15,7 +15,11 @@ import (
 
 	"tlsvpn/routing"
 	"tlsvpn/routing/netnstest"
+	"tlsvpn/server"
 )
+
+// stateRoot holds the instances' default state directories.
+const stateRoot = server.StateRoot
 
 // TestNetNSInstances: two tunneld instances with NAT and client isolation
 // in one namespace, each with its own TUN, subnet, listen address, state

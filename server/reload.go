@@ -1,7 +1,8 @@
-package main
+package server
 
-// Reload: SIGHUP (and the control socket's reload) re-reads the config
-// file and the clients policy. A file that does not parse or validate
+// Reload: SIGHUP (and the control socket's reload) re-reads the
+// configuration (Options.Source: tunneld's config file and command line)
+// and the clients policy. A file that does not parse or validate
 // changes nothing; a valid one is applied per subsystem, touching only
 // what changed, and settings that need a restart are named in a warning.
 
@@ -22,7 +23,7 @@ import (
 	"time"
 
 	"tlsvpn/certs"
-	"tlsvpn/cmd/internal/cli"
+	"tlsvpn/internal/service"
 	"tlsvpn/routing"
 	"tlsvpn/tunnel"
 )
@@ -118,36 +119,6 @@ func (p reloadPlan) String() string {
 	return strings.Join(acts, "; ")
 }
 
-// policySet is the clients policy in force and the default of
-// reach_clients (--client-to-client).
-type policySet struct {
-	clients clientPolicies
-	reach   bool
-}
-
-func (p *policySet) policy(id string) tunnel.Policy { return p.clients.policy(id, p.reach) }
-
-// limitConfig is the Limiter configuration of o.
-func limitConfig(o options) tunnel.LimitConfig {
-	return tunnel.LimitConfig{
-		MaxClients:             o.maxClients,
-		MaxSessionsPerIdentity: o.maxSessionsPerID,
-		MaxHandshakes:          o.maxHandshakes,
-		MaxHandshakesPerSource: o.maxHandshakesPerSrc,
-		ReservedHandshakes:     o.reservedHandshakes,
-		MaxQueued:              o.handshakeQueue,
-		MaxQueueWait:           o.handshakeQueueWait,
-		HandshakeRate:          o.handshakeRate,
-		HandshakeBurst:         o.handshakeBurst,
-	}
-}
-
-// needsForwarding reports whether o has tunneld forward between the
-// tunnel and other networks (IP forwarding, the nftables table).
-func needsForwarding(o options, st settings) bool {
-	return len(st.routes) > 0 || o.nat || o.hasPolicy() || o.clientToClient
-}
-
 // crlHolder is the revocation checker in force (none without --crl). A
 // reload that changes --crl swaps it; handshakes and session checks
 // always read the current one.
@@ -155,8 +126,8 @@ type crlHolder struct {
 	rev atomic.Pointer[certs.Revocation]
 }
 
-// openCRL loads the CRL at path, which must be signed by the CA in caFile.
-func openCRL(caFile, path string) (*certs.Revocation, error) {
+// OpenCRL loads the CRL at path, which must be signed by the CA in caFile.
+func OpenCRL(caFile, path string) (*certs.Revocation, error) {
 	ca, err := certs.LoadCACert(caFile)
 	if err != nil {
 		return nil, err
@@ -197,8 +168,9 @@ func (h *crlHolder) checkPeer(cs tls.ConnectionState) error {
 
 // reloader applies new settings to a running tunneld.
 type reloader struct {
-	src         *source
-	level       *slog.LevelVar
+	src         func() (Config, error) // nil: nothing to reload from
+	level       *slog.LevelVar         // nil: the level is not the server's to set
+	ca          string                 // the CA in force (a new one needs a restart)
 	pool, pool6 *routing.Pool
 	policies    *atomic.Pointer[policySet]
 	srv         *tunnel.Server
@@ -209,14 +181,16 @@ type reloader struct {
 	crlEvery    atomic.Int64 // --crl-check in force, in nanoseconds
 
 	mu     sync.Mutex // one reload or check at a time; guards cur and crlBad
-	cur    options    // the settings in force; values holds the running value of restart-only ones
+	cur    Config     // the settings in force; Settings holds the running value of restart-only ones
 	crlBad bool       // the revocation list is unusable (reported once)
 }
 
-// newReloader returns the reloader of a tunneld running with o.
-func newReloader(r *reloader, o options) *reloader {
-	r.cur = o
-	r.crlEvery.Store(int64(o.crlCheck))
+// newReloader returns the reloader of a tunneld running with c.
+func newReloader(r *reloader, c Config) *reloader {
+	r.cur = c
+	r.cur.Settings = c.settings()
+	r.ca = c.CA
+	r.crlEvery.Store(int64(c.CRLCheck))
 	return r
 }
 
@@ -228,34 +202,35 @@ var errReloadRefused = errors.New("reload refused: the configuration in force is
 // it changes nothing and returns it (also logged). SIGHUP and 'tunneld
 // reload' call it.
 func (r *reloader) Reload() (string, error) {
-	defer cli.NotifyReloading(r.log)() // systemctl reload returns when this does
+	defer service.NotifyReloading(r.log)() // systemctl reload returns when this does
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	next, st, rev, clients, err := r.prepare()
+	next, rev, clients, err := r.prepare()
 	if err != nil {
 		r.log.Error("reload refused: keeping the previous configuration and client policies", "err", err)
 		r.checkCRLLocked(false)
 		return "", fmt.Errorf("%w: %w", errReloadRefused, err)
 	}
-	plan := planReload(r.cur.values, next.values)
+	nextValues := next.settings()
+	plan := planReload(r.cur.Settings, nextValues)
 	for _, name := range plan.restart {
 		r.log.Warn("setting changed but needs a restart: keeping the running value until then", "setting", name,
-			"running", r.cur.values[name], "configured", next.values[name])
+			"running", r.cur.Settings[name], "configured", nextValues[name])
 	}
-	if plan.subs[subLog] {
-		r.level.UnmarshalText([]byte(next.logLevel)) // checked by prepare
+	if plan.subs[subLog] && r.level != nil {
+		r.level.Set(next.LogLevel)
 	}
 	if plan.subs[subLimits] {
-		r.limits.SetConfig(limitConfig(next))
+		r.limits.SetConfig(next.limitConfig())
 		r.log.Info("connection limits changed", "limits", fmt.Sprintf("%+v", r.limits.Config()))
 	}
 	var reconnected []string
 	if plan.subs[subServer] || plan.subs[subPushed] {
-		maxConns, _ := connectionLimit(next.maxConnections)
-		reconnected = r.srv.SetLive(tunnel.Live{Routes: st.routes, DNS: st.dns, Keepalive: next.keepalive,
-			HandshakeTimeout: next.handshakeTimeout, HelloTimeout: next.helloTimeout, MaxConnections: maxConns, QueueLen: next.queueLen})
+		maxConns, _ := connectionLimit(next.MaxConnections)
+		reconnected = r.srv.SetLive(tunnel.Live{Routes: next.Routes, DNS: next.DNS, Keepalive: next.Keepalive,
+			HandshakeTimeout: next.HandshakeTimeout, HelloTimeout: next.HelloTimeout, MaxConnections: maxConns, QueueLen: next.QueueLen})
 	}
-	if !r.forwarding && needsForwarding(next, st) {
+	if !r.forwarding && next.needsForwarding() {
 		r.log.Warn("routes, a clients policy or client-to-client need IP forwarding and the firewall, which tunneld sets up only at start: restart to route for clients")
 	}
 	if plan.subs[subCRL] {
@@ -267,10 +242,10 @@ func (r *reloader) Reload() (string, error) {
 			r.log.Info("revocation list switched", "file", rev.Path())
 		}
 	}
-	r.crlEvery.Store(int64(next.crlCheck))
-	if next.hasPolicy() || r.cur.hasPolicy() || plan.subs[subPolicy] {
-		r.policies.Store(&policySet{clients: clients, reach: next.clientToClient})
-		moved, err := pinAddresses(clients, r.pool, r.pool6)
+	r.crlEvery.Store(int64(next.CRLCheck))
+	if next.Policy != nil || r.cur.Policy != nil || plan.subs[subPolicy] {
+		r.policies.Store(&policySet{clients: clients, reach: next.ClientToClient})
+		moved, err := clients.Pin(r.pool, r.pool6)
 		if err != nil {
 			r.log.Error("fixed addresses from the clients policy", "err", err)
 		}
@@ -280,19 +255,19 @@ func (r *reloader) Reload() (string, error) {
 		closed := r.srv.Policies()
 		reconnected = append(reconnected, moved...)
 		reconnected = append(reconnected, closed...)
-		r.log.Info("client policies reloaded", "file", next.policySource(), "clients", len(clients), "readdressed", len(moved), "reconfigured", len(closed))
+		r.log.Info("client policies reloaded", "file", next.PolicySource, "clients", len(clients), "readdressed", len(moved), "reconfigured", len(closed))
 	}
 	// What needs a restart keeps its running value, so that the next
 	// reload warns again until the restart.
-	values := maps.Clone(next.values)
+	values := maps.Clone(nextValues)
 	for _, name := range plan.restart {
-		values[name] = r.cur.values[name]
+		values[name] = r.cur.Settings[name]
 	}
 	r.cur = next
-	r.cur.values = values
+	r.cur.Settings = values
 	slices.Sort(reconnected)
 	reconnected = slices.Compact(reconnected)
-	r.log.Info("configuration reloaded", "file", next.config, "applied", strings.Join(plan.live, ","),
+	r.log.Info("configuration reloaded", "file", next.ConfigFile, "applied", strings.Join(plan.live, ","),
 		"needs_restart", strings.Join(plan.restart, ","), "sessions_reconnected", len(reconnected))
 	if plan.subs[subCRL] || r.crl.rev.Load() != nil {
 		r.checkCRLLocked(true)
@@ -301,11 +276,11 @@ func (r *reloader) Reload() (string, error) {
 }
 
 // reloadSummary says in words what a reload applied, for 'tunneld reload'.
-func reloadSummary(next options, plan reloadPlan, reconnected int, rev *certs.Revocation, crlBad bool) string {
+func reloadSummary(next Config, plan reloadPlan, reconnected int, rev *certs.Revocation, crlBad bool) string {
 	var b strings.Builder
 	from := "the command line"
-	if next.config != "" {
-		from = next.config
+	if next.ConfigFile != "" {
+		from = next.ConfigFile
 	}
 	fmt.Fprintf(&b, "configuration reloaded from %s", from)
 	if len(plan.live) > 0 {
@@ -316,8 +291,8 @@ func reloadSummary(next options, plan reloadPlan, reconnected int, rev *certs.Re
 	if len(plan.restart) > 0 {
 		fmt.Fprintf(&b, "\nneeds a restart, running value kept: %s", strings.Join(plan.restart, ", "))
 	}
-	if next.hasPolicy() {
-		fmt.Fprintf(&b, "\nclient policies reloaded from %s", next.policySource())
+	if next.Policy != nil {
+		fmt.Fprintf(&b, "\nclient policies reloaded from %s", next.PolicySource)
 	}
 	fmt.Fprintf(&b, "\n%d sessions reconnected for a changed configuration", reconnected)
 	if rev != nil {
@@ -331,38 +306,34 @@ func reloadSummary(next options, plan reloadPlan, reconnected int, rev *certs.Re
 }
 
 // prepare reads and validates the new settings without applying any:
-// the settings, the parsed values, the revocation checker if --crl
-// changed (nil if it was removed), and the clients policy.
-func (r *reloader) prepare() (next options, st settings, rev *certs.Revocation, clients clientPolicies, err error) {
-	if next, err = r.src.read(); err != nil {
+// the settings, the revocation checker if the CRL changed (nil if it was
+// removed), and the clients policy.
+func (r *reloader) prepare() (next Config, rev *certs.Revocation, clients Policies, err error) {
+	if r.src == nil {
+		err = errors.New("no configuration source to re-read")
 		return
 	}
-	var errs []error
-	st, errs = parseSettings(next)
-	if err = locateAll(next.file, errs); err != nil {
+	if next, err = r.src(); err != nil {
 		return
 	}
-	if _, err = certs.ServerConfig(next.cert, next.key, next.ca); err != nil {
+	next = next.withDefaults()
+	if err = next.validate(); err != nil {
 		return
 	}
-	if next.crl != r.cur.crl && next.crl != "" {
-		// Against the CA in force: a new --ca needs a restart.
-		if rev, err = openCRL(r.cur.values["ca"], next.crl); err != nil {
-			err = fmt.Errorf("%s: %w", where(next, "crl"), err)
+	if _, err = certs.ServerConfig(next.Cert, next.Key, next.CA); err != nil {
+		return
+	}
+	if next.CRL != r.cur.CRL && next.CRL != "" {
+		// Against the CA in force: a new CA needs a restart.
+		if rev, err = OpenCRL(r.ca, next.CRL); err != nil {
+			err = fmt.Errorf("%s: %w", next.where("crl"), err)
 			return
 		}
 	}
-	clients, err = next.loadPolicy(r.pool, r.pool6)
-	return
-}
-
-// where names where flag was set: the config file's line or the command
-// line.
-func where(o options, flag string) string {
-	if w := o.file.Line(flag); w != "" {
-		return w + ": " + flag
+	if next.Policy != nil {
+		clients, err = next.Policy(r.pool, r.pool6)
 	}
-	return "--" + flag
+	return
 }
 
 // checkCRLLocked reloads the revocation list (force: always, else if its

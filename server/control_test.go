@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"tlsvpn/cmd/internal/cli"
 	"tlsvpn/control"
 	"tlsvpn/tunnel"
 	"tlsvpn/tunnel/tunneltest"
@@ -63,7 +62,7 @@ func TestControlSource(t *testing.T) {
 	}
 
 	res, err = cs.handle(ctx, "reload", nil)
-	if err != nil || res.(cli.Message).Message != "client policies reloaded" || reloads != 1 {
+	if err != nil || res.(message).Message != "client policies reloaded" || reloads != 1 {
 		t.Errorf("reload = %v, %v (reloads %d)", res, err, reloads)
 	}
 	reloadErr = errors.New("keeping the previous client policies: yaml: line 2: bad")
@@ -75,7 +74,7 @@ func TestControlSource(t *testing.T) {
 		t.Errorf("kick nobody = %v", err)
 	}
 	res, err = cs.handle(ctx, "kick", []string{"laptop"})
-	if err != nil || !strings.Contains(res.(cli.Message).Message, "closed the session of laptop ("+c.Config.Addr.Addr().String()) {
+	if err != nil || !strings.Contains(res.(message).Message, "closed the session of laptop ("+c.Config.Addr.Addr().String()) {
 		t.Errorf("kick laptop = %v, %v", res, err)
 	}
 	for _, bad := range []struct {

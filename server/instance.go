@@ -1,4 +1,4 @@
-package main
+package server
 
 // What keeps two tunneld instances apart. An instance is named by its TUN
 // interface (--tun); it has its own nftables table (inet tlsvpn-TUN), its
@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -19,17 +18,11 @@ import (
 	"tlsvpn/routing"
 )
 
-const (
-	// stateRoot holds each instance's state directory; before instances
-	// had their own, it was the one state directory of every tunneld.
-	stateRoot = "/var/lib/tlsvpn"
-	// defaultTun is the instance --tun names by default: the one whose
-	// leases an older tunneld (which kept them in stateRoot) held.
-	defaultTun = "tunneld0"
-	// lockFile, in a state directory, is held (flock) by the instance
-	// that uses the directory, and names it.
-	lockFile = "lock"
-)
+// lockFile, in a state directory, is held (flock) by the instance that
+// uses the directory, and names it. The instance --tun names by default
+// (DefaultTUN) is the one whose leases an older tunneld (which kept them
+// in StateRoot) held.
+const lockFile = "lock"
 
 // leaseFiles are the files of a state directory that migrateLeases moves:
 // the leases of --subnet and --subnet6 and their journals.
@@ -48,38 +41,29 @@ func (in *instance) release() {
 	}
 }
 
-// stateDirOf returns the state directory of the instance: --state-dir as
-// given if set (also ""), else stateRoot/TUN.
-func stateDirOf(o options) string {
-	if o.stateDirSet {
-		return o.stateDir
-	}
-	return filepath.Join(stateRoot, o.tunName)
-}
-
 // claimInstance checks that this instance collides with no other and
 // takes its state directory, changing nothing on the host: the TUN name
 // must be free and the tunnel subnets must not overlap an address or
 // connected route of any interface (read only); then the state directory
 // is locked, so that a second instance configured with the same one is
-// refused. Leases an older tunneld kept in stateRoot move into the
-// default instance's directory. (serve binds the listen address before it
+// refused. Leases an older tunneld kept in StateRoot move into the
+// default instance's directory. (New binds the listen address before it
 // creates the TUN device, so that a taken one fails with the bind's own
 // error before anything else.) On error nothing is held.
-func claimInstance(o options, subnets []netip.Prefix, log *slog.Logger) (*instance, error) {
-	if err := routing.CheckFree(o.tunName, subnets); err != nil {
-		return nil, refusal(o, err)
+func claimInstance(c Config, log *slog.Logger) (*instance, error) {
+	if err := routing.CheckFree(c.TUN, c.tunnelSubnets()); err != nil {
+		return nil, refusal(c.TUN, err)
 	}
-	in := &instance{stateDir: stateDirOf(o)}
+	in := &instance{stateDir: c.stateDir()}
 	if in.stateDir == "" {
 		return in, nil
 	}
 	var err error
-	if in.lock, err = lockStateDir(in.stateDir, o.tunName); err != nil {
+	if in.lock, err = lockStateDir(in.stateDir, c.TUN); err != nil {
 		return nil, err
 	}
-	if !o.stateDirSet && o.tunName == defaultTun {
-		if err := migrateLeases(stateRoot, in.stateDir, log); err != nil {
+	if c.StateDir == "" && c.TUN == DefaultTUN {
+		if err := migrateLeases(StateRoot, in.stateDir, log); err != nil {
 			in.release()
 			return nil, err
 		}
@@ -89,13 +73,13 @@ func claimInstance(o options, subnets []netip.Prefix, log *slog.Logger) (*instan
 
 // refusal explains a conflict found by routing.CheckFree with the flag
 // that caused it.
-func refusal(o options, err error) error {
+func refusal(tun string, err error) error {
 	var c *routing.ConflictError
 	if !errors.As(err, &c) {
 		return err
 	}
 	if !c.Subnet.IsValid() {
-		return fmt.Errorf("--tun %s: %w: another instance (or another program) uses this name; give each instance its own --tun", o.tunName, c)
+		return fmt.Errorf("--tun %s: %w: another instance (or another program) uses this name; give each instance its own --tun", tun, c)
 	}
 	flag := "--subnet"
 	if c.Subnet.Addr().Is6() {
@@ -124,7 +108,7 @@ func lockStateDir(dir, tun string) (*os.File, error) {
 			if who == "" {
 				who = "another process"
 			}
-			return nil, fmt.Errorf("--state-dir %s is in use by %s; give each instance its own --state-dir (the default is %s/TUN)", dir, who, stateRoot)
+			return nil, fmt.Errorf("--state-dir %s is in use by %s; give each instance its own --state-dir (the default is %s/TUN)", dir, who, StateRoot)
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}

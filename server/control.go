@@ -1,0 +1,285 @@
+package server
+
+// The control socket's commands (status, clients, reload, kick), answered
+// from the running server's state. The commands that ask (tunneld status
+// ...) are in cmd/tunneld.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"tlsvpn/certs"
+	"tlsvpn/control"
+	"tlsvpn/tunnel"
+)
+
+// message is the reply of a command that only reports what it did
+// (reload, kick); 'tunneld reload' and 'kick' print it (cli.Message).
+type message struct {
+	Message string `json:"message"`
+}
+
+// controlSource answers the control socket's commands from the running
+// server's state.
+type controlSource struct {
+	srv      *tunnel.Server
+	stats    *tunnel.Stats
+	limits   *tunnel.Limiter
+	reload   interface{ Reload() (string, error) } // *reloader
+	crl      *crlHolder                            // the revocation list in force; nil inside without --crl
+	started  time.Time
+	listen   string
+	tun      string
+	subnets  []netip.Prefix
+	certFile string
+	certEnd  time.Time
+	rate     *rateMeter
+}
+
+// handle is the control.Handler of tunneld.
+func (c *controlSource) handle(ctx context.Context, cmd string, args []string) (any, error) {
+	want := func(n int) error {
+		if len(args) != n {
+			return fmt.Errorf("%s: want %d arguments, got %d", cmd, n, len(args))
+		}
+		return nil
+	}
+	switch cmd {
+	case "status":
+		if err := want(0); err != nil {
+			return nil, err
+		}
+		return c.status(time.Now()), nil
+	case "clients":
+		if err := want(0); err != nil {
+			return nil, err
+		}
+		return c.clients(ctx), nil
+	case "reload":
+		if err := want(0); err != nil {
+			return nil, err
+		}
+		msg, err := c.reload.Reload()
+		if err != nil {
+			return nil, err
+		}
+		return message{Message: msg}, nil
+	case "kick":
+		if err := want(1); err != nil {
+			return nil, err
+		}
+		return c.kick(args[0])
+	}
+	return nil, fmt.Errorf("unknown command %q (tunneld knows status, clients, reload, kick)", cmd)
+}
+
+// clients lists the sessions, with the RTT measured for those that had
+// no keepalive in the last minute (waiting at most a second).
+func (c *controlSource) clients(ctx context.Context) []control.Session {
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	c.srv.ProbeRTT(pctx, time.Minute)
+	cancel()
+	return sessionsOf(c.srv.SessionList())
+}
+
+func (c *controlSource) kick(id string) (any, error) {
+	var info *tunnel.SessionInfo
+	for _, s := range c.srv.SessionList() {
+		if s.Identity == id {
+			info = &s
+			break
+		}
+	}
+	if info == nil || !c.srv.Kick(id, "closed by the server's operator (tunneld kick)") {
+		return nil, fmt.Errorf("no session of client %q (see 'tunneld clients')", id)
+	}
+	return message{Message: fmt.Sprintf("closed the session of %s (%s from %s)", id, joinAddrs(info.Addrs), info.Remote)}, nil
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := ""
+	for i, a := range as {
+		if i > 0 {
+			s += ", "
+		}
+		s += a.String()
+	}
+	return s
+}
+
+// status collects the server's status; everything it reads is an atomic
+// counter or a short lock.
+func (c *controlSource) status(now time.Time) control.ServerStatus {
+	opened, resumed := c.stats.SessionsOpened.Load(), c.stats.SessionsResumed.Load()
+	ls := c.limits.Stats()
+	refusals := map[string]uint64{
+		"handshake_rate":                ls.RefusedRate.Load(),
+		"handshakes_in_progress":        ls.RefusedHandshakes.Load(),
+		"source_handshakes_in_progress": ls.RefusedSource.Load(),
+		"reserved_needs_resumption":     ls.RefusedResumption.Load(),
+		"connections":                   ls.RefusedConns.Load(),
+		"clients":                       ls.RefusedClients.Load(),
+		"sessions_per_client":           ls.RefusedSessions.Load(),
+		"failed_handshakes":             c.stats.HandshakeFailures.Load(),
+		"advertised_networks":           c.stats.AdvertiseRefused.Load(),
+	}
+	for k, v := range refusals {
+		if v == 0 {
+			delete(refusals, k)
+		}
+	}
+	s := control.ServerStatus{
+		Version:      controlVersion(),
+		Started:      c.started,
+		Uptime:       now.Sub(c.started).Seconds(),
+		Listen:       c.listen,
+		TUN:          c.tun,
+		Subnets:      c.subnets,
+		Sessions:     c.srv.Sessions(),
+		PeakSessions: c.srv.PeakSessions(),
+		Connections:  c.srv.Connections(),
+		BytesIn:      c.stats.RxBytes.Load(),
+		BytesOut:     c.stats.TxBytes.Load(),
+		Handshakes:   control.Handshakes{Full: opened - min(resumed, opened), Resumed: resumed, PerMinute: c.rate.perMinute(now, opened)},
+		Refusals:     refusals,
+		Certificate:  control.Expiry{File: c.certFile, Expires: c.certEnd},
+	}
+	if rev := c.crlInForce(); rev != nil {
+		e := control.Expiry{File: rev.Path()}
+		if crl, err := rev.Current(); err != nil {
+			e.Error = err.Error()
+		} else {
+			e.Expires = crl.List.NextUpdate
+		}
+		s.CRL = &e
+	}
+	return s
+}
+
+// sessionsOf converts the server's session list for the control socket.
+func sessionsOf(list []tunnel.SessionInfo) []control.Session {
+	out := make([]control.Session, len(list))
+	for i, s := range list {
+		out[i] = control.Session{
+			Identity:      s.Identity,
+			Addresses:     s.Addrs,
+			Networks:      s.Nets,
+			Underlay:      s.Remote,
+			Since:         s.Started,
+			LastHandshake: s.LastHandshake,
+			BytesIn:       s.RxBytes,
+			BytesOut:      s.TxBytes,
+			RTTMillis:     float64(s.RTT.Microseconds()) / 1000,
+		}
+	}
+	return out
+}
+
+// rateMeter keeps a minute of samples of a growing counter, so status
+// can say how fast it grew over the last minute.
+type rateMeter struct {
+	mu      sync.Mutex
+	samples []rateSample // oldest first, spanning at most a minute
+}
+
+type rateSample struct {
+	at time.Time
+	n  uint64
+}
+
+// newRateMeter starts with the counter at n.
+func newRateMeter(now time.Time, n uint64) *rateMeter {
+	return &rateMeter{samples: []rateSample{{now, n}}}
+}
+
+// add records the counter's value at now and forgets samples more than
+// a minute older.
+func (m *rateMeter) add(now time.Time, n uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.samples = append(m.samples, rateSample{now, n})
+	i := 0
+	for i < len(m.samples)-1 && now.Sub(m.samples[i+1].at) >= time.Minute {
+		i++
+	}
+	m.samples = m.samples[i:]
+}
+
+// perMinute is the growth from the oldest sample to n at now, per
+// minute.
+func (m *rateMeter) perMinute(now time.Time, n uint64) float64 {
+	m.mu.Lock()
+	first := m.samples[0]
+	m.mu.Unlock()
+	d := now.Sub(first.at)
+	if d < time.Second || n < first.n {
+		return 0
+	}
+	return float64(n-first.n) / d.Minutes()
+}
+
+// run samples counter every interval until ctx ends.
+func (m *rateMeter) run(ctx context.Context, every time.Duration, counter func() uint64) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			m.add(now, counter())
+		}
+	}
+}
+
+// controlVersion names the build for 'tunneld status': the module
+// version and the VCS revision Go recorded, if any.
+func controlVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 7 {
+			v += " (" + s.Value[:7] + ")"
+		}
+	}
+	return v
+}
+
+// listenControl opens the control socket at path; "" turns it off (nil,
+// which Close and serveControl accept).
+func listenControl(path, group string, log *slog.Logger) (*control.Server, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return control.Listen(path, control.Options{Group: group, Logger: log})
+}
+
+// serveControl serves the control socket's commands from cs until ctx
+// ends.
+func serveControl(ctx context.Context, ctl *control.Server, cs *controlSource, log *slog.Logger) {
+	if ctl == nil {
+		return
+	}
+	go func() {
+		if err := ctl.Serve(ctx, cs.handle); err != nil {
+			log.Error("control socket", "err", err)
+		}
+	}()
+	log.Info("control socket listening", "path", ctl.Path())
+}
+
+// crlInForce is the revocation list in force, nil without --crl.
+func (c *controlSource) crlInForce() *certs.Revocation {
+	if c.crl == nil {
+		return nil
+	}
+	return c.crl.rev.Load()
+}
