@@ -22,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"tlsvpn/certs"
+	"tlsvpn/client"
 	"tlsvpn/cmd/internal/cli"
 	"tlsvpn/cmd/internal/conffile"
 	"tlsvpn/tunnel"
@@ -115,7 +116,7 @@ func checkOptions(o options) []error {
 		bad("server", "required, e.g. vpn.example.com:443")
 	} else if h, port, err := net.SplitHostPort(o.server); err != nil {
 		bad("server", "%q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
-	} else if _, err := serverPort(port); err != nil {
+	} else if _, err := client.ServerPort(port); err != nil {
 		bad("server", "%q: %v", o.server, err)
 	} else {
 		host = h

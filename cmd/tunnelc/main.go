@@ -1,30 +1,27 @@
 // Command tunnelc is the tlsvpn client: it connects to tunneld over
 // mutually authenticated TLS 1.3, creates a TUN device with the address,
 // MTU and routes the server assigns, and carries packets until it is
-// stopped, then removes what it installed.
+// stopped, then removes what it installed. The agent is package
+// tlsvpn/client; this command reads the flags and the config file, sets
+// up logging and stops the agent on SIGINT or SIGTERM.
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"os/signal"
-	"slices"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"tlsvpn/certs"
+	"tlsvpn/client"
 	"tlsvpn/cmd/internal/cli"
-	"tlsvpn/routing"
-	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
 
@@ -214,328 +211,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return connect(ctx, o, log)
 }
 
+// connect runs the client agent that o describes until ctx ends.
 func connect(ctx context.Context, o options, log *slog.Logger) error {
-	if o.server == "" {
-		return cli.Usagef("--server is required, e.g. --server vpn.example.com:443")
+	cfg := client.Config{
+		Server: o.server, ServerName: o.serverName, Cert: o.cert, Key: o.key, CA: o.ca, TUN: o.tunName,
+		HandshakeTimeout: o.handshakeTimeout, QueueLen: o.queueLen, MaxAttempts: o.maxAttempts,
+		RotateBytes: o.rotateBytes, RotateAfter: o.rotateAfter, NoResumption: o.noResumption,
+		FullTunnel: o.fullTunnel, KillSwitch: o.killSwitch, Advertise: o.advertise,
+		NoOffload: o.noOffload, StdlibRecords: o.stdlibRecords, OwnAESGCM: o.ownAESGCM,
+		Metrics: o.metrics, Control: o.ctl.Socket(o.tunName), ControlGroup: o.ctl.Group,
 	}
-	host, portStr, err := net.SplitHostPort(o.server)
-	if err != nil {
-		return cli.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
+	if o.congestionSet {
+		// Given, even as "": an error if the kernel does not have it.
+		cfg.Congestion = cmp.Or(o.congestion, cli.SystemCongestion)
 	}
-	sd, err := newServerDialer(o.server, host, portStr, log)
-	if err != nil {
-		return cli.Usagef("--server %q: %v", o.server, err)
-	}
-	if o.killSwitch && !o.fullTunnel {
-		return cli.Usagef("--kill-switch needs --full-tunnel")
-	}
-	if o.serverName == "" {
-		o.serverName = host
-	}
-	congestion, note, err := cli.Congestion(o.congestion, o.congestionSet)
+	c, err := client.New(cfg, log)
 	if err != nil {
 		return err
 	}
-	if note != "" {
-		log.Warn(note)
-	}
-	var advertise []netip.Prefix
-	adv6 := false
-	for _, a := range o.advertise {
-		p, err := netip.ParsePrefix(a)
-		switch {
-		case err != nil || p.Addr().Is4In6():
-			return cli.Usagef("--advertise %q: want a CIDR such as 198.18.20.0/24", a)
-		case p.Masked() != p:
-			return cli.Usagef("--advertise %q has host bits set; did you mean %v?", a, p.Masked())
-		case p.Bits() == 0:
-			return cli.Usagef("--advertise %q: a default route cannot be advertised", a)
-		}
-		advertise = append(advertise, p)
-		adv6 = adv6 || p.Addr().Is6()
-	}
-	if len(advertise) > tunnel.MaxRoutes {
-		return cli.Usagef("at most %d --advertise flags", tunnel.MaxRoutes)
-	}
-	if o.cert == "" || o.key == "" || o.ca == "" {
-		return cli.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
-	}
-	tlsCfg, err := certs.ClientConfig(o.cert, o.key, o.ca, o.serverName)
-	if err != nil {
-		return err
-	}
-	cli.WarnKeyFile(log, o.key)
-	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
-		log.Warn("client certificate expires soon: ask for a new one", "file", o.cert, "days_left", int(left.Hours()/24))
-	}
-	stats := new(tunnel.Stats)
-	if o.metrics != "" {
-		if err := cli.ServeMetrics(ctx, o.metrics, "tunnelc", stats, nil, nil, log); err != nil {
-			return err
-		}
-	}
-	if err := checkPrivileges(); err != nil {
-		return err
-	}
-	// The control socket before anything is dialed or installed: a live
-	// one means this instance already runs.
-	ctl, err := listenControl(o.ctl.Socket(o.tunName), o.ctl.Group, log)
-	if err != nil {
-		return err
-	}
-	defer ctl.Close()
-	view, given := new(tunnelView), o.server
-
-	var (
-		mu  sync.Mutex // guards dev and mgr, set by setup
-		dev tun.Device
-		mgr routing.Manager
-	)
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if mgr != nil {
-			if err := mgr.Close(); err != nil {
-				log.Warn("removing addresses and routes", "err", err)
-			}
-		}
-		if dev != nil {
-			dev.Close()
-		}
-	}()
-	// The interface comes first, before anything else changes and before
-	// a handshake replaces a live session of this identity elsewhere.
-	if dev, err = openTUN(o.tunName, log); err != nil {
-		return err
-	}
-	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
-		return err
-	}
-	// Full tunnel and kill switch need the server's addresses.
-	var serverAddrs []netip.AddrPort
-	if o.fullTunnel {
-		if serverAddrs, err = sd.resolve(ctx); err != nil {
-			return err
-		}
-		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
-	}
-	if len(advertise) > 0 {
-		// A site gateway forwards between its LAN and the tunnel.
-		restore, err := routing.EnableForwarding(o.tunName, adv6, log)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if err := restore(); err != nil {
-				log.Warn("restoring forwarding settings", "err", err)
-			}
-		}()
-	}
-	if o.killSwitch || len(advertise) > 0 {
-		fw, err := routing.NewFirewall(routing.FirewallOptions{Instance: o.tunName, Logger: log})
-		if err != nil {
-			return err
-		}
-		if err := fw.Set(ctx, clientFirewall(o.tunName, o.killSwitch, len(advertise) > 0, serverAddrs)); err != nil {
-			fw.Close()
-			return err
-		}
-		defer fw.Close()
-		if o.killSwitch {
-			log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
-		}
-	}
-	var restoreDNS func() error
-	var bypass *routing.Bypass // guarded by mu
-	var appliedDNS string
-	defer func() {
-		if restoreDNS != nil {
-			if err := restoreDNS(); err != nil {
-				log.Warn("restoring DNS settings", "err", err)
-			}
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if bypass != nil {
-			if err := bypass.Close(); err != nil {
-				log.Warn("removing the route to the server", "err", err)
-			}
-		}
-	}()
-
-	// setup runs for every session, on the TUN device opened above: it
-	// converges the addresses, MTU and routes, which is a no-op when
-	// nothing changed (reconnects, rotations).
-	var applied string
-	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		rc, full := clientRouting(o.tunName, cfg, o.fullTunnel)
-		if full && bypass == nil {
-			// Keep the way to the server outside the tunnel before the
-			// tunnel takes everything else.
-			if len(serverAddrs) == 0 {
-				// The server pushed a default route: keep the address
-				// this session is connected to outside the tunnel.
-				serverAddrs = append(serverAddrs, sd.lastAddr())
-			}
-			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.tunName)
-			if err != nil {
-				return nil, err
-			}
-			bypass = b
-		}
-		if err := mgr.Set(ctx, rc); err != nil {
-			return nil, err
-		}
-		if d := fmt.Sprint(cfg.DNS); d != appliedDNS {
-			if restoreDNS != nil {
-				if err := restoreDNS(); err != nil {
-					log.Warn("restoring DNS settings", "err", err)
-				}
-				restoreDNS = nil
-			}
-			r, err := routing.SetDNS(ctx, o.tunName, cfg.DNS, log)
-			if err != nil {
-				return nil, err
-			}
-			restoreDNS, appliedDNS = r, d
-		}
-		view.set(rc, cfg.DNS)
-		if len(advertise) > 0 {
-			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
-				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
-			} else if applied == "" {
-				log.Info("the server routes the networks behind this host", "accepted", fmt.Sprint(cfg.Accepted))
-			}
-		}
-		if desc := fmt.Sprint(rc); desc != applied {
-			if applied != "" {
-				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
-			} else {
-				log.Info("tunnel up", "ifname", o.tunName, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", cli.CongestionName(congestion))
-				cli.NotifyReady(log, fmt.Sprintf("tunnel up: %v on %s", cfg.Addr, o.tunName))
-			}
-			applied = desc
-		}
-		return dev, nil
-	}
-
-	keepalive := 15 * time.Second
-	var local roamWatch
-	client, err := tunnel.NewClient(tunnel.ClientConfig{
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			mu.Lock()
-			b := bypass
-			mu.Unlock()
-			if b != nil {
-				// After roaming, the way to the server is another
-				// gateway or interface: move the pinned route first.
-				// With no such route, the dial would only loop into the
-				// tunnel itself: fail it and retry after the backoff.
-				if changed, err := b.Refresh(ctx); err != nil {
-					return nil, err
-				} else if changed {
-					log.Info("route to the server moved outside the tunnel", "server", o.server)
-				}
-			}
-			c, err := sd.Dial(ctx)
-			if err == nil {
-				cli.TuneTCP(c, 3*keepalive, congestion)
-				local.set(c.LocalAddr())
-			}
-			return c, err
-		},
-		MaxAttempts:      o.maxAttempts,
-		RotateBytes:      uint64(o.rotateBytes),
-		RotateAfter:      o.rotateAfter,
-		NoResumption:     o.noResumption,
-		TLS:              tlsCfg,
-		Hello:            tunnel.Hello{Software: "tunnelc", Advertise: advertise},
-		Setup:            setup,
-		HandshakeTimeout: o.handshakeTimeout,
-		QueueLen:         o.queueLen,
-		NoOffload:        o.noOffload,
-		StdlibRecords:    o.stdlibRecords,
-		OwnAESGCM:        cli.RecordLayer(log, o.stdlibRecords, o.ownAESGCM),
-		Logger:           log,
-		Stats:            stats,
-	})
-	if err != nil {
-		return err
-	}
-	cli.NotifyStopping(ctx, log)
-	go local.watch(ctx, client, log)
-	startControl(ctx, ctl, &clientSource{client: client, stats: stats, view: view, server: given,
-		tun: o.tunName, fullTunnel: o.fullTunnel, killSwitch: o.killSwitch}, log)
-	err = client.Run(ctx)
-	log.Info("disconnected", append([]any{"reason", errString(err)}, cli.StatsAttrs(stats)...)...)
-	return err
-}
-
-// fullTunnelRoutes returns the routes to install: the pushed ones, with a
-// default route (pushed, or asked for with --full-tunnel) replaced by two
-// halves that win over the system's default without removing it.
-func fullTunnelRoutes(pushed []netip.Prefix, force, have6 bool) ([]netip.Prefix, bool) {
-	var out []netip.Prefix
-	full4, full6 := force, force && have6
-	for _, r := range pushed {
-		switch {
-		case r.Bits() == 0 && r.Addr().Is4():
-			full4 = true
-		case r.Bits() == 0:
-			full6 = true
-		default:
-			out = append(out, r)
-		}
-	}
-	if full4 {
-		out = append(out, netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1"))
-	}
-	if full6 {
-		out = append(out, netip.MustParsePrefix("::/1"), netip.MustParsePrefix("8000::/1"))
-	}
-	return out, full4 || full6
-}
-
-func errString(err error) string {
-	if err == nil {
-		return "stopped"
-	}
-	return err.Error()
-}
-
-// clientRouting is the interface state for the configuration the server
-// pushed: its addresses, MTU and routes, the full tunnel's halves in place
-// of default routes. full reports a full tunnel (a route to the server
-// must then bypass it).
-func clientRouting(ifname string, cfg tunnel.Config, fullTunnel bool) (rc routing.Config, full bool) {
-	routes, full := fullTunnelRoutes(cfg.Routes, fullTunnel, cfg.Addr6.IsValid())
-	rc = routing.Config{Interface: ifname, MTU: cfg.MTU, Addresses: []netip.Prefix{cfg.Addr}, Routes: routes}
-	if cfg.Addr6.IsValid() {
-		rc.Addresses = append(rc.Addresses, cfg.Addr6)
-	}
-	return rc, full
-}
-
-// clientFirewall is the client's nftables state: the kill switch letting
-// only the server endpoints out, and MSS clamping for a site gateway that
-// forwards its LAN into the tunnel.
-func clientFirewall(ifname string, killSwitch, gateway bool, server []netip.AddrPort) routing.FirewallConfig {
-	fc := routing.FirewallConfig{TunnelIf: ifname, ClampMSS: gateway}
-	if killSwitch {
-		fc.KillSwitch, fc.ServerEndpoints = true, server
-	}
-	return fc
-}
-
-// notIn returns the prefixes of want that are not in got.
-func notIn(want, got []netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range want {
-		if !slices.Contains(got, p) {
-			out = append(out, p)
-		}
-	}
-	return out
+	defer c.Close()
+	return c.Run(ctx)
 }

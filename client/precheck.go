@@ -1,4 +1,4 @@
-package main
+package client
 
 import (
 	"errors"
@@ -7,14 +7,14 @@ import (
 	"os"
 	"syscall"
 
-	"tlsvpn/cmd/internal/cli"
+	"tlsvpn/internal/service"
 	"tlsvpn/tun"
 )
 
 // Before it dials, tunnelc makes sure it can do its job: a handshake
 // makes the server replace any live session of this identity (the user's
 // other tunnelc), so a start that would only then fail to create its
-// interface does harm first. Both checks fail with a *cli.CannotRunError.
+// interface does harm first. Both checks fail with a *service.CannotRunError.
 
 // initialMTU is the MTU the TUN device is created with, before the
 // server's assignment; setup converges it to the MTU the server pushes.
@@ -30,9 +30,9 @@ func checkPrivileges() error {
 	ok, err := haveNetAdmin()
 	switch {
 	case err != nil:
-		return cli.CannotRunf("%s (cannot read the process's capabilities: %v)", needNetAdmin, err)
+		return service.CannotRunf("%s (cannot read the process's capabilities: %v)", needNetAdmin, err)
 	case !ok:
-		return cli.CannotRunf("%s", needNetAdmin)
+		return service.CannotRunf("%s", needNetAdmin)
 	}
 	return nil
 }
@@ -47,11 +47,11 @@ func openTUN(name string, log *slog.Logger) (tun.Device, error) {
 	case err == nil:
 		return dev, nil
 	case errors.Is(err, syscall.EBUSY):
-		return nil, cli.CannotRunf("interface %s is in use by another process (a tunnelc or tunneld already running with --tun %s?): stop it, or pick another name with --tun", name, name)
+		return nil, service.CannotRunf("interface %s is in use by another process (a tunnelc or tunneld already running with --tun %s?): stop it, or pick another name with --tun", name, name)
 	case errors.Is(err, syscall.EINVAL) && exists(name):
-		return nil, cli.CannotRunf("interface %s already exists and is not a TUN device: pick another name with --tun", name)
+		return nil, service.CannotRunf("interface %s already exists and is not a TUN device: pick another name with --tun", name)
 	case errors.Is(err, os.ErrPermission):
-		return nil, cli.CannotRunf("%s (%v)", needNetAdmin, err)
+		return nil, service.CannotRunf("%s (%v)", needNetAdmin, err)
 	}
 	return nil, err
 }

@@ -1,4 +1,4 @@
-package main
+package client
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"tlsvpn/cmd/internal/cli"
+	"tlsvpn/internal/service"
 )
 
 // serverDialer opens the TCP connection to the server for each attempt.
@@ -47,7 +47,7 @@ const logEvery = 30 * time.Second
 const minDialShare = 2 * time.Second
 
 func newServerDialer(server, host, port string, log *slog.Logger) (*serverDialer, error) {
-	p, err := serverPort(port)
+	p, err := ServerPort(port)
 	if err != nil {
 		return nil, err
 	}
@@ -55,9 +55,9 @@ func newServerDialer(server, host, port string, log *slog.Logger) (*serverDialer
 		lookup: net.DefaultResolver.LookupNetIP, logged: map[string]time.Time{}}, nil
 }
 
-// serverPort parses the port of --server: a number, or a service name
-// from /etc/services (as net.Dial takes it).
-func serverPort(port string) (uint16, error) {
+// ServerPort parses the port of Config.Server (--server): a number, or a
+// service name from /etc/services (as net.Dial takes it).
+func ServerPort(port string) (uint16, error) {
 	p, err := net.LookupPort("tcp", port)
 	if err != nil || p == 0 {
 		return 0, fmt.Errorf("the port must be a number from 1 to 65535 or a service name such as https")
@@ -81,7 +81,7 @@ func (d *serverDialer) lastAddr() netip.AddrPort {
 }
 
 // resolve returns the server's addresses with the port, logging the
-// lookup of a name first. Its error names the host once (cli.ResolveError).
+// lookup of a name first. Its error names the host once (service.ResolveError).
 func (d *serverDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
 	if ip, err := netip.ParseAddr(d.host); err == nil {
 		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), d.port)}, nil
@@ -89,7 +89,7 @@ func (d *serverDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
 	d.logLimited("resolving the server's name", "host", d.host)
 	ips, err := d.lookup(ctx, "ip", d.host)
 	if err != nil || len(ips) == 0 {
-		return nil, cli.ResolveError(d.host, err)
+		return nil, service.ResolveError(d.host, err)
 	}
 	addrs := make([]netip.AddrPort, len(ips))
 	for i, ip := range ips {

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package main
+package client
 
 // haveNetAdmin does not check elsewhere: tun.Open says what it needs.
 func haveNetAdmin() (bool, error) { return true, nil }

@@ -1,0 +1,433 @@
+// Package client is the tlsvpn client agent that tunnelc runs: it checks
+// that it can do its job before it contacts the server, creates the TUN
+// device, connects to tunneld over mutually authenticated TLS 1.3 (and
+// reconnects, rotates sessions and follows roaming), installs the
+// address, MTU, routes and DNS servers the server pushes, keeps the full
+// tunnel's route to the server and the kill switch in place, serves
+// metrics and the control socket, and removes all of it when it stops.
+//
+// New validates a Config without touching the host; Run does the work
+// until its context ends or Close is called; Status reports what
+// 'tunnelc status' shows. Errors name the tunnelc flag of the Config
+// field at fault (--server, --advertise, ...): tunnelc prints them as
+// they are.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"tlsvpn/certs"
+	"tlsvpn/internal/service"
+	"tlsvpn/routing"
+	"tlsvpn/tun"
+	"tlsvpn/tunnel"
+)
+
+// DefaultTUN is the TUN interface name when Config.TUN is empty.
+const DefaultTUN = "tunnelc0"
+
+// Config is what a Client does. Each field has the meaning of the
+// tunnelc flag named beside it; the zero value of a field is the flag's
+// default, except Control (tunnelc passes its default socket path).
+type Config struct {
+	Server     string // --server HOST:PORT to connect to (required)
+	ServerName string // --server-name the server certificate must carry; "" is the host of Server
+	Cert       string // --cert: client certificate file, PEM (required)
+	Key        string // --key: client private key file, PEM (required)
+	CA         string // --ca: the CA certificate file the server's must chain to (required)
+	TUN        string // --tun: interface name; "" is DefaultTUN
+
+	HandshakeTimeout time.Duration // --handshake-timeout; 0 is 15s
+	QueueLen         int           // --queue-len; 0 is tunnel.DefaultQueueLen
+	MaxAttempts      int           // --max-attempts; 0 retries forever
+	RotateBytes      int64         // --rotate-bytes; 0: only the TLS record budget and RotateAfter
+	RotateAfter      time.Duration // --rotate-after; 0: no age limit
+	NoResumption     bool          // --no-resumption
+
+	FullTunnel bool     // --full-tunnel
+	KillSwitch bool     // --kill-switch (needs FullTunnel)
+	Advertise  []string // --advertise: CIDRs of networks behind this host, as given
+
+	NoOffload     bool // --no-offload
+	StdlibRecords bool // --stdlib-tls-records
+	OwnAESGCM     bool // --own-aes-gcm
+	// Congestion is --congestion when it was given: the outer TCP
+	// connection's congestion control, an error if the kernel does not
+	// have it. "" is the default, service.DefaultCongestion, with the system's
+	// default (and a warning) where the kernel does not have it.
+	Congestion string
+
+	Metrics      string // --metrics ADDR:PORT for Prometheus; "" is off
+	Control      string // the control socket's path (--control); "" is none
+	ControlGroup string // --control-group
+}
+
+// Client is the agent: one tunnel to one server. Build it with New, run
+// it with Run; Status and Close are safe to call from any goroutine.
+type Client struct {
+	cfg       Config
+	log       *slog.Logger
+	sd        *serverDialer
+	tls       *tls.Config
+	congest   string // the congestion control TuneTCP sets ("" keeps the system's)
+	advertise []netip.Prefix
+	stats     *tunnel.Stats
+	view      tunnelView
+
+	mu      sync.Mutex
+	tc      *tunnel.Client // set by Run
+	running bool
+	closed  bool
+	cancel  context.CancelFunc // ends Run
+	done    chan struct{}      // closed when Run returned
+}
+
+// New checks cfg and loads its certificates, in the order tunnelc
+// reports problems: the errors of a bad setting are *service.UsageError. It
+// changes nothing on the host and contacts no one.
+func New(cfg Config, log *slog.Logger) (*Client, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TUN == "" {
+		cfg.TUN = DefaultTUN
+	}
+	cfg.Advertise = slices.Clone(cfg.Advertise)
+	if cfg.Server == "" {
+		return nil, service.Usagef("--server is required, e.g. --server vpn.example.com:443")
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Server)
+	if err != nil {
+		return nil, service.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", cfg.Server)
+	}
+	sd, err := newServerDialer(cfg.Server, host, portStr, log)
+	if err != nil {
+		return nil, service.Usagef("--server %q: %v", cfg.Server, err)
+	}
+	if cfg.KillSwitch && !cfg.FullTunnel {
+		return nil, service.Usagef("--kill-switch needs --full-tunnel")
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	congestion, explicit := cfg.Congestion, cfg.Congestion != ""
+	if !explicit {
+		congestion = service.DefaultCongestion
+	}
+	congestion, note, err := service.Congestion(congestion, explicit)
+	if err != nil {
+		return nil, err
+	}
+	if note != "" {
+		log.Warn(note)
+	}
+	var advertise []netip.Prefix
+	for _, a := range cfg.Advertise {
+		p, err := netip.ParsePrefix(a)
+		switch {
+		case err != nil || p.Addr().Is4In6():
+			return nil, service.Usagef("--advertise %q: want a CIDR such as 198.18.20.0/24", a)
+		case p.Masked() != p:
+			return nil, service.Usagef("--advertise %q has host bits set; did you mean %v?", a, p.Masked())
+		case p.Bits() == 0:
+			return nil, service.Usagef("--advertise %q: a default route cannot be advertised", a)
+		}
+		advertise = append(advertise, p)
+	}
+	if len(advertise) > tunnel.MaxRoutes {
+		return nil, service.Usagef("at most %d --advertise flags", tunnel.MaxRoutes)
+	}
+	if cfg.Cert == "" || cfg.Key == "" || cfg.CA == "" {
+		return nil, service.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
+	}
+	tlsCfg, err := certs.ClientConfig(cfg.Cert, cfg.Key, cfg.CA, cfg.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	service.WarnKeyFile(log, cfg.Key)
+	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
+		log.Warn("client certificate expires soon: ask for a new one", "file", cfg.Cert, "days_left", int(left.Hours()/24))
+	}
+	return &Client{cfg: cfg, log: log, sd: sd, tls: tlsCfg, congest: congestion,
+		advertise: advertise, stats: new(tunnel.Stats)}, nil
+}
+
+// tunnelClient returns the tunnel.Client of Run, nil before.
+func (c *Client) tunnelClient() *tunnel.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tc
+}
+
+// errClosed is Run's error after Close.
+var errClosed = errors.New("client: closed")
+
+// Close stops Run, if it runs, and waits until it has removed what it
+// installed. Run cannot be called after Close. Close always returns nil.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	cancel, done := c.cancel, c.done
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	return nil
+}
+
+// Run checks that it can work here (root or CAP_NET_ADMIN, a free TUN
+// name, a free control socket) before it contacts the server, then sets
+// up the host and carries packets, reconnecting after failures, until ctx
+// ends, Close is called, or Config.MaxAttempts is used up. A start that
+// cannot work here fails with a *service.CannotRunError and changes nothing.
+// Before it returns, it removes everything it installed, closes the
+// control socket and waits for its watchers; the metrics endpoint closes
+// as it returns. Run may be called once.
+func (c *Client) Run(ctx context.Context) error {
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return errClosed
+	case c.running:
+		c.mu.Unlock()
+		return errors.New("client: Run called twice")
+	}
+	c.running = true
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	c.cancel, c.done = cancel, done
+	c.mu.Unlock()
+	defer close(done)
+	defer cancel()
+
+	o, log, sd, congestion, advertise, stats := c.cfg, c.log, c.sd, c.congest, c.advertise, c.stats
+	adv6 := slices.ContainsFunc(advertise, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	if o.Metrics != "" {
+		if err := service.ServeMetrics(ctx, o.Metrics, "tunnelc", stats, nil, nil, log); err != nil {
+			return err
+		}
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
+	// The control socket before anything is dialed or installed: a live
+	// one means this instance already runs.
+	ctl, err := listenControl(o.Control, o.ControlGroup, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+
+	var (
+		mu  sync.Mutex // guards dev and mgr, set by setup
+		dev tun.Device
+		mgr routing.Manager
+	)
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if mgr != nil {
+			if err := mgr.Close(); err != nil {
+				log.Warn("removing addresses and routes", "err", err)
+			}
+		}
+		if dev != nil {
+			dev.Close()
+		}
+	}()
+	// The interface comes first, before anything else changes and before
+	// a handshake replaces a live session of this identity elsewhere.
+	if dev, err = openTUN(o.TUN, log); err != nil {
+		return err
+	}
+	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
+		return err
+	}
+	// Full tunnel and kill switch need the server's addresses.
+	var serverAddrs []netip.AddrPort
+	if o.FullTunnel {
+		if serverAddrs, err = sd.resolve(ctx); err != nil {
+			return err
+		}
+		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
+	}
+	if len(advertise) > 0 {
+		// A site gateway forwards between its LAN and the tunnel.
+		restore, err := routing.EnableForwarding(o.TUN, adv6, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				log.Warn("restoring forwarding settings", "err", err)
+			}
+		}()
+	}
+	if o.KillSwitch || len(advertise) > 0 {
+		fw, err := routing.NewFirewall(routing.FirewallOptions{Instance: o.TUN, Logger: log})
+		if err != nil {
+			return err
+		}
+		if err := fw.Set(ctx, clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs)); err != nil {
+			fw.Close()
+			return err
+		}
+		defer fw.Close()
+		if o.KillSwitch {
+			log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
+		}
+	}
+	var restoreDNS func() error
+	var bypass *routing.Bypass // guarded by mu
+	var appliedDNS string
+	defer func() {
+		if restoreDNS != nil {
+			if err := restoreDNS(); err != nil {
+				log.Warn("restoring DNS settings", "err", err)
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if bypass != nil {
+			if err := bypass.Close(); err != nil {
+				log.Warn("removing the route to the server", "err", err)
+			}
+		}
+	}()
+
+	// setup runs for every session, on the TUN device opened above: it
+	// converges the addresses, MTU and routes, which is a no-op when
+	// nothing changed (reconnects, rotations).
+	var applied string
+	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		rc, full := clientRouting(o.TUN, cfg, o.FullTunnel)
+		if full && bypass == nil {
+			// Keep the way to the server outside the tunnel before the
+			// tunnel takes everything else.
+			if len(serverAddrs) == 0 {
+				// The server pushed a default route: keep the address
+				// this session is connected to outside the tunnel.
+				serverAddrs = append(serverAddrs, sd.lastAddr())
+			}
+			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.TUN)
+			if err != nil {
+				return nil, err
+			}
+			bypass = b
+		}
+		if err := mgr.Set(ctx, rc); err != nil {
+			return nil, err
+		}
+		if d := fmt.Sprint(cfg.DNS); d != appliedDNS {
+			if restoreDNS != nil {
+				if err := restoreDNS(); err != nil {
+					log.Warn("restoring DNS settings", "err", err)
+				}
+				restoreDNS = nil
+			}
+			r, err := routing.SetDNS(ctx, o.TUN, cfg.DNS, log)
+			if err != nil {
+				return nil, err
+			}
+			restoreDNS, appliedDNS = r, d
+		}
+		c.view.set(rc, cfg.DNS)
+		if len(advertise) > 0 {
+			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
+				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
+			} else if applied == "" {
+				log.Info("the server routes the networks behind this host", "accepted", fmt.Sprint(cfg.Accepted))
+			}
+		}
+		if desc := fmt.Sprint(rc); desc != applied {
+			if applied != "" {
+				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+			} else {
+				log.Info("tunnel up", "ifname", o.TUN, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", service.CongestionName(congestion))
+				service.NotifyReady(log, fmt.Sprintf("tunnel up: %v on %s", cfg.Addr, o.TUN))
+			}
+			applied = desc
+		}
+		return dev, nil
+	}
+
+	keepalive := 15 * time.Second
+	var local roamWatch
+	client, err := tunnel.NewClient(tunnel.ClientConfig{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			mu.Lock()
+			b := bypass
+			mu.Unlock()
+			if b != nil {
+				// After roaming, the way to the server is another
+				// gateway or interface: move the pinned route first.
+				// With no such route, the dial would only loop into the
+				// tunnel itself: fail it and retry after the backoff.
+				if changed, err := b.Refresh(ctx); err != nil {
+					return nil, err
+				} else if changed {
+					log.Info("route to the server moved outside the tunnel", "server", o.Server)
+				}
+			}
+			conn, err := sd.Dial(ctx)
+			if err == nil {
+				service.TuneTCP(conn, 3*keepalive, congestion)
+				local.set(conn.LocalAddr())
+			}
+			return conn, err
+		},
+		MaxAttempts:      o.MaxAttempts,
+		RotateBytes:      uint64(o.RotateBytes),
+		RotateAfter:      o.RotateAfter,
+		NoResumption:     o.NoResumption,
+		TLS:              c.tls,
+		Hello:            tunnel.Hello{Software: "tunnelc", Advertise: advertise},
+		Setup:            setup,
+		HandshakeTimeout: o.HandshakeTimeout,
+		QueueLen:         o.QueueLen,
+		NoOffload:        o.NoOffload,
+		StdlibRecords:    o.StdlibRecords,
+		OwnAESGCM:        service.RecordLayer(log, o.StdlibRecords, o.OwnAESGCM),
+		Logger:           log,
+		Stats:            stats,
+	})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.tc = client
+	c.mu.Unlock()
+	service.NotifyStopping(ctx, log)
+	// The watchers end with ctx; wait for them before removing what they
+	// look at.
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	wg.Go(func() { local.watch(ctx, client, log) })
+	startControl(ctx, ctl, c.handle, &wg, log)
+	err = client.Run(ctx)
+	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)
+	return err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "stopped"
+	}
+	return err.Error()
+}

@@ -1,0 +1,106 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"tlsvpn/control"
+	"tlsvpn/routing"
+	"tlsvpn/tunnel"
+)
+
+// tunnelView is what the client installed on the host for the current
+// session, as status reports it.
+type tunnelView struct {
+	mu     sync.Mutex
+	addrs  []netip.Prefix
+	routes []netip.Prefix
+	dns    []netip.Addr
+}
+
+// set records the interface state and DNS servers in place.
+func (v *tunnelView) set(rc routing.Config, dns []netip.Addr) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.addrs, v.routes, v.dns = slices.Clone(rc.Addresses), slices.Clone(rc.Routes), slices.Clone(dns)
+}
+
+// handle is the control.Handler of the client's control socket.
+func (c *Client) handle(ctx context.Context, cmd string, args []string) (any, error) {
+	if cmd != "status" {
+		return nil, fmt.Errorf("unknown command %q (tunnelc knows status)", cmd)
+	}
+	if len(args) != 0 {
+		return nil, fmt.Errorf("status: want no arguments, got %d", len(args))
+	}
+	// The keepalive measures the RTT every interval; right after a
+	// (re)connect there is none yet: ask for one, briefly.
+	if tc := c.tunnelClient(); tc != nil {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		tc.ProbeRTT(pctx, time.Minute)
+		cancel()
+	}
+	return c.Status(), nil
+}
+
+// Status reports what the client is doing, as 'tunnelc status' shows it:
+// the server, the connection state, what is installed on the host,
+// traffic, handshake age, RTT and reconnects. Before Run it reports
+// connecting with nothing installed. It is safe to call at any time.
+func (c *Client) Status() control.ClientStatus {
+	st := tunnel.ClientStatus{State: tunnel.StateConnecting}
+	if tc := c.tunnelClient(); tc != nil {
+		st = tc.Status()
+	}
+	c.view.mu.Lock()
+	out := control.ClientStatus{
+		Server:        c.cfg.Server,
+		ServerAddr:    st.Server,
+		State:         st.State,
+		TUN:           c.cfg.TUN,
+		Addresses:     c.view.addrs,
+		Routes:        c.view.routes,
+		DNS:           c.view.dns,
+		FullTunnel:    c.cfg.FullTunnel,
+		KillSwitch:    c.cfg.KillSwitch,
+		Since:         st.Since,
+		LastHandshake: st.LastHandshake,
+		RTTMillis:     float64(st.RTT.Microseconds()) / 1000,
+		BytesIn:       c.stats.RxBytes.Load(),
+		BytesOut:      c.stats.TxBytes.Load(),
+		Reconnects:    st.Reconnects,
+		Rotations:     st.Rotations,
+		RetryAt:       st.RetryAt,
+		LastError:     st.LastError,
+	}
+	c.view.mu.Unlock()
+	return out
+}
+
+// listenControl opens the control socket at path; "" turns it off (nil,
+// which Close and startControl accept).
+func listenControl(path, group string, log *slog.Logger) (*control.Server, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return control.Listen(path, control.Options{Group: group, Logger: log})
+}
+
+// startControl serves the control socket's commands with h until ctx
+// ends; wg counts the serving goroutine.
+func startControl(ctx context.Context, ctl *control.Server, h control.Handler, wg *sync.WaitGroup, log *slog.Logger) {
+	if ctl == nil {
+		return
+	}
+	wg.Go(func() {
+		if err := ctl.Serve(ctx, h); err != nil {
+			log.Error("control socket", "err", err)
+		}
+	})
+	log.Info("control socket listening", "path", ctl.Path())
+}
