@@ -615,6 +615,13 @@ func (c *RecordConn) sendLocked() error {
 // second for a write in progress (a stuck peer cannot hold it); when that
 // write fails, no alert follows it.
 func (c *RecordConn) Close() error {
+	c.sendCloseAlert()
+	return c.Conn.Close()
+}
+
+// sendCloseAlert is Close without closing the connection: it sends the
+// alert once and refuses every later write.
+func (c *RecordConn) sendCloseAlert() {
 	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.wmu.Lock()
 	if c.werr == nil {
@@ -628,7 +635,6 @@ func (c *RecordConn) Close() error {
 	}
 	c.werr = errRecordClosed
 	c.wmu.Unlock()
-	return c.Conn.Close()
 }
 
 // freeBuffers gives the receive and send buffers back to their pools;

@@ -360,7 +360,16 @@ func (s *Session) Run(ctx context.Context) error {
 		}
 		t.Stop()
 	}
-	s.conn.Close()
+	var pe *ProtocolError
+	if errors.As(cause, &pe) && stopped(readerDone) {
+		// The reader stopped at the peer's error with more of its bytes
+		// possibly unread: closing now would send a reset, which can
+		// destroy our CLOSE in the peer's receive queue before it reads
+		// it. Half-close and discard what still comes, briefly.
+		closeDraining(s.conn, time.Second)
+	} else {
+		s.conn.Close()
+	}
 	wg.Wait()
 	for len(s.queue) > 0 {
 		putChunk(<-s.queue)
@@ -468,6 +477,41 @@ func (s *Session) records() uint64 {
 
 // Done is closed when Run has returned.
 func (s *Session) Done() <-chan struct{} { return s.done }
+
+// stopped reports whether done is closed.
+func stopped(done chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeDraining closes conn after telling the TLS peer and the TCP peer
+// that no more data follows (close_notify, then FIN) and reading and
+// discarding what the peer still sends, for at most d and 4 MiB, so that
+// the close does not turn into a TCP reset while the peer's data is
+// unread. Only the caller may be reading conn.
+func closeDraining(conn net.Conn, d time.Duration) {
+	raw := conn
+	switch c := conn.(type) {
+	case *RecordConn:
+		c.sendCloseAlert()
+		raw = c.Conn
+	case *tls.Conn:
+		c.CloseWrite() // close_notify
+		raw = c.NetConn()
+	}
+	if bc, ok := raw.(*BatchConn); ok {
+		raw = bc.Conn
+	}
+	if cw, ok := raw.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		raw.SetReadDeadline(time.Now().Add(d))
+		io.CopyN(io.Discard, raw, 4<<20)
+	}
+	conn.Close()
+}
 
 // lingerTimeout bounds how long a session that sent Close keeps reading
 // for the peer's remaining packets and its Close.
