@@ -190,6 +190,16 @@ func (r *Revocation) Current() (*CRL, error) {
 	return st.crl, nil
 }
 
+// NextUpdate returns when the CRL being enforced expires (its NextUpdate), or, as
+// [Revocation.Current], why none is being enforced.
+func (r *Revocation) NextUpdate() (time.Time, error) {
+	crl, err := r.Current()
+	if err != nil {
+		return time.Time{}, err
+	}
+	return crl.List.NextUpdate, nil
+}
+
 // IsRevoked reports whether a certificate with serial must be refused because of revocation:
 // it is listed in the current CRL, or there is no valid current CRL (fail closed). Use
 // [Revocation.Check] to learn why.

@@ -294,6 +294,13 @@ func TestRevocationCheck(t *testing.T) {
 	if !s.rev.IsRevoked(good.Leaf.SerialNumber) {
 		t.Errorf("IsRevoked(revoked) = false after the reload")
 	}
+	crl, err := s.rev.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next, err := s.rev.NextUpdate(); err != nil || !next.Equal(crl.List.NextUpdate) {
+		t.Errorf("NextUpdate = %v, %v; want %v", next, err, crl.List.NextUpdate)
+	}
 	// Fail closed: with no valid CRL, every serial counts as revoked.
 	s.clock.Add(365 * 24 * time.Hour)
 	if !s.rev.IsRevoked(big.NewInt(12345)) {
@@ -301,6 +308,9 @@ func TestRevocationCheck(t *testing.T) {
 	}
 	if _, err := s.rev.Current(); err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Errorf("Current with an expired CRL = %v, want the expiry error", err)
+	}
+	if _, err := s.rev.NextUpdate(); err == nil || !strings.Contains(err.Error(), "expired at") {
+		t.Errorf("NextUpdate with an expired CRL = %v, want the expiry error", err)
 	}
 }
 
