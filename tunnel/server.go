@@ -105,6 +105,15 @@ type ServerConfig struct {
 	PeersChanged func([]Peer)
 	Logger       *slog.Logger
 	Stats        *Stats
+
+	// Claimed and Released, if set, are told when an identity's session
+	// becomes this server's registered session while it had none, and
+	// when its registered session ends with no newer one in its place (a
+	// session replaced by a reconnect is neither released nor claimed
+	// again). They run while the server's lock is held, in the order the
+	// changes happen, so they must not block nor call back into the
+	// Server: they are for recording (a session directory).
+	Claimed, Released func(identity string)
 }
 
 // Policy is the server's configuration for one client identity.
@@ -256,6 +265,16 @@ func (s *Server) admitHello(t *tls.Config) *tls.Config {
 
 // extensionPreSharedKey is the TLS extension a resuming ClientHello carries.
 const extensionPreSharedKey = 41
+
+// SetSessionTicketKeys sets the keys that seal and open TLS session
+// tickets (see tls.Config.SetSessionTicketKeys): the first seals new
+// tickets, each opens them. Handshakes in progress are not disturbed;
+// it may be called at any time, e.g. after a rotation. Until it is
+// first called, crypto/tls uses keys of its own. (ServerConfig.TLS must
+// not have keys set: a clone would keep them and hide these.)
+func (s *Server) SetSessionTicketKeys(keys [][32]byte) {
+	s.tls.SetSessionTicketKeys(keys)
+}
 
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return s.stats }
@@ -603,6 +622,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	sess.addrs, sess.nets, sess.policy = addrs, nets, pol
 	old := s.sessions[id]
 	s.sessions[id] = sess
+	if old == nil && s.cfg.Claimed != nil {
+		s.cfg.Claimed(id)
+	}
 	if n := int64(len(s.sessions)); n > s.peak.Load() {
 		s.peak.Store(n)
 	}
@@ -709,6 +731,9 @@ func (s *Server) unregister(id string, sess *Session) {
 	s.mu.Lock()
 	if s.sessions[id] == sess {
 		delete(s.sessions, id)
+		if s.cfg.Released != nil {
+			s.cfg.Released(id)
+		}
 	}
 	changed := false
 	if s.special[id] == sess {

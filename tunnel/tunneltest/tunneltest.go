@@ -111,6 +111,8 @@ type ServerOptions struct {
 	// Logger, if set, is the server's logger instead of the default
 	// (stderr with TUNNELTEST_LOG set, else nothing).
 	Logger *slog.Logger
+	// Claimed and Released are passed to the server (session directory).
+	Claimed, Released func(identity string)
 }
 
 // StartServer starts a server; it stops in t.Cleanup.
@@ -151,6 +153,8 @@ func StartServer(t testing.TB, opts ServerOptions) *Server {
 		Limits:        opts.Limits,
 		HelloTimeout:  opts.HelloTimeout,
 		Logger:        logger,
+		Claimed:       opts.Claimed,
+		Released:      opts.Released,
 	})
 	if err != nil {
 		t.Fatal(err)
