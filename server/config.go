@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"tlsvpn/control"
-	"tlsvpn/routing"
+	"tlsvpn/state"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
@@ -49,7 +49,7 @@ type Config struct {
 	// Policy reads the clients policy against the address pools (pool6
 	// nil without Subnet6); it is called at start and on every reload.
 	// nil: no policy.
-	Policy func(pool, pool6 *routing.Pool) (Policies, error)
+	Policy func(pool, pool6 state.Leases) (Policies, error)
 	// PolicySource names the policy for logs (a file, or file:line).
 	PolicySource string `flag:"clients"`
 

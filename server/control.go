@@ -13,8 +13,8 @@ import (
 	"sync"
 	"time"
 
-	"tlsvpn/certs"
 	"tlsvpn/control"
+	"tlsvpn/state"
 	"tlsvpn/tunnel"
 )
 
@@ -151,10 +151,10 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 	}
 	if rev := c.crlInForce(); rev != nil {
 		e := control.Expiry{File: rev.Path()}
-		if crl, err := rev.Current(); err != nil {
+		if next, err := rev.NextUpdate(); err != nil {
 			e.Error = err.Error()
 		} else {
-			e.Expires = crl.List.NextUpdate
+			e.Expires = next
 		}
 		s.CRL = &e
 	}
@@ -277,9 +277,9 @@ func serveControl(ctx context.Context, ctl *control.Server, cs *controlSource, l
 }
 
 // crlInForce is the revocation list in force, nil without --crl.
-func (c *controlSource) crlInForce() *certs.Revocation {
+func (c *controlSource) crlInForce() state.Revocation {
 	if c.crl == nil {
 		return nil
 	}
-	return c.crl.rev.Load()
+	return c.crl.load()
 }

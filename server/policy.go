@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"tlsvpn/routing"
+	"tlsvpn/state"
 	"tlsvpn/tunnel"
 )
 
@@ -39,12 +39,12 @@ func (c Policies) Policy(identity string, reach bool) tunnel.Policy {
 // client that held it dynamically; it returns the identities whose
 // address changed (their live sessions must reconnect). pool6 is nil
 // without an IPv6 pool.
-func (c Policies) Pin(pool, pool6 *routing.Pool) ([]string, error) {
+func (c Policies) Pin(pool, pool6 state.Leases) ([]string, error) {
 	var moved []string
 	for _, id := range slices.Sorted(maps.Keys(c)) {
 		e := c[id]
 		for _, pin := range []struct {
-			p *routing.Pool
+			p state.Leases
 			a netip.Addr
 		}{{pool, e.Addr}, {pool6, e.Addr6}} {
 			if !pin.a.IsValid() || pin.p == nil {

@@ -24,7 +24,7 @@ import (
 
 	"tlsvpn/certs"
 	"tlsvpn/internal/service"
-	"tlsvpn/routing"
+	"tlsvpn/state"
 	"tlsvpn/tunnel"
 )
 
@@ -123,16 +123,33 @@ func (p reloadPlan) String() string {
 // reload that changes --crl swaps it; handshakes and session checks
 // always read the current one.
 type crlHolder struct {
-	rev atomic.Pointer[certs.Revocation]
+	rev atomic.Pointer[revocation] // nil: none
 }
 
-// OpenCRL loads the CRL at path, which must be signed by the CA in caFile.
-func OpenCRL(caFile, path string) (*certs.Revocation, error) {
-	ca, err := certs.LoadCACert(caFile)
-	if err != nil {
-		return nil, err
+// revocation boxes a state.Revocation for an atomic.Pointer.
+type revocation struct{ state.Revocation }
+
+// load returns the revocation checker in force, nil if none.
+func (h *crlHolder) load() state.Revocation {
+	if r := h.rev.Load(); r != nil {
+		return r.Revocation
 	}
-	return certs.NewRevocation(path, ca, certs.RevocationOptions{})
+	return nil
+}
+
+// store puts r in force (nil: none).
+func (h *crlHolder) store(r state.Revocation) {
+	if r == nil {
+		h.rev.Store(nil)
+		return
+	}
+	h.rev.Store(&revocation{r})
+}
+
+// OpenCRL loads the CRL at path, which must be signed by the CA in caFile
+// (the file-backed state.Revocation).
+func OpenCRL(caFile, path string) (state.Revocation, error) {
+	return state.OpenRevocation(caFile, path)
 }
 
 // wrap returns cfg checking every handshake, resumptions included, against
@@ -146,7 +163,7 @@ func (h *crlHolder) wrap(cfg *tls.Config) *tls.Config {
 				return err
 			}
 		}
-		if r := h.rev.Load(); r != nil {
+		if r := h.load(); r != nil {
 			return r.VerifyConnection(cs)
 		}
 		return nil
@@ -157,7 +174,7 @@ func (h *crlHolder) wrap(cfg *tls.Config) *tls.Config {
 // checkPeer re-checks a live session's client certificate: revocation and
 // expiry with a CRL, expiry alone without.
 func (h *crlHolder) checkPeer(cs tls.ConnectionState) error {
-	if r := h.rev.Load(); r != nil {
+	if r := h.load(); r != nil {
 		return r.VerifyConnection(cs)
 	}
 	if len(cs.PeerCertificates) > 0 && time.Now().After(cs.PeerCertificates[0].NotAfter) {
@@ -171,7 +188,7 @@ type reloader struct {
 	src         func() (Config, error) // nil: nothing to reload from
 	level       *slog.LevelVar         // nil: the level is not the server's to set
 	ca          string                 // the CA in force (a new one needs a restart)
-	pool, pool6 *routing.Pool
+	pool, pool6 state.Leases           // pool6 nil without Subnet6
 	policies    *atomic.Pointer[policySet]
 	srv         *tunnel.Server
 	limits      *tunnel.Limiter
@@ -234,7 +251,7 @@ func (r *reloader) Reload() (string, error) {
 		r.log.Warn("routes, a clients policy or client-to-client need IP forwarding and the firewall, which tunneld sets up only at start: restart to route for clients")
 	}
 	if plan.subs[subCRL] {
-		r.crl.rev.Store(rev)
+		r.crl.store(rev)
 		r.crlBad = false
 		if rev == nil {
 			r.log.Warn("revocation list removed (--crl): revoked client certificates are no longer refused")
@@ -269,14 +286,14 @@ func (r *reloader) Reload() (string, error) {
 	reconnected = slices.Compact(reconnected)
 	r.log.Info("configuration reloaded", "file", next.ConfigFile, "applied", strings.Join(plan.live, ","),
 		"needs_restart", strings.Join(plan.restart, ","), "sessions_reconnected", len(reconnected))
-	if plan.subs[subCRL] || r.crl.rev.Load() != nil {
+	if plan.subs[subCRL] || r.crl.load() != nil {
 		r.checkCRLLocked(true)
 	}
-	return reloadSummary(next, plan, len(reconnected), r.crl.rev.Load(), r.crlBad), nil
+	return reloadSummary(next, plan, len(reconnected), r.crl.load(), r.crlBad), nil
 }
 
 // reloadSummary says in words what a reload applied, for 'tunneld reload'.
-func reloadSummary(next Config, plan reloadPlan, reconnected int, rev *certs.Revocation, crlBad bool) string {
+func reloadSummary(next Config, plan reloadPlan, reconnected int, rev state.Revocation, crlBad bool) string {
 	var b strings.Builder
 	from := "the command line"
 	if next.ConfigFile != "" {
@@ -308,7 +325,7 @@ func reloadSummary(next Config, plan reloadPlan, reconnected int, rev *certs.Rev
 // prepare reads and validates the new settings without applying any:
 // the settings, the revocation checker if the CRL changed (nil if it was
 // removed), and the clients policy.
-func (r *reloader) prepare() (next Config, rev *certs.Revocation, clients Policies, err error) {
+func (r *reloader) prepare() (next Config, rev state.Revocation, clients Policies, err error) {
 	if r.src == nil {
 		err = errors.New("no configuration source to re-read")
 		return
@@ -326,7 +343,7 @@ func (r *reloader) prepare() (next Config, rev *certs.Revocation, clients Polici
 	if next.CRL != r.cur.CRL && next.CRL != "" {
 		// Against the CA in force: a new CA needs a restart.
 		if rev, err = OpenCRL(r.ca, next.CRL); err != nil {
-			err = fmt.Errorf("%s: %w", next.where("crl"), err)
+			rev, err = nil, fmt.Errorf("%s: %w", next.where("crl"), err)
 			return
 		}
 	}
@@ -340,7 +357,7 @@ func (r *reloader) prepare() (next Config, rev *certs.Revocation, clients Polici
 // file changed) and closes the sessions of revoked or expired
 // certificates. r.mu is held.
 func (r *reloader) checkCRLLocked(force bool) {
-	if rev := r.crl.rev.Load(); rev != nil {
+	if rev := r.crl.load(); rev != nil {
 		var err error
 		reloaded := force
 		if force {
@@ -349,7 +366,7 @@ func (r *reloader) checkCRLLocked(force bool) {
 			reloaded, err = rev.ReloadIfChanged()
 		}
 		if err == nil {
-			_, err = rev.Current() // also fails once a loaded CRL expires
+			_, err = rev.NextUpdate() // also fails once a loaded CRL expires
 		}
 		switch {
 		case err != nil && !r.crlBad:

@@ -16,6 +16,7 @@ import (
 	"tlsvpn/certs"
 	"tlsvpn/certs/certstest"
 	"tlsvpn/routing"
+	"tlsvpn/state"
 	"tlsvpn/tun/tuntest"
 	"tlsvpn/tunnel"
 	"tlsvpn/tunnel/tunneltest"
@@ -83,8 +84,8 @@ func testPKI(t *testing.T) (Config, *certstest.CA) {
 
 // policyOf returns a Config.Policy that gives laptop addr and, if given,
 // routes; err instead if not nil.
-func policyOf(addr string, routes []netip.Prefix, err error) func(pool, pool6 *routing.Pool) (Policies, error) {
-	return func(pool, pool6 *routing.Pool) (Policies, error) {
+func policyOf(addr string, routes []netip.Prefix, err error) func(pool, pool6 state.Leases) (Policies, error) {
+	return func(pool, pool6 state.Leases) (Policies, error) {
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +140,7 @@ func TestReload(t *testing.T) {
 		lv := srv.Live()
 		addr, _ := pool.Lookup("laptop")
 		crl := ""
-		if rev := r.crl.rev.Load(); rev != nil {
+		if rev := r.crl.load(); rev != nil {
 			crl = rev.Path()
 		}
 		return fmt.Sprintf("level=%v max-clients=%d routes=%v keepalive=%v laptop=%v routes=%v crl=%s", level.Level(),

@@ -6,6 +6,11 @@
 // state; Reload applies a changed configuration, Status reports what the
 // control socket's status and clients commands show.
 //
+// The state that gateways of a fleet would have to share (the address
+// leases, the revocation list, the session ticket keys and the session
+// directory) is reached only through package state's interfaces; see
+// there which implementation is used when.
+//
 // The life of a Server: New checks and claims everything that can fail
 // (nothing else starts); Run serves until its context ends and closes
 // everything; Close undoes New when Run is not called.
@@ -29,6 +34,7 @@ import (
 	"tlsvpn/control"
 	"tlsvpn/internal/service"
 	"tlsvpn/routing"
+	"tlsvpn/state"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
@@ -43,6 +49,13 @@ type Options struct {
 	// tunneld's config file under its command line; an error keeps the
 	// configuration in force and is reported as it is. nil: Reload fails.
 	Source func() (Config, error)
+	// TicketKeys are the TLS session ticket keys; nil: random keys in
+	// memory, rotated daily (state.MemoryTicketKeys).
+	TicketKeys state.TicketKeys
+	// Directory is told which client identities have a session here;
+	// nil: one in memory (state.MemoryDirectory) named after the listen
+	// address.
+	Directory state.Directory
 }
 
 // Server is a running (or ready to run) tlsvpn gateway.
@@ -51,7 +64,10 @@ type Server struct {
 	log         *slog.Logger
 	congestion  string // what TuneTCP sets ("": the system's)
 	ctl         *control.Server
-	pool, pool6 *routing.Pool
+	pool, pool6 state.Leases // pool6 nil without Subnet6
+	tickets     state.TicketKeys
+	ticketSet   [][32]byte // the ticket keys New handed to srv
+	dir         state.Directory
 	ln          net.Listener
 	dev         tun.Device
 	fw          routing.Firewall // nil without forwarding
@@ -119,11 +135,12 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.onClose(inst.release)
-	openPool := func(p netip.Prefix, file string) (*routing.Pool, error) {
-		if inst.stateDir == "" {
-			return routing.NewPool(p)
+	openPool := func(p netip.Prefix, file string) (state.Leases, error) {
+		path := "" // leases in memory only
+		if inst.stateDir != "" {
+			path = filepath.Join(inst.stateDir, file)
 		}
-		pool, warnings, err := routing.OpenPool(p, filepath.Join(inst.stateDir, file))
+		pool, warnings, err := state.OpenLeases(p, path)
 		for _, w := range warnings {
 			log.Warn("leases", "warning", w)
 		}
@@ -167,7 +184,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		crl.rev.Store(rev)
+		crl.store(rev)
 		log.Info("revocation list loaded", "file", cfg.CRL)
 	} else {
 		log.Warn("no --crl: revoked client certificates cannot be refused; create one with 'tunneld pki revoke' or 'tunneld pki crl'")
@@ -264,12 +281,25 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		Logger:           log,
 		Stats:            s.stats,
 	}
-	if s.pool6 != nil { // a nil *Pool must not become a non-nil Assigner
+	if s.pool6 != nil { // a nil Leases must not become a non-nil Assigner
 		scfg.Pool6, scfg.ServerAddr6 = s.pool6, s.pool6.ServerAddr()
 	}
+	if s.dir = opts.Directory; s.dir == nil {
+		s.dir = state.NewMemoryDirectory(s.ln.Addr().String())
+	}
+	scfg.Claimed, scfg.Released = s.dir.Claim, s.dir.Release
 	if s.srv, err = tunnel.NewServer(scfg); err != nil {
 		return nil, err
 	}
+	// Session tickets are sealed with keys from s.tickets, not with
+	// crypto/tls's own, so that a fleet can share them.
+	if s.tickets = opts.TicketKeys; s.tickets == nil {
+		s.tickets = state.NewMemoryTicketKeys(state.TicketKeysOptions{})
+	}
+	if s.ticketSet, err = s.tickets.Keys(); err != nil {
+		return nil, fmt.Errorf("session ticket keys: %w", err)
+	}
+	s.srv.SetSessionTicketKeys(s.ticketSet)
 	s.rl = newReloader(&reloader{src: opts.Source, level: opts.Level, pool: s.pool, pool6: s.pool6, policies: &policies,
 		srv: s.srv, limits: s.limits, crl: crl, forwarding: s.fw != nil, log: log}, cfg)
 	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
@@ -341,6 +371,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	go s.rl.watch(ctx)
+	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, ticketKeyCheck, log)
 	go s.cs.rate.run(ctx, 5*time.Second, s.stats.SessionsOpened.Load)
 	serveControl(ctx, s.ctl, s.cs, log)
 	go releaseMemory(ctx, time.Minute)
@@ -499,4 +530,42 @@ func peerState(base routing.Config, fc routing.FirewallConfig, peers []tunnel.Pe
 		}
 	}
 	return base, fc
+}
+
+// ticketKeyCheck is how often the session ticket keys are asked for:
+// a rotation takes effect within this time.
+const ticketKeyCheck = time.Minute
+
+// rotateTicketKeys asks keys for the ticket keys every interval until
+// ctx ends, and hands them to srv when they differ from those it has
+// (cur): a rotation. An error keeps the keys in force (logged once until
+// the keys are available again).
+func rotateTicketKeys(ctx context.Context, keys state.TicketKeys, cur [][32]byte, srv interface{ SetSessionTicketKeys([][32]byte) }, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next, err := keys.Keys()
+		switch {
+		case err != nil:
+			if !failing {
+				log.Warn("session ticket keys: keeping the keys in force", "err", err)
+			}
+			failing = true
+			continue
+		case failing:
+			log.Info("session ticket keys available again")
+		}
+		failing = false
+		if !slices.Equal(next, cur) {
+			srv.SetSessionTicketKeys(next)
+			cur = next
+			log.Debug("session ticket keys rotated", "keys", len(next))
+		}
+	}
 }

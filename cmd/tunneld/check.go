@@ -16,6 +16,7 @@ import (
 	"tlsvpn/cmd/internal/conffile"
 	"tlsvpn/routing"
 	"tlsvpn/server"
+	"tlsvpn/state"
 )
 
 // runCheck prints "FILE: ok", or every problem of the settings one a line
@@ -94,7 +95,7 @@ func checkOptions(o options) []string {
 	}
 	if o.hasPolicy() && st.subnet.IsValid() && (o.subnet6 == "" || st.subnet6.IsValid()) {
 		pool, err := routing.NewPool(st.subnet)
-		var pool6 *routing.Pool
+		var pool6 state.Leases // nil without --subnet6
 		if err == nil && st.subnet6.IsValid() {
 			pool6, err = routing.NewPool(st.subnet6)
 		}

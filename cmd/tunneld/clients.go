@@ -25,8 +25,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"tlsvpn/routing"
 	"tlsvpn/server"
+	"tlsvpn/state"
 	"tlsvpn/tunnel"
 )
 
@@ -63,7 +63,7 @@ func lineError(line int, format string, args ...any) error {
 // loadClients reads and validates a --clients file against the address
 // pools (pool6 nil when there is no IPv6 pool). Errors start with the file
 // and, where it applies, the line.
-func loadClients(path string, pool, pool6 *routing.Pool) (clientPolicies, error) {
+func loadClients(path string, pool, pool6 state.Leases) (clientPolicies, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--clients: %w", err)
@@ -76,7 +76,7 @@ func loadClients(path string, pool, pool6 *routing.Pool) (clientPolicies, error)
 }
 
 // parseClients parses and validates the YAML of a --clients file.
-func parseClients(b []byte, pool, pool6 *routing.Pool) (clientPolicies, error) {
+func parseClients(b []byte, pool, pool6 state.Leases) (clientPolicies, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		// "yaml: line 3: mapping values are not allowed in this context"
@@ -87,7 +87,7 @@ func parseClients(b []byte, pool, pool6 *routing.Pool) (clientPolicies, error) {
 
 // clientsFromNode validates the policies in a YAML node (a document, or
 // the mapping from certificate names to entries).
-func clientsFromNode(n *yaml.Node, pool, pool6 *routing.Pool) (clientPolicies, error) {
+func clientsFromNode(n *yaml.Node, pool, pool6 state.Leases) (clientPolicies, error) {
 	raw, err := yamlEntries(n)
 	if err != nil {
 		return nil, err
@@ -331,7 +331,7 @@ func family(a netip.Addr) string {
 
 // parseClientsNode validates the policies under the clients key of a config
 // file; errors start with the file and the line.
-func parseClientsNode(file string, n *yaml.Node, pool, pool6 *routing.Pool) (clientPolicies, error) {
+func parseClientsNode(file string, n *yaml.Node, pool, pool6 state.Leases) (clientPolicies, error) {
 	c, err := clientsFromNode(n, pool, pool6)
 	if err != nil {
 		// "line 8: client ..." becomes "tunneld.yaml:8: client ...", the

@@ -19,6 +19,7 @@ import (
 	"tlsvpn/cmd/internal/conffile"
 	"tlsvpn/routing"
 	"tlsvpn/server"
+	"tlsvpn/state"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
@@ -147,7 +148,7 @@ func (o options) hasPolicy() bool { return o.clients != "" || o.clientsNode != n
 
 // loadPolicy reads the clients policy against the address pools: nil
 // without one.
-func (o options) loadPolicy(pool, pool6 *routing.Pool) (clientPolicies, error) {
+func (o options) loadPolicy(pool, pool6 state.Leases) (clientPolicies, error) {
 	switch {
 	case o.clientsNode != nil:
 		return parseClientsNode(o.config, o.clientsNode, pool, pool6)
