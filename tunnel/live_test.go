@@ -44,7 +44,7 @@ func TestSetLive(t *testing.T) {
 			l.Keepalive, l.MaxConnections, l.QueueLen, l.HandshakeTimeout = 5*time.Second, 100, 64, 3*time.Second
 		}, nil},
 		{"routes: the sessions without routes of their own", func(l *tunnel.Live) { l.Routes = []netip.Prefix{lanA, lanA2} }, []string{"plain"}},
-		{"DNS: every session", func(l *tunnel.Live) { l.DNS = []netip.Addr{netip.MustParseAddr("100.64.0.53")} }, []string{"own", "plain"}},
+		{"DNS: every session (plain is gone)", func(l *tunnel.Live) { l.DNS = []netip.Addr{netip.MustParseAddr("100.64.0.53")} }, []string{"own"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := srv.Server.Live()
@@ -52,6 +52,9 @@ func TestSetLive(t *testing.T) {
 			if got := srv.Server.SetLive(l); !slices.Equal(got, tc.closed) {
 				t.Errorf("SetLive closed %v, want %v", got, tc.closed)
 			}
+			// These test clients do not reconnect: the next step starts
+			// once the closed sessions are gone.
+			waitGone(t, srv.Server, tc.closed)
 		})
 	}
 	// A new session gets the settings in force.
@@ -65,6 +68,27 @@ func TestSetLive(t *testing.T) {
 	srv.Server.SetLive(tunnel.Live{})
 	if got := srv.Server.Live(); got.HandshakeTimeout != base.HandshakeTimeout || got.HelloTimeout != base.HelloTimeout {
 		t.Errorf("Live after SetLive(zero) = %+v, want default timeouts %v and %v", got, base.HandshakeTimeout, base.HelloTimeout)
+	}
+}
+
+// waitGone waits until no identity in ids has a session.
+func waitGone(t *testing.T, srv *tunnel.Server, ids []string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := 0
+		for _, si := range srv.SessionList() {
+			if slices.Contains(ids, si.Identity) {
+				left++
+			}
+		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the sessions of %v still registered 10 s after they were closed", left, ids)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
