@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"tlsvpn/certs"
+	"tlsvpn/control"
 	"tlsvpn/internal/service"
 	"tlsvpn/routing"
 	"tlsvpn/tun"
@@ -223,7 +224,7 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	// The control socket before anything is dialed or installed: a live
 	// one means this instance already runs.
-	ctl, err := listenControl(o.Control, o.ControlGroup, log)
+	ctl, err := control.ListenOptional(o.Control, control.Options{Group: o.ControlGroup, Logger: log})
 	if err != nil {
 		return err
 	}

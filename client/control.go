@@ -82,15 +82,6 @@ func (c *Client) Status() control.ClientStatus {
 	return out
 }
 
-// listenControl opens the control socket at path; "" turns it off (nil,
-// which Close and startControl accept).
-func listenControl(path, group string, log *slog.Logger) (*control.Server, error) {
-	if path == "" {
-		return nil, nil
-	}
-	return control.Listen(path, control.Options{Group: group, Logger: log})
-}
-
 // startControl serves the control socket's commands with h until ctx
 // ends; wg counts the serving goroutine.
 func startControl(ctx context.Context, ctl *control.Server, h control.Handler, wg *sync.WaitGroup, log *slog.Logger) {

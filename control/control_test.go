@@ -252,3 +252,11 @@ func TestListenGroup(t *testing.T) {
 		t.Errorf("socket gid %d mode %v, want group nogroup (%s) and 0660", gid, fi.Mode().Perm(), g.Gid)
 	}
 }
+
+// TestListenOptionalOff: an empty --control means no socket, not an error.
+func TestListenOptionalOff(t *testing.T) {
+	srv, err := ListenOptional("", Options{})
+	if srv != nil || err != nil {
+		t.Errorf("ListenOptional(\"\") = %v, %v; want nil, nil", srv, err)
+	}
+}

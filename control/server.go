@@ -49,6 +49,15 @@ type Server struct {
 // socket path.
 var errBusy = errors.New("another instance is running")
 
+// ListenOptional is Listen for a daemon's --control flag: path "" means no
+// socket, and it returns nil, nil (a nil *Server is then never served).
+func ListenOptional(path string, opts Options) (*Server, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return Listen(path, opts)
+}
+
 // Listen creates the control socket at path: its directory with mode 0755
 // if missing, the socket with mode 0660 and the group from opts. A socket
 // file that nothing answers on (left by a daemon that crashed) is

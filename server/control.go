@@ -253,15 +253,6 @@ func controlVersion() string {
 	return v
 }
 
-// listenControl opens the control socket at path; "" turns it off (nil,
-// which Close and serveControl accept).
-func listenControl(path, group string, log *slog.Logger) (*control.Server, error) {
-	if path == "" {
-		return nil, nil
-	}
-	return control.Listen(path, control.Options{Group: group, Logger: log})
-}
-
 // serveControl serves the control socket's commands from cs until ctx
 // ends.
 func serveControl(ctx context.Context, ctl *control.Server, cs *controlSource, log *slog.Logger) {

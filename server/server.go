@@ -123,7 +123,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if cfg.NoControl {
 		controlPath = ""
 	}
-	if s.ctl, err = listenControl(controlPath, cfg.ControlGroup, log); err != nil {
+	if s.ctl, err = control.ListenOptional(controlPath, control.Options{Group: cfg.ControlGroup, Logger: log}); err != nil {
 		return nil, err
 	}
 	s.onClose(func() { s.ctl.Close() })
