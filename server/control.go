@@ -32,6 +32,7 @@ type controlSource struct {
 	limits   *tunnel.Limiter
 	reload   interface{ Reload() (string, error) } // *reloader
 	crl      *crlHolder                            // the revocation list in force; nil inside without --crl
+	version  string                                // Options.Version, or buildVersion()
 	started  time.Time
 	listen   string
 	tun      string
@@ -134,7 +135,7 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 		}
 	}
 	s := control.ServerStatus{
-		Version:      controlVersion(),
+		Version:      c.version,
 		Started:      c.started,
 		Uptime:       now.Sub(c.started).Seconds(),
 		Listen:       c.listen,
@@ -237,9 +238,9 @@ func (m *rateMeter) run(ctx context.Context, every time.Duration, counter func()
 	}
 }
 
-// controlVersion names the build for 'tunneld status': the module
-// version and the VCS revision Go recorded, if any.
-func controlVersion() string {
+// buildVersion names the build for 'tunneld status' when Options.Version
+// is empty: the module version and the VCS revision Go recorded, if any.
+func buildVersion() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return ""

@@ -23,7 +23,7 @@ func newControlSource(t *testing.T, clients func() (string, error)) (*controlSou
 		reload:  reloadFunc(clients),
 		started: now.Add(-time.Hour), listen: "198.18.0.1:443", tun: "tunneld0",
 		subnets:  []netip.Prefix{tunneltest.Subnet},
-		certFile: "server.crt", certEnd: now.Add(24 * time.Hour),
+		certFile: "server.crt", certEnd: now.Add(24 * time.Hour), version: "1.4.0",
 		rate: newRateMeter(now.Add(-time.Minute), 0),
 	}
 	return cs, srv
@@ -48,7 +48,7 @@ func TestControlSource(t *testing.T) {
 	}
 	st := res.(control.ServerStatus)
 	if st.Sessions != 1 || st.PeakSessions != 1 || st.Handshakes.Full != 1 || st.Handshakes.PerMinute < 0.9 ||
-		st.Listen != "198.18.0.1:443" || st.Uptime < 3599 || st.CRL != nil || st.Certificate.File != "server.crt" {
+		st.Listen != "198.18.0.1:443" || st.Uptime < 3599 || st.CRL != nil || st.Certificate.File != "server.crt" || st.Version != "1.4.0" {
 		t.Errorf("status = %+v", st)
 	}
 

@@ -56,6 +56,9 @@ type Options struct {
 	// nil: one in memory (state.MemoryDirectory) named after the listen
 	// address.
 	Directory state.Directory
+	// Version names this build in Status, e.g. tunneld's release stamp;
+	// "": the module version and revision from the build information.
+	Version string
 }
 
 // Server is a running (or ready to run) tlsvpn gateway.
@@ -304,7 +307,10 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		srv: s.srv, limits: s.limits, crl: crl, forwarding: s.fw != nil, log: log}, cfg)
 	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
-		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg)}
+		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version}
+	if s.cs.version == "" {
+		s.cs.version = buildVersion()
+	}
 	s.cs.started = time.Now()
 	s.cs.rate = newRateMeter(s.cs.started, s.stats.SessionsOpened.Load())
 	return s, nil

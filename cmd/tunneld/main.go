@@ -235,7 +235,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, src *source, level 
 	if len(errs) > 0 {
 		return &cli.UsageError{Err: locateAll(o.file, errs)}
 	}
-	srv, err := server.New(ctx, serverConfig(o, st), server.Options{Logger: log, Level: level, Source: src.config})
+	srv, err := server.New(ctx, serverConfig(o, st), server.Options{Logger: log, Level: level, Source: src.config, Version: cli.Version})
 	if err != nil {
 		return err
 	}
