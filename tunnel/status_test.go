@@ -37,6 +37,12 @@ func TestSessionList(t *testing.T) {
 	srv.Dev.Inbound <- down
 	tunneltest.Expect(t, alice.Dev.Outbound, down)
 
+	// The counters move just after the packet was handed on (to the TUN,
+	// to the socket), so the packet can arrive before they do.
+	tunneltest.Eventually(t, func() bool {
+		a := sessionOf(t, srv.Server, "alice")
+		return a.RxBytes == uint64(len(up)) && a.TxBytes == uint64(len(down))
+	}, "alice's byte counters do not show her two packets")
 	list := srv.Server.SessionList()
 	if len(list) != 2 || list[0].Identity != "alice" || list[1].Identity != "bob" {
 		t.Fatalf("SessionList = %+v, want alice and bob, sorted", list)
