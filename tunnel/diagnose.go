@@ -21,12 +21,13 @@ type Problem int
 
 // The problems Diagnose tells apart.
 const (
-	ProblemTransient     Problem = iota // network, timeouts, a busy or restarting server
-	ProblemUnknownCA                    // the server's certificate is not from the CA the client trusts
-	ProblemServerName                   // the server's certificate does not carry the name the client checks
-	ProblemServerCert                   // the server's certificate is otherwise unusable (expired, not yet valid, wrong usage)
-	ProblemClientRefused                // the server refused the client's certificate (revoked, expired, another CA)
-	ProblemNotTLSVPN                    // the server does not speak TLS, or not tlsvpn's protocol or version
+	ProblemTransient       Problem = iota // network, timeouts, a busy or restarting server
+	ProblemUnknownCA                      // the server's certificate is not from the CA the client trusts
+	ProblemServerName                     // the server's certificate does not carry the name the client checks
+	ProblemServerCert                     // the server's certificate is otherwise unusable (expired, not yet valid, wrong usage)
+	ProblemClientRefused                  // the server refused the client's certificate (revoked, expired, another CA)
+	ProblemNotTLSVPN                      // the server does not speak TLS, or not tlsvpn's protocol or version
+	ProblemRefusedOnTheWay                // something on the way refused for good: a proxy's credentials or rules
 )
 
 // String returns a short name of the problem for logs.
@@ -44,6 +45,8 @@ func (p Problem) String() string {
 		return "client certificate refused"
 	case ProblemNotTLSVPN:
 		return "not a tlsvpn server"
+	case ProblemRefusedOnTheWay:
+		return "refused on the way"
 	}
 	return fmt.Sprintf("problem %d", int(p))
 }
@@ -76,8 +79,13 @@ func Diagnose(err error) Diagnosis {
 		cv   *tls.CertificateVerificationError
 		rh   tls.RecordHeaderError
 		alpn *alpnError
+		way  refusal
 	)
 	switch alert := remoteAlert(err); {
+	case errors.As(err, &way) && way.Permanent():
+		return Diagnosis{Problem: ProblemRefusedOnTheWay, Reason: way.Error(), Hint: way.Hint()}
+	case errors.As(err, &way):
+		return Diagnosis{Hint: way.Hint()}
 	case errors.As(err, &ua):
 		d := Diagnosis{Problem: ProblemUnknownCA,
 			Hint: "the server is not the one --ca is for (wrong address or port, or an interception proxy), or --ca is the wrong file: check both"}
@@ -131,6 +139,15 @@ func Diagnose(err error) Diagnosis {
 			Hint: "update tunnelc or the server"}
 	}
 	return Diagnosis{Hint: transientHint(err)}
+}
+
+// refusal is an error of the dial that explains itself, such as a proxy's
+// refusal (transport.ProxyError): whether retrying soon can help, and
+// what to do.
+type refusal interface {
+	error
+	Permanent() bool
+	Hint() string
 }
 
 // ConnectError is a connection attempt that failed for a permanent

@@ -99,6 +99,17 @@ func pipeDial(serve func(net.Conn)) func(context.Context) (net.Conn, error) {
 var errRefused = &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 443},
 	Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 
+// proxyRefusal stands for transport.ProxyError: an error of the dial that
+// says whether it is permanent.
+type proxyRefusal struct {
+	msg, hint string
+	permanent bool
+}
+
+func (e *proxyRefusal) Error() string   { return e.msg }
+func (e *proxyRefusal) Hint() string    { return e.hint }
+func (e *proxyRefusal) Permanent() bool { return e.permanent }
+
 func noSetup(context.Context, tunnel.Config) (tun.Device, error) {
 	return nil, errors.New("the test never gets this far")
 }
@@ -152,6 +163,16 @@ func TestDiagnose(t *testing.T) {
 			want: tunnel.ProblemTransient, wantHint: "policy or limits"},
 		{name: "connection refused", tls: p.client(t, p.ca, "vpn.example.com"),
 			dial: func(context.Context) (net.Conn, error) { return nil, errRefused }, want: tunnel.ProblemTransient},
+		{name: "proxy refused the password", tls: p.client(t, p.ca, "vpn.example.com"),
+			dial: func(context.Context) (net.Conn, error) {
+				return nil, &proxyRefusal{"proxy 198.18.0.9:3128 refused CONNECT to vpn.example.com:443: 407 Proxy Authentication Required", "check the password", true}
+			},
+			want: tunnel.ProblemRefusedOnTheWay, wantReason: []string{"proxy 198.18.0.9:3128 refused", "407"}, wantHint: "check the password"},
+		{name: "proxy could not reach the server", tls: p.client(t, p.ca, "vpn.example.com"),
+			dial: func(context.Context) (net.Conn, error) {
+				return nil, &proxyRefusal{"proxy 198.18.0.9:3128 refused CONNECT to vpn.example.com:443: 503 Service Unavailable", "the proxy could not reach the server", false}
+			},
+			want: tunnel.ProblemTransient, wantHint: "could not reach"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
