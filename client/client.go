@@ -14,6 +14,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -47,6 +48,13 @@ type Config struct {
 	CA         string // --ca: the CA certificate file the server's must chain to (required)
 	TUN        string // --tun: interface name; "" is DefaultTUN
 
+	// Proxy is the proxy URL to reach the server through
+	// (http://[USER:PASSWORD@]HOST:PORT or socks5://...); "" for none.
+	// tunnelc fills it from --proxy or the environment (HTTPS_PROXY,
+	// ALL_PROXY); ProxyFrom names which, for messages ("" is --proxy).
+	Proxy, ProxyFrom string
+	ProxyAuthFile    string // --proxy-auth-file: USER:PASSWORD for the proxy
+
 	HandshakeTimeout time.Duration // --handshake-timeout; 0 is 15s
 	QueueLen         int           // --queue-len; 0 is tunnel.DefaultQueueLen
 	MaxAttempts      int           // --max-attempts; 0 retries forever
@@ -78,6 +86,7 @@ type Client struct {
 	cfg       Config
 	log       *slog.Logger
 	sd        *serverDialer
+	proxy     *proxyDialer // nil without a proxy
 	tls       *tls.Config
 	congest   string // the congestion control TuneTCP sets ("" keeps the system's)
 	advertise []netip.Prefix
@@ -113,6 +122,15 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	sd, err := newServerDialer(cfg.Server, host, portStr, log)
 	if err != nil {
 		return nil, service.Usagef("--server %q: %v", cfg.Server, err)
+	}
+	var proxy *proxyDialer
+	if cfg.Proxy != "" {
+		if proxy, err = newProxyDialer(cfg.Proxy, cmp.Or(cfg.ProxyFrom, "--proxy"), cfg.ProxyAuthFile, log); err != nil {
+			return nil, err
+		}
+		sd.through, sd.proxyName = proxy.dial, proxy.proxy.String()
+	} else if cfg.ProxyAuthFile != "" {
+		return nil, service.Usagef("--proxy-auth-file needs a proxy: --proxy URL, or HTTPS_PROXY or ALL_PROXY in the environment")
 	}
 	if cfg.KillSwitch && !cfg.FullTunnel {
 		return nil, service.Usagef("--kill-switch needs --full-tunnel")
@@ -158,7 +176,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if left := time.Until(certs.LeafExpiry(tlsCfg)); left < 30*24*time.Hour {
 		log.Warn("client certificate expires soon: ask for a new one", "file", cfg.Cert, "days_left", int(left.Hours()/24))
 	}
-	return &Client{cfg: cfg, log: log, sd: sd, tls: tlsCfg, congest: congestion,
+	return &Client{cfg: cfg, log: log, sd: sd, proxy: proxy, tls: tlsCfg, congest: congestion,
 		advertise: advertise, stats: new(tunnel.Stats)}, nil
 }
 
@@ -256,12 +274,22 @@ func (c *Client) Run(ctx context.Context) error {
 		return err
 	}
 	// Full tunnel and kill switch need the server's addresses.
+	// Through a proxy, those are the proxy's: the TCP connection goes there.
 	var serverAddrs []netip.AddrPort
-	if o.FullTunnel {
+	switch {
+	case o.FullTunnel && c.proxy != nil:
+		if serverAddrs, err = c.proxy.resolve(ctx); err != nil {
+			return err
+		}
+		c.proxy.pin(serverAddrs[:1])
+	case o.FullTunnel:
 		if serverAddrs, err = sd.resolve(ctx); err != nil {
 			return err
 		}
 		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
+	}
+	if c.proxy != nil {
+		c.proxy.logStart(cmp.Or(o.ProxyFrom, "--proxy"))
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
@@ -285,7 +313,9 @@ func (c *Client) Run(ctx context.Context) error {
 			return err
 		}
 		defer fw.Close()
-		if o.KillSwitch {
+		if o.KillSwitch && c.proxy != nil {
+			log.Info("kill switch on: only the tunnel and the connection to the proxy may leave", "proxy", fmt.Sprint(serverAddrs))
+		} else if o.KillSwitch {
 			log.Info("kill switch on: only the tunnel and the server connection may leave", "server", fmt.Sprint(serverAddrs))
 		}
 	}

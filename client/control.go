@@ -78,6 +78,12 @@ func (c *Client) Status() control.ClientStatus {
 		RetryAt:       st.RetryAt,
 		LastError:     st.LastError,
 	}
+	if c.proxy != nil {
+		// The connection's address is the proxy's; where the proxy
+		// connects to is not known here.
+		out.Proxy, out.ProxyAddr, out.ProxyAuth = c.proxy.proxy.String(), st.Server, c.proxy.proxy.HasAuth()
+		out.ServerAddr = ""
+	}
 	c.view.mu.Unlock()
 	return out
 }

@@ -31,6 +31,11 @@ type serverDialer struct {
 	// lookup resolves a name (net.DefaultResolver.LookupNetIP; tests
 	// replace it).
 	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// through, if set, replaces the dial: it reaches HOST:PORT through a
+	// proxy that resolves the name (proxy.go); proxyName is the proxy
+	// for logs. Immutable after New.
+	through   func(ctx context.Context, target string) (net.Conn, error)
+	proxyName string
 
 	mu     sync.Mutex
 	pinned []netip.AddrPort // if set, dialed instead of resolving host
@@ -101,6 +106,9 @@ func (d *serverDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
 // Dial connects to the first of the server's addresses that answers,
 // giving each an equal share of the time left (at least minDialShare).
 func (d *serverDialer) Dial(ctx context.Context) (net.Conn, error) {
+	if d.through != nil {
+		return d.dialThrough(ctx)
+	}
 	d.mu.Lock()
 	addrs := d.pinned
 	d.mu.Unlock()

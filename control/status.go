@@ -65,7 +65,12 @@ type Session struct {
 // ClientStatus is tunnelc's answer to "status".
 type ClientStatus struct {
 	Server        string         `json:"server"`                // --server as given
-	ServerAddr    string         `json:"server_addr,omitempty"` // address of the current (or last) connection
+	ServerAddr    string         `json:"server_addr,omitempty"` // address of the current (or last) connection; "" through a proxy
+	// Proxy is the proxy the connection goes through (--proxy or the
+	// environment), as a URL without the credentials; "" for none.
+	Proxy     string `json:"proxy,omitempty"`
+	ProxyAddr string `json:"proxy_addr,omitempty"` // the proxy's address of the current (or last) connection
+	ProxyAuth bool   `json:"proxy_auth,omitempty"` // a user and password are sent to the proxy
 	State         string         `json:"state"`                 // connecting, up, backing off
 	TUN           string         `json:"tun"`
 	Addresses     []netip.Prefix `json:"addresses"`
@@ -141,6 +146,16 @@ func WriteClientStatus(w io.Writer, s ClientStatus, now time.Time) error {
 		server += " (" + s.ServerAddr + ")"
 	}
 	row("server", "%s", server)
+	if s.Proxy != "" {
+		proxy := s.Proxy
+		if s.ProxyAddr != "" && !strings.HasSuffix(s.Proxy, "://"+s.ProxyAddr) {
+			proxy += " (" + s.ProxyAddr + ")"
+		}
+		if s.ProxyAuth {
+			proxy += ", with a user and password"
+		}
+		row("proxy", "%s", proxy)
+	}
 	state := s.State
 	switch {
 	case s.State == "up" && !s.Since.IsZero():

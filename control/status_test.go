@@ -122,6 +122,19 @@ reconnects:      1, rotations 2
 			t.Errorf("output lacks %q:\n%s", want, b.String())
 		}
 	}
+	if strings.Contains(b.String(), "proxy") {
+		t.Errorf("a status without a proxy mentions one:\n%s", b.String())
+	}
+
+	proxied := ClientStatus{Server: "vpn.example.com:443", State: "up", TUN: "tunnelc0",
+		Proxy: "http://proxy.example.com:3128", ProxyAddr: "198.18.0.9:3128", ProxyAuth: true}
+	b.Reset()
+	WriteClientStatus(&b, proxied, now)
+	for _, want := range []string{"server: vpn.example.com:443\n", "proxy: http://proxy.example.com:3128 (198.18.0.9:3128), with a user and password\n"} {
+		if !strings.Contains(squash(b.String()), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
+	}
 }
 
 // The JSON field names are the interface scripts use: keep them stable.
@@ -133,6 +146,7 @@ func TestJSONNames(t *testing.T) {
 		{ServerStatus{CRL: &Expiry{}}, []string{`"uptime_seconds"`, `"peak_sessions"`, `"bytes_in"`, `"bytes_out"`, `"handshakes":{"full"`, `"resumed"`, `"per_minute"`, `"refusals"`, `"certificate"`, `"crl"`}},
 		{Session{}, []string{`"identity"`, `"addresses"`, `"underlay"`, `"connected_since"`, `"last_handshake"`, `"bytes_in"`, `"bytes_out"`}},
 		{ClientStatus{}, []string{`"server"`, `"state"`, `"addresses"`, `"routes"`, `"dns"`, `"kill_switch"`, `"reconnects"`, `"rotations"`}},
+		{ClientStatus{Proxy: "http://p:1", ProxyAddr: "198.18.0.9:1", ProxyAuth: true}, []string{`"proxy":"http://p:1"`, `"proxy_addr"`, `"proxy_auth":true`}},
 	} {
 		b, err := json.Marshal(c.v)
 		if err != nil {

@@ -1,0 +1,188 @@
+package client
+
+// Reaching the server through a proxy (--proxy, or HTTPS_PROXY and
+// ALL_PROXY): the TCP connection goes to the proxy, which is asked to
+// connect to the server by the name given in --server, so that the proxy
+// resolves it (an office laptop often cannot resolve outside names). Everything that
+// follows the connection's address follows the proxy's: the full tunnel's
+// bypass route, the kill switch's hole, the roaming watch (the local
+// address of the socket to the proxy), and TuneTCP's socket options,
+// which act on the hop to the proxy only.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"tlsvpn/internal/service"
+	"tlsvpn/transport"
+)
+
+// proxyDialer opens the TCP connection to the proxy and runs the proxy's
+// handshake on it.
+type proxyDialer struct {
+	proxy  *transport.Proxy // immutable
+	log    *slog.Logger
+	dialer net.Dialer
+	// lookup resolves the proxy's name (net.DefaultResolver.LookupNetIP;
+	// tests replace it).
+	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
+
+	mu     sync.Mutex
+	pinned []netip.AddrPort // if set, dialed instead of resolving the proxy's name
+}
+
+// newProxyDialer parses the proxy URL raw (from, the flag or variable it
+// came from, names it in errors) and adds the credentials of authFile.
+func newProxyDialer(raw, from, authFile string, log *slog.Logger) (*proxyDialer, error) {
+	p, err := transport.ParseProxy(raw)
+	if err != nil {
+		return nil, service.Usagef("%s: %v", from, err)
+	}
+	if authFile != "" {
+		if p.HasAuth() {
+			return nil, service.Usagef("the proxy's user and password are given twice: in %s and in --proxy-auth-file %s; keep the file", from, authFile)
+		}
+		user, password, err := ReadProxyAuth(authFile)
+		if err != nil {
+			return nil, service.Usagef("--proxy-auth-file: %v", err)
+		}
+		if p, err = p.WithAuth(user, password); err != nil {
+			return nil, service.Usagef("--proxy-auth-file %s: %v", authFile, err)
+		}
+		warnSecretFile(log, authFile)
+	}
+	return &proxyDialer{proxy: p, log: log, lookup: net.DefaultResolver.LookupNetIP}, nil
+}
+
+// ReadProxyAuth reads the proxy's USER:PASSWORD from the first line of
+// path (the password may hold ':'). Its errors never quote the file.
+func ReadProxyAuth(path string) (user, password string, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", "", err
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(io.LimitReader(f, 4096)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", "", fmt.Errorf("%s: %w", path, err)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	user, password, ok := strings.Cut(line, ":")
+	if !ok || user == "" {
+		return "", "", fmt.Errorf("%s: want USER:PASSWORD on the first line", path)
+	}
+	return user, password, nil
+}
+
+// warnSecretFile warns when a file holding a password can be read by
+// others than its owner, as service.WarnKeyFile does for private keys.
+func warnSecretFile(log *slog.Logger, path string) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return
+	}
+	if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+		log.Warn(fmt.Sprintf("proxy password file %s has mode %04o, so its group or others can read it: run chmod 600 %s", path, mode, path))
+	}
+}
+
+// resolve returns the proxy's addresses with its port.
+func (p *proxyDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
+	if ip, err := netip.ParseAddr(p.proxy.Host()); err == nil {
+		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), p.proxy.Port())}, nil
+	}
+	ips, err := p.lookup(ctx, "ip", p.proxy.Host())
+	if err != nil || len(ips) == 0 {
+		return nil, fmt.Errorf("proxy %s: %w", p.proxy, service.ResolveError(p.proxy.Host(), err))
+	}
+	addrs := make([]netip.AddrPort, len(ips))
+	for i, ip := range ips {
+		addrs[i] = netip.AddrPortFrom(ip.Unmap(), p.proxy.Port())
+	}
+	return addrs, nil
+}
+
+// pin makes dial use addrs instead of resolving the proxy's name again:
+// with a kill switch, only the addresses resolved at start may be dialed.
+func (p *proxyDialer) pin(addrs []netip.AddrPort) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.pinned = addrs
+}
+
+// dial connects to the first of the proxy's addresses that answers and
+// asks the proxy to connect to target. It returns the TCP connection to
+// the proxy, now a stream to target.
+func (p *proxyDialer) dial(ctx context.Context, target string) (net.Conn, error) {
+	p.mu.Lock()
+	addrs := p.pinned
+	p.mu.Unlock()
+	if addrs == nil {
+		var err error
+		if addrs, err = p.resolve(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var errs dialErrors
+	for i, a := range addrs {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok && i < len(addrs)-1 {
+			share := max(time.Until(dl)/time.Duration(len(addrs)-i), minDialShare)
+			actx, cancel = context.WithTimeout(ctx, share)
+		}
+		c, err := p.dialer.DialContext(actx, "tcp", a.String())
+		cancel()
+		if err == nil {
+			if err := p.proxy.Handshake(ctx, c, target); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
+		}
+		errs = append(errs, &dialError{addr: a, err: err})
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return nil, fmt.Errorf("proxy %s: %w", p.proxy, errs[0])
+	}
+	return nil, fmt.Errorf("proxy %s: %w", p.proxy, errs)
+}
+
+// dialThrough is serverDialer.Dial through a proxy: the proxy gets the
+// server's name and port as given, and resolves the name itself. The
+// address remembered as the last one dialed is the proxy's: it is where
+// the TCP connection goes, for the bypass route and the kill switch.
+func (d *serverDialer) dialThrough(ctx context.Context) (net.Conn, error) {
+	target := net.JoinHostPort(d.host, strconv.Itoa(int(d.port)))
+	d.logLimited("connecting to the server through the proxy", "server", d.server, "proxy", d.proxyName)
+	c, err := d.through(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		d.mu.Lock()
+		d.last = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		d.mu.Unlock()
+	}
+	return c, nil
+}
+
+// logStart says once which proxy the connection goes through, and what
+// the socket options can and cannot see through it.
+func (p *proxyDialer) logStart(from string) {
+	p.log.Info("reaching the server through a proxy; keepalives and the TCP user timeout watch the hop to the proxy, the tunnel's keepalive the whole way",
+		"proxy", p.proxy.String(), "from", from, "proxy_auth", p.proxy.HasAuth())
+}

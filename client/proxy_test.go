@@ -1,0 +1,195 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"tlsvpn/internal/service"
+	"tlsvpn/transport"
+)
+
+func writeFile(t *testing.T, name, content string, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestNewProxyRefuses(t *testing.T) {
+	good := testConfig(t)
+	auth := writeFile(t, "proxy-auth", "alice:s3cret\n", 0o600)
+	tests := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"bad url from the environment", func(c *Config) { c.Proxy, c.ProxyFrom = "ftp://alice:s3cret@p:21", "HTTPS_PROXY" },
+			`HTTPS_PROXY: proxy ftp://alice:xxxxx@p:21: scheme "ftp" not supported: want http:// or socks5://`},
+		{"no port", func(c *Config) { c.Proxy = "http://p.example.com" },
+			"--proxy: proxy http://p.example.com: no port: want scheme://host:port, e.g. http://proxy.example.com:3128"},
+		{"credentials twice", func(c *Config) { c.Proxy, c.ProxyAuthFile = "http://bob:pw@p:3128", auth },
+			"the proxy's user and password are given twice: in --proxy and in --proxy-auth-file " + auth + "; keep the file"},
+		{"auth file without a proxy", func(c *Config) { c.ProxyAuthFile = auth },
+			"--proxy-auth-file needs a proxy: --proxy URL, or HTTPS_PROXY or ALL_PROXY in the environment"},
+		{"auth file missing", func(c *Config) { c.Proxy, c.ProxyAuthFile = "http://p:3128", auth+".missing" },
+			"--proxy-auth-file: open " + auth + ".missing: no such file or directory"},
+		{"auth file without a colon", func(c *Config) {
+			c.Proxy, c.ProxyAuthFile = "http://p:3128", writeFile(t, "bad", "s3cret\n", 0o600)
+		}, "want USER:PASSWORD on the first line"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := good
+			tt.edit(&cfg)
+			_, err := New(cfg, nil)
+			var ue *service.UsageError
+			if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("New: %v, want a usage error with %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("New's error shows the password: %v", err)
+			}
+		})
+	}
+}
+
+func TestReadProxyAuth(t *testing.T) {
+	for _, tt := range []struct{ content, user, password string }{
+		{"alice:s3cret\n", "alice", "s3cret"},
+		{"alice:pa:ss\r\nignored\n", "alice", "pa:ss"},
+		{`DOMAIN\bob:`, `DOMAIN\bob`, ""},
+	} {
+		u, p, err := ReadProxyAuth(writeFile(t, "a", tt.content, 0o600))
+		if err != nil || u != tt.user || p != tt.password {
+			t.Errorf("ReadProxyAuth(%q) = %q, %q, %v; want %q, %q", tt.content, u, p, err, tt.user, tt.password)
+		}
+	}
+}
+
+// TestNewProxyAuthFileWarnsAboutItsMode: a password file others can read
+// gets the same warning as a private key; its content is never logged.
+func TestNewProxyAuthFileWarnsAboutItsMode(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Proxy, cfg.ProxyAuthFile = "socks5://198.18.0.9:1080", writeFile(t, "proxy-auth", "alice:s3cret\n", 0o644)
+	var logs bytes.Buffer
+	c, err := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !strings.Contains(logs.String(), "has mode 0644, so its group or others can read it: run chmod 600") {
+		t.Errorf("no warning about the mode:\n%s", &logs)
+	}
+	st := c.Status()
+	if st.Proxy != "socks5://198.18.0.9:1080" || !st.ProxyAuth {
+		t.Errorf("status proxy %q auth %v, want socks5://198.18.0.9:1080 with auth", st.Proxy, st.ProxyAuth)
+	}
+	if strings.Contains(logs.String(), "s3cret") || strings.Contains(st.Proxy, "alice") {
+		t.Errorf("the credentials show: log %q, status %q", &logs, st.Proxy)
+	}
+}
+
+// TestServerDialerThroughProxy: with a proxy, the dial goes to the proxy
+// (its name resolved here), the proxy is asked for the server's NAME,
+// the connection returned is the plain TCP one, and the address the
+// bypass route and kill switch follow is the proxy's.
+func TestServerDialerThroughProxy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		got <- line
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\nserver speaks")
+		io.Copy(io.Discard, c)
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	sd, log := testDialer(t, "https") // the port as a service name
+	pd, err := newProxyDialer("http://proxy.test:"+itoa(port), "--proxy", "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		if host != "proxy.test" {
+			t.Errorf("resolved %q here, want only the proxy's name", host)
+		}
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	sd.through, sd.proxyName = pd.dial, pd.proxy.String()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := sd.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, ok := conn.(*net.TCPConn); !ok {
+		t.Errorf("Dial returned a %T, want the *net.TCPConn to the proxy", conn)
+	}
+	if line := <-got; line != "CONNECT vpn.test:443 HTTP/1.1\r\n" {
+		t.Errorf("the proxy was asked %q, want CONNECT vpn.test:443", line)
+	}
+	b := make([]byte, len("server speaks"))
+	if _, err := io.ReadFull(conn, b); err != nil || string(b) != "server speaks" {
+		t.Errorf("after the handshake: %q, %v", b, err)
+	}
+	if want := netip.MustParseAddrPort("127.0.0.1:" + itoa(port)); sd.lastAddr() != want {
+		t.Errorf("lastAddr = %v, want the proxy's %v", sd.lastAddr(), want)
+	}
+	wantLines(t, log.String(), `msg="connecting to the server through the proxy" server=vpn.test:https proxy=http://proxy.test:`+itoa(port))
+}
+
+// TestProxyDialerRefusalIsPermanent: a proxy's 407 reaches the tunnel's
+// retry logic as a *transport.ProxyError it retries slowly.
+func TestProxyDialerRefusal(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			bufio.NewReader(c).ReadString('\n')
+			io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\r\n")
+			c.Close()
+		}
+	}()
+	pd, err := newProxyDialer("http://alice:wrong@"+ln.Addr().String(), "--proxy", "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = pd.dial(context.Background(), "198.18.1.1:443")
+	var pe *transport.ProxyError
+	want := "proxy " + ln.Addr().String() + " refused CONNECT to 198.18.1.1:443: 407 Proxy Authentication Required"
+	if !errors.As(err, &pe) || err.Error() != want || !pe.Permanent() {
+		t.Errorf("dial: %v, want a permanent %q", err, want)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
