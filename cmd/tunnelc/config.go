@@ -91,6 +91,7 @@ func runCheck(stdout io.Writer, fs *pflag.FlagSet, o *options) error {
 		problems = strings.Split(err.Error(), "\n")
 	} else {
 		o.congestionSet = fs.Changed("congestion")
+		o.proxySet = fs.Changed("proxy")
 		for _, err := range checkOptions(*o) {
 			problems = append(problems, file.Locate(err))
 		}
@@ -124,6 +125,7 @@ func checkOptions(o options) []error {
 	if o.killSwitch && !o.fullTunnel {
 		bad("kill-switch", "needs full-tunnel")
 	}
+	errs = append(errs, checkProxy(o)...)
 	for _, a := range o.advertise {
 		p, err := netip.ParsePrefix(a)
 		switch {

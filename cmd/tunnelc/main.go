@@ -75,6 +75,12 @@ Examples:
   # all traffic through the tunnel, nothing outside it even while reconnecting
   tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch
 
+  # from an office whose only way out is its HTTP proxy (USER:PASSWORD in a
+  # file of mode 600; socks5://HOST:PORT for a SOCKS5 proxy); without --proxy,
+  # HTTPS_PROXY or ALL_PROXY from the environment is used, --proxy none ignores it
+  tunnelc --server vpn.example.com:443 --cert laptop.crt --key laptop.key --ca ca.crt \
+    --proxy http://proxy.corp.example:3128 --proxy-auth-file /etc/tlsvpn/client/proxy-auth
+
   # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
   # server (the server's --clients file must allow it: advertise)
   tunnelc --server 192.0.2.1:443 --cert site-b.crt --key site-b.key --ca ca.crt --advertise 198.18.20.0/24
@@ -95,6 +101,9 @@ Exit status:
 
 type options struct {
 	server, serverName  string
+	proxy, proxyAuth    string // --proxy URL or "none", --proxy-auth-file; proxy.go
+	proxySet            bool   // --proxy given (command line or file)
+	proxyOnCmdline      bool   // --proxy given on the command line
 	cert, key, ca       string
 	tunName             string
 	handshakeTimeout    time.Duration
@@ -140,6 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.profileDir, "profile-dir", DefaultProfileDir, "directory of the --profile files")
 	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
 	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
+	addProxyFlags(fs, &o)
 	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
 	fs.StringVar(&o.key, "key", "", "client private key FILE (PEM), e.g. laptop.key (required)")
 	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE the server certificate must chain to, e.g. ca.crt (required)")
@@ -185,11 +195,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if checkOnly {
 		return runCheck(stdout, fs, &o)
 	}
+	o.proxyOnCmdline = fs.Changed("proxy")
 	file, err := applyConfig(fs, &o)
 	if err != nil {
 		return &cli.UsageError{Err: err}
 	}
 	o.congestionSet = fs.Changed("congestion")
+	o.proxySet = fs.Changed("proxy")
 	if file != nil {
 		// Name the file's line for what is wrong, before anything starts.
 		if errs := checkOptions(o); len(errs) > 0 {
@@ -225,6 +237,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		// Given, even as "": an error if the kernel does not have it.
 		cfg.Congestion = cmp.Or(o.congestion, cli.SystemCongestion)
 	}
+	cfg.Proxy, cfg.ProxyFrom, cfg.ProxyAuthFile = proxyFor(o, os.Getenv, log)
 	c, err := client.New(cfg, log)
 	if err != nil {
 		return err
