@@ -69,7 +69,8 @@ cd "$REPO_ROOT"
 ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
 	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
 	setsid:util-linux shellcheck:shellcheck python3:python3 \
-	squid:squid nginx:nginx-light microsocks:microsocks danted:dante-server curl:curl
+	squid:squid nginx:nginx-light microsocks:microsocks danted:dante-server curl:curl \
+	openssl:openssl
 # The package step: dpkg-deb and dpkg build and install the .deb, useradd for
 # its postinst, systemd-analyze verifies the units, man finds the man pages
 # (verify checks Documentation=man:), setpriv and unshare emulate the units.
