@@ -22,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"tlsvpn/internal/service"
 	"tlsvpn/transport"
@@ -113,52 +112,38 @@ func (p *proxyDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
 	return addrs, nil
 }
 
-// pin makes dial use addrs instead of resolving the proxy's name again:
-// with a kill switch, only the addresses resolved at start may be dialed.
+// pin makes dial use addrs[0] instead of resolving the proxy's name
+// again: with a kill switch, only the address resolved at start may be
+// dialed.
 func (p *proxyDialer) pin(addrs []netip.AddrPort) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.pinned = addrs
 }
 
-// dial connects to the first of the proxy's addresses that answers and
-// asks the proxy to connect to target. It returns the TCP connection to
-// the proxy, now a stream to target.
+// dial connects to the proxy and asks it to connect to target. It
+// returns the TCP connection to the proxy, now a stream to target. The
+// proxy's name is resolved by net.Dialer, which tries each of its
+// addresses in turn, unless pin fixed the address.
 func (p *proxyDialer) dial(ctx context.Context, target string) (net.Conn, error) {
 	p.mu.Lock()
-	addrs := p.pinned
+	addr := p.proxy.Addr()
+	if len(p.pinned) > 0 {
+		addr = p.pinned[0].String()
+	}
 	p.mu.Unlock()
-	if addrs == nil {
-		var err error
-		if addrs, err = p.resolve(ctx); err != nil {
-			return nil, err
+	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		if ap, perr := netip.ParseAddrPort(addr); perr == nil {
+			err = &dialError{addr: ap, err: err}
 		}
+		return nil, fmt.Errorf("proxy %s: %w", p.proxy, err)
 	}
-	var errs dialErrors
-	for i, a := range addrs {
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if dl, ok := ctx.Deadline(); ok && i < len(addrs)-1 {
-			share := max(time.Until(dl)/time.Duration(len(addrs)-i), minDialShare)
-			actx, cancel = context.WithTimeout(ctx, share)
-		}
-		c, err := p.dialer.DialContext(actx, "tcp", a.String())
-		cancel()
-		if err == nil {
-			if err := p.proxy.Handshake(ctx, c, target); err != nil {
-				c.Close()
-				return nil, err
-			}
-			return c, nil
-		}
-		errs = append(errs, &dialError{addr: a, err: err})
-		if ctx.Err() != nil {
-			break
-		}
+	if err := p.proxy.Handshake(ctx, c, target); err != nil {
+		c.Close()
+		return nil, err
 	}
-	if len(errs) == 1 {
-		return nil, fmt.Errorf("proxy %s: %w", p.proxy, errs[0])
-	}
-	return nil, fmt.Errorf("proxy %s: %w", p.proxy, errs)
+	return c, nil
 }
 
 // dialThrough is serverDialer.Dial through a proxy: the proxy gets the

@@ -131,12 +131,19 @@ func TestServerDialerThroughProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As with a kill switch: the proxy's name resolved once, at start,
+	// and its address pinned.
 	pd.lookup = func(_ context.Context, _, host string) ([]netip.Addr, error) {
 		if host != "proxy.test" {
 			t.Errorf("resolved %q here, want only the proxy's name", host)
 		}
 		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
 	}
+	addrs, err := pd.resolve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pd.pin(addrs)
 	sd.through, sd.proxyName = pd.dial, pd.proxy.String()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

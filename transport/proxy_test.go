@@ -100,28 +100,14 @@ func TestFromEnvironment(t *testing.T) {
 // proxy's answer.
 func target(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, "hello from the target\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return fakeProxy(t, func(c net.Conn) {
+		io.WriteString(c, "hello from the target\n")
+		io.Copy(c, c)
+	})
 }
 
-// fakeProxy serves each connection with handle on a loopback listener.
+// fakeProxy serves each connection with handle on a loopback listener
+// and closes it when handle returns.
 func fakeProxy(t *testing.T, handle func(c net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -19,7 +19,6 @@ import (
 
 	"tlsvpn/control"
 	"tlsvpn/routing/netnstest"
-	"tlsvpn/tunnel/tunneltest"
 )
 
 // proxyEnv is the topology laptop - proxy - server: the laptop has only
@@ -65,14 +64,21 @@ func newProxyEnv(t *testing.T) *proxyEnv {
 
 func (e *proxyEnv) file(name string) string { return filepath.Join(e.pki, name) }
 
-// startClient starts tunnelc in the laptop namespace with a control socket
-// and the given proxy flags; it returns the process and the socket.
+// startClient starts tunnelc in the laptop namespace with a control
+// socket and the given proxy flags; it returns the process and the socket.
 func (e *proxyEnv) startClient(t *testing.T, server string, extra ...string) (*proc, string) {
+	t.Helper()
+	return e.startClientEnv(t, nil, server, extra...)
+}
+
+// startClientEnv is startClient with the variables env (NAME=VALUE) added
+// to tunnelc's environment.
+func (e *proxyEnv) startClientEnv(t *testing.T, env []string, server string, extra ...string) (*proc, string) {
 	t.Helper()
 	sock := controlPath(t)
 	args := append([]string{"--server", server, "--cert", e.file("laptop.crt"), "--key", e.file("laptop.key"),
 		"--ca", e.file("ca.crt"), "--control", sock, "--log-level", "debug"}, extra...)
-	return start(t, e.laptop, e.tunnelc, args...), sock
+	return start(t, e.laptop, "env", append(append(env, e.tunnelc), args...)...), sock
 }
 
 // proxyDir returns a fresh directory the unprivileged proxy user can use
@@ -265,11 +271,9 @@ func TestNetNSProxySOCKS5(t *testing.T) {
 	e := newProxyEnv(t)
 	p := start(t, e.px, "microsocks", "-i", e.proxyIP, "-p", "1080", "-u", "bob", "-P", "s0cks-pw")
 	waitListening(t, e.laptop, e.proxyIP+":1080", p)
-	sock := controlPath(t)
-	cmd := e.laptop.Cmd(context.Background(), e.tunnelc, "--server", e.serverIP+":443", "--cert", e.file("laptop.crt"),
-		"--key", e.file("laptop.key"), "--ca", e.file("ca.crt"), "--control", sock, "--log-level", "debug")
-	cmd.Env = append(os.Environ(), "ALL_PROXY=socks5://bob:s0cks-pw@"+e.proxyIP+":1080", "NO_PROXY=example.com")
-	c := startCmd(t, cmd)
+	// As a shell would set it; env(1) passes it to tunnelc only.
+	c, sock := e.startClientEnv(t, []string{"ALL_PROXY=socks5://bob:s0cks-pw@" + e.proxyIP + ":1080", "NO_PROXY=example.com"},
+		e.serverIP+":443")
 	eventually(t, "the tunnel address", func() bool { return hasAddr(e.laptop, "tunnelc0", netip.MustParsePrefix("100.64.0.2/24")) })
 	e.moveBothWays(t, 5311)
 	var st control.ClientStatus
@@ -285,25 +289,4 @@ func TestNetNSProxySOCKS5(t *testing.T) {
 	bad, _ := e.startClient(t, e.serverIP+":444", "--tun", "tunnelc1", "--proxy", "socks5://bob:s0cks-pw@"+e.proxyIP+":1080")
 	want := "SOCKS5 proxy 198.18.0.1:1080 refused CONNECT to " + e.serverIP + ":444: connection refused (reply 5)"
 	eventually(t, "the SOCKS reply in the log", func() bool { return strings.Contains(bad.log.String(), want) })
-}
-
-// startCmd starts an already prepared command as start does.
-func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
-	t.Helper()
-	p := &proc{cmd: cmd, log: new(tunneltest.SyncBuffer), done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.log, p.log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", cmd.Path, err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("log of %s:\n%s", strings.Join(cmd.Args, " "), p.log)
-		}
-	})
-	return p
 }
