@@ -66,11 +66,6 @@ type Session struct {
 type ClientStatus struct {
 	Server        string         `json:"server"`                // --server as given
 	ServerAddr    string         `json:"server_addr,omitempty"` // address of the current (or last) connection; "" through a proxy
-	// Proxy is the proxy the connection goes through (--proxy or the
-	// environment), as a URL without the credentials; "" for none.
-	Proxy     string `json:"proxy,omitempty"`
-	ProxyAddr string `json:"proxy_addr,omitempty"` // the proxy's address of the current (or last) connection
-	ProxyAuth bool   `json:"proxy_auth,omitempty"` // a user and password are sent to the proxy
 	State         string         `json:"state"`                 // connecting, up, backing off
 	TUN           string         `json:"tun"`
 	Addresses     []netip.Prefix `json:"addresses"`
@@ -87,6 +82,12 @@ type ClientStatus struct {
 	Rotations     uint64         `json:"rotations"`
 	RetryAt       time.Time      `json:"retry_at,omitzero"` // backing off: next attempt
 	LastError     string         `json:"last_error,omitempty"`
+
+	// Proxy is the proxy the connection goes through (--proxy or the
+	// environment), as a URL without the credentials; "" for none.
+	Proxy     string `json:"proxy,omitempty"`
+	ProxyAddr string `json:"proxy_addr,omitempty"` // the proxy's address of the current (or last) connection
+	ProxyAuth bool   `json:"proxy_auth,omitempty"` // tunnelc authenticates to the proxy with a user and password
 }
 
 // WriteServerStatus renders s for a person; now is the time ages and
