@@ -169,5 +169,5 @@ func (d *serverDialer) dialThrough(ctx context.Context) (net.Conn, error) {
 // the socket options can and cannot see through it.
 func (p *proxyDialer) logStart(from string) {
 	p.log.Info("reaching the server through a proxy; keepalives and the TCP user timeout watch the hop to the proxy, the tunnel's keepalive the whole way",
-		"proxy", p.proxy.String(), "from", from, "proxy_auth", p.proxy.HasAuth())
+		"proxy", p.proxy.String(), "from", from, "proxy_auth", p.proxy.AuthScheme())
 }

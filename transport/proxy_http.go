@@ -16,34 +16,55 @@ import (
 // to CONNECT; real ones are a few hundred bytes.
 const maxResponseHead = 16 << 10
 
+// maxRefusalBody bounds the body of a 407 answer that is skipped to go on
+// with NTLM on the same connection.
+const maxRefusalBody = 1 << 20
+
 // connect asks an HTTP proxy to open a tunnel to host:port with CONNECT
 // (RFC 9110 section 9.3.6), authenticating with Basic (RFC 7617) when p
-// has credentials, and reads the answer's head. A 2xx answer to CONNECT
-// has no body: the stream to the target starts right after the head.
+// has credentials, or with NTLM for a DOMAIN\user (ntlm.go), and reads
+// the answer's head. A 2xx answer to CONNECT has no body: the stream to
+// the target starts right after the head.
 func (p *Proxy) connect(conn net.Conn, host string, port uint16) error {
 	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
-	var req strings.Builder
-	fmt.Fprintf(&req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n", target, target)
+	if p.ntlm() {
+		return p.connectNTLM(conn, target)
+	}
+	auth := ""
 	if p.hasAuth {
-		cred := base64.StdEncoding.EncodeToString([]byte(p.user + ":" + p.password))
-		fmt.Fprintf(&req, "Proxy-Authorization: Basic %s\r\n", cred)
+		auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(p.user+":"+p.password))
 	}
-	req.WriteString("\r\n")
-	if _, err := io.WriteString(conn, req.String()); err != nil {
-		return fmt.Errorf("proxy %s: sending CONNECT %s: %w", p.Addr(), target, err)
-	}
-	head, err := readResponseHead(conn)
+	resp, err := p.roundTrip(conn, target, auth)
 	if err != nil {
-		return fmt.Errorf("proxy %s: reading its answer to CONNECT %s: %w", p.Addr(), target, err)
-	}
-	resp, err := parseResponseHead(head)
-	if err != nil {
-		return fmt.Errorf("proxy %s: its answer to CONNECT %s: %w", p.Addr(), target, err)
+		return err
 	}
 	if resp.code/100 == 2 {
 		return nil
 	}
 	return p.httpRefusal(target, resp)
+}
+
+// roundTrip sends CONNECT target with the Proxy-Authorization auth (none
+// if "") and reads the answer's head.
+func (p *Proxy) roundTrip(conn net.Conn, target, auth string) (responseHead, error) {
+	var req strings.Builder
+	fmt.Fprintf(&req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n", target, target)
+	if auth != "" {
+		fmt.Fprintf(&req, "Proxy-Authorization: %s\r\n", auth)
+	}
+	req.WriteString("\r\n")
+	if _, err := io.WriteString(conn, req.String()); err != nil {
+		return responseHead{}, fmt.Errorf("proxy %s: sending CONNECT %s: %w", p.Addr(), target, err)
+	}
+	head, err := readResponseHead(conn)
+	if err != nil {
+		return responseHead{}, fmt.Errorf("proxy %s: reading its answer to CONNECT %s: %w", p.Addr(), target, err)
+	}
+	resp, err := parseResponseHead(head)
+	if err != nil {
+		return responseHead{}, fmt.Errorf("proxy %s: its answer to CONNECT %s: %w", p.Addr(), target, err)
+	}
+	return resp, nil
 }
 
 // httpRefusal explains a non-2xx answer to CONNECT.
@@ -53,13 +74,19 @@ func (p *Proxy) httpRefusal(target string, resp responseHead) *ProxyError {
 	switch c := resp.code; {
 	case c == 407:
 		e.Auth, e.permanent = true, true
-		offersBasic := len(resp.authSchemes) == 0
-		for _, s := range resp.authSchemes {
-			offersBasic = offersBasic || strings.EqualFold(s, "Basic")
+		offers := func(scheme string) bool {
+			return slices.ContainsFunc(resp.authSchemes, func(s string) bool { return strings.EqualFold(s, scheme) })
 		}
+		offersBasic := len(resp.authSchemes) == 0 || offers("Basic")
 		switch {
+		case p.ntlm() && offers("NTLM"):
+			e.hint = "the proxy did not accept the NTLM user and password (DOMAIN\\USER:PASSWORD in --proxy-auth-file)"
+		case p.ntlm():
+			e.hint = fmt.Sprintf("the proxy asks for %s, not NTLM", strings.Join(resp.authSchemes, ", "))
+		case !offersBasic && offers("NTLM"):
+			e.hint = "the proxy asks for NTLM: write the user as DOMAIN\\USER in --proxy-auth-file"
 		case !offersBasic:
-			e.hint = fmt.Sprintf("the proxy asks for %s; tunnelc authenticates with Basic only", strings.Join(resp.authSchemes, ", "))
+			e.hint = fmt.Sprintf("the proxy asks for %s; tunnelc authenticates with Basic, or NTLM for a DOMAIN\\USER", strings.Join(resp.authSchemes, ", "))
 		case p.hasAuth:
 			e.hint = "the proxy did not accept the user and password (from --proxy-auth-file or the --proxy URL)"
 		default:
@@ -132,6 +159,12 @@ type responseHead struct {
 	code        int    // 100 to 999
 	reason      string // as the proxy wrote it; may be empty
 	authSchemes []string
+	// What NTLM needs to go on on the same connection: the challenge of
+	// "Proxy-Authenticate: NTLM <base64>", the body's length (-1: not
+	// given) and whether the proxy closes the connection after it.
+	ntlmChallenge []byte
+	contentLength int64
+	closes        bool
 }
 
 // parseResponseHead parses an HTTP/1.x status line and headers (RFC 9112
@@ -153,6 +186,7 @@ func parseResponseHead(head []byte) (responseHead, error) {
 		return r, fmt.Errorf("bad status code in %q", clip([]byte(status)))
 	}
 	r.proto, r.code, r.reason = proto, code, strings.Map(printable, reason)
+	r.contentLength, r.closes = -1, proto == "HTTP/1.0"
 	for _, line := range lines[1:] {
 		if line == "" {
 			break
@@ -161,14 +195,38 @@ func parseResponseHead(head []byte) (responseHead, error) {
 		if !ok || name == "" || strings.ContainsAny(name, " \t") {
 			return r, fmt.Errorf("bad header line %q", clip([]byte(line)))
 		}
-		if strings.EqualFold(name, "Proxy-Authenticate") {
+		value = strings.TrimSpace(value)
+		switch {
+		case strings.EqualFold(name, "Proxy-Authenticate"):
 			// Each challenge starts with its scheme; several may share
 			// a line, but tunnelc only names the first of each line.
-			scheme, _, _ := strings.Cut(strings.TrimSpace(value), " ")
+			scheme, token, _ := strings.Cut(value, " ")
 			scheme = strings.Map(printable, strings.TrimSuffix(scheme, ","))
 			if scheme != "" && len(r.authSchemes) < 8 {
 				r.authSchemes = append(r.authSchemes, scheme)
 			}
+			if strings.EqualFold(scheme, "NTLM") && token != "" {
+				b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(token))
+				if err != nil {
+					return r, fmt.Errorf("bad NTLM challenge: %v", err)
+				}
+				r.ntlmChallenge = b
+			}
+		case strings.EqualFold(name, "Content-Length"):
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n < 0 {
+				return r, fmt.Errorf("bad Content-Length %q", clip([]byte(value)))
+			}
+			r.contentLength = n
+		case strings.EqualFold(name, "Connection"), strings.EqualFold(name, "Proxy-Connection"):
+			switch strings.ToLower(value) {
+			case "close":
+				r.closes = true
+			case "keep-alive":
+				r.closes = false
+			}
+		case strings.EqualFold(name, "Transfer-Encoding"):
+			r.contentLength = -1 // chunked: not skipped; NTLM gives up
 		}
 	}
 	return r, nil

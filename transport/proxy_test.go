@@ -130,14 +130,18 @@ func fakeProxy(t *testing.T, handle func(c net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// relay connects c to addr both ways until either side ends.
+// relay connects c to addr both ways until either side ends, then
+// closes both.
 func relay(c net.Conn, addr string) {
 	u, err := net.Dial("tcp", addr)
 	if err != nil {
 		return
 	}
 	defer u.Close()
-	go io.Copy(u, c)
+	go func() {
+		io.Copy(u, c)
+		u.Close()
+	}()
 	io.Copy(c, u)
 }
 
@@ -257,7 +261,11 @@ func TestHTTPConnectRefused(t *testing.T) {
 		{name: "ntlm only", url: "http://alice:wrong@%s",
 			refuse: "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM\r\nProxy-Authenticate: Negotiate\r\n\r\n",
 			want:   "proxy %s refused CONNECT to " + dst + ": 407 Proxy Authentication Required",
-			hint:   "asks for NTLM, Negotiate", permanent: true, wantAuthed: true},
+			hint:   `the proxy asks for NTLM: write the user as DOMAIN\USER`, permanent: true, wantAuthed: true},
+		{name: "kerberos only", url: "http://alice:wrong@%s",
+			refuse: "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Negotiate\r\n\r\n",
+			want:   "proxy %s refused CONNECT to " + dst + ": 407 Proxy Authentication Required",
+			hint:   "the proxy asks for Negotiate; tunnelc authenticates with Basic, or NTLM", permanent: true, wantAuthed: true},
 		{name: "forbidden port", url: "http://alice:s3cret@%s", refuse: "HTTP/1.0 403 Forbidden\r\nServer: squid\r\n\r\n",
 			want: "proxy %s refused CONNECT to " + dst + ": 403 Forbidden", hint: "port", permanent: true},
 		{name: "bad gateway", url: "http://alice:s3cret@%s", refuse: "HTTP/1.1 502 Bad Gateway\r\n\r\n",
@@ -488,6 +496,7 @@ func FuzzReadResponseHead(f *testing.F) {
 	f.Add([]byte("HTTP/1.0 403 Forbidden\r\nServer: squid\r\n\r\n"), []byte{})
 	f.Add([]byte("HTTP/1.1 200\r\n\r\r\n\r\n"), []byte("\r\n"))
 	f.Add([]byte{5, 0xff}, []byte{})
+	f.Add([]byte("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM TlRMTVNTUAACAAAA\r\nContent-Length: 3\r\nProxy-Connection: keep-alive\r\n\r\n"), []byte("abc"))
 	f.Fuzz(func(t *testing.T, sent, after []byte) {
 		r := bytes.NewReader(append(append([]byte{}, sent...), after...))
 		head, err := readResponseHead(r)

@@ -16,10 +16,10 @@ import (
 )
 
 func addProxyFlags(fs *pflag.FlagSet, o *options) {
-	fs.StringVar(&o.proxy, "proxy", "", "reach the server through a proxy: http://HOST:PORT (HTTP CONNECT, Basic authentication) or socks5://HOST:PORT; the proxy resolves the server's name. "+
+	fs.StringVar(&o.proxy, "proxy", "", "reach the server through a proxy: http://HOST:PORT (HTTP CONNECT; Basic authentication, or NTLM for a DOMAIN\\USER) or socks5://HOST:PORT; the proxy resolves the server's name. "+
 		"Without this flag, HTTPS_PROXY or else ALL_PROXY from the environment (or their lower-case forms) is used unless NO_PROXY names the server; 'none' ignores them. "+
 		"Give the user and password with --proxy-auth-file, not in the URL: a command line is visible to every user of the host")
-	fs.StringVar(&o.proxyAuth, "proxy-auth-file", "", "FILE holding the proxy's USER:PASSWORD on its first line, readable only by root (mode 600), e.g. /etc/tlsvpn/client/proxy-auth")
+	fs.StringVar(&o.proxyAuth, "proxy-auth-file", "", "FILE holding the proxy's USER:PASSWORD on its first line, readable only by root (mode 600), e.g. /etc/tlsvpn/client/proxy-auth; a USER written DOMAIN\\USER authenticates with NTLM, never Basic")
 }
 
 // noProxy reports whether v turns proxies off: --proxy none (or "").
