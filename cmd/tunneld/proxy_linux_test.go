@@ -30,6 +30,7 @@ type proxyEnv struct {
 	laptop, px, srv  *netnstest.NS
 	proxyIP          string // the proxy's address on the laptop's side
 	serverIP         string // the server's address on the proxy's side
+	laptopIf         string // the laptop's interface to the proxy, 198.18.0.2/30
 }
 
 func newProxyEnv(t *testing.T) *proxyEnv {
@@ -37,7 +38,7 @@ func newProxyEnv(t *testing.T) *proxyEnv {
 	e := &proxyEnv{laptop: netnstest.New(t), px: netnstest.New(t), srv: netnstest.New(t),
 		proxyIP: "198.18.0.1", serverIP: "198.18.1.2"}
 	e.tunneld, e.tunnelc = binaries(t)
-	netnstest.Veth(t, e.px, netip.MustParsePrefix(e.proxyIP+"/30"), e.laptop, netip.MustParsePrefix("198.18.0.2/30"))
+	_, e.laptopIf = netnstest.Veth(t, e.px, netip.MustParsePrefix(e.proxyIP+"/30"), e.laptop, netip.MustParsePrefix("198.18.0.2/30"))
 	netnstest.Veth(t, e.px, netip.MustParsePrefix("198.18.1.1/30"), e.srv, netip.MustParsePrefix(e.serverIP+"/30"))
 	e.pki = filepath.Join(t.TempDir(), "pki")
 	run := func(args ...string) {
@@ -284,6 +285,16 @@ func TestNetNSProxySOCKS5(t *testing.T) {
 	if !strings.Contains(c.log.String(), "from=ALL_PROXY") || strings.Contains(c.log.String(), "s0cks-pw") {
 		t.Errorf("the log does not name ALL_PROXY, or shows the password:\n%s", c.log)
 	}
+
+	// The roaming watch follows the local address of the socket to the
+	// proxy: its removal replaces the session at once.
+	e.laptop.Run(t, "ip", "addr", "del", "198.18.0.2/30", "dev", e.laptopIf)
+	eventually(t, "tunnelc to notice its address went", func() bool {
+		return strings.Contains(c.log.String(), "local address of the server connection removed; reconnecting")
+	})
+	e.laptop.Run(t, "ip", "addr", "add", "198.18.0.2/30", "dev", e.laptopIf)
+	eventually(t, "tunnelc to reconnect through the proxy", func() bool { return strings.Contains(c.log.String(), "msg=reconnected") })
+	transfer(t, e.laptop, e.srv, "100.64.0.1:5313", 1<<20)
 
 	// Where the proxy cannot reach the server, the SOCKS reply is named.
 	bad, _ := e.startClient(t, e.serverIP+":444", "--tun", "tunnelc1", "--proxy", "socks5://bob:s0cks-pw@"+e.proxyIP+":1080")
