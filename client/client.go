@@ -135,6 +135,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if cfg.KillSwitch && !cfg.FullTunnel {
 		return nil, service.Usagef("--kill-switch needs --full-tunnel")
 	}
+	if proxy != nil && cfg.FullTunnel && proxy.proxy.OnThisHost() {
+		return nil, service.Usagef("--full-tunnel with the proxy %s on this host: the proxy's own connection out (an ssh -D, say) would be routed into the tunnel; use a proxy on another host, or no --full-tunnel", proxy.proxy)
+	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}

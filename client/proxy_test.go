@@ -47,6 +47,8 @@ func TestNewProxyRefuses(t *testing.T) {
 			"--proxy-auth-file needs a proxy: --proxy URL, or HTTPS_PROXY or ALL_PROXY in the environment"},
 		{"auth file missing", func(c *Config) { c.Proxy, c.ProxyAuthFile = "http://p:3128", auth+".missing" },
 			"--proxy-auth-file: open " + auth + ".missing: no such file or directory"},
+		{"full tunnel through a local proxy", func(c *Config) { c.Proxy, c.FullTunnel = "socks5://127.0.0.1:1080", true },
+			"--full-tunnel with the proxy socks5://127.0.0.1:1080 on this host"},
 		{"auth file without a colon", func(c *Config) {
 			c.Proxy, c.ProxyAuthFile = "http://p:3128", writeFile(t, "bad", "s3cret\n", 0o600)
 		}, "want USER:PASSWORD on the first line"},

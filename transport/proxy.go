@@ -116,6 +116,17 @@ func (p *Proxy) Addr() string { return net.JoinHostPort(p.host, strconv.Itoa(int
 func (p *Proxy) Host() string { return p.host }
 func (p *Proxy) Port() uint16 { return p.port }
 
+// OnThisHost reports whether the proxy runs on this host (localhost or a
+// loopback address): then the connection that carries a tunnel further
+// is the proxy's own, which the dialer cannot see or route.
+func (p *Proxy) OnThisHost() bool {
+	if strings.EqualFold(p.host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(p.host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
 // HasAuth reports whether p authenticates with a user and password.
 func (p *Proxy) HasAuth() bool { return p.hasAuth }
 

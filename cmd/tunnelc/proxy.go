@@ -63,6 +63,9 @@ func checkProxy(o options) []error {
 			errs = append(errs, conffile.Flagf("proxy", "%v", err))
 		} else {
 			hasAuth = p.HasAuth()
+			if o.fullTunnel && p.OnThisHost() {
+				errs = append(errs, conffile.Flagf("proxy", "%s is on this host: it cannot be used with full-tunnel (its own connection out would be routed into the tunnel)", p))
+			}
 		}
 	}
 	if o.proxyAuth == "" {

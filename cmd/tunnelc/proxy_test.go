@@ -71,6 +71,8 @@ func TestCheckProxy(t *testing.T) {
 			`tunnelc.yaml:5: proxy: proxy ftp://alice:xxxxx@p:21: scheme "ftp" not supported`},
 		{"credentials twice", "server: vpn.example.com:443\n" + files + "proxy: http://alice:s3cret@p:3128\nproxy-auth-file: " + auth + "\n",
 			"tunnelc.yaml:6: proxy-auth-file: the proxy URL holds a user and password too"},
+		{"local proxy with full tunnel", "server: vpn.example.com:443\n" + files + "proxy: socks5://127.0.0.1:1080\nfull-tunnel: true\n",
+			"tunnelc.yaml:5: proxy: socks5://127.0.0.1:1080 is on this host: it cannot be used with full-tunnel"},
 		{"bad auth file", "server: vpn.example.com:443\n" + files + "proxy: http://p:3128\nproxy-auth-file: " + bad + "\n",
 			"tunnelc.yaml:6: proxy-auth-file: " + bad + ": want USER:PASSWORD on the first line"},
 	} {
