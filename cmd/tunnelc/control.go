@@ -12,7 +12,7 @@ import (
 // statusCommand is 'tunnelc status': it asks a running tunnelc over its
 // control socket.
 var statusCommand = cli.ControlCommand{
-	Prog: "tunnelc", Name: "status", DefaultTun: "tunnelc0",
+	Prog: "tunnelc", Name: "status", DefaultTun: "tunnelc0", ProfileDir: DefaultProfileDir,
 	Help: `Show what a running tunnelc is doing: the server (and the address it
 connected to), its state (connecting, up, backing off with the time of the
 next attempt and the last error), the tunnel addresses, routes and DNS
