@@ -39,8 +39,9 @@ import (
 
 // unit is the [Service] section of a unit file, values in order.
 type unit struct {
-	name string
-	keys map[string][]string
+	name     string // the file's name: tunnelc@.service
+	instance string // what %i stands for
+	keys     map[string][]string
 }
 
 func readUnit(t *testing.T, path, instance string) *unit {
@@ -50,7 +51,7 @@ func readUnit(t *testing.T, path, instance string) *unit {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	u := &unit{name: filepath.Base(path), keys: map[string][]string{}}
+	u := &unit{name: filepath.Base(path), instance: instance, keys: map[string][]string{}}
 	section := ""
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -295,7 +296,7 @@ type service struct {
 func startService(t *testing.T, sb *sandbox) *service {
 	t.Helper()
 	sb.run(t, "ExecStartPre")
-	n := listenNotify(t, sb.h.root, strings.TrimSuffix(sb.u.name, ".service"), sb.uid, sb.gid)
+	n := listenNotify(t, sb.h.root, strings.TrimSuffix(sb.u.name, ".service")+sb.u.instance, sb.uid, sb.gid)
 	sv := &service{sb: sb, p: sb.start(t, n.path), notify: n}
 	sv.notify.want(t, "READY=1", sv.p)
 	return sv
