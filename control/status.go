@@ -31,6 +31,20 @@ type ServerStatus struct {
 	Refusals    map[string]uint64 `json:"refusals"`
 	Certificate Expiry            `json:"certificate"`
 	CRL         *Expiry           `json:"crl,omitempty"` // nil without --crl
+	BGP         *BGPStatus        `json:"bgp,omitempty"` // nil without --bgp-asn
+}
+
+// BGPStatus is what the gateway announces over BGP, and to whom.
+type BGPStatus struct {
+	Routes int       `json:"routes"` // prefixes announced now
+	Peers  []BGPPeer `json:"peers"`
+}
+
+// BGPPeer is one router the gateway announces to.
+type BGPPeer struct {
+	Peer  string    `json:"peer"`  // ASN@ADDRESS
+	State string    `json:"state"` // established, active, idle, ...
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -106,6 +120,16 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 		row("crl", "%s", expiry(*s.CRL, now, "next update"))
 	} else {
 		row("crl", "none (--crl not set: revoked certificates are not refused)")
+	}
+	if s.BGP != nil {
+		row("bgp", "%d routes announced", s.BGP.Routes)
+		for _, p := range s.BGP.Peers {
+			since := ""
+			if !p.Since.IsZero() {
+				since = fmt.Sprintf(" for %s", Duration(now.Sub(p.Since)))
+			}
+			row("  peer "+p.Peer, "%s%s", p.State, since)
+		}
 	}
 	return tw.Flush()
 }

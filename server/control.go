@@ -40,6 +40,7 @@ type controlSource struct {
 	certFile string
 	certEnd  time.Time
 	rate     *rateMeter
+	bgp      *announcer // nil without BGP
 }
 
 // handle is the control.Handler of tunneld.
@@ -158,6 +159,11 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 			e.Expires = next
 		}
 		s.CRL = &e
+	}
+	if c.bgp != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		s.BGP = c.bgp.status(ctx)
+		cancel()
 	}
 	return s
 }
