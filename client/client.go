@@ -215,7 +215,7 @@ func (c *Client) Run(ctx context.Context) error {
 	o, log, sd, congestion, advertise, stats := c.cfg, c.log, c.sd, c.congest, c.advertise, c.stats
 	adv6 := slices.ContainsFunc(advertise, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	if o.Metrics != "" {
-		if err := service.ServeMetrics(ctx, o.Metrics, "tunnelc", stats, nil, nil, log); err != nil {
+		if err := service.ServeMetrics(ctx, o.Metrics, "tunnelc", stats, nil, nil, nil, log); err != nil {
 			return err
 		}
 	}

@@ -32,6 +32,9 @@ type ServerStatus struct {
 	Certificate Expiry            `json:"certificate"`
 	CRL         *Expiry           `json:"crl,omitempty"` // nil without --crl
 	BGP         *BGPStatus        `json:"bgp,omitempty"` // nil without --bgp-asn
+	// DrainingSince is when 'tunneld drain' took the gateway out of
+	// service (zero: it is in service).
+	DrainingSince time.Time `json:"draining_since,omitzero"`
 }
 
 // BGPStatus is what the gateway announces over BGP, and to whom.
@@ -111,6 +114,9 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 	row("uptime", "%s (since %s)", Duration(now.Sub(s.Started)), stamp(s.Started))
 	row("listen", "%s", s.Listen)
 	row("tun", "%s", strings.TrimSpace(s.TUN+" "+joinList(s.Subnets)))
+	if !s.DrainingSince.IsZero() {
+		row("state", "draining for %s: new connections refused, %d sessions left", Duration(now.Sub(s.DrainingSince)), s.Sessions)
+	}
 	row("sessions", "%d now, %d peak, %d connections open", s.Sessions, s.PeakSessions, s.Connections)
 	row("traffic", "%s in, %s out", Bytes(s.BytesIn), Bytes(s.BytesOut))
 	row("handshakes", "%d full, %d resumed, %.1f/min", s.Handshakes.Full, s.Handshakes.Resumed, s.Handshakes.PerMinute)

@@ -388,13 +388,14 @@ func (s *Server) Run(ctx context.Context) error {
 					return float64(n)
 				}})
 		}
-		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, log); err != nil {
+		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, func() bool { return !s.srv.Draining() }, log); err != nil {
 			return err
 		}
 	}
 	go s.rl.watch(ctx)
 	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, ticketKeyCheck, log)
 	go s.cs.rate.run(ctx, 5*time.Second, s.stats.SessionsOpened.Load)
+	s.cs.ctx, s.cs.log = ctx, log
 	serveControl(ctx, s.ctl, s.cs, log)
 	go releaseMemory(ctx, time.Minute)
 	if s.bgp != nil {

@@ -388,6 +388,8 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseReconfigure {
 				c.log.Info("server changed this client's configuration; reconnecting to apply it", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			} else if errors.As(err, &pc) && pc.Code == CloseDraining {
+				c.log.Info("the server is being drained; reconnecting, to another server if there is one", "reason", pc.Reason, "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseKicked {
 				c.log.Warn("kicked: the server's operator closed this session; reconnecting", "reason", pc.Reason, "retry_in", wait.Round(time.Millisecond))
 			} else {

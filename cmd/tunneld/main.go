@@ -39,7 +39,7 @@ const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADD
        tunneld --config FILE [flags]                  (settings from a YAML file; flags override it)
        tunneld check --config FILE [flags]            (validate the settings and the files they name, then exit)
        tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
-       tunneld status|clients|reload|kick NAME [--tun NAME | --control PATH] [--json]
+       tunneld status|clients|reload|drain|kick NAME [--tun NAME | --control PATH | --config FILE] [--json]
                                                   (ask a running tunneld; see 'tunneld status --help')
 
 tunneld is the tlsvpn server. It listens for tunnelc clients on TCP, accepts only
