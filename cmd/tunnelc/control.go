@@ -41,3 +41,19 @@ often it reconnected and rotated sessions.`,
 		return control.WriteClientStatus(w, s, now)
 	},
 }
+
+// reconnectCommand is 'tunnelc reconnect [SERVER]'.
+var reconnectCommand = cli.ControlCommand{
+	Prog: "tunnelc", Name: "reconnect", Args: "[SERVER]", NArgs: 1, ArgsOptional: true, DefaultTun: "tunnelc0",
+	Help: `Make a running tunnelc open a new session now: the current one is replaced
+(a tunnelc waiting to retry tries at once). With SERVER, one of its --server
+values exactly as given, that server is tried first, e.g. to move back to
+the usual one after a failover; without, a tunnelc with several servers
+tries the others before the one in use, and one with a single server
+reconnects to it. The tunnel's routes and addresses stay in place while it
+reconnects. tunnelc keeps a server it moved to until that one fails or it is
+told again.`,
+	Example: `  $ tunnelc reconnect vpn1.example.com:443
+  reconnecting to vpn1.example.com:443 first
+`,
+}
