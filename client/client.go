@@ -412,6 +412,7 @@ func (c *Client) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	wg.Go(func() { local.watch(ctx, client, log) })
+	wg.Go(func() { watchSleep(ctx, client, log) })
 	startControl(ctx, ctl, c.handle, &wg, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)
