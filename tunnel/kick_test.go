@@ -49,27 +49,19 @@ func TestClientServerNameHook(t *testing.T) {
 	}
 }
 
-// TestClientKickEndsBackoff: a Kick while the client waits to retry (a
-// long backoff) starts the next attempt at once: after a wake-up or
-// 'tunnelc reconnect' the user does not wait out a backoff of minutes.
-func TestClientKickEndsBackoff(t *testing.T) {
-	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
-	var dials atomic.Int32
+// runClient runs a client with dial and backoff against srv until the
+// test ends; up receives a value when a session is set up.
+func runClient(t *testing.T, srv *tunneltest.Server, dial func(ctx context.Context) (net.Conn, error), backoff time.Duration) (c *tunnel.Client, up <-chan struct{}) {
+	t.Helper()
 	dev := tuntest.NewChannelDevice("cli0", 1500, 16, 16)
-	defer dev.Close()
-	up := make(chan struct{}, 1)
+	ready := make(chan struct{}, 1)
 	c, err := tunnel.NewClient(tunnel.ClientConfig{
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			if dials.Add(1) == 1 {
-				return nil, errors.New("network down")
-			}
-			return srv.Listener.Dial(ctx)
-		},
+		Dial:       dial,
 		TLS:        srv.CA.ClientConfig(t, "laptop", "server"),
-		MinBackoff: time.Hour, // only a kick gets past the first failure
+		MinBackoff: backoff,
 		Setup: func(context.Context, tunnel.Config) (tun.Device, error) {
 			select {
-			case up <- struct{}{}:
+			case ready <- struct{}{}:
 			default:
 			}
 			return dev, nil
@@ -81,10 +73,26 @@ func TestClientKickEndsBackoff(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		<-done
-	}()
+		dev.Close()
+	})
+	return c, ready
+}
+
+// TestClientKickEndsBackoff: a Kick while the client waits to retry (a
+// long backoff) starts the next attempt at once: after a wake-up or
+// 'tunnelc reconnect' the user does not wait out a backoff of minutes.
+func TestClientKickEndsBackoff(t *testing.T) {
+	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
+	var dials atomic.Int32
+	c, up := runClient(t, srv, func(ctx context.Context) (net.Conn, error) {
+		if dials.Add(1) == 1 {
+			return nil, errors.New("network down")
+		}
+		return srv.Listener.Dial(ctx)
+	}, time.Hour) // only a kick gets past the first failure
 	tunneltest.Eventually(t, func() bool { return c.Status().State == tunnel.StateBackingOff }, "client not backing off")
 	c.Kick("test")
 	select {
@@ -99,41 +107,21 @@ func TestClientKickEndsBackoff(t *testing.T) {
 // brings up.
 func TestClientKickWhileConnectingIgnored(t *testing.T) {
 	srv := tunneltest.StartServer(t, tunneltest.ServerOptions{})
-	dev := tuntest.NewChannelDevice("cli0", 1500, 16, 16)
-	defer dev.Close()
 	var c *tunnel.Client
-	up := make(chan struct{}, 1)
-	c, err := tunnel.NewClient(tunnel.ClientConfig{
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			c.Kick("stale") // e.g. the old local address went away
-			return srv.Listener.Dial(ctx)
-		},
-		TLS: srv.CA.ClientConfig(t, "laptop", "server"),
-		Setup: func(context.Context, tunnel.Config) (tun.Device, error) {
-			select {
-			case up <- struct{}{}:
-			default:
-			}
-			return dev, nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	assigned := make(chan struct{})
+	c, up := runClient(t, srv, func(ctx context.Context) (net.Conn, error) {
+		<-assigned
+		c.Kick("stale") // e.g. the old local address went away
+		return srv.Listener.Dial(ctx)
+	}, 0)
+	close(assigned)
 	<-up
 	tunneltest.Eventually(t, func() bool { return c.Status().State == tunnel.StateUp }, "client not up")
 	// A ping round trip on the session proves Run went back to its
 	// select: a pending kick would have been taken by now.
-	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-	c.ProbeRTT(pctx, 0)
-	pcancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	c.ProbeRTT(ctx, 0)
+	cancel()
 	if st := c.Status(); st.State != tunnel.StateUp || st.Reconnects != 0 {
 		t.Errorf("after a kick during the attempt: state %s, %d reconnects; want up, 0", st.State, st.Reconnects)
 	}
