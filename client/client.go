@@ -1,7 +1,8 @@
 // Package client is the tlsvpn client agent that tunnelc runs: it checks
 // that it can do its job before it contacts the server, creates the TUN
 // device, connects to tunneld over mutually authenticated TLS 1.3 (and
-// reconnects, rotates sessions and follows roaming), installs the
+// reconnects, rotates sessions, follows roaming, moves between several
+// servers and comes back at once after a sleep), installs the
 // address, MTU, routes and DNS servers the server pushes, keeps the full
 // tunnel's route to the server and the kill switch in place, serves
 // metrics and the control socket, and removes all of it when it stops.

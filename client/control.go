@@ -115,7 +115,7 @@ func (c *Client) reconnect(args []string) (any, error) {
 	}
 	switch tc.Status().State {
 	case tunnel.StateConnecting:
-		msg += "; an attempt is under way, the next one follows this"
+		msg += "; an attempt is already under way: this applies if it fails"
 	default:
 		tc.Kick("asked by 'tunnelc reconnect'")
 	}

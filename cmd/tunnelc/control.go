@@ -14,7 +14,8 @@ import (
 var statusCommand = cli.ControlCommand{
 	Prog: "tunnelc", Name: "status", DefaultTun: "tunnelc0",
 	Help: `Show what a running tunnelc is doing: the server (and the address it
-connected to), its state (connecting, up, backing off with the time of the
+connected to; with several --server, the one in use and then all of them
+on the servers line), its state (connecting, up, backing off with the time of the
 next attempt and the last error), the tunnel addresses, routes and DNS
 servers it installed, whether the full tunnel and kill switch are on, IP
 bytes received from and sent to the server, when the session's keys last
