@@ -316,7 +316,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// setup runs for every session, on the TUN device opened above: it
 	// converges the addresses, MTU and routes, which is a no-op when
 	// nothing changed (reconnects, rotations).
-	var applied string
+	var applied, appliedServer string
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -356,7 +356,10 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 		}
 		if desc := fmt.Sprint(rc); desc != applied {
-			if applied != "" {
+			if server := sd.current(); applied != "" && server != appliedServer {
+				// Each server has its own pool: a move changes the address.
+				log.Info("tunnel moved to another server", "server", server, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+			} else if applied != "" {
 				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
 			} else {
 				log.Info("tunnel up", "ifname", o.TUN, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", service.CongestionName(congestion))
@@ -364,6 +367,7 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			applied = desc
 		}
+		appliedServer = sd.current()
 		return dev, nil
 	}
 

@@ -112,6 +112,9 @@ func TestNetNSSeveralServers(t *testing.T) {
 		t.Fatalf("tunnelc reconnect vpn-a.test:443: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	on("told to move to A", "vpn-a.test:443", "198.18.100.1", "198.18.100.2", addrA, "100.64.1.1")
+	if !strings.Contains(cli.log.String(), `msg="tunnel moved to another server" server=vpn-a.test:443 tunnel_addr=100.64.1.2/24`) {
+		t.Errorf("the move is not logged as one:\n%s", cli.log)
+	}
 	if r := ctl(t, tunnelc, "reconnect", "vpn-c.test:443", "--control", ctlPath); r.code != 1 || !strings.Contains(r.stderr, "not one of this tunnelc's servers (vpn-a.test:443, vpn-b.test:443)") {
 		t.Errorf("reconnect to an unknown server: exit %d\n%s", r.code, r.stderr)
 	}
