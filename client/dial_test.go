@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"tlsvpn/tunnel/tunneltest"
 )
@@ -233,4 +235,38 @@ func TestServerDialerPinAll(t *testing.T) {
 	if _, err := d.pinAll(context.Background()); err == nil {
 		t.Error("pinAll with no server resolving succeeded")
 	}
+}
+
+// TestServerDialerHungServer: a server that does not answer at all (a
+// host that is down, a firewall that drops) gets its share of the
+// attempt's time, not all of it, and the next server is tried in the
+// same attempt. Time is synctest's: the two minutes pass at once.
+func TestServerDialerHungServer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d, log := testServers(t, map[string][]string{"a.test": {"192.0.2.1"}, "b.test": {"192.0.2.2"}}, "a.test:443", "b.test:443")
+		d.order.shuffle = func(int, func(i, j int)) {} // a, then b
+		var hung time.Duration
+		d.before = func(ctx context.Context, a netip.AddrPort) error {
+			if a.Addr() == netip.MustParseAddr("192.0.2.1") {
+				start := time.Now()
+				<-ctx.Done() // no answer
+				hung = time.Since(start)
+				return ctx.Err()
+			}
+			return errors.New("refused by the test") // b answered; stop short of a real dial
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_, err := d.Dial(ctx, false)
+		if hung != time.Minute {
+			t.Errorf("the server that does not answer held the attempt %v, want half of it (1m0s)", hung)
+		}
+		want := "connect to 192.0.2.1:443: no answer (timed out); connect to 192.0.2.2:443: refused by the test"
+		if err == nil || err.Error() != want {
+			t.Errorf("Dial = %v, want %q", err, want)
+		}
+		if !strings.Contains(log.String(), `msg="no connection to this server; trying the next" server=a.test:443 next=b.test:443`) {
+			t.Errorf("the move to the next server is not logged:\n%s", log)
+		}
+	})
 }
