@@ -1,7 +1,8 @@
 // Package client is the tlsvpn client agent that tunnelc runs: it checks
 // that it can do its job before it contacts the server, creates the TUN
 // device, connects to tunneld over mutually authenticated TLS 1.3 (and
-// reconnects, rotates sessions and follows roaming), installs the
+// reconnects, rotates sessions, follows roaming, moves between several
+// servers and comes back at once after a sleep), installs the
 // address, MTU, routes and DNS servers the server pushes, keeps the full
 // tunnel's route to the server and the kill switch in place, serves
 // metrics and the control socket, and removes all of it when it stops.
@@ -40,12 +41,16 @@ const DefaultTUN = "tunnelc0"
 // tunnelc flag named beside it; the zero value of a field is the flag's
 // default, except Control (tunnelc passes its default socket path).
 type Config struct {
-	Server     string // --server HOST:PORT to connect to (required)
-	ServerName string // --server-name the server certificate must carry; "" is the host of Server
+	Server     string // --server HOST:PORT to connect to (required unless Servers is set)
+	ServerName string // --server-name every server certificate must carry; "" is the host of each server
 	Cert       string // --cert: client certificate file, PEM (required)
 	Key        string // --key: client private key file, PEM (required)
 	CA         string // --ca: the CA certificate file the server's must chain to (required)
 	TUN        string // --tun: interface name; "" is DefaultTUN
+
+	// Servers is --server repeated: the servers after Server (if set),
+	// tried in the order servers.go describes.
+	Servers []string
 
 	HandshakeTimeout time.Duration // --handshake-timeout; 0 is 15s
 	QueueLen         int           // --queue-len; 0 is tunnel.DefaultQueueLen
@@ -103,22 +108,14 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		cfg.TUN = DefaultTUN
 	}
 	cfg.Advertise = slices.Clone(cfg.Advertise)
-	if cfg.Server == "" {
-		return nil, service.Usagef("--server is required, e.g. --server vpn.example.com:443")
-	}
-	host, portStr, err := net.SplitHostPort(cfg.Server)
+	cfg.Servers = slices.Clone(cfg.Servers)
+	servers, err := parseServers(cfg.serverList(), cfg.ServerName)
 	if err != nil {
-		return nil, service.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", cfg.Server)
+		return nil, service.Usagef("%v", err)
 	}
-	sd, err := newServerDialer(cfg.Server, host, portStr, log)
-	if err != nil {
-		return nil, service.Usagef("--server %q: %v", cfg.Server, err)
-	}
+	sd := newServerDialer(servers, log)
 	if cfg.KillSwitch && !cfg.FullTunnel {
 		return nil, service.Usagef("--kill-switch needs --full-tunnel")
-	}
-	if cfg.ServerName == "" {
-		cfg.ServerName = host
 	}
 	congestion, explicit := cfg.Congestion, cfg.Congestion != ""
 	if !explicit {
@@ -150,7 +147,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if cfg.Cert == "" || cfg.Key == "" || cfg.CA == "" {
 		return nil, service.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
 	}
-	tlsCfg, err := certs.ClientConfig(cfg.Cert, cfg.Key, cfg.CA, cfg.ServerName)
+	// The name of the first server; each dial checks its own
+	// (tunnel.ClientConfig.ServerName).
+	tlsCfg, err := certs.ClientConfig(cfg.Cert, cfg.Key, cfg.CA, servers[0].name)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +159,14 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	}
 	return &Client{cfg: cfg, log: log, sd: sd, tls: tlsCfg, congest: congestion,
 		advertise: advertise, stats: new(tunnel.Stats)}, nil
+}
+
+// serverList returns the servers of c: Server, then Servers.
+func (c *Config) serverList() []string {
+	if c.Server == "" {
+		return c.Servers
+	}
+	return append([]string{c.Server}, c.Servers...)
 }
 
 // tunnelClient returns the tunnel.Client of Run, nil before.
@@ -255,13 +262,15 @@ func (c *Client) Run(ctx context.Context) error {
 	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
 		return err
 	}
-	// Full tunnel and kill switch need the server's addresses.
+	// Full tunnel and kill switch need the servers' addresses: every
+	// address of every server, resolved now and dialed from then on; the
+	// kill switch lets each through, the bypass route follows the one
+	// dialed (bypass.go).
 	var serverAddrs []netip.AddrPort
 	if o.FullTunnel {
-		if serverAddrs, err = sd.resolve(ctx); err != nil {
+		if serverAddrs, err = sd.pinAll(ctx); err != nil {
 			return err
 		}
-		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
 	}
 	if len(advertise) > 0 {
 		// A site gateway forwards between its LAN and the tunnel.
@@ -290,7 +299,8 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}
 	var restoreDNS func() error
-	var bypass *routing.Bypass // guarded by mu
+	bypass := newBypassFollower(o.TUN, log)
+	sd.before = bypass.follow
 	var appliedDNS string
 	defer func() {
 		if restoreDNS != nil {
@@ -298,36 +308,28 @@ func (c *Client) Run(ctx context.Context) error {
 				log.Warn("restoring DNS settings", "err", err)
 			}
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if bypass != nil {
-			if err := bypass.Close(); err != nil {
-				log.Warn("removing the route to the server", "err", err)
-			}
+		if err := bypass.Close(); err != nil {
+			log.Warn("removing the route to the server", "err", err)
 		}
 	}()
 
 	// setup runs for every session, on the TUN device opened above: it
 	// converges the addresses, MTU and routes, which is a no-op when
 	// nothing changed (reconnects, rotations).
-	var applied string
+	var applied, appliedServer string
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
+		sd.up()
 		rc, full := clientRouting(o.TUN, cfg, o.FullTunnel)
-		if full && bypass == nil {
-			// Keep the way to the server outside the tunnel before the
-			// tunnel takes everything else.
-			if len(serverAddrs) == 0 {
-				// The server pushed a default route: keep the address
-				// this session is connected to outside the tunnel.
-				serverAddrs = append(serverAddrs, sd.lastAddr())
-			}
-			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.TUN)
-			if err != nil {
+		if full && !bypass.on() {
+			// Keep the way to the server this session is connected to
+			// outside the tunnel before the tunnel takes everything
+			// else (with --full-tunnel, or a default route the server
+			// pushed).
+			if err := bypass.start(ctx, sd.lastAddr().Addr()); err != nil {
 				return nil, err
 			}
-			bypass = b
 		}
 		if err := mgr.Set(ctx, rc); err != nil {
 			return nil, err
@@ -354,7 +356,10 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 		}
 		if desc := fmt.Sprint(rc); desc != applied {
-			if applied != "" {
+			if server := sd.current(); applied != "" && server != appliedServer {
+				// Each server has its own pool: a move changes the address.
+				log.Info("tunnel moved to another server", "server", server, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+			} else if applied != "" {
 				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
 			} else {
 				log.Info("tunnel up", "ifname", o.TUN, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", service.CongestionName(congestion))
@@ -362,6 +367,7 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			applied = desc
 		}
+		appliedServer = sd.current()
 		return dev, nil
 	}
 
@@ -369,21 +375,11 @@ func (c *Client) Run(ctx context.Context) error {
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
-			mu.Lock()
-			b := bypass
-			mu.Unlock()
-			if b != nil {
-				// After roaming, the way to the server is another
-				// gateway or interface: move the pinned route first.
-				// With no such route, the dial would only loop into the
-				// tunnel itself: fail it and retry after the backoff.
-				if changed, err := b.Refresh(ctx); err != nil {
-					return nil, err
-				} else if changed {
-					log.Info("route to the server moved outside the tunnel", "server", o.Server)
-				}
-			}
-			conn, err := sd.Dial(ctx)
+			// The bypass route moves with each address dialed, and
+			// after roaming to the new gateway (sd.before); with no
+			// such route the dial fails rather than loop into the
+			// tunnel, and is retried after the backoff.
+			conn, err := sd.Dial(ctx, c.rotating())
 			if err == nil {
 				service.TuneTCP(conn, 3*keepalive, congestion)
 				local.set(conn.LocalAddr())
@@ -395,6 +391,7 @@ func (c *Client) Run(ctx context.Context) error {
 		RotateAfter:      o.RotateAfter,
 		NoResumption:     o.NoResumption,
 		TLS:              c.tls,
+		ServerName:       sd.serverName,
 		Hello:            tunnel.Hello{Software: "tunnelc", Advertise: advertise},
 		Setup:            setup,
 		HandshakeTimeout: o.HandshakeTimeout,
@@ -420,10 +417,18 @@ func (c *Client) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	wg.Go(func() { local.watch(ctx, client, log) })
+	wg.Go(func() { watchSleep(ctx, client, log) })
 	startControl(ctx, ctl, c.handle, &wg, log)
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)
 	return err
+}
+
+// rotating reports whether a session is up, so that a new connection is
+// a rotation, which stays on the server in use.
+func (c *Client) rotating() bool {
+	tc := c.tunnelClient()
+	return tc != nil && tc.Status().State == tunnel.StateUp
 }
 
 func errString(err error) string {

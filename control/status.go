@@ -81,7 +81,8 @@ type Session struct {
 
 // ClientStatus is tunnelc's answer to "status".
 type ClientStatus struct {
-	Server        string         `json:"server"`                // --server as given
+	Server        string         `json:"server"`                // --server as given (the one in use, with several)
+	Servers       []string       `json:"servers,omitempty"`     // every --server, when there are several
 	ServerAddr    string         `json:"server_addr,omitempty"` // address of the current (or last) connection
 	State         string         `json:"state"`                 // connecting, up, backing off
 	TUN           string         `json:"tun"`
@@ -171,6 +172,9 @@ func WriteClientStatus(w io.Writer, s ClientStatus, now time.Time) error {
 		server += " (" + s.ServerAddr + ")"
 	}
 	row("server", "%s", server)
+	if len(s.Servers) > 1 {
+		row("servers", "%s", strings.Join(s.Servers, ", "))
+	}
 	state := s.State
 	switch {
 	case s.State == "up" && !s.Since.IsZero():

@@ -44,6 +44,7 @@ const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca
        tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
        tunnelc profiles                      (list the profiles)
        tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
+       tunnelc reconnect [SERVER] [--tun NAME | --control PATH]  (new session now; to SERVER or another server)
 
 tunnelc is the tlsvpn client. It needs root or CAP_NET_ADMIN. It checks that,
 and creates the TUN device --tun, before it connects: a start that cannot work
@@ -59,7 +60,18 @@ It reconnects after failures with a backoff from 250ms up to 30s; after a
 problem that does not go away by itself (a server certificate from another CA
 or for another name, a client certificate the server refuses, a server that
 is not a tlsvpn server) it logs the reason and a hint once and retries about
-every 5 minutes.
+every 5 minutes. When the machine wakes from sleep (or the local address of
+the connection goes away) it reconnects at once instead of waiting for the
+keepalive to fail.
+
+With several --server flags (or a list, "server: [a:443, b:443]", in the
+config file) each attempt tries them in turn, each with every address its
+name resolves to: the server of the last session first, the others in a
+random order (remembered while tunnelc runs, drawn afresh at each start). It
+stays on a server while it works and moves to another when it fails, or when
+told with 'tunnelc reconnect'. The kill switch lets every server's addresses
+through, and the full tunnel's route outside the tunnel follows the server
+in use.
 
 Flags:
 `
@@ -74,6 +86,9 @@ Examples:
 
   # all traffic through the tunnel, nothing outside it even while reconnecting
   tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch
+
+  # two servers: whichever is up; 'tunnelc reconnect vpn1.example.com:443' moves back
+  tunnelc --server vpn1.example.com:443 --server vpn2.example.com:443 --cert laptop.crt --key laptop.key --ca ca.crt
 
   # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
   # server (the server's --clients file must allow it: advertise)
@@ -94,7 +109,8 @@ Exit status:
 `
 
 type options struct {
-	server, serverName  string
+	servers             []string // --server, repeatable
+	serverName          string
 	cert, key, ca       string
 	tunName             string
 	handshakeTimeout    time.Duration
@@ -124,6 +140,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "status" {
 		return cli.RunControl(ctx, statusCommand, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "reconnect" {
+		return cli.RunControl(ctx, reconnectCommand, args[1:], stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "profiles" {
 		return runProfiles(stdout, stderr, args[1:])
 	}
@@ -138,8 +157,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.config, "config", "", "read settings from a YAML FILE whose keys are the long flag names, e.g. /etc/tlsvpn/client/work.yaml (see README); a flag on the command line overrides the file")
 	fs.StringVar(&o.profile, "profile", "", "read settings from the profile NAME, the config file NAME.yaml in --profile-dir (one per server; 'tunnelc profiles' lists them)")
 	fs.StringVar(&o.profileDir, "profile-dir", DefaultProfileDir, "directory of the --profile files")
-	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
-	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
+	fs.StringArrayVar(&o.servers, "server", nil, "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required); repeat it for several servers: the one of the last session first, the others in random order, every address of each name; 'tunnelc reconnect' moves to another")
+	fs.StringVar(&o.serverName, "server-name", "", "name every server certificate must carry (default: the host part of each --server), e.g. vpn.example.com")
 	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
 	fs.StringVar(&o.key, "key", "", "client private key FILE (PEM), e.g. laptop.key (required)")
 	fs.StringVar(&o.ca, "ca", "", "CA certificate FILE the server certificate must chain to, e.g. ca.crt (required)")
@@ -214,7 +233,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // connect runs the client agent that o describes until ctx ends.
 func connect(ctx context.Context, o options, log *slog.Logger) error {
 	cfg := client.Config{
-		Server: o.server, ServerName: o.serverName, Cert: o.cert, Key: o.key, CA: o.ca, TUN: o.tunName,
+		Servers: o.servers, ServerName: o.serverName, Cert: o.cert, Key: o.key, CA: o.ca, TUN: o.tunName,
 		HandshakeTimeout: o.handshakeTimeout, QueueLen: o.queueLen, MaxAttempts: o.maxAttempts,
 		RotateBytes: o.rotateBytes, RotateAfter: o.rotateAfter, NoResumption: o.noResumption,
 		FullTunnel: o.fullTunnel, KillSwitch: o.killSwitch, Advertise: o.advertise,

@@ -47,9 +47,12 @@ type ControlCommand struct {
 	Prog, Name string // "tunneld", "kick"
 	Args       string // positional arguments for the usage line, e.g. "NAME"
 	NArgs      int    // how many positional arguments it takes
-	Help       string // what it does, and what its output means
-	Example    string // example output, shown in --help
-	DefaultTun string
+	// ArgsOptional makes NArgs the most it takes: fewer are fine (Args
+	// then shows them in brackets, e.g. "[SERVER]").
+	ArgsOptional bool
+	Help         string // what it does, and what its output means
+	Example      string // example output, shown in --help
+	DefaultTun   string
 	// ProfileDir, when set, adds --profile NAME (the config file
 	// NAME.yaml in ProfileDir, or in --profile-dir) beside --config.
 	ProfileDir string
@@ -99,9 +102,9 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 		}
 		return &UsageError{Err: fmt.Errorf("%w (see '%s --help')", err, name)}
 	}
-	if fs.NArg() != c.NArgs {
-		if c.NArgs == 0 {
-			return Usagef("unexpected argument %q (see '%s --help')", fs.Arg(0), name)
+	if fs.NArg() != c.NArgs && !(c.ArgsOptional && fs.NArg() < c.NArgs) {
+		if c.NArgs == 0 || c.ArgsOptional {
+			return Usagef("unexpected argument %q (see '%s --help')", fs.Arg(c.NArgs), name)
 		}
 		return Usagef("want %s (see '%s --help')", c.Args, name)
 	}

@@ -43,6 +43,8 @@ func fakeDaemon(t *testing.T) string {
 				return nil, fmt.Errorf("no session of client %q", args[0])
 			case cmd == "status":
 				return map[string]any{"sessions": 2}, nil
+			case cmd == "reconnect":
+				return Message{Message: fmt.Sprintf("reconnecting %q", args)}, nil
 			}
 			return nil, fmt.Errorf("unknown command %q", cmd)
 		})
@@ -61,6 +63,7 @@ func TestRunControl(t *testing.T) {
 			_, err := fmt.Fprintf(w, "sessions: %d\n", v.Sessions)
 			return err
 		}}
+	reconnect := ControlCommand{Prog: "tunnelc", Name: "reconnect", Args: "[SERVER]", NArgs: 1, ArgsOptional: true, DefaultTun: "tunnelc0"}
 	missing := filepath.Join(filepath.Dir(path), "other.sock")
 	// Config files as the daemons read them: the socket is found the way
 	// the daemon started with the file would place it.
@@ -95,6 +98,9 @@ func TestRunControl(t *testing.T) {
 		{name: "json", cmd: status, args: []string{"--control", path, "--json"}, stdout: "{\n  \"sessions\": 2\n}\n"},
 		{name: "missing argument is usage", cmd: kick, args: []string{"--control", path}, exit: ExitUsage, errHas: "want NAME"},
 		{name: "extra argument is usage", cmd: status, args: []string{"x", "--control", path}, exit: ExitUsage, errHas: `unexpected argument "x"`},
+		{name: "optional argument given", cmd: reconnect, args: []string{"b:443", "--control", path}, stdout: "reconnecting [\"b:443\"]\n"},
+		{name: "optional argument left out", cmd: reconnect, args: []string{"--control", path}, stdout: "reconnecting []\n"},
+		{name: "one optional argument too many", cmd: reconnect, args: []string{"a:443", "b:443", "--control", path}, exit: ExitUsage, errHas: `unexpected argument "b:443"`},
 		{name: "bad flag is usage", cmd: status, args: []string{"--bogus"}, exit: ExitUsage, errHas: "tunneld status --help"},
 		{name: "empty --control is usage", cmd: status, args: []string{"--control", ""}, exit: ExitUsage, errHas: "--control"},
 		{name: "no daemon is exit 3", cmd: status, args: []string{"--control", missing}, exit: ExitUnreachable, errHas: missing},
