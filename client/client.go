@@ -67,6 +67,10 @@ type Config struct {
 	// default (and a warning) where the kernel does not have it.
 	Congestion string
 
+	NoPortal     bool          // --no-portal: no captive portal probe, and no hole in the kill switch
+	PortalProbe  string        // --portal-probe URL; "" is DefaultPortalProbe
+	PortalWindow time.Duration // --portal-window; 0 is DefaultPortalWindow
+
 	Metrics      string // --metrics ADDR:PORT for Prometheus; "" is off
 	Control      string // the control socket's path (--control); "" is none
 	ControlGroup string // --control-group
@@ -83,6 +87,7 @@ type Client struct {
 	advertise []netip.Prefix
 	stats     *tunnel.Stats
 	view      tunnelView
+	portal    *portalWatch // nil with NoPortal; see portal.go
 
 	mu      sync.Mutex
 	tc      *tunnel.Client // set by Run
@@ -119,6 +124,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
+	}
+	if err := checkPortal(cfg); err != nil {
+		return nil, err
 	}
 	congestion, explicit := cfg.Congestion, cfg.Congestion != ""
 	if !explicit {
@@ -159,7 +167,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		log.Warn("client certificate expires soon: ask for a new one", "file", cfg.Cert, "days_left", int(left.Hours()/24))
 	}
 	return &Client{cfg: cfg, log: log, sd: sd, tls: tlsCfg, congest: congestion,
-		advertise: advertise, stats: new(tunnel.Stats)}, nil
+		advertise: advertise, stats: new(tunnel.Stats), portal: newClientPortal(cfg, log)}, nil
 }
 
 // tunnelClient returns the tunnel.Client of Run, nil before.
@@ -280,7 +288,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := fw.Set(ctx, clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs)); err != nil {
+		if err := fw.Set(ctx, c.portal.firewall(clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs), fw)); err != nil {
 			fw.Close()
 			return err
 		}
@@ -362,6 +370,7 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			applied = desc
 		}
+		c.portal.sessionUp()
 		return dev, nil
 	}
 
@@ -369,6 +378,7 @@ func (c *Client) Run(ctx context.Context) error {
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
+			c.portal.attempt()
 			mu.Lock()
 			b := bypass
 			mu.Unlock()
@@ -421,6 +431,14 @@ func (c *Client) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { local.watch(ctx, client, log) })
 	startControl(ctx, ctl, c.handle, &wg, log)
+	c.startPortal(ctx, &wg, client, func() netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(serverAddrs) == 0 {
+			return netip.Addr{}
+		}
+		return serverAddrs[0].Addr()
+	})
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)
 	return err
