@@ -319,6 +319,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// converges the addresses, MTU and routes, which is a no-op when
 	// nothing changed (reconnects, rotations).
 	var applied string
+	var lastRC routing.Config // the interface state of the last session; guarded by mu
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -354,6 +355,7 @@ func (c *Client) Run(ctx context.Context) error {
 			restoreDNS, appliedDNS = r, d
 		}
 		c.view.set(rc, cfg.DNS)
+		lastRC = rc
 		if len(advertise) > 0 {
 			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
 				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
@@ -438,6 +440,24 @@ func (c *Client) Run(ctx context.Context) error {
 			return netip.Addr{}
 		}
 		return serverAddrs[0].Addr()
+	}, func(ctx context.Context) error {
+		// A captive portal, with the full tunnel's routes of the last
+		// session in place: take them and its DNS settings off; the
+		// next session's setup puts them back.
+		mu.Lock()
+		defer mu.Unlock()
+		rc := withoutFullTunnel(lastRC)
+		if err := mgr.Set(ctx, rc); err != nil {
+			return err
+		}
+		if restoreDNS != nil {
+			if err := restoreDNS(); err != nil {
+				return err
+			}
+			restoreDNS, appliedDNS = nil, ""
+		}
+		c.view.set(rc, nil)
+		return nil
 	})
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)

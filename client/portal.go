@@ -131,9 +131,11 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // attempts and opens and closes the kill switch's hole. attempt and
 // connected are called by the client (any goroutine); run does the work.
 type portalWatch struct {
-	// Immutable after newPortalWatch.
+	// Immutable after newPortalWatch, but for the funcs, which the
+	// client sets before it starts run and makes its first attempt.
 	window time.Duration
 	log    *slog.Logger
+	url    string // the probe URL
 	// probe probes for a portal through the interface ifname ("": where
 	// the routes lead).
 	probe func(ctx context.Context, ifname string) (probeResult, error)
@@ -146,6 +148,9 @@ type portalWatch struct {
 	// isUp reports whether a session is up; fullRoutes whether the full
 	// tunnel's routes point into the TUN (they survive a lost session).
 	isUp, fullRoutes func() bool
+	// setAside takes the full tunnel's routes and DNS settings off until
+	// the next session, so that a browser reaches the portal.
+	setAside func(ctx context.Context) error
 
 	attempts  atomic.Int64  // connection attempts since the last session came up
 	failed    chan struct{} // an attempt failed (cap 1)
@@ -319,11 +324,25 @@ func (p *portalWatch) run(ctx context.Context) {
 				p.log.Warn(fmt.Sprintf("captive portal detected at %s; opening DNS and TCP 80/443 on %s for %v so you can log in", res.URL, ifname, p.window),
 					"portal_url", res.URL, "http_status", res.Status, "ifname", ifname, "until", st.OpenUntil.Format(time.RFC3339))
 				if p.fullRoutes != nil && p.fullRoutes() {
-					p.log.Warn("the full tunnel's routes, kept from the last session, still send the browser into the tunnel: restart tunnelc (its routes go with it) to log in")
+					p.moveFullTunnelAside(ctx)
 				}
 			}
 		}
 	}
+}
+
+// moveFullTunnelAside takes the routes and DNS settings of the last
+// session off, which would send the browser into the tunnel while it is
+// down: the laptop joined the portal's network with the tunnel up.
+func (p *portalWatch) moveFullTunnelAside(ctx context.Context) {
+	if p.setAside == nil {
+		return
+	}
+	if err := p.setAside(ctx); err != nil {
+		p.log.Error("the full tunnel's routes still send the browser into the tunnel: restart tunnelc (its routes go with it) to log in to the portal", "err", err)
+		return
+	}
+	p.log.Warn("the full tunnel's routes and DNS settings are off until the tunnel is back, so that the browser reaches the portal (the kill switch still drops all but DNS and TCP 80/443)")
 }
 
 // newClientPortal returns the portal watch of a Client with cfg, nil with
@@ -333,7 +352,7 @@ func newClientPortal(cfg Config, log *slog.Logger) *portalWatch {
 		return nil
 	}
 	return newPortalWatch(&portalWatch{window: cfg.PortalWindow, log: log,
-		probe: probeFunc(cmp.Or(cfg.PortalProbe, DefaultPortalProbe))})
+		url: cmp.Or(cfg.PortalProbe, DefaultPortalProbe)})
 }
 
 // firewall adds to the kill switch's fc the exception for the probe, and
@@ -354,17 +373,28 @@ func (p *portalWatch) firewall(fc routing.FirewallConfig, fw routing.Firewall) r
 
 // startPortal starts the portal watch of Run on wg, until ctx ends: tc is
 // the tunnel client, server the address of the server in use (invalid
-// when not known: the probe then follows the system's routes).
-func (c *Client) startPortal(ctx context.Context, wg *sync.WaitGroup, tc *tunnel.Client, server func() netip.Addr) {
+// when not known: the probe then follows the system's routes), setAside
+// what takes the full tunnel's routes and DNS settings off.
+func (c *Client) startPortal(ctx context.Context, wg *sync.WaitGroup, tc *tunnel.Client, server func() netip.Addr, setAside func(context.Context) error) {
 	p := c.portal
 	if p == nil {
 		return
+	}
+	p.probe = probeFunc(p.url, func() []netip.Addr {
+		c.view.mu.Lock()
+		defer c.view.mu.Unlock()
+		return slices.Clone(c.view.dns)
+	})
+	if p.setHole != nil {
+		// Only with the kill switch: without it, the routes are what
+		// keeps the rest of the traffic in the (dead) tunnel.
+		p.setAside = setAside
 	}
 	p.isUp = func() bool { return tc.Status().State == tunnel.StateUp }
 	p.fullRoutes = func() bool {
 		c.view.mu.Lock()
 		defer c.view.mu.Unlock()
-		return slices.ContainsFunc(c.view.routes, func(r netip.Prefix) bool { return r.Bits() == 1 })
+		return slices.ContainsFunc(c.view.routes, isFullTunnelHalf)
 	}
 	p.egress = func() (string, error) {
 		a := server()
@@ -387,4 +417,17 @@ func checkPortal(cfg Config) error {
 		return service.Usagef("--portal-window %v: want a positive duration such as 5m", cfg.PortalWindow)
 	}
 	return nil
+}
+
+// isFullTunnelHalf reports whether r is one of the routes that stand for a
+// default route in a full tunnel (fullTunnelRoutes).
+func isFullTunnelHalf(r netip.Prefix) bool {
+	return r.Bits() == 1 && (r.Addr() == netip.IPv4Unspecified() || r.Addr() == netip.MustParseAddr("128.0.0.0") ||
+		r.Addr() == netip.IPv6Unspecified() || r.Addr() == netip.MustParseAddr("8000::"))
+}
+
+// withoutFullTunnel returns rc without the full tunnel's routes.
+func withoutFullTunnel(rc routing.Config) routing.Config {
+	rc.Routes = slices.DeleteFunc(slices.Clone(rc.Routes), isFullTunnelHalf)
+	return rc
 }

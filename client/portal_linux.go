@@ -1,21 +1,17 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"strings"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
-)
 
-// upstreamResolvConf lists the servers systemd-resolved forwards to, when
-// /etc/resolv.conf names only its stub on the loopback.
-const upstreamResolvConf = "/run/systemd/resolve/resolv.conf"
+	"tlsvpn/routing"
+)
 
 // newProbeClient returns the HTTP client of the portal probe: no proxy,
 // no redirects, no connection reuse, and sockets (DNS included) marked
@@ -28,7 +24,13 @@ const upstreamResolvConf = "/run/systemd/resolve/resolv.conf"
 // that (the kernel still routes by destination), and a routing rule on
 // the mark would change the host's policy routing for every process that
 // uses the mark.
-func newProbeClient(ifname string) *http.Client {
+//
+// Names are resolved with dns, the servers of the network the host is on
+// (routing.ProbeNameservers): not those of the tunnel, which may be in
+// resolv.conf while it is down, nor a stub resolver on the loopback, whose
+// own queries the kill switch drops. Without any, the system's resolver
+// settings are used.
+func newProbeClient(ifname string, dns []netip.Addr) *http.Client {
 	control := func(bind bool) func(network, address string, rc syscall.RawConn) error {
 		return func(network, address string, rc syscall.RawConn) error {
 			var serr error
@@ -44,9 +46,12 @@ func newProbeClient(ifname string) *http.Client {
 			return serr
 		}
 	}
-	dns := &net.Dialer{Control: control(true)}
+	dnsDialer := &net.Dialer{Control: control(true)}
 	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-		return dns.DialContext(ctx, network, upstreamDNS(address))
+		if _, port, err := net.SplitHostPort(address); err == nil && len(dns) > 0 {
+			address = netip.AddrPortFrom(dns[0], portNumber(port)).String()
+		}
+		return dnsDialer.DialContext(ctx, network, address)
 	}}
 	d := &net.Dialer{Control: control(true), Resolver: resolver}
 	return &http.Client{
@@ -60,38 +65,18 @@ func newProbeClient(ifname string) *http.Client {
 	}
 }
 
-// upstreamDNS returns the DNS server to ask instead of address: a stub
-// resolver on the loopback (systemd-resolved's 127.0.0.53) forwards with
-// sockets the kill switch drops, so ask the first server it forwards to
-// instead; any other address as it is.
-func upstreamDNS(address string) string {
-	host, port, err := net.SplitHostPort(address)
-	if err != nil {
-		return address
+// portNumber parses a port the resolver gave; 53 if it cannot.
+func portNumber(s string) uint16 {
+	if n, err := strconv.ParseUint(s, 10, 16); err == nil {
+		return uint16(n)
 	}
-	if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
-		return address
-	}
-	f, err := os.Open(upstreamResolvConf)
-	if err != nil {
-		return address
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "nameserver" {
-			if a, err := netip.ParseAddr(fields[1]); err == nil && !a.IsLoopback() {
-				return net.JoinHostPort(a.String(), port)
-			}
-		}
-	}
-	return address
+	return 53
 }
 
-// probeFunc probes url through the interface it is given.
-func probeFunc(url string) func(ctx context.Context, ifname string) (probeResult, error) {
+// probeFunc probes url through the interface it is given; tunnelDNS
+// returns the tunnel's DNS servers, which the probe does not ask.
+func probeFunc(url string, tunnelDNS func() []netip.Addr) func(ctx context.Context, ifname string) (probeResult, error) {
 	return func(ctx context.Context, ifname string) (probeResult, error) {
-		return probePortal(ctx, newProbeClient(ifname), url)
+		return probePortal(ctx, newProbeClient(ifname, routing.ProbeNameservers(tunnelDNS())), url)
 	}
 }

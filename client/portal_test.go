@@ -3,9 +3,11 @@ package client
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -304,4 +306,50 @@ func TestNoPortal(t *testing.T) {
 	if p.status() != nil {
 		t.Error("--no-portal status shows a portal")
 	}
+}
+
+// TestPortalSetsFullTunnelAside: a portal found while the last session's
+// full tunnel routes are in place takes them off (once) when the hole
+// opens, so that the browser reaches the portal.
+func TestPortalSetsFullTunnelAside(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := fakePortal{result: probeResult{Portal: true, Status: 302, URL: "http://portal/"}}
+		var fw routingtest.FirewallRecorder
+		var logs bytes.Buffer
+		p := newFakeWatch(&f, &fw, time.Minute, &logs)
+		full, asides := true, 0
+		p.fullRoutes = func() bool { return full }
+		p.setAside = func(context.Context) error { asides++; full = false; return nil }
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go p.run(ctx)
+		p.fail()
+		if asides != 1 || !hasLine(&fw, holeLine) {
+			t.Fatalf("hole open with full tunnel routes: set aside %d times, firewall:\n%s", asides, &fw)
+		}
+		time.Sleep(time.Minute + portalProbeGap)
+		p.fail()
+		if asides != 1 {
+			t.Errorf("set aside %d times, want once", asides)
+		}
+		if !strings.Contains(logs.String(), "routes and DNS settings are off until the tunnel is back") {
+			t.Errorf("log:\n%s", &logs)
+		}
+	})
+}
+
+func TestWithoutFullTunnel(t *testing.T) {
+	rc := routing.Config{Interface: "tunnelc0", Routes: pfxs("198.18.10.0/24", "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1", "fd00:1::/64")}
+	got := withoutFullTunnel(rc)
+	if fmt.Sprint(got.Routes) != "[198.18.10.0/24 fd00:1::/64]" || len(rc.Routes) != 6 {
+		t.Errorf("withoutFullTunnel(%v) = %v (and changed the input to %v)", pfxs("198.18.10.0/24", "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1", "fd00:1::/64"), got.Routes, rc.Routes)
+	}
+}
+
+func pfxs(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
 }
