@@ -293,11 +293,14 @@ func (p *portalWatch) run(ctx context.Context) {
 				}
 				continue
 			}
+			// A portal's redirect often carries a fresh session ID each
+			// time: the latest URL is shown, the rest is kept.
 			st := p.status()
-			fresh := st == nil || st.URL != res.URL
+			fresh := st == nil
 			if fresh {
-				st = &control.PortalStatus{URL: res.URL, Interface: ifname, Detected: time.Now()}
+				st = &control.PortalStatus{Interface: ifname, Detected: time.Now()}
 			}
+			st.URL = res.URL
 			p.setStatus(st)
 			switch {
 			case p.setHole == nil:

@@ -188,10 +188,12 @@ func TestPortalWindow(t *testing.T) {
 				t.Fatalf("window %d: status %+v, firewall:\n%s", i, st, &fw)
 			}
 			time.Sleep(window / 2)
+			f.set(probeResult{Portal: true, Status: 302, URL: "http://portal/login?session=2"})
 			p.fail() // probes again: still open, the end does not move
-			if st := p.status(); !st.OpenUntil.Equal(start.Add(window)) {
-				t.Fatalf("window %d: a probe in the window moved its end to %v", i, st.OpenUntil)
+			if st := p.status(); !st.OpenUntil.Equal(start.Add(window)) || st.URL != "http://portal/login?session=2" {
+				t.Fatalf("window %d: after a probe in the window: %+v, want the new URL and the end unchanged", i, st)
 			}
+			f.set(portal)
 			time.Sleep(window / 2)
 			synctest.Wait()
 			if hasLine(&fw, holeLine) {
