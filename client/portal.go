@@ -304,7 +304,13 @@ func (p *portalWatch) run(ctx context.Context) {
 			p.setStatus(st)
 			switch {
 			case p.setHole == nil:
-				if fresh {
+				switch {
+				case !fresh:
+				case p.fullRoutes != nil && p.fullRoutes():
+					// Without the kill switch, these routes are all that
+					// keeps traffic in the tunnel: they stay.
+					p.log.Warn("captive portal detected at "+res.URL+"; the full tunnel's routes lead the browser into the tunnel: stop tunnelc, log in, and start it again", "portal_url", res.URL, "http_status", res.Status)
+				default:
 					p.log.Warn("captive portal detected at "+res.URL+"; log in with a browser, then the tunnel connects", "portal_url", res.URL, "http_status", res.Status)
 				}
 			case holeIf != "":

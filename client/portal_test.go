@@ -291,6 +291,16 @@ func TestPortalWithoutKillSwitch(t *testing.T) {
 		if !strings.Contains(logs.String(), "log in with a browser") {
 			t.Errorf("log:\n%s", &logs)
 		}
+
+		// A full tunnel's routes from before stay without the kill switch.
+		logs.Reset()
+		p.setStatus(nil)
+		p.fullRoutes = func() bool { return true }
+		time.Sleep(portalProbeGap)
+		p.fail()
+		if !strings.Contains(logs.String(), "stop tunnelc, log in, and start it again") {
+			t.Errorf("log with the full tunnel's routes in place:\n%s", &logs)
+		}
 	})
 }
 

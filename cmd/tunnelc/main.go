@@ -68,9 +68,9 @@ With --kill-switch it then opens, for --portal-window, only DNS (port 53) and
 TCP 80 and 443 out of that interface, IPv4 and IPv6, so a browser can log in;
 the hole closes when the tunnel is up, the probe answers 204 again, or the
 window ends (it reopens after a new probe, at most 3 times in a row).
-If the full tunnel's routes of a lost session are still in place (the laptop
-slept with the tunnel up and woke behind the portal), it also takes them and
-the pushed DNS settings off until the next session. --no-portal turns all of
+With --kill-switch, if the full tunnel's routes of a lost session are still in
+place (the laptop slept with the tunnel up and woke behind the portal), it
+also takes them and the pushed DNS settings off until the next session. --no-portal turns all of
 this off.
 
 Flags:
