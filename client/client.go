@@ -72,6 +72,10 @@ type Config struct {
 	// default (and a warning) where the kernel does not have it.
 	Congestion string
 
+	NoPortal     bool          // --no-portal: no captive portal probe, and no hole in the kill switch
+	PortalProbe  string        // --portal-probe URL; "" is DefaultPortalProbe
+	PortalWindow time.Duration // --portal-window; 0 is DefaultPortalWindow
+
 	Metrics      string // --metrics ADDR:PORT for Prometheus; "" is off
 	Control      string // the control socket's path (--control); "" is none
 	ControlGroup string // --control-group
@@ -88,6 +92,7 @@ type Client struct {
 	advertise []netip.Prefix
 	stats     *tunnel.Stats
 	view      tunnelView
+	portal    *portalWatch // nil with NoPortal; see portal.go
 
 	mu      sync.Mutex
 	tc      *tunnel.Client // set by Run
@@ -116,6 +121,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	sd := newServerDialer(servers, log)
 	if cfg.KillSwitch && !cfg.FullTunnel {
 		return nil, service.Usagef("--kill-switch needs --full-tunnel")
+	}
+	if err := checkPortal(cfg); err != nil {
+		return nil, err
 	}
 	congestion, explicit := cfg.Congestion, cfg.Congestion != ""
 	if !explicit {
@@ -158,7 +166,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		log.Warn("client certificate expires soon: ask for a new one", "file", cfg.Cert, "days_left", int(left.Hours()/24))
 	}
 	return &Client{cfg: cfg, log: log, sd: sd, tls: tlsCfg, congest: congestion,
-		advertise: advertise, stats: new(tunnel.Stats)}, nil
+		advertise: advertise, stats: new(tunnel.Stats), portal: newClientPortal(cfg, log)}, nil
 }
 
 // serverList returns the servers of c: Server, then Servers.
@@ -289,7 +297,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := fw.Set(ctx, clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs)); err != nil {
+		if err := fw.Set(ctx, c.portal.firewall(clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs), fw)); err != nil {
 			fw.Close()
 			return err
 		}
@@ -317,6 +325,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// converges the addresses, MTU and routes, which is a no-op when
 	// nothing changed (reconnects, rotations).
 	var applied, appliedServer string
+	var lastRC routing.Config // the interface state of the last session; guarded by mu
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -348,6 +357,7 @@ func (c *Client) Run(ctx context.Context) error {
 			restoreDNS, appliedDNS = r, d
 		}
 		c.view.set(rc, cfg.DNS)
+		lastRC = rc
 		if len(advertise) > 0 {
 			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
 				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
@@ -368,6 +378,7 @@ func (c *Client) Run(ctx context.Context) error {
 			applied = desc
 		}
 		appliedServer = sd.current()
+		c.portal.sessionUp()
 		return dev, nil
 	}
 
@@ -375,6 +386,7 @@ func (c *Client) Run(ctx context.Context) error {
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
+			c.portal.attempt()
 			// The bypass route moves with each address dialed, and
 			// after roaming to the new gateway (sd.before); with no
 			// such route the dial fails rather than loop into the
@@ -419,6 +431,32 @@ func (c *Client) Run(ctx context.Context) error {
 	wg.Go(func() { local.watch(ctx, client, log) })
 	wg.Go(func() { watchSleep(ctx, client, log) })
 	startControl(ctx, ctl, c.handle, &wg, log)
+	c.startPortal(ctx, &wg, client, func() netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(serverAddrs) == 0 {
+			return netip.Addr{}
+		}
+		return serverAddrs[0].Addr()
+	}, func(ctx context.Context) error {
+		// A captive portal, with the full tunnel's routes of the last
+		// session in place: take them and its DNS settings off; the
+		// next session's setup puts them back.
+		mu.Lock()
+		defer mu.Unlock()
+		rc := withoutFullTunnel(lastRC)
+		if err := mgr.Set(ctx, rc); err != nil {
+			return err
+		}
+		if restoreDNS != nil {
+			if err := restoreDNS(); err != nil {
+				return err
+			}
+			restoreDNS, appliedDNS = nil, ""
+		}
+		c.view.set(rc, nil)
+		return nil
+	})
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)
 	return err

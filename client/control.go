@@ -82,6 +82,7 @@ func (c *Client) Status() control.ClientStatus {
 		Rotations:     st.Rotations,
 		RetryAt:       st.RetryAt,
 		LastError:     st.LastError,
+		Portal:        c.portal.status(),
 	}
 	c.view.mu.Unlock()
 	return out

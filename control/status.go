@@ -100,6 +100,18 @@ type ClientStatus struct {
 	Rotations     uint64         `json:"rotations"`
 	RetryAt       time.Time      `json:"retry_at,omitzero"` // backing off: next attempt
 	LastError     string         `json:"last_error,omitempty"`
+	Portal        *PortalStatus  `json:"portal,omitempty"` // a captive portal in the way; nil: none known
+}
+
+// PortalStatus is the captive portal tunnelc found in the way to the
+// server, and the hole its kill switch opened for logging in.
+type PortalStatus struct {
+	URL       string    `json:"url"`                 // the portal's page (the probe's redirect, or the probe URL)
+	Interface string    `json:"interface,omitempty"` // the physical interface probed (and opened)
+	Detected  time.Time `json:"detected_at"`
+	// OpenUntil is when the kill switch's hole (DNS, TCP 80 and 443 out of
+	// Interface) closes; zero when it is closed.
+	OpenUntil time.Time `json:"open_until,omitzero"`
 }
 
 // WriteServerStatus renders s for a person; now is the time ages and
@@ -185,6 +197,16 @@ func WriteClientStatus(w io.Writer, s ClientStatus, now time.Time) error {
 	row("state", "%s", state)
 	if s.LastError != "" && s.State != "up" {
 		row("last error", "%s", s.LastError)
+	}
+	if p := s.Portal; p != nil {
+		switch {
+		case !p.OpenUntil.IsZero() && p.OpenUntil.After(now):
+			row("captive portal", "%s: DNS and TCP 80/443 open on %s for %s more", p.URL, p.Interface, Duration(p.OpenUntil.Sub(now)))
+		case s.KillSwitch:
+			row("captive portal", "%s (detected %s ago): the kill switch's hole is closed", p.URL, Duration(now.Sub(p.Detected)))
+		default:
+			row("captive portal", "%s (detected %s ago): log in with a browser", p.URL, Duration(now.Sub(p.Detected)))
+		}
 	}
 	row("tun", "%s", strings.TrimSpace(s.TUN+" "+joinList(s.Addresses)))
 	row("routes", "%s", orNone(joinList(s.Routes)))

@@ -143,6 +143,12 @@ func checkOptions(o options) []error {
 	if len(o.advertise) > tunnel.MaxRoutes {
 		bad("advertise", "%d networks, at most %d", len(o.advertise), tunnel.MaxRoutes)
 	}
+	if err := client.CheckPortalProbe(o.portalProbe); err != nil {
+		bad("portal-probe", "%q: %v", o.portalProbe, err)
+	}
+	if o.portalWindow < 0 {
+		bad("portal-window", "%v: want a positive duration such as 5m", o.portalWindow)
+	}
 	if o.tunName == "" || len(o.tunName) > 15 || strings.ContainsAny(o.tunName, "/: \t\n") {
 		bad("tun", "%q: want an interface name of at most 15 bytes without '/', ':' or spaces", o.tunName)
 	}

@@ -17,7 +17,9 @@ var statusCommand = cli.ControlCommand{
 connected to; with several --server, the one in use and then all of them
 on the servers line), its state (connecting, up, backing off with the time of the
 next attempt and the last error), the tunnel addresses, routes and DNS
-servers it installed, whether the full tunnel and kill switch are on, IP
+servers it installed, whether the full tunnel and kill switch are on, a
+captive portal in the way (its URL, and until when the kill switch lets DNS
+and TCP 80/443 out of the physical interface for logging in), IP
 bytes received from and sent to the server, when the session's keys last
 changed (TLS handshake or KeyUpdate), the keepalive round-trip time, and how
 often it reconnected and rotated sessions.`,

@@ -73,6 +73,18 @@ told with 'tunnelc reconnect'. The kill switch lets every server's addresses
 through, and the full tunnel's route outside the tunnel follows the server
 in use.
 
+Captive portals (hotels, airports, trains): when connection attempts fail, it
+probes --portal-probe through the physical interface; any answer but 204 is a
+portal, which it logs and shows in 'tunnelc status' with the portal's URL.
+With --kill-switch it then opens, for --portal-window, only DNS (port 53) and
+TCP 80 and 443 out of that interface, IPv4 and IPv6, so a browser can log in;
+the hole closes when the tunnel is up, the probe answers 204 again, or the
+window ends (it reopens after a new probe, at most 3 times in a row).
+With --kill-switch, if the full tunnel's routes of a lost session are still in
+place (the laptop slept with the tunnel up and woke behind the portal), it
+also takes them and the pushed DNS settings off until the next session. --no-portal turns all of
+this off.
+
 Flags:
 `
 
@@ -89,6 +101,11 @@ Examples:
 
   # two servers: whichever is up; 'tunnelc reconnect vpn1.example.com:443' moves back
   tunnelc --server vpn1.example.com:443 --server vpn2.example.com:443 --cert laptop.crt --key laptop.key --ca ca.crt
+
+  # behind captive portals: the kill switch opens DNS and TCP 80/443 for 2
+  # minutes when a portal is found; or never (--no-portal)
+  tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch --portal-window 2m
+  tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch --no-portal
 
   # a site gateway: route the LAN 198.18.20.0/24 behind this host through the
   # server (the server's --clients file must allow it: advertise)
@@ -128,6 +145,9 @@ type options struct {
 	fullTunnel          bool
 	killSwitch          bool
 	advertise           []string
+	noPortal            bool
+	portalProbe         string
+	portalWindow        time.Duration
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
@@ -171,6 +191,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
 	fs.BoolVar(&o.killSwitch, "kill-switch", false, "with --full-tunnel: drop everything that would leave outside the tunnel (IPv4 and IPv6), except the connection to the server, DHCP and loopback, from start to exit, including while reconnecting")
 	fs.StringArrayVar(&o.advertise, "advertise", nil, "CIDR of a network behind this host (site-to-site) to route through the tunnel to here, e.g. --advertise 198.18.20.0/24 (repeatable); the server accepts only what its --clients file allows this certificate. Turns on IP forwarding (IPv6 forwarding only for IPv6 networks) and TCP MSS clamping while connected")
+	fs.BoolVar(&o.noPortal, "no-portal", false, "never probe for a captive portal and never open the kill switch for one: stay sealed (log in to a portal with tunnelc stopped)")
+	fs.StringVar(&o.portalProbe, "portal-probe", client.DefaultPortalProbe, "http:// URL that answers 204 on an open network, fetched through the physical interface when the server cannot be reached; any other answer (a redirect, a page) means a captive portal")
+	fs.DurationVar(&o.portalWindow, "portal-window", client.DefaultPortalWindow, "with --kill-switch, how long a captive portal found by the probe may be reached: DNS (port 53) and TCP 80 and 443 out of the physical interface, IPv4 and IPv6; closed earlier when the tunnel comes up")
 	fs.BoolVar(&o.noResumption, "no-resumption", false, "always do a full TLS handshake on reconnect instead of resuming with a session ticket")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.BoolVar(&o.stdlibRecords, "stdlib-tls-records", false, "carry the data phase through Go's crypto/tls instead of tlsvpn's own TLS 1.3 record layer: the same bytes on the wire, more copying (for comparison or troubleshooting)")
@@ -237,6 +260,7 @@ func connect(ctx context.Context, o options, log *slog.Logger) error {
 		HandshakeTimeout: o.handshakeTimeout, QueueLen: o.queueLen, MaxAttempts: o.maxAttempts,
 		RotateBytes: o.rotateBytes, RotateAfter: o.rotateAfter, NoResumption: o.noResumption,
 		FullTunnel: o.fullTunnel, KillSwitch: o.killSwitch, Advertise: o.advertise,
+		NoPortal: o.noPortal, PortalProbe: o.portalProbe, PortalWindow: o.portalWindow,
 		NoOffload: o.noOffload, StdlibRecords: o.stdlibRecords, OwnAESGCM: o.ownAESGCM,
 		Metrics: o.metrics, Control: o.ctl.Socket(o.tunName), ControlGroup: o.ctl.Group,
 	}
