@@ -1,7 +1,8 @@
 // Package client is the tlsvpn client agent that tunnelc runs: it checks
 // that it can do its job before it contacts the server, creates the TUN
 // device, connects to tunneld over mutually authenticated TLS 1.3 (and
-// reconnects, rotates sessions and follows roaming), installs the
+// reconnects, rotates sessions, follows roaming, moves between several
+// servers and comes back at once after a sleep), installs the
 // address, MTU, routes and DNS servers the server pushes, keeps the full
 // tunnel's route to the server and the kill switch in place, serves
 // metrics and the control socket, and removes all of it when it stops.
@@ -41,12 +42,16 @@ const DefaultTUN = "tunnelc0"
 // tunnelc flag named beside it; the zero value of a field is the flag's
 // default, except Control (tunnelc passes its default socket path).
 type Config struct {
-	Server     string // --server HOST:PORT to connect to (required)
-	ServerName string // --server-name the server certificate must carry; "" is the host of Server
+	Server     string // --server HOST:PORT to connect to (required unless Servers is set)
+	ServerName string // --server-name every server certificate must carry; "" is the host of each server
 	Cert       string // --cert: client certificate file, PEM (required)
 	Key        string // --key: client private key file, PEM (required)
 	CA         string // --ca: the CA certificate file the server's must chain to (required)
 	TUN        string // --tun: interface name; "" is DefaultTUN
+
+	// Servers is --server repeated: the servers after Server (if set),
+	// tried in the order servers.go describes.
+	Servers []string
 
 	// Proxy is the proxy URL to reach the server through
 	// (http://[USER:PASSWORD@]HOST:PORT or socks5://...); "" for none.
@@ -75,6 +80,10 @@ type Config struct {
 	// default (and a warning) where the kernel does not have it.
 	Congestion string
 
+	NoPortal     bool          // --no-portal: no captive portal probe, and no hole in the kill switch
+	PortalProbe  string        // --portal-probe URL; "" is DefaultPortalProbe
+	PortalWindow time.Duration // --portal-window; 0 is DefaultPortalWindow
+
 	Metrics      string // --metrics ADDR:PORT for Prometheus; "" is off
 	Control      string // the control socket's path (--control); "" is none
 	ControlGroup string // --control-group
@@ -92,6 +101,7 @@ type Client struct {
 	advertise []netip.Prefix
 	stats     *tunnel.Stats
 	view      tunnelView
+	portal    *portalWatch // nil with NoPortal; see portal.go
 
 	mu      sync.Mutex
 	tc      *tunnel.Client // set by Run
@@ -112,17 +122,12 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		cfg.TUN = DefaultTUN
 	}
 	cfg.Advertise = slices.Clone(cfg.Advertise)
-	if cfg.Server == "" {
-		return nil, service.Usagef("--server is required, e.g. --server vpn.example.com:443")
-	}
-	host, portStr, err := net.SplitHostPort(cfg.Server)
+	cfg.Servers = slices.Clone(cfg.Servers)
+	servers, err := parseServers(cfg.serverList(), cfg.ServerName)
 	if err != nil {
-		return nil, service.Usagef("--server %q: want HOST:PORT, e.g. vpn.example.com:443", cfg.Server)
+		return nil, service.Usagef("%v", err)
 	}
-	sd, err := newServerDialer(cfg.Server, host, portStr, log)
-	if err != nil {
-		return nil, service.Usagef("--server %q: %v", cfg.Server, err)
-	}
+	sd := newServerDialer(servers, log)
 	var proxy *proxyDialer
 	if cfg.Proxy != "" {
 		if proxy, err = newProxyDialer(cfg.Proxy, cmp.Or(cfg.ProxyFrom, "--proxy"), cfg.ProxyAuthFile, log); err != nil {
@@ -138,8 +143,8 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if proxy != nil && cfg.FullTunnel && proxy.proxy.OnThisHost() {
 		return nil, service.Usagef("--full-tunnel with the proxy %s on this host: the proxy's own connection out (an ssh -D, say) would be routed into the tunnel; use a proxy on another host, or no --full-tunnel", proxy.proxy)
 	}
-	if cfg.ServerName == "" {
-		cfg.ServerName = host
+	if err := checkPortal(cfg); err != nil {
+		return nil, err
 	}
 	congestion, explicit := cfg.Congestion, cfg.Congestion != ""
 	if !explicit {
@@ -171,7 +176,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if cfg.Cert == "" || cfg.Key == "" || cfg.CA == "" {
 		return nil, service.Usagef("--cert, --key and --ca are required, e.g. --cert laptop.crt --key laptop.key --ca ca.crt")
 	}
-	tlsCfg, err := certs.ClientConfig(cfg.Cert, cfg.Key, cfg.CA, cfg.ServerName)
+	// The name of the first server; each dial checks its own
+	// (tunnel.ClientConfig.ServerName).
+	tlsCfg, err := certs.ClientConfig(cfg.Cert, cfg.Key, cfg.CA, servers[0].name)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +187,15 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		log.Warn("client certificate expires soon: ask for a new one", "file", cfg.Cert, "days_left", int(left.Hours()/24))
 	}
 	return &Client{cfg: cfg, log: log, sd: sd, proxy: proxy, tls: tlsCfg, congest: congestion,
-		advertise: advertise, stats: new(tunnel.Stats)}, nil
+		advertise: advertise, stats: new(tunnel.Stats), portal: newClientPortal(cfg, log)}, nil
+}
+
+// serverList returns the servers of c: Server, then Servers.
+func (c *Config) serverList() []string {
+	if c.Server == "" {
+		return c.Servers
+	}
+	return append([]string{c.Server}, c.Servers...)
 }
 
 // tunnelClient returns the tunnel.Client of Run, nil before.
@@ -236,7 +251,7 @@ func (c *Client) Run(ctx context.Context) error {
 	o, log, sd, congestion, advertise, stats := c.cfg, c.log, c.sd, c.congest, c.advertise, c.stats
 	adv6 := slices.ContainsFunc(advertise, func(p netip.Prefix) bool { return p.Addr().Is6() })
 	if o.Metrics != "" {
-		if err := service.ServeMetrics(ctx, o.Metrics, "tunnelc", stats, nil, nil, log); err != nil {
+		if err := service.ServeMetrics(ctx, o.Metrics, "tunnelc", stats, nil, nil, nil, log); err != nil {
 			return err
 		}
 	}
@@ -276,20 +291,23 @@ func (c *Client) Run(ctx context.Context) error {
 	if mgr, err = routing.NewManager(routing.Options{Logger: log}); err != nil {
 		return err
 	}
-	// Full tunnel and kill switch need the server's addresses.
-	// Through a proxy, those are the proxy's: the TCP connection goes there.
+	// Full tunnel and kill switch need the servers' addresses: every
+	// address of every server, resolved now and dialed from then on; the
+	// kill switch lets each through, the bypass route follows the one
+	// dialed (bypass.go). Through a proxy, they are the proxy's address:
+	// the TCP connection goes there, and the proxy resolves the servers.
 	var serverAddrs []netip.AddrPort
 	switch {
 	case o.FullTunnel && c.proxy != nil:
 		if serverAddrs, err = c.proxy.resolve(ctx); err != nil {
 			return err
 		}
-		c.proxy.pin(serverAddrs[:1])
+		serverAddrs = serverAddrs[:1]
+		c.proxy.pin(serverAddrs)
 	case o.FullTunnel:
-		if serverAddrs, err = sd.resolve(ctx); err != nil {
+		if serverAddrs, err = sd.pinAll(ctx); err != nil {
 			return err
 		}
-		sd.pin(serverAddrs[:1]) // dial what the bypass and kill switch allow
 	}
 	if c.proxy != nil {
 		c.proxy.logStart(cmp.Or(o.ProxyFrom, "--proxy"))
@@ -311,7 +329,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := fw.Set(ctx, clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs)); err != nil {
+		if err := fw.Set(ctx, c.portal.firewall(clientFirewall(o.TUN, o.KillSwitch, len(advertise) > 0, serverAddrs), fw)); err != nil {
 			fw.Close()
 			return err
 		}
@@ -323,7 +341,8 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}
 	var restoreDNS func() error
-	var bypass *routing.Bypass // guarded by mu
+	bypass := newBypassFollower(o.TUN, log)
+	sd.before = bypass.follow
 	var appliedDNS string
 	defer func() {
 		if restoreDNS != nil {
@@ -331,36 +350,29 @@ func (c *Client) Run(ctx context.Context) error {
 				log.Warn("restoring DNS settings", "err", err)
 			}
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if bypass != nil {
-			if err := bypass.Close(); err != nil {
-				log.Warn("removing the route to the server", "err", err)
-			}
+		if err := bypass.Close(); err != nil {
+			log.Warn("removing the route to the server", "err", err)
 		}
 	}()
 
 	// setup runs for every session, on the TUN device opened above: it
 	// converges the addresses, MTU and routes, which is a no-op when
 	// nothing changed (reconnects, rotations).
-	var applied string
+	var applied, appliedServer string
+	var lastRC routing.Config // the interface state of the last session; guarded by mu
 	setup := func(ctx context.Context, cfg tunnel.Config) (tun.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
+		sd.up()
 		rc, full := clientRouting(o.TUN, cfg, o.FullTunnel)
-		if full && bypass == nil {
-			// Keep the way to the server outside the tunnel before the
-			// tunnel takes everything else.
-			if len(serverAddrs) == 0 {
-				// The server pushed a default route: keep the address
-				// this session is connected to outside the tunnel.
-				serverAddrs = append(serverAddrs, sd.lastAddr())
-			}
-			b, err := routing.AddBypass(ctx, serverAddrs[0].Addr(), o.TUN)
-			if err != nil {
+		if full && !bypass.on() {
+			// Keep the way to the server this session is connected to
+			// outside the tunnel before the tunnel takes everything
+			// else (with --full-tunnel, or a default route the server
+			// pushed).
+			if err := bypass.start(ctx, sd.lastAddr().Addr()); err != nil {
 				return nil, err
 			}
-			bypass = b
 		}
 		if err := mgr.Set(ctx, rc); err != nil {
 			return nil, err
@@ -379,6 +391,7 @@ func (c *Client) Run(ctx context.Context) error {
 			restoreDNS, appliedDNS = r, d
 		}
 		c.view.set(rc, cfg.DNS)
+		lastRC = rc
 		if len(advertise) > 0 {
 			if refused := notIn(advertise, cfg.Accepted); len(refused) > 0 {
 				log.Warn("the server refused to route networks behind this host; its --clients file must allow them (advertise)", "refused", fmt.Sprint(refused), "accepted", fmt.Sprint(cfg.Accepted))
@@ -387,7 +400,10 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 		}
 		if desc := fmt.Sprint(rc); desc != applied {
-			if applied != "" {
+			if server := sd.current(); applied != "" && server != appliedServer {
+				// Each server has its own pool: a move changes the address.
+				log.Info("tunnel moved to another server", "server", server, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
+			} else if applied != "" {
 				log.Warn("server changed the tunnel configuration", "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes))
 			} else {
 				log.Info("tunnel up", "ifname", o.TUN, "tunnel_addr", cfg.Addr, "routes", fmt.Sprint(cfg.Routes), "congestion", service.CongestionName(congestion))
@@ -395,6 +411,8 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			applied = desc
 		}
+		appliedServer = sd.current()
+		c.portal.sessionUp()
 		return dev, nil
 	}
 
@@ -402,21 +420,12 @@ func (c *Client) Run(ctx context.Context) error {
 	var local roamWatch
 	client, err := tunnel.NewClient(tunnel.ClientConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
-			mu.Lock()
-			b := bypass
-			mu.Unlock()
-			if b != nil {
-				// After roaming, the way to the server is another
-				// gateway or interface: move the pinned route first.
-				// With no such route, the dial would only loop into the
-				// tunnel itself: fail it and retry after the backoff.
-				if changed, err := b.Refresh(ctx); err != nil {
-					return nil, err
-				} else if changed {
-					log.Info("route to the server moved outside the tunnel", "server", o.Server)
-				}
-			}
-			conn, err := sd.Dial(ctx)
+			c.portal.attempt()
+			// The bypass route moves with each address dialed, and
+			// after roaming to the new gateway (sd.before); with no
+			// such route the dial fails rather than loop into the
+			// tunnel, and is retried after the backoff.
+			conn, err := sd.Dial(ctx, c.rotating())
 			if err == nil {
 				service.TuneTCP(conn, 3*keepalive, congestion)
 				local.set(conn.LocalAddr())
@@ -428,6 +437,7 @@ func (c *Client) Run(ctx context.Context) error {
 		RotateAfter:      o.RotateAfter,
 		NoResumption:     o.NoResumption,
 		TLS:              c.tls,
+		ServerName:       sd.serverName,
 		Hello:            tunnel.Hello{Software: "tunnelc", Advertise: advertise},
 		Setup:            setup,
 		HandshakeTimeout: o.HandshakeTimeout,
@@ -453,10 +463,44 @@ func (c *Client) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	wg.Go(func() { local.watch(ctx, client, log) })
+	wg.Go(func() { watchSleep(ctx, client, log) })
 	startControl(ctx, ctl, c.handle, &wg, log)
+	c.startPortal(ctx, &wg, client, func() netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(serverAddrs) == 0 {
+			return netip.Addr{}
+		}
+		return serverAddrs[0].Addr()
+	}, func(ctx context.Context) error {
+		// A captive portal, with the full tunnel's routes of the last
+		// session in place: take them and its DNS settings off; the
+		// next session's setup puts them back.
+		mu.Lock()
+		defer mu.Unlock()
+		rc := withoutFullTunnel(lastRC)
+		if err := mgr.Set(ctx, rc); err != nil {
+			return err
+		}
+		if restoreDNS != nil {
+			if err := restoreDNS(); err != nil {
+				return err
+			}
+			restoreDNS, appliedDNS = nil, ""
+		}
+		c.view.set(rc, nil)
+		return nil
+	})
 	err = client.Run(ctx)
 	log.Info("disconnected", append([]any{"reason", errString(err)}, service.StatsAttrs(stats)...)...)
 	return err
+}
+
+// rotating reports whether a session is up, so that a new connection is
+// a rotation, which stays on the server in use.
+func (c *Client) rotating() bool {
+	tc := c.tunnelClient()
+	return tc != nil && tc.Status().State == tunnel.StateUp
 }
 
 func errString(err error) string {

@@ -40,6 +40,8 @@ func TestNewRefuses(t *testing.T) {
 		{"no port", func(c *Config) { c.Server = "vpn.example.com" }, `--server "vpn.example.com": want HOST:PORT, e.g. vpn.example.com:443`, true},
 		{"bad port", func(c *Config) { c.Server = "vpn.example.com:0" },
 			`--server "vpn.example.com:0": the port must be a number from 1 to 65535 or a service name such as https`, true},
+		{"server twice", func(c *Config) { c.Servers = []string{"vpn.example.com:443"} }, `--server "vpn.example.com:443" is given twice`, true},
+		{"second server bad", func(c *Config) { c.Servers = []string{"vpn2.example.com"} }, `--server "vpn2.example.com": want HOST:PORT, e.g. vpn.example.com:443`, true},
 		{"kill switch alone", func(c *Config) { c.KillSwitch = true }, "--kill-switch needs --full-tunnel", true},
 		{"advertise not a CIDR", func(c *Config) { c.Advertise = []string{"198.18.20.1"} }, `--advertise "198.18.20.1": want a CIDR such as 198.18.20.0/24`, true},
 		{"advertise host bits", func(c *Config) { c.Advertise = []string{"198.18.20.1/24"} },
@@ -85,7 +87,7 @@ func TestNewDefaults(t *testing.T) {
 	}
 	defer c.Close()
 	adv[0] = "10.0.0.0/8" // New keeps its own copy
-	if c.cfg.TUN != DefaultTUN || c.cfg.ServerName != "vpn.example.com" || c.cfg.Advertise[0] != "198.18.20.0/24" || c.congest != "" {
+	if c.cfg.TUN != DefaultTUN || c.cfg.Advertise[0] != "198.18.20.0/24" || c.congest != "" {
 		t.Errorf("New filled in %+v (congestion %q)", c.cfg, c.congest)
 	}
 	if c.tls.ServerName != "vpn.example.com" {

@@ -32,8 +32,12 @@ func (v *tunnelView) set(rc routing.Config, dns []netip.Addr) {
 
 // handle is the control.Handler of the client's control socket.
 func (c *Client) handle(ctx context.Context, cmd string, args []string) (any, error) {
-	if cmd != "status" {
-		return nil, fmt.Errorf("unknown command %q (tunnelc knows status)", cmd)
+	switch cmd {
+	case "status":
+	case "reconnect":
+		return c.reconnect(args)
+	default:
+		return nil, fmt.Errorf("unknown command %q (tunnelc knows status and reconnect)", cmd)
 	}
 	if len(args) != 0 {
 		return nil, fmt.Errorf("status: want no arguments, got %d", len(args))
@@ -59,7 +63,8 @@ func (c *Client) Status() control.ClientStatus {
 	}
 	c.view.mu.Lock()
 	out := control.ClientStatus{
-		Server:        c.cfg.Server,
+		Server:        c.sd.current(),
+		Servers:       c.sd.specs(),
 		ServerAddr:    st.Server,
 		State:         st.State,
 		TUN:           c.cfg.TUN,
@@ -77,6 +82,7 @@ func (c *Client) Status() control.ClientStatus {
 		Rotations:     st.Rotations,
 		RetryAt:       st.RetryAt,
 		LastError:     st.LastError,
+		Portal:        c.portal.status(),
 	}
 	if c.proxy != nil {
 		// The connection's address is the proxy's; where the proxy
@@ -86,6 +92,41 @@ func (c *Client) Status() control.ClientStatus {
 	}
 	c.view.mu.Unlock()
 	return out
+}
+
+// Message is the result of a control command that only reports what it
+// did; 'tunnelc reconnect' prints it.
+type Message struct {
+	Message string `json:"message"`
+}
+
+// reconnect is 'tunnelc reconnect [SERVER]': it replaces the session (or
+// ends the wait before the next attempt) and steers that attempt: to
+// SERVER first when given, else, with several servers, to another one
+// than the server in use.
+func (c *Client) reconnect(args []string) (any, error) {
+	if len(args) > 1 {
+		return nil, fmt.Errorf("reconnect: want at most one server, got %d arguments", len(args))
+	}
+	var server string
+	if len(args) == 1 {
+		server = args[0]
+	}
+	msg, err := c.sd.steer(server)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.tunnelClient()
+	if tc == nil {
+		return Message{Message: msg + " (not started yet)"}, nil
+	}
+	switch tc.Status().State {
+	case tunnel.StateConnecting:
+		msg += "; an attempt is already under way: this applies if it fails"
+	default:
+		tc.Kick("asked by 'tunnelc reconnect'")
+	}
+	return Message{Message: msg}, nil
 }
 
 // startControl serves the control socket's commands with h until ctx

@@ -16,30 +16,36 @@ import (
 	"tlsvpn/internal/service"
 )
 
-// serverDialer opens the TCP connection to the server for each attempt.
-// It resolves the name each time (so a moved server is found), tries the
-// addresses in the resolver's order, and logs what it does before it
+// serverDialer opens the TCP connection to a server for each attempt.
+// With several servers (--server repeated) it tries them in the order
+// serverOrder gives (servers.go), each with every address its name
+// resolves to, until one answers. It resolves names each time (so a
+// moved server is found) unless pinned, and logs what it does before it
 // does it: a resolution or dial that takes seconds to fail is not
 // silence. Repeats in a retry loop are logged at debug level, the same
 // line at most every logEvery at info level.
 type serverDialer struct {
-	server string // HOST:PORT as given, for logs; immutable
-	host   string // immutable
-	port   uint16 // immutable
-	log    *slog.Logger
-	dialer net.Dialer
+	servers []serverSpec // immutable
+	log     *slog.Logger
+	dialer  net.Dialer
 	// lookup resolves a name (net.DefaultResolver.LookupNetIP; tests
 	// replace it).
 	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
-	// through, if set, replaces the dial: it reaches HOST:PORT through a
-	// proxy that resolves the name (proxy.go); proxyName is the proxy
-	// for logs. Immutable after New.
-	through   func(ctx context.Context, target string) (net.Conn, error)
+	// before, if set, runs before each address is dialed; an error fails
+	// that address (the full tunnel moves its bypass route there).
+	before func(ctx context.Context, addr netip.AddrPort) error
+	// through, if set, reaches each server through a proxy instead of
+	// dialing its addresses: it gets the server's HOST:PORT, for the proxy
+	// to resolve, and runs before on the proxy's address (proxy.go).
+	// proxyName is the proxy for logs. Immutable after New.
+	through   func(ctx context.Context, target string, before func(context.Context, netip.AddrPort) error) (net.Conn, error)
 	proxyName string
 
 	mu     sync.Mutex
-	pinned []netip.AddrPort // if set, dialed instead of resolving host
-	last   netip.AddrPort   // the address of the last successful dial
+	order  *serverOrder
+	pinned [][]netip.AddrPort // per server; if set, dialed instead of resolving its host
+	last   netip.AddrPort     // the address of the last successful dial
+	lastAt int                // the server of the last successful dial; -1 before
 	logged map[string]time.Time
 }
 
@@ -51,13 +57,9 @@ const logEvery = 30 * time.Second
 // the handshake timeout (net.Dialer gives each 2s at least, too).
 const minDialShare = 2 * time.Second
 
-func newServerDialer(server, host, port string, log *slog.Logger) (*serverDialer, error) {
-	p, err := ServerPort(port)
-	if err != nil {
-		return nil, err
-	}
-	return &serverDialer{server: server, host: host, port: p, log: log,
-		lookup: net.DefaultResolver.LookupNetIP, logged: map[string]time.Time{}}, nil
+func newServerDialer(servers []serverSpec, log *slog.Logger) *serverDialer {
+	return &serverDialer{servers: servers, log: log, lookup: net.DefaultResolver.LookupNetIP,
+		order: newServerOrder(len(servers)), lastAt: -1, logged: map[string]time.Time{}}
 }
 
 // ServerPort parses the port of Config.Server (--server): a number, or a
@@ -70,12 +72,35 @@ func ServerPort(port string) (uint16, error) {
 	return uint16(p), nil
 }
 
-// pin makes Dial use addrs instead of resolving the name again: with a
-// kill switch, only the addresses resolved at start may be dialed.
-func (d *serverDialer) pin(addrs []netip.AddrPort) {
+// pinAll resolves every server once and makes Dial use those addresses
+// from then on: a kill switch lets only the addresses known at start
+// through, and DNS may not work outside the tunnel. A server whose name
+// does not resolve is left out with a warning; it is an error only when
+// none resolves. It returns every address pinned.
+func (d *serverDialer) pinAll(ctx context.Context) ([]netip.AddrPort, error) {
+	pinned := make([][]netip.AddrPort, len(d.servers))
+	var all []netip.AddrPort
+	var errs []error
+	for i := range d.servers {
+		addrs, err := d.resolve(ctx, i)
+		if err != nil {
+			if len(d.servers) > 1 {
+				d.log.Warn("leaving out a server whose name does not resolve", "server", d.servers[i].spec, "err", err)
+			}
+			errs = append(errs, err)
+			pinned[i] = []netip.AddrPort{} // nothing to dial, and no lookup later
+			continue
+		}
+		pinned[i] = addrs
+		all = append(all, addrs...)
+	}
+	if len(all) == 0 {
+		return nil, errors.Join(errs...)
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.pinned = addrs
+	d.pinned = pinned
+	d.mu.Unlock()
+	return all, nil
 }
 
 // lastAddr returns the address of the last successful dial.
@@ -85,74 +110,192 @@ func (d *serverDialer) lastAddr() netip.AddrPort {
 	return d.last
 }
 
-// resolve returns the server's addresses with the port, logging the
-// lookup of a name first. Its error names the host once (service.ResolveError).
-func (d *serverDialer) resolve(ctx context.Context) ([]netip.AddrPort, error) {
-	if ip, err := netip.ParseAddr(d.host); err == nil {
-		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), d.port)}, nil
+// serverName returns the name the certificate of the server last dialed
+// must carry (tunnel.ClientConfig.ServerName).
+func (d *serverDialer) serverName() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastAt < 0 {
+		return ""
 	}
-	d.logLimited("resolving the server's name", "host", d.host)
-	ips, err := d.lookup(ctx, "ip", d.host)
+	return d.servers[d.lastAt].name
+}
+
+// current returns the --server of the last successful dial, or the first
+// before any.
+func (d *serverDialer) current() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.servers[max(d.lastAt, 0)].spec
+}
+
+// specs returns the --server values when there are several, nil for one.
+func (d *serverDialer) specs() []string {
+	if len(d.servers) < 2 {
+		return nil
+	}
+	out := make([]string, len(d.servers))
+	for i, s := range d.servers {
+		out[i] = s.spec
+	}
+	return out
+}
+
+// steer prepares the next attempt for 'tunnelc reconnect [SERVER]' and
+// says what it will do: server (a --server value, as given) goes first;
+// "" with several servers moves on from the server in use.
+func (d *serverDialer) steer(server string) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if server == "" {
+		if len(d.servers) == 1 || d.order.inUse < 0 {
+			return "reconnecting", nil
+		}
+		d.order.moveOn()
+		return "reconnecting to another server than " + d.servers[d.order.inUse].spec, nil
+	}
+	for i, s := range d.servers {
+		if s.spec == server {
+			d.order.choose(i)
+			return "reconnecting to " + server + " first", nil
+		}
+	}
+	known := make([]string, len(d.servers))
+	for i, s := range d.servers {
+		known[i] = s.spec
+	}
+	return "", fmt.Errorf("reconnect: %q is not one of this tunnelc's servers (%s)", server, strings.Join(known, ", "))
+}
+
+// up records that the last connection became a session (Setup ran).
+func (d *serverDialer) up() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.order.up()
+}
+
+// resolve returns the addresses of server i with its port, logging the
+// lookup of a name first. Its error names the host once
+// (service.ResolveError).
+func (d *serverDialer) resolve(ctx context.Context, i int) ([]netip.AddrPort, error) {
+	s := d.servers[i]
+	if ip, err := netip.ParseAddr(s.host); err == nil {
+		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), s.port)}, nil
+	}
+	d.logLimited("resolving the server's name", "host", s.host)
+	ips, err := d.lookup(ctx, "ip", s.host)
 	if err != nil || len(ips) == 0 {
-		return nil, service.ResolveError(d.host, err)
+		return nil, service.ResolveError(s.host, err)
 	}
 	addrs := make([]netip.AddrPort, len(ips))
 	for i, ip := range ips {
-		addrs[i] = netip.AddrPortFrom(ip.Unmap(), d.port)
+		addrs[i] = netip.AddrPortFrom(ip.Unmap(), s.port)
 	}
 	return addrs, nil
 }
 
-// Dial connects to the first of the server's addresses that answers,
-// giving each an equal share of the time left (at least minDialShare).
-func (d *serverDialer) Dial(ctx context.Context) (net.Conn, error) {
+// addrs returns what to dial for server i: its pinned addresses, or
+// those its name resolves to now.
+func (d *serverDialer) addrs(ctx context.Context, i int) ([]netip.AddrPort, error) {
 	if d.through != nil {
-		return d.dialThrough(ctx)
+		return nil, nil // the proxy resolves the name (dialThrough)
 	}
 	d.mu.Lock()
-	addrs := d.pinned
-	d.mu.Unlock()
-	if addrs == nil {
-		var err error
-		if addrs, err = d.resolve(ctx); err != nil {
-			return nil, err
-		}
+	var pinned []netip.AddrPort
+	ok := d.pinned != nil
+	if ok {
+		pinned = d.pinned[i]
 	}
+	d.mu.Unlock()
+	if ok {
+		return pinned, nil
+	}
+	return d.resolve(ctx, i)
+}
+
+// Dial connects to the first server, in the policy's order, that
+// answers on one of its addresses, giving each address an equal share of
+// the time left (at least minDialShare). With stay (a rotation while a
+// session is up), it dials only the server in use.
+func (d *serverDialer) Dial(ctx context.Context, stay bool) (net.Conn, error) {
+	d.mu.Lock()
+	order := d.order.next(stay)
+	d.mu.Unlock()
 	var errs dialErrors
-	for i, a := range addrs {
-		attrs := []any{"server", d.server}
-		if a.Addr().String() != d.host {
-			attrs = append(attrs, "resolved_to", a.String())
+	for k, i := range order {
+		s := d.servers[i]
+		if d.through != nil {
+			c, err := d.dialThrough(ctx, i, len(order)-k)
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
 		}
-		if len(addrs) > 1 {
-			attrs = append(attrs, "address", fmt.Sprintf("%d of %d", i+1, len(addrs)))
+		addrs, err := d.addrs(ctx, i)
+		if err != nil {
+			errs = append(errs, err)
 		}
-		d.logLimited("connecting to the server", attrs...)
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if dl, ok := ctx.Deadline(); ok && i < len(addrs)-1 {
-			share := max(time.Until(dl)/time.Duration(len(addrs)-i), minDialShare)
-			actx, cancel = context.WithTimeout(ctx, share)
+		for j, a := range addrs {
+			attrs := []any{"server", s.spec}
+			if a.Addr().String() != s.host {
+				attrs = append(attrs, "resolved_to", a.String())
+			}
+			if len(addrs) > 1 {
+				attrs = append(attrs, "address", fmt.Sprintf("%d of %d", j+1, len(addrs)))
+			}
+			if len(order) > 1 {
+				attrs = append(attrs, "server_try", fmt.Sprintf("%d of %d", k+1, len(order)))
+			}
+			d.logLimited("connecting to the server", attrs...)
+			// The time left is shared by this server's addresses left and
+			// the servers after it.
+			left := len(addrs) - j + len(order) - k - 1
+			actx, cancel := ctx, context.CancelFunc(func() {})
+			if dl, ok := ctx.Deadline(); ok && left > 1 {
+				share := max(time.Until(dl)/time.Duration(left), minDialShare)
+				actx, cancel = context.WithTimeout(ctx, share)
+			}
+			c, err := d.dialOne(actx, a)
+			cancel()
+			if err == nil {
+				d.mu.Lock()
+				d.last, d.lastAt = a, i
+				d.order.connected(i)
+				d.mu.Unlock()
+				return c, nil
+			}
+			errs = append(errs, &dialError{addr: a, err: err})
+			if ctx.Err() != nil {
+				break
+			}
+			if j < len(addrs)-1 {
+				d.logLimited("no connection to this address of the server; trying the next", "addr", a.String(), "err", errs[len(errs)-1])
+			}
 		}
-		c, err := d.dialer.DialContext(actx, "tcp", a.String())
-		cancel()
-		if err == nil {
-			d.mu.Lock()
-			d.last = a
-			d.mu.Unlock()
-			return c, nil
-		}
-		errs = append(errs, &dialError{addr: a, err: err})
 		if ctx.Err() != nil {
 			break
 		}
-		if i < len(addrs)-1 {
-			d.logLimited("no connection to this address of the server; trying the next", "addr", a.String(), "err", errs[len(errs)-1])
+		if k < len(order)-1 && len(errs) > 0 {
+			d.logLimited("no connection to this server; trying the next", "server", s.spec, "next", d.servers[order[k+1]].spec, "err", errs[len(errs)-1])
 		}
 	}
-	if len(errs) == 1 {
+	switch len(errs) {
+	case 0:
+		return nil, fmt.Errorf("no address to connect to")
+	case 1:
 		return nil, errs[0]
 	}
 	return nil, errs
+}
+
+// dialOne runs the before hook and dials a.
+func (d *serverDialer) dialOne(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
+	if d.before != nil {
+		if err := d.before(ctx, a); err != nil {
+			return nil, err
+		}
+	}
+	return d.dialer.DialContext(ctx, "tcp", a.String())
 }
 
 // logLimited logs msg with attrs at info level, or at debug level when

@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"tlsvpn/internal/service"
 	"tlsvpn/transport"
@@ -124,15 +126,26 @@ func (p *proxyDialer) pin(addrs []netip.AddrPort) {
 // dial connects to the proxy and asks it to connect to target. It
 // returns the TCP connection to the proxy, now a stream to target. The
 // proxy's name is resolved by net.Dialer, which tries each of its
-// addresses in turn, unless pin fixed the address.
-func (p *proxyDialer) dial(ctx context.Context, target string) (net.Conn, error) {
+// addresses in turn, unless pin fixed the address; before (if set) runs
+// on each address just before it is dialed.
+func (p *proxyDialer) dial(ctx context.Context, target string, before func(context.Context, netip.AddrPort) error) (net.Conn, error) {
 	p.mu.Lock()
 	addr := p.proxy.Addr()
 	if len(p.pinned) > 0 {
 		addr = p.pinned[0].String()
 	}
 	p.mu.Unlock()
-	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	dialer := p.dialer
+	if before != nil {
+		dialer.ControlContext = func(ctx context.Context, _, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return err
+			}
+			return before(ctx, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		}
+	}
+	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		if ap, perr := netip.ParseAddrPort(addr); perr == nil {
 			err = &dialError{addr: ap, err: err}
@@ -146,22 +159,31 @@ func (p *proxyDialer) dial(ctx context.Context, target string) (net.Conn, error)
 	return c, nil
 }
 
-// dialThrough is serverDialer.Dial through a proxy: the proxy gets the
+// dialThrough is serverDialer.Dial's attempt at server i through a proxy,
+// with its share of the time left to the servers left: the proxy gets the
 // server's name and port as given, and resolves the name itself. The
 // address remembered as the last one dialed is the proxy's: it is where
 // the TCP connection goes, for the bypass route and the kill switch.
-func (d *serverDialer) dialThrough(ctx context.Context) (net.Conn, error) {
-	target := net.JoinHostPort(d.host, strconv.Itoa(int(d.port)))
-	d.logLimited("connecting to the server through the proxy", "server", d.server, "proxy", d.proxyName)
-	c, err := d.through(ctx, target)
+func (d *serverDialer) dialThrough(ctx context.Context, i, left int) (net.Conn, error) {
+	s := d.servers[i]
+	target := net.JoinHostPort(s.host, strconv.Itoa(int(s.port)))
+	d.logLimited("connecting to the server through the proxy", "server", s.spec, "proxy", d.proxyName)
+	actx, cancel := ctx, context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); ok && left > 1 {
+		actx, cancel = context.WithTimeout(ctx, max(time.Until(dl)/time.Duration(left), minDialShare))
+	}
+	defer cancel()
+	c, err := d.through(actx, target, d.before)
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		d.mu.Lock()
 		d.last = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		d.mu.Unlock()
 	}
+	d.lastAt = i
+	d.order.connected(i)
+	d.mu.Unlock()
 	return c, nil
 }
 

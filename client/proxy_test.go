@@ -105,30 +105,41 @@ func TestNewProxyAuthFileWarnsAboutItsMode(t *testing.T) {
 	}
 }
 
-// TestServerDialerThroughProxy: with a proxy, the dial goes to the proxy
-// (its name resolved here), the proxy is asked for the server's NAME,
-// the connection returned is the plain TCP one, and the address the
-// bypass route and kill switch follow is the proxy's.
+// TestServerDialerThroughProxy: with a proxy, each server is dialed
+// through it: the proxy gets the server's NAME (nothing but the proxy's
+// name is resolved here), a server the proxy cannot reach is passed over
+// for the next, the connection returned is the plain TCP one, and the
+// address the bypass route and kill switch follow (the before hook,
+// lastAddr) is the proxy's.
 func TestServerDialerThroughProxy(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	got := make(chan string, 1)
+	asked := make(chan string, 4)
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				asked <- line
+				if line != "CONNECT vpn.test:443 HTTP/1.1\r\n" {
+					io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\nserver speaks")
+				io.Copy(io.Discard, c)
+			}()
 		}
-		defer c.Close()
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		got <- line
-		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\nserver speaks")
-		io.Copy(io.Discard, c)
 	}()
 	port := ln.Addr().(*net.TCPAddr).Port
-	sd, log := testDialer(t, "https") // the port as a service name
+	// The second server's port as a service name; neither name resolves here.
+	sd, log := testServers(t, nil, "down.test:443", "vpn.test:https")
 	pd, err := newProxyDialer("http://proxy.test:"+itoa(port), "--proxy", "", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -146,10 +157,13 @@ func TestServerDialerThroughProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	pd.pin(addrs)
+	proxyAddr := netip.MustParseAddrPort("127.0.0.1:" + itoa(port))
+	var before []netip.AddrPort
+	sd.before = func(_ context.Context, a netip.AddrPort) error { before = append(before, a); return nil }
 	sd.through, sd.proxyName = pd.dial, pd.proxy.String()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := sd.Dial(ctx)
+	conn, err := sd.Dial(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,15 +171,20 @@ func TestServerDialerThroughProxy(t *testing.T) {
 	if _, ok := conn.(*net.TCPConn); !ok {
 		t.Errorf("Dial returned a %T, want the *net.TCPConn to the proxy", conn)
 	}
-	if line := <-got; line != "CONNECT vpn.test:443 HTTP/1.1\r\n" {
-		t.Errorf("the proxy was asked %q, want CONNECT vpn.test:443", line)
-	}
 	b := make([]byte, len("server speaks"))
 	if _, err := io.ReadFull(conn, b); err != nil || string(b) != "server speaks" {
 		t.Errorf("after the handshake: %q, %v", b, err)
 	}
-	if want := netip.MustParseAddrPort("127.0.0.1:" + itoa(port)); sd.lastAddr() != want {
-		t.Errorf("lastAddr = %v, want the proxy's %v", sd.lastAddr(), want)
+	if sd.lastAddr() != proxyAddr || sd.current() != "vpn.test:https" || sd.serverName() != "vpn.test" {
+		t.Errorf("lastAddr %v current %q name %q, want the proxy's %v and vpn.test:https", sd.lastAddr(), sd.current(), sd.serverName(), proxyAddr)
+	}
+	for _, a := range before {
+		if a != proxyAddr {
+			t.Errorf("the before hook saw %v, want only the proxy's %v", a, proxyAddr)
+		}
+	}
+	if len(before) == 0 || len(before) != len(asked) {
+		t.Errorf("before ran %d times for %d connections to the proxy", len(before), len(asked))
 	}
 	wantLines(t, log.String(), `msg="connecting to the server through the proxy" server=vpn.test:https proxy=http://proxy.test:`+itoa(port))
 }
@@ -193,7 +212,7 @@ func TestProxyDialerRefusal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = pd.dial(context.Background(), "198.18.1.1:443")
+	_, err = pd.dial(context.Background(), "198.18.1.1:443", nil)
 	var pe *transport.ProxyError
 	want := "proxy " + ln.Addr().String() + " refused CONNECT to 198.18.1.1:443: 407 Proxy Authentication Required"
 	if !errors.As(err, &pe) || err.Error() != want || !pe.Permanent() {

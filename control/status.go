@@ -31,6 +31,23 @@ type ServerStatus struct {
 	Refusals    map[string]uint64 `json:"refusals"`
 	Certificate Expiry            `json:"certificate"`
 	CRL         *Expiry           `json:"crl,omitempty"` // nil without --crl
+	BGP         *BGPStatus        `json:"bgp,omitempty"` // nil without --bgp-asn
+	// DrainingSince is when 'tunneld drain' took the gateway out of
+	// service (zero: it is in service).
+	DrainingSince time.Time `json:"draining_since,omitzero"`
+}
+
+// BGPStatus is what the gateway announces over BGP, and to whom.
+type BGPStatus struct {
+	Routes int       `json:"routes"` // prefixes announced now
+	Peers  []BGPPeer `json:"peers"`
+}
+
+// BGPPeer is one router the gateway announces to.
+type BGPPeer struct {
+	Peer  string    `json:"peer"`  // ASN@ADDRESS
+	State string    `json:"state"` // established, active, idle, ...
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -64,7 +81,8 @@ type Session struct {
 
 // ClientStatus is tunnelc's answer to "status".
 type ClientStatus struct {
-	Server        string         `json:"server"`                // --server as given
+	Server        string         `json:"server"`                // --server as given (the one in use, with several)
+	Servers       []string       `json:"servers,omitempty"`     // every --server, when there are several
 	ServerAddr    string         `json:"server_addr,omitempty"` // address of the current (or last) connection; "" through a proxy
 	State         string         `json:"state"`                 // connecting, up, backing off
 	TUN           string         `json:"tun"`
@@ -82,12 +100,24 @@ type ClientStatus struct {
 	Rotations     uint64         `json:"rotations"`
 	RetryAt       time.Time      `json:"retry_at,omitzero"` // backing off: next attempt
 	LastError     string         `json:"last_error,omitempty"`
+	Portal        *PortalStatus  `json:"portal,omitempty"` // a captive portal in the way; nil: none known
 
 	// Proxy is the proxy the connection goes through (--proxy or the
 	// environment), as a URL without the credentials; "" for none.
 	Proxy     string `json:"proxy,omitempty"`
 	ProxyAddr string `json:"proxy_addr,omitempty"` // the proxy's address of the current (or last) connection
 	ProxyAuth bool   `json:"proxy_auth,omitempty"` // tunnelc authenticates to the proxy with a user and password
+}
+
+// PortalStatus is the captive portal tunnelc found in the way to the
+// server, and the hole its kill switch opened for logging in.
+type PortalStatus struct {
+	URL       string    `json:"url"`                 // the portal's page (the probe's redirect, or the probe URL)
+	Interface string    `json:"interface,omitempty"` // the physical interface probed (and opened)
+	Detected  time.Time `json:"detected_at"`
+	// OpenUntil is when the kill switch's hole (DNS, TCP 80 and 443 out of
+	// Interface) closes; zero when it is closed.
+	OpenUntil time.Time `json:"open_until,omitzero"`
 }
 
 // WriteServerStatus renders s for a person; now is the time ages and
@@ -103,6 +133,9 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 	row("uptime", "%s (since %s)", Duration(now.Sub(s.Started)), stamp(s.Started))
 	row("listen", "%s", s.Listen)
 	row("tun", "%s", strings.TrimSpace(s.TUN+" "+joinList(s.Subnets)))
+	if !s.DrainingSince.IsZero() {
+		row("state", "draining for %s: new connections refused, %d sessions left", Duration(now.Sub(s.DrainingSince)), s.Sessions)
+	}
 	row("sessions", "%d now, %d peak, %d connections open", s.Sessions, s.PeakSessions, s.Connections)
 	row("traffic", "%s in, %s out", Bytes(s.BytesIn), Bytes(s.BytesOut))
 	row("handshakes", "%d full, %d resumed, %.1f/min", s.Handshakes.Full, s.Handshakes.Resumed, s.Handshakes.PerMinute)
@@ -112,6 +145,16 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 		row("crl", "%s", expiry(*s.CRL, now, "next update"))
 	} else {
 		row("crl", "none (--crl not set: revoked certificates are not refused)")
+	}
+	if s.BGP != nil {
+		row("bgp", "%d routes announced", s.BGP.Routes)
+		for _, p := range s.BGP.Peers {
+			since := ""
+			if !p.Since.IsZero() {
+				since = fmt.Sprintf(" for %s", Duration(now.Sub(p.Since)))
+			}
+			row("  peer "+p.Peer, "%s%s", p.State, since)
+		}
 	}
 	return tw.Flush()
 }
@@ -147,6 +190,9 @@ func WriteClientStatus(w io.Writer, s ClientStatus, now time.Time) error {
 		server += " (" + s.ServerAddr + ")"
 	}
 	row("server", "%s", server)
+	if len(s.Servers) > 1 {
+		row("servers", "%s", strings.Join(s.Servers, ", "))
+	}
 	if s.Proxy != "" {
 		proxy := s.Proxy
 		if s.ProxyAddr != "" && !strings.HasSuffix(s.Proxy, "://"+s.ProxyAddr) {
@@ -167,6 +213,16 @@ func WriteClientStatus(w io.Writer, s ClientStatus, now time.Time) error {
 	row("state", "%s", state)
 	if s.LastError != "" && s.State != "up" {
 		row("last error", "%s", s.LastError)
+	}
+	if p := s.Portal; p != nil {
+		switch {
+		case !p.OpenUntil.IsZero() && p.OpenUntil.After(now):
+			row("captive portal", "%s: DNS and TCP 80/443 open on %s for %s more", p.URL, p.Interface, Duration(p.OpenUntil.Sub(now)))
+		case s.KillSwitch:
+			row("captive portal", "%s (detected %s ago): the kill switch's hole is closed", p.URL, Duration(now.Sub(p.Detected)))
+		default:
+			row("captive portal", "%s (detected %s ago): log in with a browser", p.URL, Duration(now.Sub(p.Detected)))
+		}
 	}
 	row("tun", "%s", strings.TrimSpace(s.TUN+" "+joinList(s.Addresses)))
 	row("routes", "%s", orNone(joinList(s.Routes)))

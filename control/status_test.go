@@ -58,6 +58,25 @@ func TestWriteServerStatusNoCRLExpiredCert(t *testing.T) {
 	}
 }
 
+// TestWriteClientStatusServers: with several servers, status names the
+// one in use and lists them all; with one, no list.
+func TestWriteClientStatusServers(t *testing.T) {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	var b strings.Builder
+	WriteClientStatus(&b, ClientStatus{Server: "vpn2.example.com:443", ServerAddr: "192.0.2.2:443",
+		Servers: []string{"vpn1.example.com:443", "vpn2.example.com:443"}, State: "up", TUN: "tunnelc0"}, now)
+	for _, want := range []string{"server: vpn2.example.com:443 (192.0.2.2:443)\n", "servers: vpn1.example.com:443, vpn2.example.com:443\n"} {
+		if !strings.Contains(squash(b.String()), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	WriteClientStatus(&b, ClientStatus{Server: "vpn1.example.com:443", State: "up", TUN: "tunnelc0"}, now)
+	if strings.Contains(b.String(), "servers:") {
+		t.Errorf("a list of servers for one:\n%s", b.String())
+	}
+}
+
 func TestWriteSessions(t *testing.T) {
 	list := []Session{
 		{Identity: "laptop", Addresses: []netip.Addr{netip.MustParseAddr("100.64.0.2"), netip.MustParseAddr("fd00:64::2")},

@@ -72,6 +72,20 @@ type FirewallConfig struct {
 	// lets through. Plain IPv4, not IPv4-mapped IPv6; no zones.
 	ServerEndpoints []netip.AddrPort
 
+	// PortalIf, with KillSwitch, opens the hole a captive portal login
+	// needs: the host's own packets (not forwarded ones) leaving through
+	// the interface PortalIf to UDP or TCP port 53 (DNS) or TCP port 80
+	// or 443, IPv4 and IPv6, to any address. "" (the default) opens
+	// nothing. It must not be TunnelIf. The hole is part of the table, so
+	// a Set with and then without it opens and closes it atomically.
+	PortalIf string
+	// ProbeMark, with KillSwitch and when not 0, lets the host's packets
+	// whose socket carries this mark (SO_MARK, which needs CAP_NET_ADMIN
+	// to set) to the same ports as PortalIf out through any interface but
+	// TunnelIf, whether or not a hole is open: tunnelc's own captive
+	// portal probe, which must get out to find that a portal is there.
+	ProbeMark uint32
+
 	// IsolateClients stops tunnel clients from opening connections to
 	// each other through the server. A forwarded packet that comes in
 	// through TunnelIf and goes out through TunnelIf again (client to
@@ -103,6 +117,14 @@ func (c FirewallConfig) Validate() error {
 	}
 	if c.TunnelIf == "" && (c.ClampMSS || c.KillSwitch || c.IsolateClients) {
 		return fmt.Errorf("%w: MSS clamping, the kill switch and client isolation need a tunnel interface", ErrInvalidConfig)
+	}
+	switch {
+	case len(c.PortalIf) > 15:
+		return fmt.Errorf("%w: portal interface name %q longer than 15 bytes", ErrInvalidConfig, c.PortalIf)
+	case (c.PortalIf != "" || c.ProbeMark != 0) && !c.KillSwitch:
+		return fmt.Errorf("%w: a captive portal hole or probe mark is an exception to the kill switch, which is off", ErrInvalidConfig)
+	case c.PortalIf != "" && c.PortalIf == c.TunnelIf:
+		return fmt.Errorf("%w: the captive portal hole is on the tunnel interface %s", ErrInvalidConfig, c.PortalIf)
 	}
 	for _, p := range c.Masquerade {
 		if err := checkPrefix(p); err != nil {

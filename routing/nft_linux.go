@@ -302,6 +302,7 @@ func (f *linuxFirewall) Set(ctx context.Context, cfg FirewallConfig) error {
 		"clamp_mss", cfg.ClampMSS,
 		"kill_switch", cfg.KillSwitch,
 		"server_endpoints", cfg.ServerEndpoints,
+		"portal_if", cfg.PortalIf,
 		"isolate_clients", cfg.IsolateClients,
 		"reach_clients", cfg.ReachClients)
 	return nil
@@ -367,7 +368,7 @@ func (f *linuxFirewall) Close() error {
 // equal reports whether two normalized configs are the same.
 func (c FirewallConfig) equal(d FirewallConfig) bool {
 	return c.TunnelIf == d.TunnelIf && c.ClampMSS == d.ClampMSS && c.KillSwitch == d.KillSwitch &&
-		c.IsolateClients == d.IsolateClients &&
+		c.IsolateClients == d.IsolateClients && c.PortalIf == d.PortalIf && c.ProbeMark == d.ProbeMark &&
 		slices.Equal(c.Masquerade, d.Masquerade) && slices.Equal(c.ServerEndpoints, d.ServerEndpoints) &&
 		slices.Equal(c.ReachClients, d.ReachClients)
 }
@@ -562,6 +563,8 @@ func killSwitchExceptions(cfg FirewallConfig, forward bool) [][]expr.Any {
 	}
 	if forward {
 		ms = append(ms, matchIfname(expr.MetaKeyIIFNAME, expr.CmpOpEq, cfg.TunnelIf)) // iifname "tun0"
+	} else {
+		ms = append(ms, portalExceptions(cfg)...)
 	}
 	for _, ep := range cfg.ServerEndpoints {
 		// ip daddr 192.0.2.1 tcp dport 443

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # package-test.sh: build the release (scripts/release.sh), install the amd64
 # Debian package on this machine, check what it installed, run the units'
-# sandbox test against the installed binaries and units, then purge it and
+# sandbox test and README's operator path (TestNetNSReadme) against the
+# installed binaries and units, then purge it and
 # check that nothing is left. scripts/test.sh runs it as its "package" step.
 #
 # Must run as root on a Debian machine without a tlsvpn package of its own
@@ -85,9 +86,11 @@ check "/etc/tlsvpn, client/ and server/ are 0750 root:tlsvpn" \
 conffiles() { dpkg-query -W -f='${Conffiles}\n' tlsvpn | grep -q ' /etc/tlsvpn/tunneld.yaml.example '; }
 check "example configs are conffiles" conffiles
 
-log "the units' sandbox test against the installed package"
+log "the units' sandbox test and README's operator path against the installed package"
 check "TestNetNSUnitSandbox with /usr/bin and /lib/systemd/system" \
 	env TLSVPN_INSTALLED=1 go test -count=1 -run '^TestNetNSUnitSandbox$' ./cmd/tunneld
+check "TestNetNSReadme: README's operator path, each command as written" \
+	env TLSVPN_INSTALLED=1 go test -count=1 -run '^TestNetNSReadme$' ./cmd/tunneld
 
 log "dpkg --purge tlsvpn"
 files="$(dpkg-query -L tlsvpn | grep -E '^/(usr/bin|lib/systemd|usr/share/man|usr/share/doc/tlsvpn|etc/tlsvpn)/')"

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"tlsvpn/control"
+	"tlsvpn/routing/bgp"
 	"tlsvpn/state"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
@@ -86,6 +87,11 @@ type Config struct {
 	ControlGroup string `flag:"control-group"` // see control.Options.Group
 
 	LogLevel slog.Level `flag:"log-level"` // applied on reload to Options.Level
+
+	// BGP, if set, announces each client's tunnel addresses (and the
+	// networks accepted behind it) to routers while its session is here
+	// (tunneld --bgp-asn and the other --bgp- flags; restart only).
+	BGP *bgp.Config
 
 	// ConfigFile names where the settings come from, for messages ("":
 	// the command line).

@@ -11,9 +11,11 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tlsvpn/control"
+	"tlsvpn/internal/service"
 	"tlsvpn/state"
 	"tlsvpn/tunnel"
 )
@@ -40,6 +42,35 @@ type controlSource struct {
 	certFile string
 	certEnd  time.Time
 	rate     *rateMeter
+	bgp      *announcer // nil without BGP
+	// ctx is Run's: a drain ends with it. draining is when 'tunneld
+	// drain' started (Unix nanoseconds; 0: not draining).
+	ctx      context.Context
+	log      *slog.Logger
+	draining atomic.Int64
+}
+
+// drainRate is how many sessions a second 'tunneld drain' closes, so that
+// their clients' reconnects (most resume, on other gateways) do not come
+// as one crowd.
+const drainRate = 50
+
+// drain starts taking the gateway out of service and returns at once;
+// tunneld status shows the progress.
+func (c *controlSource) drain() (any, error) {
+	n := c.srv.Sessions()
+	if !c.draining.CompareAndSwap(0, time.Now().UnixNano()) {
+		return message{Message: fmt.Sprintf("already draining; %d sessions left", n)}, nil
+	}
+	service.NotifyStatus(c.log, "draining: refusing new connections, moving clients off")
+	go func() {
+		closed := c.srv.Drain(c.ctx, drainRate)
+		if c.ctx.Err() == nil {
+			c.log.Info("drained: no session left", "sessions_closed", closed)
+			service.NotifyStatus(c.log, "drained: no session left; refusing new connections")
+		}
+	}()
+	return message{Message: fmt.Sprintf("draining: new connections are refused and /ready answers 503; %d sessions move off, %d a second ('tunneld status' shows how many are left)", n, drainRate)}, nil
 }
 
 // handle is the control.Handler of tunneld.
@@ -75,8 +106,13 @@ func (c *controlSource) handle(ctx context.Context, cmd string, args []string) (
 			return nil, err
 		}
 		return c.kick(args[0])
+	case "drain":
+		if err := want(0); err != nil {
+			return nil, err
+		}
+		return c.drain()
 	}
-	return nil, fmt.Errorf("unknown command %q (tunneld knows status, clients, reload, kick)", cmd)
+	return nil, fmt.Errorf("unknown command %q (tunneld knows status, clients, reload, kick, drain)", cmd)
 }
 
 // clients lists the sessions, with the RTT measured for those that had
@@ -158,6 +194,14 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 			e.Expires = next
 		}
 		s.CRL = &e
+	}
+	if at := c.draining.Load(); at != 0 {
+		s.DrainingSince = time.Unix(0, at)
+	}
+	if c.bgp != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		s.BGP = c.bgp.status(ctx)
+		cancel()
 	}
 	return s
 }

@@ -34,6 +34,7 @@ import (
 	"tlsvpn/control"
 	"tlsvpn/internal/service"
 	"tlsvpn/routing"
+	"tlsvpn/routing/bgp"
 	"tlsvpn/state"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
@@ -71,6 +72,7 @@ type Server struct {
 	tickets     state.TicketKeys
 	ticketSet   [][32]byte // the ticket keys New handed to srv
 	dir         state.Directory
+	bgp         *announcer // nil without Config.BGP
 	ln          net.Listener
 	dev         tun.Device
 	fw          routing.Firewall // nil without forwarding
@@ -291,6 +293,20 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		s.dir = state.NewMemoryDirectory(s.ln.Addr().String())
 	}
 	scfg.Claimed, scfg.Released = s.dir.Claim, s.dir.Release
+	if cfg.BGP != nil {
+		bc := *cfg.BGP
+		bc.Logger = log
+		sp, err := bgp.Start(context.Background(), bc)
+		if err != nil {
+			return nil, err
+		}
+		s.onClose(sp.Close) // withdraws every route
+		s.bgp = newAnnouncer(sp, s.pool, s.pool6, log)
+		claim, release, changed := scfg.Claimed, scfg.Released, scfg.PeersChanged
+		scfg.Claimed = func(id string) { claim(id); s.bgp.claim(id) }
+		scfg.Released = func(id string) { release(id); s.bgp.release(id) }
+		scfg.PeersChanged = func(p []tunnel.Peer) { changed(p); s.bgp.peers(p) }
+	}
 	if s.srv, err = tunnel.NewServer(scfg); err != nil {
 		return nil, err
 	}
@@ -307,7 +323,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		srv: s.srv, limits: s.limits, crl: crl, forwarding: s.fw != nil, log: log}, cfg)
 	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
-		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version}
+		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version, bgp: s.bgp}
 	if s.cs.version == "" {
 		s.cs.version = buildVersion()
 	}
@@ -372,15 +388,19 @@ func (s *Server) Run(ctx context.Context) error {
 					return float64(n)
 				}})
 		}
-		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, log); err != nil {
+		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, func() bool { return !s.srv.Draining() }, log); err != nil {
 			return err
 		}
 	}
 	go s.rl.watch(ctx)
 	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, ticketKeyCheck, log)
 	go s.cs.rate.run(ctx, 5*time.Second, s.stats.SessionsOpened.Load)
+	s.cs.ctx, s.cs.log = ctx, log
 	serveControl(ctx, s.ctl, s.cs, log)
 	go releaseMemory(ctx, time.Minute)
+	if s.bgp != nil {
+		go s.bgp.run(ctx)
+	}
 	log.Info("listening", "addr", s.ln.Addr().String(), "ifname", cfg.TUN,
 		"tunnel_addr", netip.PrefixFrom(s.pool.ServerAddr(), cfg.Subnet.Bits()),
 		"mtu", cfg.MTU, "routes", len(cfg.Routes), "keepalive", cfg.Keepalive, "congestion", service.CongestionName(s.congestion))

@@ -23,6 +23,13 @@ type ClientConfig struct {
 	// the project CA as the only root). NewClient sets NextProtos to ALPN on
 	// a clone, and a session cache for resumption if it has none.
 	TLS *tls.Config
+	// ServerName, if set, is called after each successful Dial and
+	// returns the name the certificate of the server just dialed must
+	// carry, for a Dial that picks among servers of different names; ""
+	// keeps TLS.ServerName. Attempts never overlap, so it may answer for
+	// "the last Dial". The session cache is keyed by that name, so each
+	// server keeps its own tickets.
+	ServerName func() string
 	// Hello is sent to the server after the TLS handshake.
 	Hello Hello
 	// Setup receives the server's configuration for every session and
@@ -236,12 +243,19 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 	if err != nil {
 		return nil, nil, Connected{}, err // it names what it dialed (net.Dialer's do)
 	}
+	tlsCfg := c.tls
+	if c.cfg.ServerName != nil {
+		if name := c.cfg.ServerName(); name != "" && name != tlsCfg.ServerName {
+			tlsCfg = c.tls.Clone()
+			tlsCfg.ServerName = name
+		}
+	}
 	bc := NewBatchConn(raw)
 	var tc *tls.Conn
 	if !c.cfg.StdlibRecords && OwnRecordLayer() == nil {
-		tc = bc.Client(c.tls) // captures the secrets for the hand-over
+		tc = bc.Client(tlsCfg) // captures the secrets for the hand-over
 	} else {
-		tc = tls.Client(bc, c.tls)
+		tc = tls.Client(bc, tlsCfg)
 	}
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
@@ -257,8 +271,18 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 }
 
 // Kick replaces the current session with a new connection at once, e.g.
-// when the underlay address the session was using went away (roaming).
+// when the underlay address the session was using went away (roaming) or
+// the machine woke from sleep; while Run waits before the next attempt, it
+// makes the attempt start now. While an attempt is under way there is no
+// session to replace and Kick does nothing: what it was about (an old
+// address, the time before a sleep) concerns a connection already gone.
 func (c *Client) Kick(reason string) {
+	c.mu.Lock()
+	connecting := c.state == "" || c.state == StateConnecting
+	c.mu.Unlock()
+	if connecting {
+		return
+	}
 	select {
 	case c.kick <- reason:
 	default:
@@ -302,6 +326,12 @@ func (c *Client) Run(ctx context.Context) error {
 	for {
 		if cur == nil {
 			c.setState(StateConnecting, nil, 0, nil)
+			// A kick that came while the last session ended or during
+			// the wait was for that session: this attempt answers it.
+			select {
+			case <-c.kick:
+			default:
+			}
 			tc, bc, info, err := c.Connect(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
@@ -313,7 +343,7 @@ func (c *Client) Run(ctx context.Context) error {
 				}
 				wait := c.connectFailed(&retry, err, failures, &backoff)
 				c.setState(StateBackingOff, nil, wait, err)
-				if !sleep(ctx, wait) {
+				if !c.backOff(ctx, wait) {
 					return nil
 				}
 				continue
@@ -388,13 +418,15 @@ func (c *Client) Run(ctx context.Context) error {
 				c.log.Error("session replaced by another connection with this client's identity; is the certificate used twice?", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseReconfigure {
 				c.log.Info("server changed this client's configuration; reconnecting to apply it", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
+			} else if errors.As(err, &pc) && pc.Code == CloseDraining {
+				c.log.Info("the server is being drained; reconnecting, to another server if there is one", "reason", pc.Reason, "retry_in", wait.Round(time.Millisecond))
 			} else if errors.As(err, &pc) && pc.Code == CloseKicked {
 				c.log.Warn("kicked: the server's operator closed this session; reconnecting", "reason", pc.Reason, "retry_in", wait.Round(time.Millisecond))
 			} else {
 				c.log.Warn("session ended; reconnecting", "reason", errString(err), "retry_in", wait.Round(time.Millisecond))
 			}
 			c.setState(StateBackingOff, nil, wait, errors.New(errString(err)))
-			if !sleep(ctx, wait) {
+			if !c.backOff(ctx, wait) {
 				return nil
 			}
 		case reason := <-c.kick:
@@ -528,6 +560,22 @@ func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, 
 	return next, end, nil
 }
 
+// backOff waits d before the next attempt, less if Kick asks for one now
+// (the network came back, the machine woke, the user asked); it reports
+// false if ctx ended.
+func (c *Client) backOff(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case reason := <-c.kick:
+		c.log.Info("trying again now", "reason", reason)
+	}
+	return true
+}
+
 // Jitter spreads d uniformly over [d/2, 3d/2) so the clients of a
 // restarted server do not come back in lockstep: ten thousand clients
 // whose sessions ended at the same instant retry over a window as long as
@@ -536,18 +584,6 @@ func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, 
 // slots full again.)
 func Jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d+1)
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func errString(err error) string {

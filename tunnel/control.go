@@ -395,6 +395,7 @@ const (
 	CloseRevoked     uint16 = 9  // the peer's certificate was revoked or expired
 	CloseReconfigure uint16 = 10 // the client's configuration changed; reconnect at once
 	CloseKicked      uint16 = 11 // an operator closed the session (tunneld kick); reconnect after the usual wait
+	CloseDraining    uint16 = 12 // the gateway is being taken out of service (tunneld drain); reconnect at once, to another one
 )
 
 // CloseCodeName returns a short name for a close code.
@@ -424,6 +425,8 @@ func CloseCodeName(c uint16) string {
 		return "reconfigure"
 	case CloseKicked:
 		return "kicked"
+	case CloseDraining:
+		return "draining"
 	}
 	return fmt.Sprintf("code_%d", c)
 }

@@ -177,6 +177,7 @@ type Server struct {
 	live       atomic.Pointer[Live] // settings SetLive may change; cfg's fields of the same name are unused
 	capturing  bool                 // traffic secrets are captured for the own record layer
 	conns      atomic.Int64         // connections open (MaxConnections)
+	draining   atomic.Bool          // Drain called: new connections are closed at once
 	peak       atomic.Int64         // most sessions registered at once; written under mu
 	mustResume sync.Map             // conn under TLS -> true: admitted on a reserved slot, must resume
 }
@@ -397,6 +398,69 @@ func (s *Server) closeIdentity(identity string, code uint16, reason, msg string)
 	return true
 }
 
+// Drain takes this server out of service without ending it: from now on
+// every new connection is closed at once (and counted), and the live
+// sessions are closed with CloseDraining, gracefully (what is queued is
+// delivered first), at most perSecond a second (0 or less: all at once),
+// so that their clients reconnect, to another gateway, without a crowd.
+// It returns the number of sessions it closed when none is left, or early
+// when ctx ends. Only a restart ends the drain.
+func (s *Server) Drain(ctx context.Context, perSecond float64) int {
+	if s.draining.Swap(true) {
+		s.log.Info("draining again: closing the sessions left")
+	} else {
+		s.log.Warn("draining: refusing new connections and moving clients off", "rate_per_second", perSecond)
+	}
+	var gap time.Duration
+	if perSecond > 0 {
+		gap = time.Duration(float64(time.Second) / perSecond)
+	}
+	closed := 0
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		var id string
+		var sess *Session
+		for id, sess = range s.sessions {
+			break
+		}
+		s.mu.Unlock()
+		if sess == nil {
+			break
+		}
+		sess.Close(CloseDraining, "this gateway is being drained: reconnect, to another one")
+		closed++
+		// Wait for it to be gone (a graceful close takes up to 2 s),
+		// and for the pace.
+		t := time.Now()
+		for ctx.Err() == nil && s.registered(id, sess) && time.Since(t) < 3*time.Second {
+			sleepCtx(ctx, 10*time.Millisecond)
+		}
+		if gap > time.Since(t) {
+			sleepCtx(ctx, gap-time.Since(t))
+		}
+	}
+	return closed
+}
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// registered reports whether sess is still id's registered session.
+func (s *Server) registered(id string, sess *Session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[id] == sess
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // Serve accepts connections on ln until ctx ends, then closes every session
 // (telling clients the server shuts down) and returns. The TUN reader runs
 // for as long as Serve does.
@@ -433,6 +497,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		if s.draining.Load() {
+			s.stats.RefusedDraining.Add(1)
+			s.logLimit.warn(s.log, "draining", "refusing connection: this gateway is draining", "remote_addr", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
 		if limit := s.live.Load().MaxConnections; limit > 0 && s.conns.Load() >= int64(limit) {
 			s.lim.stats.RefusedConns.Add(1)
 			s.stats.HandshakeFailures.Add(1)

@@ -531,7 +531,7 @@ func (s *Session) sayGoodbye(cause error) (linger bool) {
 	switch {
 	case errors.As(cause, &ce):
 		code, reason = ce.Code, ce.Reason
-		drain = ce.Code == CloseNormal || ce.Code == CloseShutdown || ce.Code == CloseReplaced || ce.Code == CloseReconfigure || ce.Code == CloseKicked
+		drain = ce.Code == CloseNormal || ce.Code == CloseShutdown || ce.Code == CloseReplaced || ce.Code == CloseReconfigure || ce.Code == CloseKicked || ce.Code == CloseDraining
 		linger = drain
 	case errors.As(cause, &pc):
 		// The peer closed first and lingers for our answer.

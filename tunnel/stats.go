@@ -25,6 +25,7 @@ type Stats struct {
 	SessionsReplaced  atomic.Uint64
 	HandshakeFailures atomic.Uint64 // TLS or protocol handshake did not complete
 	AcceptErrors      atomic.Uint64 // accept failed (out of descriptors, say); the server backs off and goes on
+	RefusedDraining   atomic.Uint64 // connections closed at once because the server is draining
 	ProtocolErrors    atomic.Uint64 // sessions closed for a peer's protocol violation
 	KeepaliveTimeouts atomic.Uint64
 	ControlFrames     atomic.Uint64 // control frames received

@@ -113,14 +113,19 @@ func checkOptions(o options) []error {
 	var errs []error
 	bad := func(flag, format string, args ...any) { errs = append(errs, conffile.Flagf(flag, format, args...)) }
 	host := ""
-	if o.server == "" {
+	if len(o.servers) == 0 {
 		bad("server", "required, e.g. vpn.example.com:443")
-	} else if h, port, err := net.SplitHostPort(o.server); err != nil {
-		bad("server", "%q: want HOST:PORT, e.g. vpn.example.com:443", o.server)
-	} else if _, err := client.ServerPort(port); err != nil {
-		bad("server", "%q: %v", o.server, err)
-	} else {
-		host = h
+	}
+	for i, server := range o.servers {
+		if h, port, err := net.SplitHostPort(server); err != nil || h == "" {
+			bad("server", "%q: want HOST:PORT, e.g. vpn.example.com:443", server)
+		} else if _, err := client.ServerPort(port); err != nil {
+			bad("server", "%q: %v", server, err)
+		} else if slices.Contains(o.servers[:i], server) {
+			bad("server", "%q is given twice", server)
+		} else if host == "" {
+			host = h
+		}
 	}
 	if o.killSwitch && !o.fullTunnel {
 		bad("kill-switch", "needs full-tunnel")
@@ -139,6 +144,12 @@ func checkOptions(o options) []error {
 	}
 	if len(o.advertise) > tunnel.MaxRoutes {
 		bad("advertise", "%d networks, at most %d", len(o.advertise), tunnel.MaxRoutes)
+	}
+	if err := client.CheckPortalProbe(o.portalProbe); err != nil {
+		bad("portal-probe", "%q: %v", o.portalProbe, err)
+	}
+	if o.portalWindow < 0 {
+		bad("portal-window", "%v: want a positive duration such as 5m", o.portalWindow)
 	}
 	if o.tunName == "" || len(o.tunName) > 15 || strings.ContainsAny(o.tunName, "/: \t\n") {
 		bad("tun", "%q: want an interface name of at most 15 bytes without '/', ':' or spaces", o.tunName)
@@ -228,8 +239,19 @@ func profileServer(path string) string {
 	if err := yaml.Unmarshal(b, &m); err != nil {
 		return "(not valid YAML: run 'tunnelc check --config " + path + "')"
 	}
-	if s, ok := m["server"].(string); ok && s != "" {
-		return s
+	switch s := m["server"].(type) {
+	case string:
+		if s != "" {
+			return s
+		}
+	case []any:
+		var list []string
+		for _, v := range s {
+			list = append(list, fmt.Sprint(v))
+		}
+		if len(list) > 0 {
+			return strings.Join(list, ", ")
+		}
 	}
 	return "(no server)"
 }

@@ -47,6 +47,17 @@ func TestCheck(t *testing.T) {
 		want       []string // lines of the output; "ok" means "FILE: ok"
 	}{
 		{name: "valid", file: "server: vpn.example.com:443\n" + files + "full-tunnel: true\nkill-switch: true\nadvertise: [198.18.20.0/24]\nrotate-after: 1h\n", want: []string{"ok"}},
+		{name: "several servers", file: "server: [vpn1.example.com:443, 192.0.2.2:443]\n" + files + "full-tunnel: true\nkill-switch: true\n", want: []string{"ok"}},
+		{name: "one server on the command line replaces the file's list", file: "server: [vpn1.example.com:443, vpn1.example.com:443]\n" + files,
+			args: []string{"--server", "192.0.2.1:443"}, want: []string{"ok"}},
+		{
+			name: "server list values",
+			file: "server: [vpn.example.com:443, vpn.example.com:443, vpn2.example.com]\n" + files,
+			want: []string{
+				`tunnelc.yaml:1: server: "vpn.example.com:443" is given twice`,
+				`tunnelc.yaml:1: server: "vpn2.example.com": want HOST:PORT`,
+			},
+		},
 		{name: "the command line completes the file", file: files, args: []string{"--server", "192.0.2.1:443"}, want: []string{"ok"}},
 		{
 			name: "types",
@@ -109,6 +120,11 @@ func TestProfiles(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "work.yaml"), "server: vpn.example.com:443\n"+files)
 	writeFile(t, filepath.Join(dir, "home.yaml"), "server: 192.0.2.1:443\n"+files+"full-tunnel: true\n")
 	writeFile(t, filepath.Join(dir, "notes.txt"), "not a profile")
+	listDir := t.TempDir()
+	writeFile(t, filepath.Join(listDir, "office.yaml"), "server: [vpn1.example.com:443, vpn2.example.com:443]\n"+files)
+	if out, err := runCmd("profiles", "--profile-dir", listDir); err != nil || !strings.Contains(out, "\noffice   vpn1.example.com:443, vpn2.example.com:443  ") {
+		t.Errorf("profiles of a server list = %v:\n%s", err, out)
+	}
 
 	out, err := runCmd("profiles", "--profile-dir", dir)
 	if err != nil {

@@ -44,6 +44,7 @@ const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca
        tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
        tunnelc profiles                      (list the profiles)
        tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
+       tunnelc reconnect [SERVER] [--tun NAME | --control PATH]  (new session now; to SERVER or another server)
 
 tunnelc is the tlsvpn client. It needs root or CAP_NET_ADMIN. It checks that,
 and creates the TUN device --tun, before it connects: a start that cannot work
@@ -59,7 +60,30 @@ It reconnects after failures with a backoff from 250ms up to 30s; after a
 problem that does not go away by itself (a server certificate from another CA
 or for another name, a client certificate the server refuses, a server that
 is not a tlsvpn server) it logs the reason and a hint once and retries about
-every 5 minutes.
+every 5 minutes. When the machine wakes from sleep (or the local address of
+the connection goes away) it reconnects at once instead of waiting for the
+keepalive to fail.
+
+With several --server flags (or a list, "server: [a:443, b:443]", in the
+config file) each attempt tries them in turn, each with every address its
+name resolves to: the server of the last session first, the others in a
+random order (remembered while tunnelc runs, drawn afresh at each start). It
+stays on a server while it works and moves to another when it fails, or when
+told with 'tunnelc reconnect'. The kill switch lets every server's addresses
+through, and the full tunnel's route outside the tunnel follows the server
+in use.
+
+Captive portals (hotels, airports, trains): when connection attempts fail, it
+probes --portal-probe through the physical interface; any answer but 204 is a
+portal, which it logs and shows in 'tunnelc status' with the portal's URL.
+With --kill-switch it then opens, for --portal-window, only DNS (port 53) and
+TCP 80 and 443 out of that interface, IPv4 and IPv6, so a browser can log in;
+the hole closes when the tunnel is up, the probe answers 204 again, or the
+window ends (it reopens after a new probe, at most 3 times in a row).
+With --kill-switch, if the full tunnel's routes of a lost session are still in
+place (the laptop slept with the tunnel up and woke behind the portal), it
+also takes them and the pushed DNS settings off until the next session. --no-portal turns all of
+this off.
 
 Flags:
 `
@@ -74,6 +98,14 @@ Examples:
 
   # all traffic through the tunnel, nothing outside it even while reconnecting
   tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch
+
+  # two servers: whichever is up; 'tunnelc reconnect vpn1.example.com:443' moves back
+  tunnelc --server vpn1.example.com:443 --server vpn2.example.com:443 --cert laptop.crt --key laptop.key --ca ca.crt
+
+  # behind captive portals: the kill switch opens DNS and TCP 80/443 for 2
+  # minutes when a portal is found; or never (--no-portal)
+  tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch --portal-window 2m
+  tunnelc --server 192.0.2.1:443 --cert laptop.crt --key laptop.key --ca ca.crt --full-tunnel --kill-switch --no-portal
 
   # from an office whose only way out is its HTTP proxy (USER:PASSWORD in a
   # file of mode 600; socks5://HOST:PORT for a SOCKS5 proxy); without --proxy,
@@ -100,7 +132,8 @@ Exit status:
 `
 
 type options struct {
-	server, serverName  string
+	servers             []string // --server, repeatable
+	serverName          string
 	proxy, proxyAuth    string // --proxy URL or "none", --proxy-auth-file; proxy.go
 	proxySet            bool   // --proxy given (command line or file)
 	proxyOnCmdline      bool   // --proxy given on the command line
@@ -121,6 +154,9 @@ type options struct {
 	fullTunnel          bool
 	killSwitch          bool
 	advertise           []string
+	noPortal            bool
+	portalProbe         string
+	portalWindow        time.Duration
 	cpuProfile          string
 	cleanup             bool
 	logLevel, logFormat string
@@ -132,6 +168,9 @@ type options struct {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "status" {
 		return cli.RunControl(ctx, statusCommand, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "reconnect" {
+		return cli.RunControl(ctx, reconnectCommand, args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "profiles" {
 		return runProfiles(stdout, stderr, args[1:])
@@ -147,8 +186,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.config, "config", "", "read settings from a YAML FILE whose keys are the long flag names, e.g. /etc/tlsvpn/client/work.yaml (see README); a flag on the command line overrides the file")
 	fs.StringVar(&o.profile, "profile", "", "read settings from the profile NAME, the config file NAME.yaml in --profile-dir (one per server; 'tunnelc profiles' lists them)")
 	fs.StringVar(&o.profileDir, "profile-dir", DefaultProfileDir, "directory of the --profile files")
-	fs.StringVar(&o.server, "server", "", "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required)")
-	fs.StringVar(&o.serverName, "server-name", "", "name the server certificate must carry (default: the host part of --server), e.g. vpn.example.com")
+	fs.StringArrayVar(&o.servers, "server", nil, "server HOST:PORT to connect to, e.g. vpn.example.com:443 or 192.0.2.1:443 (required); repeat it for several servers: the one of the last session first, the others in random order, every address of each name; 'tunnelc reconnect' moves to another")
+	fs.StringVar(&o.serverName, "server-name", "", "name every server certificate must carry (default: the host part of each --server), e.g. vpn.example.com")
 	addProxyFlags(fs, &o)
 	fs.StringVar(&o.cert, "cert", "", "client certificate FILE (PEM), e.g. laptop.crt (required)")
 	fs.StringVar(&o.key, "key", "", "client private key FILE (PEM), e.g. laptop.key (required)")
@@ -162,6 +201,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.fullTunnel, "full-tunnel", false, "send all traffic through the tunnel (0.0.0.0/1 + 128.0.0.0/1, and ::/1 + 8000::/1 with IPv6), keeping the route to the server outside it; also on when the server pushes 0.0.0.0/0")
 	fs.BoolVar(&o.killSwitch, "kill-switch", false, "with --full-tunnel: drop everything that would leave outside the tunnel (IPv4 and IPv6), except the connection to the server, DHCP and loopback, from start to exit, including while reconnecting")
 	fs.StringArrayVar(&o.advertise, "advertise", nil, "CIDR of a network behind this host (site-to-site) to route through the tunnel to here, e.g. --advertise 198.18.20.0/24 (repeatable); the server accepts only what its --clients file allows this certificate. Turns on IP forwarding (IPv6 forwarding only for IPv6 networks) and TCP MSS clamping while connected")
+	fs.BoolVar(&o.noPortal, "no-portal", false, "never probe for a captive portal and never open the kill switch for one: stay sealed (log in to a portal with tunnelc stopped)")
+	fs.StringVar(&o.portalProbe, "portal-probe", client.DefaultPortalProbe, "http:// URL that answers 204 on an open network, fetched through the physical interface when the server cannot be reached; any other answer (a redirect, a page) means a captive portal")
+	fs.DurationVar(&o.portalWindow, "portal-window", client.DefaultPortalWindow, "with --kill-switch, how long a captive portal found by the probe may be reached: DNS (port 53) and TCP 80 and 443 out of the physical interface, IPv4 and IPv6; closed earlier when the tunnel comes up")
 	fs.BoolVar(&o.noResumption, "no-resumption", false, "always do a full TLS handshake on reconnect instead of resuming with a session ticket")
 	fs.BoolVar(&o.noOffload, "no-offload", false, "do not carry GSO super-packets whole; packets are split to the MTU and sent one per frame (interoperates either way)")
 	fs.BoolVar(&o.stdlibRecords, "stdlib-tls-records", false, "carry the data phase through Go's crypto/tls instead of tlsvpn's own TLS 1.3 record layer: the same bytes on the wire, more copying (for comparison or troubleshooting)")
@@ -226,10 +268,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // connect runs the client agent that o describes until ctx ends.
 func connect(ctx context.Context, o options, log *slog.Logger) error {
 	cfg := client.Config{
-		Server: o.server, ServerName: o.serverName, Cert: o.cert, Key: o.key, CA: o.ca, TUN: o.tunName,
+		Servers: o.servers, ServerName: o.serverName, Cert: o.cert, Key: o.key, CA: o.ca, TUN: o.tunName,
 		HandshakeTimeout: o.handshakeTimeout, QueueLen: o.queueLen, MaxAttempts: o.maxAttempts,
 		RotateBytes: o.rotateBytes, RotateAfter: o.rotateAfter, NoResumption: o.noResumption,
 		FullTunnel: o.fullTunnel, KillSwitch: o.killSwitch, Advertise: o.advertise,
+		NoPortal: o.noPortal, PortalProbe: o.portalProbe, PortalWindow: o.portalWindow,
 		NoOffload: o.noOffload, StdlibRecords: o.stdlibRecords, OwnAESGCM: o.ownAESGCM,
 		Metrics: o.metrics, Control: o.ctl.Socket(o.tunName), ControlGroup: o.ctl.Group,
 	}

@@ -35,11 +35,17 @@ func proxyFor(o options, getenv func(string) string, log *slog.Logger) (raw, fro
 	case o.proxySet:
 		raw, from = o.proxy, "--proxy"
 	default:
-		var err error
-		raw, from, err = transport.FromEnvironment(getenv, o.server)
-		if err != nil {
-			log.Warn("ignoring the proxy of the environment", "err", err)
-			return "", "", o.proxyAuth
+		// With several servers, the proxy of the environment is used
+		// unless NO_PROXY names every one of them.
+		for _, server := range o.servers {
+			var err error
+			if raw, from, err = transport.FromEnvironment(getenv, server); err != nil {
+				log.Warn("ignoring the proxy of the environment", "err", err)
+				return "", "", o.proxyAuth
+			}
+			if raw != "" {
+				break
+			}
 		}
 	}
 	if raw == "" {

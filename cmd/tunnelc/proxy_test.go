@@ -28,6 +28,8 @@ func TestProxyFor(t *testing.T) {
 		{name: "environment", env: env, wantRaw: "http://envproxy:3128", wantBy: "https_proxy"},
 		{name: "all_proxy", env: map[string]string{"ALL_PROXY": "socks5://allproxy:1080"}, wantRaw: "socks5://allproxy:1080", wantBy: "ALL_PROXY"},
 		{name: "no_proxy", env: map[string]string{"HTTPS_PROXY": "http://envproxy:3128", "NO_PROXY": "example.com"}},
+		{name: "no_proxy for one of two servers", o: options{servers: []string{"vpn.example.com:443", "vpn.example.net:443"}},
+			env: map[string]string{"HTTPS_PROXY": "http://envproxy:3128", "NO_PROXY": "example.com"}, wantRaw: "http://envproxy:3128", wantBy: "HTTPS_PROXY"},
 		{name: "password on the command line", o: options{proxy: "http://alice:s3cret@p:3128", proxySet: true, proxyOnCmdline: true},
 			wantRaw: "http://alice:s3cret@p:3128", wantBy: "--proxy", wantWarn: true},
 		{name: "password in the config file", o: options{proxy: "http://alice:s3cret@p:3128", proxySet: true},
@@ -35,7 +37,9 @@ func TestProxyFor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.o.server = "vpn.example.com:443"
+			if tt.o.servers == nil {
+				tt.o.servers = []string{"vpn.example.com:443"}
+			}
 			var logs bytes.Buffer
 			raw, by, _ := proxyFor(tt.o, func(k string) string { return tt.env[k] }, slog.New(slog.NewTextHandler(&logs, nil)))
 			if raw != tt.wantRaw || by != tt.wantBy {

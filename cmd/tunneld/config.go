@@ -18,6 +18,7 @@ import (
 	"tlsvpn/cmd/internal/cli"
 	"tlsvpn/cmd/internal/conffile"
 	"tlsvpn/routing"
+	"tlsvpn/routing/bgp"
 	"tlsvpn/server"
 	"tlsvpn/state"
 	"tlsvpn/tun"
@@ -111,6 +112,7 @@ func serverConfig(o options, st settings) server.Config {
 		Locate: func(flag string) string { return where(o, flag) },
 	}
 	c.NoControl = c.Control == ""
+	c.BGP = st.bgp
 	if o.congestionSet {
 		c.Congestion = o.congestion
 	}
@@ -172,6 +174,7 @@ type settings struct {
 	subnet, subnet6 netip.Prefix // subnet6 invalid: IPv4 only
 	routes          []netip.Prefix
 	dns             []netip.Addr
+	bgp             *bgp.Config // nil: no BGP
 }
 
 // parseSettings checks every value of o that needs no file and no system
@@ -259,6 +262,7 @@ func parseSettings(o options) (settings, []error) {
 	if _, _, err := cli.Congestion(o.congestion, o.congestionSet); err != nil {
 		bad("congestion", "%v", err)
 	}
+	st.bgp = parseBGP(o.bgp, o.listen, bad)
 	return st, errs
 }
 

@@ -86,6 +86,19 @@ if no such client is connected.`,
   closed the session of laptop (100.64.0.2 from 198.51.100.7:5123)
 `,
 	},
+	"drain": {
+		Help: `Take a running tunneld out of service without stopping it, before an upgrade
+or maintenance: from now on it closes every new connection at once, its
+/ready endpoint (on --metrics) answers 503 so that a load balancer stops
+sending clients, and it closes the live sessions, 50 a second, with CLOSE
+code 12 (draining), gracefully: what is queued is delivered first. Their
+clients reconnect at once, to another server of their --server list.
+'tunneld status' shows the drain and how many sessions are left; stop the
+service when none is. Only a restart ends a drain.`,
+		Example: `  $ tunneld drain
+  draining: new connections are refused and /ready answers 503; 120 sessions move off, 50 a second ('tunneld status' shows how many are left)
+`,
+	},
 }
 
 // isControlCommand reports whether args name a control subcommand.
@@ -97,7 +110,7 @@ func isControlCommand(args []string) bool {
 	return ok
 }
 
-// runControlCommand runs 'tunneld status|clients|reload|kick ...'.
+// runControlCommand runs 'tunneld status|clients|reload|kick|drain ...'.
 func runControlCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c := controlCommands[args[0]]
 	c.Prog, c.Name, c.DefaultTun = "tunneld", args[0], "tunneld0"

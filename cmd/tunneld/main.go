@@ -39,7 +39,7 @@ const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADD
        tunneld --config FILE [flags]                  (settings from a YAML file; flags override it)
        tunneld check --config FILE [flags]            (validate the settings and the files they name, then exit)
        tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
-       tunneld status|clients|reload|kick NAME [--tun NAME | --control PATH] [--json]
+       tunneld status|clients|reload|drain|kick NAME [--tun NAME | --control PATH | --config FILE] [--json]
                                                   (ask a running tunneld; see 'tunneld status --help')
 
 tunneld is the tlsvpn server. It listens for tunnelc clients on TCP, accepts only
@@ -125,6 +125,7 @@ type options struct {
 	logLevel, logFormat   string
 	fileState             // --config: config.go
 	ctl                   cli.ControlFlags
+	bgp                   bgpOptions
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -182,6 +183,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
+	addBGPFlags(fs, &o.bgp)
 	cli.AddControlFlags(fs, &o.ctl, "tunneld")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "remove what a crashed run of this instance (--tun) left behind: its routes, tunnel addresses and nftables table inet tlsvpn-<tun> (other instances and everything else untouched), then exit; e.g. for systemd ExecStopPost")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to FILE until exit, for 'go tool pprof' (off if empty)")

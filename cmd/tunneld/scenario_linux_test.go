@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,20 +169,10 @@ func TestNetNSFullTunnelKillSwitch(t *testing.T) {
 // (`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf over
 // /etc/resolv.conf, so tunnelc's changes land in that file.)
 func TestNetNSDNS(t *testing.T) {
+	var file string
 	p := newPairWith(t, []string{"--dns", "100.64.0.1", "--dns", "2001:db8:53::53"}, func(laptop *netnstest.NS) {
-		dir := filepath.Join("/etc/netns", laptop.Name)
-		if _, err := os.Stat("/etc/netns"); os.IsNotExist(err) {
-			t.Cleanup(func() { os.Remove("/etc/netns") }) // only if we made it (and it is empty)
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
-		if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte("nameserver 192.0.2.53\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		file = netnsResolvConf(t, laptop, "nameserver 192.0.2.53\n")
 	})
-	file := filepath.Join("/etc/netns", p.laptop.Name, "resolv.conf")
 	eventually(t, "pushed resolver applied", func() bool {
 		b, _ := os.ReadFile(file)
 		return strings.Contains(string(b), "nameserver 100.64.0.1\nnameserver 2001:db8:53::53\n") && !strings.Contains(string(b), "\nnameserver 192.0.2.53")

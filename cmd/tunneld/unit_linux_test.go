@@ -6,7 +6,13 @@ package main
 // setpriv, /proc/sys read-only except the unit's ReadWritePaths, and a
 // NOTIFY_SOCKET the test reads as systemd does. A tunneld and a tunnelc
 // so started must bring a tunnel up, say READY=1, answer the control
-// commands at the units' sockets, reload and stop.
+// commands at their default sockets, reload and stop.
+//
+// Each machine of a test is a host: a network namespace, and its own
+// /etc/tlsvpn, /var/lib/tlsvpn, /run/tlsvpn and /etc/hosts, bind-mounted
+// from a temporary directory in a private mount namespace around every
+// command. Commands and files therefore use the paths an operator types,
+// and nothing is written to this machine's real ones.
 //
 // By default the test uses the units of this tree and freshly built
 // binaries; with TLSVPN_INSTALLED=1 (scripts/test.sh's package step, after
@@ -15,6 +21,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -32,8 +39,9 @@ import (
 
 // unit is the [Service] section of a unit file, values in order.
 type unit struct {
-	name string
-	keys map[string][]string
+	name     string // the file's name: tunnelc@.service
+	instance string // what %i stands for
+	keys     map[string][]string
 }
 
 func readUnit(t *testing.T, path, instance string) *unit {
@@ -43,7 +51,7 @@ func readUnit(t *testing.T, path, instance string) *unit {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	u := &unit{name: filepath.Base(path), keys: map[string][]string{}}
+	u := &unit{name: filepath.Base(path), instance: instance, keys: map[string][]string{}}
 	section := ""
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -88,37 +96,124 @@ func (u *unit) words(key string) []string {
 	return w
 }
 
+// host is one machine of a test: a network namespace, and the tlsvpn
+// directories of its own (see the file comment).
+type host struct {
+	ns    *netnstest.NS
+	root  string      // stands in for /: etc/tlsvpn, var/lib/tlsvpn, run/tlsvpn, etc/hosts
+	binds [][2]string // what is mounted where: {source, target}
+}
+
+// hostDirs are the directories a host has of its own.
+var hostDirs = []string{"/etc/tlsvpn", "/var/lib/tlsvpn", "/run/tlsvpn"}
+
+// newHost makes a host on ns: /etc/tlsvpn with client/ and server/ (0750
+// root:gid, as the package makes them, and a copy of the package's files
+// when it is installed), the units' StateDirectory and RuntimeDirectory
+// (0750 uid:gid, as systemd makes them), and an /etc/hosts with hosts.
+// A mount point missing on this machine is made, and removed at the end.
+func newHost(t *testing.T, ns *netnstest.NS, uid, gid int, hosts string) *host {
+	t.Helper()
+	root, err := os.MkdirTemp("", "tlsvpn-host-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	os.Chmod(root, 0o755)
+	h := &host{ns: ns, root: root}
+	mkdir := func(rel string, mode os.FileMode, owner, group int) {
+		dir := filepath.Join(root, rel)
+		if err := os.MkdirAll(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, owner, group); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"etc", "run", "var", "var/lib"} {
+		mkdir(d, 0o755, 0, 0)
+	}
+	if os.Getenv("TLSVPN_INSTALLED") == "1" {
+		// The package's example files, with their owners and modes.
+		if out, err := exec.Command("cp", "-a", "/etc/tlsvpn", filepath.Join(root, "etc")).CombinedOutput(); err != nil {
+			t.Fatalf("copying the installed /etc/tlsvpn: %v\n%s", err, out)
+		}
+	}
+	for _, d := range []string{"etc/tlsvpn", "etc/tlsvpn/client", "etc/tlsvpn/server"} {
+		mkdir(d, 0o750, 0, gid)
+	}
+	mkdir("var/lib/tlsvpn", 0o750, uid, gid)
+	mkdir("run/tlsvpn", 0o750, uid, gid)
+	for _, d := range hostDirs {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(d) })
+		}
+		h.binds = append(h.binds, [2]string{filepath.Join(root, d), d})
+	}
+	hostsFile := filepath.Join(root, "etc", "hosts")
+	if err := os.WriteFile(hostsFile, []byte("127.0.0.1 localhost\n::1 localhost\n"+hosts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.binds = append(h.binds, [2]string{hostsFile, "/etc/hosts"})
+	return h
+}
+
+// path is where the host's file p (/etc/tlsvpn/...) is on this machine.
+func (h *host) path(p string) string { return filepath.Join(h.root, p) }
+
+// wrap returns the command that runs args on the host, in its namespace
+// with its directories mounted; script runs first (a shell fragment that
+// ends in " && " or is empty).
+func (h *host) wrap(script string, args ...string) (string, []string) {
+	mounts := ""
+	for _, b := range h.binds {
+		mounts += "mount --bind " + b[0] + " " + b[1] + " && "
+	}
+	return "unshare", append([]string{"--mount", "--propagation", "private", "sh", "-ec", mounts + script + `exec "$@"`, "sh"}, args...)
+}
+
+// cmd returns the command args on the host, as root.
+func (h *host) cmd(ctx context.Context, args ...string) *exec.Cmd {
+	name, a := h.wrap("", args...)
+	return h.ns.Cmd(ctx, name, a...)
+}
+
+// run runs args on the host as root to completion and returns its
+// combined output, failing the test if it fails.
+func (h *host) run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := h.cmd(t.Context(), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("on %s: %s: %v\n%s", h.ns.Name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // sandbox is what the test needs to run a unit's commands as systemd would.
 type sandbox struct {
 	u        *unit
-	root     string            // stands in for /: etc/tlsvpn, run/tlsvpn, var/lib/tlsvpn
+	h        *host
 	bins     map[string]string // /usr/bin/NAME -> the binary to run
 	uid, gid int
 	named    bool // the unit's User= exists on this host
 }
 
-// command maps one of the unit's Exec lines to this test's files and
+// command maps one of the unit's Exec lines to this test's binaries and
 // prefixes what applies the unit's credentials and /proc/sys protection.
-// $MAINPID is main's PID, as systemd sets it for ExecReload.
-func (s *sandbox) command(t *testing.T, line string, main *proc) []string {
+func (s *sandbox) command(t *testing.T, line string) (string, []string) {
 	t.Helper()
-	if main != nil {
-		line = strings.ReplaceAll(line, "$MAINPID", strconv.Itoa(main.cmd.Process.Pid))
-	}
 	args := strings.Fields(line)
 	if len(args) == 0 || strings.ContainsAny(args[0][:1], "-+!@:|") {
 		t.Fatalf("%s: Exec line %q: the test does not emulate prefixes", s.u.name, line)
 	}
-	for i, a := range args {
-		if b, ok := s.bins[a]; ok && i == 0 {
-			args[i] = b
-			continue
-		}
-		for _, dir := range []string{"/etc/tlsvpn/", "/run/tlsvpn/", "/var/lib/tlsvpn/"} {
-			if strings.HasPrefix(a, dir) {
-				args[i] = filepath.Join(s.root, a)
-			}
-		}
+	if b, ok := s.bins[args[0]]; ok {
+		args[0] = b
 	}
 	caps := func(set []string) string {
 		out := "-all"
@@ -152,17 +247,14 @@ func (s *sandbox) command(t *testing.T, line string, main *proc) []string {
 			}
 		}
 	}
-	script += `exec "$@"`
-	return append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-ec", script, "sh"},
-		append(priv, append([]string{"--"}, args...)...)...)
+	return s.h.wrap(script, append(priv, append([]string{"--"}, args...)...)...)
 }
 
-// run runs an Exec line to completion, as the unit's user; main is the
-// running ExecStart, if any.
-func (s *sandbox) run(t *testing.T, ns *netnstest.NS, key string, main *proc) string {
+// run runs an Exec line to completion, as the unit's user.
+func (s *sandbox) run(t *testing.T, key string) string {
 	t.Helper()
-	cmd := s.command(t, s.u.one(t, key), main)
-	out, err := ns.Cmd(t.Context(), cmd[0], cmd[1:]...).CombinedOutput()
+	name, args := s.command(t, s.u.one(t, key))
+	out, err := s.h.ns.Cmd(t.Context(), name, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s=%s: %v\n%s", s.u.name, key, s.u.one(t, key), err, out)
 	}
@@ -170,11 +262,11 @@ func (s *sandbox) run(t *testing.T, ns *netnstest.NS, key string, main *proc) st
 }
 
 // start starts ExecStart with NOTIFY_SOCKET set; it is stopped in t.Cleanup.
-func (s *sandbox) start(t *testing.T, ns *netnstest.NS, notifySocket string) *proc {
+func (s *sandbox) start(t *testing.T, notifySocket string) *proc {
 	t.Helper()
-	cmd := s.command(t, s.u.one(t, "ExecStart"), nil)
+	name, args := s.command(t, s.u.one(t, "ExecStart"))
 	p := &proc{log: new(tunneltest.SyncBuffer), done: make(chan struct{})}
-	p.cmd = ns.Cmd(context.Background(), cmd[0], cmd[1:]...)
+	p.cmd = s.h.ns.Cmd(context.Background(), name, args...)
 	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifySocket)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
@@ -191,6 +283,43 @@ func (s *sandbox) start(t *testing.T, ns *netnstest.NS, notifySocket string) *pr
 		}
 	})
 	return p
+}
+
+// service is a unit started the way systemctl start would: ExecStartPre,
+// then ExecStart until it says READY=1.
+type service struct {
+	sb     *sandbox
+	p      *proc
+	notify *notifySocket
+}
+
+func startService(t *testing.T, sb *sandbox) *service {
+	t.Helper()
+	sb.run(t, "ExecStartPre")
+	n := listenNotify(t, sb.h.root, strings.TrimSuffix(sb.u.name, ".service")+sb.u.instance, sb.uid, sb.gid)
+	sv := &service{sb: sb, p: sb.start(t, n.path), notify: n}
+	sv.notify.want(t, "READY=1", sv.p)
+	return sv
+}
+
+// reload is systemctl reload: ExecReload as the unit's user, bracketed
+// by RELOADING=1 and READY=1. It returns what ExecReload printed.
+func (sv *service) reload(t *testing.T) string {
+	t.Helper()
+	out := sv.sb.run(t, "ExecReload")
+	sv.notify.want(t, "RELOADING=1", sv.p)
+	sv.notify.want(t, "READY=1", sv.p)
+	return out
+}
+
+// stop is systemctl stop: SIGTERM, STOPPING=1, a clean exit, ExecStopPost.
+func (sv *service) stop(t *testing.T) {
+	t.Helper()
+	if err := sv.p.stop(t); err != nil {
+		t.Errorf("%s: exit after SIGTERM: %v", sv.sb.u.name, err)
+	}
+	sv.notify.want(t, "STOPPING=1", sv.p)
+	sv.sb.run(t, "ExecStopPost")
 }
 
 // notifySocket listens where a unit's NOTIFY_SOCKET points.
@@ -271,44 +400,12 @@ func TestNetNSUnitSandbox(t *testing.T) {
 		t.Fatalf("the package did not create the unit's user: %v", err)
 	}
 
-	// root stands in for /: etc/tlsvpn root:tlsvpn 0750 as postinst makes
-	// it, and what StateDirectory= and RuntimeDirectory= create.
-	root, err := os.MkdirTemp("", "tlsvpn-unit-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
-	mkdir := func(rel string, mode os.FileMode, owner, group int) string {
-		dir := filepath.Join(root, rel)
-		if err := os.MkdirAll(dir, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(dir, owner, group); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(dir, mode); err != nil {
-			t.Fatal(err)
-		}
-		return dir
-	}
-	os.Chmod(root, 0o755)
-	for _, d := range []string{"etc", "run", "var", "var/lib"} {
-		mkdir(d, 0o755, 0, 0)
-	}
-	etc := mkdir("etc/tlsvpn", 0o750, 0, gid)
-	mkdir("etc/tlsvpn/client", 0o750, 0, gid)
-	for _, u := range []*unit{srvUnit, cliUnit} {
-		for _, d := range u.words("RuntimeDirectory") {
-			mkdir(filepath.Join("run", d), 0o750, uid, gid)
-		}
-		for _, d := range u.words("StateDirectory") {
-			mkdir(filepath.Join("var/lib", d), 0o750, uid, gid)
-		}
-	}
+	netnstest.Veth(t, server, netip.MustParsePrefix("198.18.2.1/30"), laptop, netip.MustParsePrefix("198.18.2.2/30"))
+	srvHost, cliHost := newHost(t, server, uid, gid, ""), newHost(t, laptop, uid, gid, "")
 
 	// Keys owned by the unit's user, mode 0600, as the README tells operators.
 	tunneld := bins["/usr/bin/tunneld"]
-	pki := filepath.Join(etc, "pki")
+	pki := srvHost.path("/etc/tlsvpn/pki")
 	for _, args := range [][]string{
 		{"pki", "init", "--dir", pki},
 		{"pki", "issue", "--dir", pki, "--server", "--name", "server", "--ip", "198.18.2.1"},
@@ -318,10 +415,16 @@ func TestNetNSUnitSandbox(t *testing.T) {
 			t.Fatalf("tunneld %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	mkdir("etc/tlsvpn/pki", 0o750, 0, gid)
+	os.Chown(pki, 0, gid)
+	os.Chmod(pki, 0o750)
 	for _, f := range []string{"server.key", "laptop.key"} {
 		if err := os.Chown(filepath.Join(pki, f), uid, gid); err != nil {
 			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"ca.crt", "laptop.crt", "laptop.key"} {
+		if out, err := exec.Command("cp", "-a", filepath.Join(pki, f), cliHost.path("/etc/tlsvpn/client")).CombinedOutput(); err != nil {
+			t.Fatalf("cp %s: %v\n%s", f, err, out)
 		}
 	}
 	writeFile := func(path, content string) {
@@ -331,72 +434,43 @@ func TestNetNSUnitSandbox(t *testing.T) {
 		os.Chown(path, 0, gid)
 	}
 	// --route turns forwarding on: the one /proc/sys write the unit allows.
-	writeFile(filepath.Join(etc, "tunneld.yaml"), "listen: 198.18.2.1:443\n"+
-		"cert: "+pki+"/server.crt\nkey: "+pki+"/server.key\nca: "+pki+"/ca.crt\ncrl: "+pki+"/crl.pem\n"+
-		"tun: tunneld0\nsubnet: 100.64.2.0/24\nroute:\n  - 198.18.10.0/24\n"+
-		"state-dir: "+filepath.Join(root, "var/lib/tlsvpn/tunneld0")+"\nlog-level: debug\n")
-	writeFile(filepath.Join(etc, "client", "work.yaml"), "server: 198.18.2.1:443\n"+
-		"cert: "+pki+"/laptop.crt\nkey: "+pki+"/laptop.key\nca: "+pki+"/ca.crt\n"+
-		"tun: tunnelc0\nlog-level: debug\n")
+	writeFile(srvHost.path("/etc/tlsvpn/tunneld.yaml"), "listen: 198.18.2.1:443\n"+
+		"cert: /etc/tlsvpn/pki/server.crt\nkey: /etc/tlsvpn/pki/server.key\nca: /etc/tlsvpn/pki/ca.crt\ncrl: /etc/tlsvpn/pki/crl.pem\n"+
+		"subnet: 100.64.2.0/24\nroute:\n  - 198.18.10.0/24\nlog-level: debug\n")
+	writeFile(cliHost.path("/etc/tlsvpn/client/work.yaml"), "server: 198.18.2.1:443\n"+
+		"cert: /etc/tlsvpn/client/laptop.crt\nkey: /etc/tlsvpn/client/laptop.key\nca: /etc/tlsvpn/client/ca.crt\n"+
+		"log-level: debug\n")
 
-	netnstest.Veth(t, server, netip.MustParsePrefix("198.18.2.1/30"), laptop, netip.MustParsePrefix("198.18.2.2/30"))
-	srv := &sandbox{u: srvUnit, root: root, bins: bins, uid: uid, gid: gid, named: named}
-	cli := &sandbox{u: cliUnit, root: root, bins: bins, uid: uid, gid: gid, named: named}
+	srv := &sandbox{u: srvUnit, h: srvHost, bins: bins, uid: uid, gid: gid, named: named}
+	cli := &sandbox{u: cliUnit, h: cliHost, bins: bins, uid: uid, gid: gid, named: named}
 
-	srv.run(t, server, "ExecStartPre", nil)
-	srvNotify := listenNotify(t, root, "tunneld", uid, gid)
-	d := srv.start(t, server, srvNotify.path)
-	srvNotify.want(t, "READY=1", d)
-	if !strings.Contains(d.log.String(), "forwarding between the tunnel and other networks") {
+	d := startService(t, srv)
+	if !strings.Contains(d.p.log.String(), "forwarding between the tunnel and other networks") {
 		t.Errorf("tunneld did not turn forwarding on (the unit's /proc/sys write)")
 	}
-
-	cli.run(t, laptop, "ExecStartPre", nil)
-	cliNotify := listenNotify(t, root, "tunnelc", uid, gid)
-	c := cli.start(t, laptop, cliNotify.path)
-	cliNotify.want(t, "READY=1", c)
+	c := startService(t, cli)
 	// READY=1 means the tunnel is up: no waiting for routes.
 	if err := ping(t, laptop, "100.64.2.1"); err != nil {
 		t.Fatalf("through the tunnel of the units: %v", err)
 	}
 
-	// The operator's commands reach each instance at the --control path
-	// its unit names (in the RuntimeDirectory).
-	control := func(u *unit) string {
-		for _, a := range strings.Fields(u.one(t, "ExecStart")) {
-			if strings.HasPrefix(a, "/run/tlsvpn/") {
-				return filepath.Join(root, a)
-			}
-		}
-		t.Fatalf("%s: ExecStart has no --control /run/tlsvpn/...", u.name)
-		return ""
+	// The operator's commands find each instance at its default socket
+	// (in the RuntimeDirectory), or through its config file.
+	if out := srvHost.run(t, tunneld, "clients"); !strings.Contains(out, "laptop") {
+		t.Errorf("tunneld clients at the unit's socket:\n%s", out)
 	}
-	if out := server.Run(t, tunneld, "clients", "--control", control(srvUnit)); !strings.Contains(out, "laptop") {
-		t.Errorf("tunneld clients through the unit's socket:\n%s", out)
+	if out := cliHost.run(t, bins["/usr/bin/tunnelc"], "status", "--profile", "work"); !strings.Contains(out, "100.64.2.") {
+		t.Errorf("tunnelc status --profile work at the unit's socket:\n%s", out)
 	}
-	if out := laptop.Run(t, bins["/usr/bin/tunnelc"], "status", "--control", control(cliUnit)); !strings.Contains(out, "100.64.2.") {
-		t.Errorf("tunnelc status through the unit's socket:\n%s", out)
+	if _, err := os.Stat(srvHost.path("/var/lib/tlsvpn/tunneld0/leases.json")); err != nil {
+		t.Errorf("the lease is not in the unit's StateDirectory: %v", err)
 	}
 
-	// systemctl reload: ExecReload as the unit's user, bracketed by
-	// RELOADING=1 and READY=1.
-	srv.run(t, server, "ExecReload", d)
-	srvNotify.want(t, "RELOADING=1", d)
-	srvNotify.want(t, "READY=1", d)
-
-	// systemctl stop: SIGTERM, STOPPING=1, a clean exit, ExecStopPost.
-	for _, x := range []struct {
-		sb *sandbox
-		ns *netnstest.NS
-		p  *proc
-		n  *notifySocket
-	}{{cli, laptop, c, cliNotify}, {srv, server, d, srvNotify}} {
-		if err := x.p.stop(t); err != nil {
-			t.Errorf("%s: exit after SIGTERM: %v", x.sb.u.name, err)
-		}
-		x.n.want(t, "STOPPING=1", x.p)
-		x.sb.run(t, x.ns, "ExecStopPost", nil)
+	if out := d.reload(t); !strings.Contains(out, "reloaded") {
+		t.Errorf("ExecReload printed %q, want the reload's report", out)
 	}
+	c.stop(t)
+	d.stop(t)
 	if fwd := strings.TrimSpace(server.Run(t, "cat", "/proc/sys/net/ipv4/ip_forward")); fwd != "0" {
 		t.Errorf("ip_forward after stop = %s, want 0 again", fwd)
 	}

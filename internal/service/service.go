@@ -33,7 +33,11 @@ type Gauge struct {
 // ServeMetrics serves Prometheus metrics for stats (and the extra gauges)
 // at http://addr/metrics until ctx ends. The counters are read from the
 // tunnel's atomics at scrape time, so the data path pays nothing.
-func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, lim *tunnel.Limiter, log *slog.Logger) error {
+//
+// With ready set, http://addr/ready answers 200 "ready" while ready()
+// is true and 503 "draining" otherwise, for a load balancer's health
+// check.
+func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, lim *tunnel.Limiter, ready func() bool, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	if lim != nil {
 		reg.MustRegister(refusedCollector{
@@ -62,6 +66,7 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	counter("panics_total", "Recovered panics; each closed only its own session or connection.", &stats.Panics)
 	counter("advertise_refused_total", "Networks a client advertised that its policy does not allow.", &stats.AdvertiseRefused)
 	counter("record_handovers_total", "Sessions whose data phase runs on tlsvpn's own TLS 1.3 record layer instead of crypto/tls.", &stats.RecordHandOvers)
+	counter("refused_draining_total", "Connections closed at once because the gateway is draining (tunneld drain).", &stats.RefusedDraining)
 	counter("accept_errors_total", "Failed accepts (out of descriptors, say); the server backs off and goes on.", &stats.AcceptErrors)
 	counter("record_handover_refusals_total", "Sessions that stayed on crypto/tls because the hand-over to the own record layer could not be proven safe.", &stats.RecordHandOverRefusals)
 	counter("key_updates_sent_total", "TLS KeyUpdate messages sent (the own record layer's in-band key changes and answers).", &stats.KeyUpdatesSent)
@@ -79,6 +84,15 @@ func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats,
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if ready != nil {
+		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+			if !ready() {
+				http.Error(w, "draining", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	context.AfterFunc(ctx, func() { srv.Close() })
 	log.Info("metrics listening", "addr", ln.Addr().String())

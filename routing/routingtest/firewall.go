@@ -17,6 +17,8 @@ import (
 //	isolate-clients dev tunneld0
 //	kill-switch allow tcp 198.18.0.1:443
 //	kill-switch dev tunnelc0
+//	kill-switch portal-hole dev wlan0 udp 53, tcp 53 80 443
+//	kill-switch probe-mark 0x74767030 not-via tunnelc0 udp 53, tcp 53 80 443
 //	masquerade 100.64.0.0/24 not-via tunneld0
 //	reach-clients 100.64.0.5/32
 //
@@ -103,6 +105,12 @@ func FirewallLines(c routing.FirewallConfig) []string {
 		lines = append(lines, "kill-switch dev "+c.TunnelIf)
 		for _, ap := range c.ServerEndpoints {
 			lines = append(lines, fmt.Sprintf("kill-switch allow tcp %v", ap))
+		}
+		if c.PortalIf != "" {
+			lines = append(lines, "kill-switch portal-hole dev "+c.PortalIf+" udp 53, tcp 53 80 443")
+		}
+		if c.ProbeMark != 0 {
+			lines = append(lines, fmt.Sprintf("kill-switch probe-mark %#x not-via %s udp 53, tcp 53 80 443", c.ProbeMark, c.TunnelIf))
 		}
 	}
 	if c.IsolateClients {

@@ -7,9 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
 
 	"tlsvpn/control"
 )
@@ -43,9 +47,15 @@ type ControlCommand struct {
 	Prog, Name string // "tunneld", "kick"
 	Args       string // positional arguments for the usage line, e.g. "NAME"
 	NArgs      int    // how many positional arguments it takes
-	Help       string // what it does, and what its output means
-	Example    string // example output, shown in --help
-	DefaultTun string
+	// ArgsOptional makes NArgs the most it takes: fewer are fine (Args
+	// then shows them in brackets, e.g. "[SERVER]").
+	ArgsOptional bool
+	Help         string // what it does, and what its output means
+	Example      string // example output, shown in --help
+	DefaultTun   string
+	// ProfileDir, when set, adds --profile NAME (the config file
+	// NAME.yaml in ProfileDir, or in --profile-dir) beside --config.
+	ProfileDir string
 	// Render writes the human form of the daemon's result (raw JSON); nil
 	// prints the result's "message" field.
 	Render func(w io.Writer, raw json.RawMessage, now time.Time) error
@@ -63,6 +73,14 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 	fs.SortFlags = false
 	tun := fs.String("tun", c.DefaultTun, "TUN interface name of the instance to ask; its socket is /run/tlsvpn/NAME.sock")
 	path := fs.String("control", "", "control socket PATH of the instance, as given to its --control (overrides --tun)")
+	config := fs.String("config", "", "the instance's config FILE: its control and tun settings name the socket (as the daemon started with it would)")
+	var profile, profileDir *string
+	choose := "--tun NAME | --control PATH | --config FILE"
+	if c.ProfileDir != "" {
+		profile = fs.String("profile", "", "the instance started with --profile NAME: its config file NAME.yaml in --profile-dir names the socket")
+		profileDir = fs.String("profile-dir", c.ProfileDir, "directory of the profiles (NAME.yaml each)")
+		choose += " | --profile NAME"
+	}
 	asJSON := fs.Bool("json", false, "print the daemon's answer as JSON")
 	timeout := fs.Duration("timeout", 70*time.Second, "give up waiting for the answer after this long")
 	fs.Usage = func() {
@@ -70,7 +88,7 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 		if c.Args != "" {
 			usage += " " + c.Args
 		}
-		fmt.Fprintf(stdout, "Usage: %s [--tun NAME | --control PATH] [--json]\n\n%s\n\nFlags:\n", usage, c.Help)
+		fmt.Fprintf(stdout, "Usage: %s [%s] [--json]\n\n%s\n\nFlags:\n", usage, choose, c.Help)
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		if c.Example != "" {
@@ -84,13 +102,32 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 		}
 		return &UsageError{Err: fmt.Errorf("%w (see '%s --help')", err, name)}
 	}
-	if fs.NArg() != c.NArgs {
-		if c.NArgs == 0 {
-			return Usagef("unexpected argument %q (see '%s --help')", fs.Arg(0), name)
+	if fs.NArg() != c.NArgs && !(c.ArgsOptional && fs.NArg() < c.NArgs) {
+		if c.NArgs == 0 || c.ArgsOptional {
+			return Usagef("unexpected argument %q (see '%s --help')", fs.Arg(c.NArgs), name)
 		}
 		return Usagef("want %s (see '%s --help')", c.Args, name)
 	}
+	file := *config
+	if profile != nil && *profile != "" {
+		if file != "" {
+			return Usagef("--profile %s and --config %s: give one", *profile, file)
+		}
+		if strings.ContainsRune(*profile, '/') || strings.HasSuffix(*profile, ".yaml") {
+			return Usagef("--profile %q: want a name such as work, the file %s/work.yaml", *profile, *profileDir)
+		}
+		file = filepath.Join(*profileDir, *profile+".yaml")
+	}
 	socket := control.DefaultPath(*tun)
+	if file != "" {
+		if fs.Changed("tun") || fs.Changed("control") {
+			return Usagef("give the instance once: --config or --profile, or --tun or --control")
+		}
+		var err error
+		if socket, err = socketOf(file, c.DefaultTun); err != nil {
+			return err
+		}
+	}
 	if fs.Changed("control") {
 		if *path == "" {
 			return Usagef("--control: want the socket PATH")
@@ -129,4 +166,31 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 // did (reload, kick).
 type Message struct {
 	Message string `json:"message"`
+}
+
+// socketOf returns the control socket of the instance that runs with the
+// config file path: its control setting, or the default socket of its tun
+// setting (defaultTun when it has none). The daemon checks the rest of the
+// file; only these two keys matter here.
+func socketOf(path, defaultTun string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var keys struct {
+		Tun     *string `yaml:"tun"`
+		Control *string `yaml:"control"`
+	}
+	if err := yaml.Unmarshal(b, &keys); err != nil {
+		return "", fmt.Errorf("%s: %v", path, err)
+	}
+	switch {
+	case keys.Control != nil && *keys.Control == "":
+		return "", fmt.Errorf("%s: control is \"\": that instance has no control socket", path)
+	case keys.Control != nil:
+		return *keys.Control, nil
+	case keys.Tun != nil && *keys.Tun != "":
+		return control.DefaultPath(*keys.Tun), nil
+	}
+	return control.DefaultPath(defaultTun), nil
 }

@@ -43,6 +43,8 @@ func fakeDaemon(t *testing.T) string {
 				return nil, fmt.Errorf("no session of client %q", args[0])
 			case cmd == "status":
 				return map[string]any{"sessions": 2}, nil
+			case cmd == "reconnect":
+				return Message{Message: fmt.Sprintf("reconnecting %q", args)}, nil
 			}
 			return nil, fmt.Errorf("unknown command %q", cmd)
 		})
@@ -61,7 +63,26 @@ func TestRunControl(t *testing.T) {
 			_, err := fmt.Fprintf(w, "sessions: %d\n", v.Sessions)
 			return err
 		}}
+	reconnect := ControlCommand{Prog: "tunnelc", Name: "reconnect", Args: "[SERVER]", NArgs: 1, ArgsOptional: true, DefaultTun: "tunnelc0"}
 	missing := filepath.Join(filepath.Dir(path), "other.sock")
+	// Config files as the daemons read them: the socket is found the way
+	// the daemon started with the file would place it.
+	dir := filepath.Dir(path)
+	file := func(name, content string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	withControl := file("with-control.yaml", "listen: 0.0.0.0:443\ncontrol: "+path+"\n")
+	withTun := file("with-tun.yaml", "tun: no-such-tun-for-test\nsubnet: 100.64.0.0/24\n")
+	plain := file("plain.yaml", "listen: 0.0.0.0:443\n")
+	noSocket := file("no-socket.yaml", "control: \"\"\n")
+	broken := file("broken.yaml", "tun: [\n")
+	file("work.yaml", "server: vpn.example.com:443\ncontrol: "+path+"\n")
+	profiled := status
+	profiled.ProfileDir = dir
 	cases := []struct {
 		name     string
 		cmd      ControlCommand
@@ -77,9 +98,23 @@ func TestRunControl(t *testing.T) {
 		{name: "json", cmd: status, args: []string{"--control", path, "--json"}, stdout: "{\n  \"sessions\": 2\n}\n"},
 		{name: "missing argument is usage", cmd: kick, args: []string{"--control", path}, exit: ExitUsage, errHas: "want NAME"},
 		{name: "extra argument is usage", cmd: status, args: []string{"x", "--control", path}, exit: ExitUsage, errHas: `unexpected argument "x"`},
+		{name: "optional argument given", cmd: reconnect, args: []string{"b:443", "--control", path}, stdout: "reconnecting [\"b:443\"]\n"},
+		{name: "optional argument left out", cmd: reconnect, args: []string{"--control", path}, stdout: "reconnecting []\n"},
+		{name: "one optional argument too many", cmd: reconnect, args: []string{"a:443", "b:443", "--control", path}, exit: ExitUsage, errHas: `unexpected argument "b:443"`},
 		{name: "bad flag is usage", cmd: status, args: []string{"--bogus"}, exit: ExitUsage, errHas: "tunneld status --help"},
 		{name: "empty --control is usage", cmd: status, args: []string{"--control", ""}, exit: ExitUsage, errHas: "--control"},
 		{name: "no daemon is exit 3", cmd: status, args: []string{"--control", missing}, exit: ExitUnreachable, errHas: missing},
+		{name: "--config: its control setting", cmd: status, args: []string{"--config", withControl}, stdout: "sessions: 2\n"},
+		{name: "--config: its tun setting", cmd: status, args: []string{"--config", withTun}, exit: ExitUnreachable, errHas: "/run/tlsvpn/no-such-tun-for-test.sock"},
+		{name: "--config: the default tun", cmd: status, args: []string{"--config", plain}, exit: ExitUnreachable, errHas: "/run/tlsvpn/tunneld0.sock"},
+		{name: "--config: no socket", cmd: status, args: []string{"--config", noSocket}, exit: ExitFailure, errHas: "has no control socket"},
+		{name: "--config: broken file", cmd: status, args: []string{"--config", broken}, exit: ExitFailure, errHas: broken},
+		{name: "--config: missing file", cmd: status, args: []string{"--config", missing + ".yaml"}, exit: ExitFailure, errHas: "no such file"},
+		{name: "--config and --tun is usage", cmd: status, args: []string{"--config", plain, "--tun", "x"}, exit: ExitUsage, errHas: "give the instance once"},
+		{name: "--profile: the profile's file", cmd: profiled, args: []string{"--profile", "work"}, stdout: "sessions: 2\n"},
+		{name: "--profile and --config is usage", cmd: profiled, args: []string{"--profile", "work", "--config", plain}, exit: ExitUsage, errHas: "give one"},
+		{name: "--profile is a name", cmd: profiled, args: []string{"--profile", "../work"}, exit: ExitUsage, errHas: "want a name"},
+		{name: "no --profile without profiles", cmd: status, args: []string{"--profile", "work"}, exit: ExitUsage, errHas: "unknown flag"},
 		{name: "--tun picks the default path", cmd: status, args: []string{"--tun", "no-such-tun-for-test"}, exit: ExitUnreachable, errHas: "/run/tlsvpn/no-such-tun-for-test.sock"},
 	}
 	for _, c := range cases {
@@ -106,7 +141,7 @@ func TestRunControlHelp(t *testing.T) {
 	if !errors.Is(err, pflag.ErrHelp) {
 		t.Fatalf("--help = %v", err)
 	}
-	for _, want := range []string{"Usage: tunneld kick NAME [--tun NAME | --control PATH] [--json]", "Close the session of NAME.", "--json", "--tun", "--control", "$ tunneld kick laptop", "Exit status: 0"} {
+	for _, want := range []string{"Usage: tunneld kick NAME [--tun NAME | --control PATH | --config FILE] [--json]", "Close the session of NAME.", "--json", "--tun", "--control", "$ tunneld kick laptop", "Exit status: 0"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, out.String())
 		}

@@ -51,12 +51,12 @@ var files = map[string][][2]string{
 		{"/etc/tlsvpn/server/NAME.yaml", "settings of a further server instance, tunneld@NAME.service"},
 		{"/lib/systemd/system/tunneld.service, tunneld@.service", "the units: Type=notify, user tlsvpn with CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only; systemctl reload re-reads the settings"},
 		{"/var/lib/tlsvpn/", "state that survives restarts (client address leases), one directory per instance"},
-		{"/run/tlsvpn/tunneld.sock", "control socket of tunneld.service (tunneld-NAME.sock for tunneld@NAME)"},
+		{"/run/tlsvpn/TUN.sock", "control socket of the instance whose --tun is TUN (tunneld0.sock by default); the control commands find it with --tun TUN or --config FILE"},
 	},
 	"tunnelc": {
 		{"/etc/tlsvpn/client/NAME.yaml", "a client profile, started by tunnelc@NAME.service; keys are the long flag names (an example: /etc/tlsvpn/client/example.yaml.example)"},
 		{"/lib/systemd/system/tunnelc@.service", "the unit: Type=notify (started once the tunnel is up), user tlsvpn with CAP_NET_ADMIN only"},
-		{"/run/tlsvpn/tunnelc-NAME.sock", "control socket of tunnelc@NAME.service"},
+		{"/run/tlsvpn/TUN.sock", "control socket of the instance whose --tun is TUN (tunnelc0.sock by default); tunnelc status finds it with --tun TUN or --profile NAME"},
 	},
 }
 
