@@ -31,6 +31,24 @@ type ServerStatus struct {
 	Refusals    map[string]uint64 `json:"refusals"`
 	Certificate Expiry            `json:"certificate"`
 	CRL         *Expiry           `json:"crl,omitempty"` // nil without --crl
+	// Shared is the port shared with a web server; nil without
+	// --share-backend.
+	Shared *Shared `json:"shared,omitempty"`
+}
+
+// Shared counts what the port shared with a web server (tunneld
+// --share-backend) did since start.
+type Shared struct {
+	Backend  string `json:"backend"`
+	Tunnel   uint64 `json:"tunnel"`   // connections that offered the VPN's ALPN
+	Relayed  uint64 `json:"relayed"`  // connections relayed to the backend
+	Relaying int64  `json:"relaying"` // relays open now
+	Peeking  int64  `json:"peeking"`  // connections whose ClientHello is awaited now
+	// Refused counts connections closed because every relay was taken
+	// (--share-max-conns); BackendErrors, those the backend did not
+	// take.
+	Refused       uint64 `json:"refused"`
+	BackendErrors uint64 `json:"backend_errors"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -106,6 +124,10 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 		row("crl", "%s", expiry(*s.CRL, now, "next update"))
 	} else {
 		row("crl", "none (--crl not set: revoked certificates are not refused)")
+	}
+	if sh := s.Shared; sh != nil {
+		row("shared", "port with %s: %d to the tunnel, %d relayed (%d open, %d awaiting a ClientHello, %d refused, %d backend errors)",
+			sh.Backend, sh.Tunnel, sh.Relayed, sh.Relaying, sh.Peeking, sh.Refused, sh.BackendErrors)
 	}
 	return tw.Flush()
 }

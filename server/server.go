@@ -35,6 +35,7 @@ import (
 	"tlsvpn/internal/service"
 	"tlsvpn/routing"
 	"tlsvpn/state"
+	"tlsvpn/transport"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
@@ -72,6 +73,7 @@ type Server struct {
 	ticketSet   [][32]byte // the ticket keys New handed to srv
 	dir         state.Directory
 	ln          net.Listener
+	share       *transport.ShareListener // nil without ShareBackend; also ln
 	dev         tun.Device
 	fw          routing.Firewall // nil without forwarding
 	srv         *tunnel.Server
@@ -197,6 +199,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		return nil, service.ListenError("--listen", cfg.Listen, err)
 	}
 	s.onClose(func() { s.ln.Close() })
+	if cfg.ShareBackend != "" {
+		if err := s.shareListener(cfg); err != nil {
+			return nil, err
+		}
+	}
 
 	if s.dev, err = tun.Open(cfg.TUN, cfg.MTU, tun.Options{Logger: log}); err != nil {
 		return nil, err
@@ -304,8 +311,8 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	}
 	s.srv.SetSessionTicketKeys(s.ticketSet)
 	s.rl = newReloader(&reloader{src: opts.Source, level: opts.Level, pool: s.pool, pool6: s.pool6, policies: &policies,
-		srv: s.srv, limits: s.limits, crl: crl, forwarding: s.fw != nil, log: log}, cfg)
-	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
+		srv: s.srv, limits: s.limits, crl: crl, share: s.share, forwarding: s.fw != nil, log: log}, cfg)
+	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl, share: s.share, shareBackend: cfg.ShareBackend,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
 		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version}
 	if s.cs.version == "" {
@@ -372,6 +379,7 @@ func (s *Server) Run(ctx context.Context) error {
 					return float64(n)
 				}})
 		}
+		gauges = append(gauges, s.shareGauges()...)
 		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, log); err != nil {
 			return err
 		}

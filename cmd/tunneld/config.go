@@ -111,6 +111,7 @@ func serverConfig(o options, st settings) server.Config {
 		Locate: func(flag string) string { return where(o, flag) },
 	}
 	c.NoControl = c.Control == ""
+	shareConfig(&c, o.share)
 	if o.congestionSet {
 		c.Congestion = o.congestion
 	}
@@ -259,6 +260,7 @@ func parseSettings(o options) (settings, []error) {
 	if _, _, err := cli.Congestion(o.congestion, o.congestionSet); err != nil {
 		bad("congestion", "%v", err)
 	}
+	checkShare(o.share, bad)
 	return st, errs
 }
 
