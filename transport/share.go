@@ -285,7 +285,9 @@ func (l *ShareListener) acceptLoop() {
 			default:
 			}
 			if errors.Is(err, net.ErrClosed) {
-				l.Close() // closed under us: make Accept return
+				// Closed under us: make Accept return. (Close waits
+				// for this goroutine, so not from it.)
+				go l.Close()
 				return
 			}
 			// Out of descriptors and the like: tell Accept's caller
@@ -406,7 +408,9 @@ func (l *ShareListener) classify(p *peek) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	l.log.Debug("relaying connection to the shared port's backend", "remote_addr", c.RemoteAddr().String(), "alpn", protos, "why", relayReason(err, evicted))
+	if l.log.Enabled(l.ctx, slog.LevelDebug) {
+		l.log.Debug("relaying connection to the shared port's backend", "remote_addr", c.RemoteAddr().String(), "alpn", protos, "why", relayReason(err, evicted))
+	}
 	l.relay(c, raw)
 }
 

@@ -500,3 +500,32 @@ func TestShareTimeouts(t *testing.T) {
 		ln.Close()
 	})
 }
+
+// TestShareInnerClosed: when the wrapped listener is closed by someone
+// else, Accept returns net.ErrClosed and Close still returns.
+func TestShareInnerClosed(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := NewShareListener(inner, ShareConfig{ALPN: testALPN, Backend: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := ln.Accept()
+		accepted <- err
+	}()
+	// Wait for the accept loop to block in the inner listener's Accept.
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	inner.Close()
+	if err := <-accepted; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after the inner listener closed = %v, want net.ErrClosed", err)
+	}
+	ln.Close()
+}
