@@ -51,9 +51,9 @@ func (s *Server) shareGauges() []service.Gauge {
 	return []service.Gauge{
 		counter("share_tunnel_total", "Connections on the shared port that offered the VPN's ALPN.", &st.Tunnel),
 		counter("share_relayed_total", "Connections on the shared port relayed to --share-backend.", &st.Relayed),
-		counter("share_relayed_other_tls_total", "Relayed connections whose ClientHello did not offer the VPN's ALPN.", &st.OtherTLS),
-		counter("share_relayed_not_tls_total", "Relayed connections that did not start with a TLS ClientHello.", &st.NotTLS),
-		counter("share_relayed_no_hello_total", "Relayed connections without a complete ClientHello in time (silent, slow or evicted).", &st.NoHello),
+		counter("share_relayed_other_tls_total", "Connections for --share-backend whose ClientHello did not offer the VPN's ALPN.", &st.OtherTLS),
+		counter("share_relayed_not_tls_total", "Connections for --share-backend that did not start with a well-formed TLS ClientHello.", &st.NotTLS),
+		counter("share_relayed_no_hello_total", "Connections for --share-backend without a complete ClientHello in time (silent, slow or evicted).", &st.NoHello),
 		counter("share_evicted_total", "Waits for a ClientHello cut short by newer connections (the peeking bounds).", &st.Evicted),
 		counter("share_refused_total", "Connections closed because --share-max-conns relays were open.", &st.RefusedRelays),
 		counter("share_backend_errors_total", "Relayed connections the backend did not take (connect or first write failed).", &st.BackendErrors),

@@ -101,11 +101,13 @@ type ShareConfig struct {
 // ShareStats counts what a ShareListener did. Every field is updated
 // atomically and may be read at any time.
 type ShareStats struct {
-	Tunnel   atomic.Uint64 // connections that offered the VPN's ALPN, handed to Accept
-	Relayed  atomic.Uint64 // connections relayed to the backend (all reasons below)
-	OtherTLS atomic.Uint64 // of Relayed: a ClientHello without the VPN's ALPN
-	NotTLS   atomic.Uint64 // of Relayed: bytes that are not a TLS ClientHello
-	NoHello  atomic.Uint64 // of Relayed: no complete ClientHello within the peek timeout, or evicted
+	Tunnel  atomic.Uint64 // connections that offered the VPN's ALPN, handed to Accept
+	Relayed atomic.Uint64 // connections relayed to the backend (a relay slot taken)
+	// OtherTLS, NotTLS and NoHello count the connections meant for the
+	// backend by why; those then refused (RefusedRelays) are included.
+	OtherTLS atomic.Uint64 // a ClientHello without the VPN's ALPN
+	NotTLS   atomic.Uint64 // bytes that are not a well-formed TLS ClientHello
+	NoHello  atomic.Uint64 // no complete ClientHello within the peek timeout, or evicted
 	Evicted  atomic.Uint64 // waits for a ClientHello cut short by a newer connection (peek bounds)
 	// RefusedRelays counts connections closed because MaxRelays relays
 	// were open.
