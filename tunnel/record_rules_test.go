@@ -674,7 +674,7 @@ func TestTrySendKeepsOrder(t *testing.T) {
 		}
 		got <- nil
 	}()
-	if err := rc.SendPending(); err != nil {
+	if err := rc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-got; err != nil {

@@ -579,7 +579,7 @@ func (s *Session) writeLoop() error {
 			}
 		case <-s.wake:
 			s.wmu.Lock()
-			err := s.rc.SendPending()
+			err := s.rc.Flush()
 			s.wmu.Unlock()
 			if err != nil {
 				return s.ioErr("write", err)
