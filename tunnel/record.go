@@ -54,6 +54,8 @@ import (
 
 // TLS record layer constants (RFC 8446 sections 5 and 6).
 const (
+	// maxRecord is TLS 1.3's largest record plaintext.
+	maxRecord                  = 16 << 10
 	recordHeaderLen            = 5
 	recordTypeChangeCipherSpec = 20
 	recordTypeAlert            = 21

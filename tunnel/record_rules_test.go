@@ -545,14 +545,15 @@ func TestNoSecretsWithoutOwnLayer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tc, bc, _, err := cl.Connect(ctx)
+		tr, _, err := cl.Connect(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
+		bc := tr.(*tlsTransport).bc
 		if got := bc.tx.secret != nil || bc.tx.hsSecret != nil || bc.rx.secret != nil; got == stdlib {
 			t.Fatalf("stdlib records %v: the client holds secrets: %v", stdlib, got)
 		}
-		tc.Close()
+		tr.Close()
 		cancel()
 		<-done
 	}
