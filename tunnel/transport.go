@@ -16,12 +16,14 @@ import (
 // unchanged.
 //
 // A transport is established (its handshakes done) before it is given to
-// a session, which then owns it. Calls come from the session's goroutines
-// as follows: ReadFull from its reader only; Write, WriteOwned, Hold,
-// Flush and SetWriteDeadline one at a time, under the session's write
-// lock; TrySend from the reader while it holds that lock; Info and Usage
-// from any goroutine at any time. Close and CloseDrain may be called while
-// a ReadFull or a write is blocked and make it return.
+// a session, which then owns it; until the session runs, its maker may
+// still write control frames on it (the server's CONFIG). From Run on,
+// calls come from the session's goroutines as follows: ReadFull from its
+// reader only; Write, WriteOwned, Hold, Flush and SetWriteDeadline one at
+// a time, under the session's write lock; TrySend from the reader while it
+// holds that lock. Info and Usage may be called from any goroutine at any
+// time. Close and CloseDrain may be called while a ReadFull or a write is
+// blocked and make it return.
 //
 // Methods that take a []byte do not keep it after they return.
 type Transport interface {
@@ -51,10 +53,11 @@ type Transport interface {
 	// header in a record of its own, so the peer can open the payload
 	// straight into its packet buffer. A byte stream ignores head.
 	WriteOwned(p []byte, head int) error
-	// Hold gathers the writes that follow until Flush, which sends them in
-	// one write, with anything the transport asked its writer for
-	// (DataOptions.Wake), and stops gathering. The session holds for each
-	// batch of frames it writes.
+	// Hold gathers the writes that follow until Flush, which sends them
+	// together (one write, up to a bound the transport sets), with
+	// anything the transport asked its writer for (DataOptions.Wake), and
+	// stops gathering. The session holds for each batch of frames it
+	// writes, and calls Flush alone when woken.
 	Hold()
 	Flush() error
 	// SetWriteDeadline bounds the writes that follow (a session saying
@@ -67,7 +70,9 @@ type Transport interface {
 	// writer.
 	TrySend(frame []byte) (bool, error)
 
-	// Close closes the connection at once. Blocked calls return.
+	// Close closes the connection without waiting on the peer (a TLS
+	// transport still sends its close_notify, or the fatal alert of an
+	// error in the peer's records). Blocked calls return.
 	Close() error
 	// CloseDrain closes gracefully, after the session's reader stopped
 	// with frames of the peer possibly unread: it tells the peer that no
