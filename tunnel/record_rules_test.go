@@ -313,6 +313,51 @@ func TestRecordConnAnswersKeyUpdate(t *testing.T) {
 	}
 }
 
+// TestRecordConnFlushSendsPendingKeyUpdate: the answer to an
+// update_requested that arrives after a batch's last record goes out with
+// that batch's Flush, after its records and before anything under the
+// next key; a Flush with nothing gathered (the writer woken for it) sends
+// the answer alone.
+func TestRecordConnFlushSendsPendingKeyUpdate(t *testing.T) {
+	for _, batch := range []bool{true, false} {
+		peerTx, peerRx := randomSecret(t), randomSecret(t)
+		s := &peerSender{t: t, k: mustKeys(t, peerTx)}
+		stream := append(s.keyUpdate(true), s.rec(23, []byte("x"), 0)...)
+		conn := &streamConn{r: bytes.NewReader(stream)}
+		woken := 0
+		rc := newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
+		rc.setOptions(recordOptions{wake: func() { woken++ }})
+		rc.Hold()
+		if batch {
+			if _, err := rc.Write([]byte("a")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := rc.Read(make([]byte, 1)); err != nil || woken != 1 {
+			t.Fatalf("reading the peer's update_requested: %v, writer woken %d times", err, woken)
+		}
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		r := &peerSender{t: t, k: mustKeys(t, peerRx)}
+		var want []byte
+		if batch {
+			want = r.rec(23, []byte("a"), 0)
+		}
+		want = append(want, r.keyUpdate(false)...)
+		if !bytes.Equal(conn.w.Bytes(), want) {
+			t.Fatalf("batch=%v: Flush sent %x, want %x", batch, conn.w.Bytes(), want)
+		}
+		if _, err := rc.Write([]byte("b")); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.rec(23, []byte("b"), 0)...)
+		if !bytes.Equal(conn.w.Bytes(), want) {
+			t.Fatalf("batch=%v: sent %x, want %x", batch, conn.w.Bytes(), want)
+		}
+	}
+}
+
 // TestRecordConnKeyUpdateWithStdlib: with a crypto/tls peer, the own
 // record layer updates its sending key every rekeyAt records and asks the
 // peer to update its own once it has received rekeyAt records; crypto/tls
