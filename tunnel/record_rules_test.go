@@ -273,19 +273,27 @@ func trim(b []byte) []byte {
 	return b
 }
 
+// keyUpdateFromPeer returns a RecordConn with options o whose peer sends
+// a KeyUpdate (update_requested or not) and then a record "x" under its
+// next key; peerRx is the secret the peer opens this side's records with.
+func keyUpdateFromPeer(t *testing.T, requested bool, o recordOptions) (rc *RecordConn, conn *streamConn, peerRx []byte) {
+	peerTx, peerRx := randomSecret(t), randomSecret(t)
+	s := &peerSender{t: t, k: mustKeys(t, peerTx)}
+	stream := append(s.keyUpdate(requested), s.rec(23, []byte("x"), 0)...)
+	conn = &streamConn{r: bytes.NewReader(stream)}
+	rc = newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
+	rc.setOptions(o)
+	return rc, conn, peerRx
+}
+
 // TestRecordConnAnswersKeyUpdate: a peer's update_requested is answered
 // with a KeyUpdate before the next data, and the data follows under the
 // new key; update_not_requested is not answered.
 func TestRecordConnAnswersKeyUpdate(t *testing.T) {
 	for _, requested := range []bool{false, true} {
-		peerTx, peerRx := randomSecret(t), randomSecret(t)
-		s := &peerSender{t: t, k: mustKeys(t, peerTx)}
-		stream := append(s.keyUpdate(requested), s.rec(23, []byte("x"), 0)...)
-		conn := &streamConn{r: bytes.NewReader(stream)}
 		stats := new(Stats)
 		woken := 0
-		rc := newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
-		rc.setOptions(recordOptions{stats: stats, wake: func() { woken++ }})
+		rc, conn, peerRx := keyUpdateFromPeer(t, requested, recordOptions{stats: stats, wake: func() { woken++ }})
 		if _, err := rc.Read(make([]byte, 1)); err != nil {
 			t.Fatal(err)
 		}
@@ -320,13 +328,8 @@ func TestRecordConnAnswersKeyUpdate(t *testing.T) {
 // the answer alone.
 func TestRecordConnFlushSendsPendingKeyUpdate(t *testing.T) {
 	for _, batch := range []bool{true, false} {
-		peerTx, peerRx := randomSecret(t), randomSecret(t)
-		s := &peerSender{t: t, k: mustKeys(t, peerTx)}
-		stream := append(s.keyUpdate(true), s.rec(23, []byte("x"), 0)...)
-		conn := &streamConn{r: bytes.NewReader(stream)}
 		woken := 0
-		rc := newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
-		rc.setOptions(recordOptions{wake: func() { woken++ }})
+		rc, conn, peerRx := keyUpdateFromPeer(t, true, recordOptions{wake: func() { woken++ }})
 		rc.Hold()
 		if batch {
 			if _, err := rc.Write([]byte("a")); err != nil {
