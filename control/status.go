@@ -35,6 +35,9 @@ type ServerStatus struct {
 	// DrainingSince is when 'tunneld drain' took the gateway out of
 	// service (zero: it is in service).
 	DrainingSince time.Time `json:"draining_since,omitzero"`
+	// Shared is the port shared with a web server; nil without
+	// --share-backend.
+	Shared *Shared `json:"shared,omitempty"`
 }
 
 // BGPStatus is what the gateway announces over BGP, and to whom.
@@ -48,6 +51,21 @@ type BGPPeer struct {
 	Peer  string    `json:"peer"`  // ASN@ADDRESS
 	State string    `json:"state"` // established, active, idle, ...
 	Since time.Time `json:"since,omitzero"`
+}
+
+// Shared counts what the port shared with a web server (tunneld
+// --share-backend) did since start.
+type Shared struct {
+	Backend  string `json:"backend"`
+	Tunnel   uint64 `json:"tunnel"`   // connections that offered the VPN's ALPN
+	Relayed  uint64 `json:"relayed"`  // connections relayed to the backend
+	Relaying int64  `json:"relaying"` // relays open now
+	Peeking  int64  `json:"peeking"`  // connections whose ClientHello is awaited now
+	// Refused counts connections closed because every relay was taken
+	// (--share-max-conns); BackendErrors, those the backend did not
+	// take.
+	Refused       uint64 `json:"refused"`
+	BackendErrors uint64 `json:"backend_errors"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -155,6 +173,10 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 			}
 			row("  peer "+p.Peer, "%s%s", p.State, since)
 		}
+	}
+	if sh := s.Shared; sh != nil {
+		row("shared", "port with %s: %d to the tunnel, %d relayed (%d open, %d awaiting a ClientHello, %d refused, %d backend errors)",
+			sh.Backend, sh.Tunnel, sh.Relayed, sh.Relaying, sh.Peeking, sh.Refused, sh.BackendErrors)
 	}
 	return tw.Flush()
 }

@@ -47,6 +47,19 @@ crl:          /pki/crl.pem: UNUSABLE: crl expired
 	}
 }
 
+func TestWriteServerStatusShared(t *testing.T) {
+	s := ServerStatus{Started: now, Certificate: Expiry{File: "/pki/server.crt", Expires: now.Add(time.Hour)},
+		Shared: &Shared{Backend: "127.0.0.1:8443", Tunnel: 3, Relayed: 250, Relaying: 12, Peeking: 4, Refused: 1}}
+	var b strings.Builder
+	if err := WriteServerStatus(&b, s, now); err != nil {
+		t.Fatal(err)
+	}
+	want := "shared:       port with 127.0.0.1:8443: 3 to the tunnel, 250 relayed (12 open, 4 awaiting a ClientHello, 1 refused, 0 backend errors)\n"
+	if got := b.String(); !strings.HasSuffix(got, want) {
+		t.Errorf("WriteServerStatus:\n%s\nwant it to end with:\n%s", got, want)
+	}
+}
+
 func TestWriteServerStatusNoCRLExpiredCert(t *testing.T) {
 	s := ServerStatus{Started: now, Certificate: Expiry{File: "c.crt", Expires: now.Add(-2 * time.Hour)}}
 	var b strings.Builder
@@ -163,6 +176,7 @@ func TestJSONNames(t *testing.T) {
 		want []string
 	}{
 		{ServerStatus{CRL: &Expiry{}}, []string{`"uptime_seconds"`, `"peak_sessions"`, `"bytes_in"`, `"bytes_out"`, `"handshakes":{"full"`, `"resumed"`, `"per_minute"`, `"refusals"`, `"certificate"`, `"crl"`}},
+		{ServerStatus{Shared: &Shared{}}, []string{`"shared":{"backend"`, `"tunnel"`, `"relayed"`, `"relaying"`, `"peeking"`, `"refused"`, `"backend_errors"`}},
 		{Session{}, []string{`"identity"`, `"addresses"`, `"underlay"`, `"connected_since"`, `"last_handshake"`, `"bytes_in"`, `"bytes_out"`}},
 		{ClientStatus{}, []string{`"server"`, `"state"`, `"addresses"`, `"routes"`, `"dns"`, `"kill_switch"`, `"reconnects"`, `"rotations"`}},
 		{ClientStatus{Proxy: "http://p:1", ProxyAddr: "198.18.0.9:1", ProxyAuth: true}, []string{`"proxy":"http://p:1"`, `"proxy_addr"`, `"proxy_auth":true`}},

@@ -64,8 +64,9 @@ cd "$REPO_ROOT"
 # ------------------------------------------------------------------ setup
 # gcc + libc headers for -race (cgo); the rest are used by the integration
 # tests, the demo and shellcheck; Squid, Dante, microsocks and nginx are the
-# real proxies and web server of the network tests, BIRD the real BGP
-# router. apt runs only if something is missing.
+# real proxies and web server of the network tests (openssl makes the web
+# server's certificate), BIRD the real BGP router. apt runs only if
+# something is missing.
 ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
 	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
 	setsid:util-linux shellcheck:shellcheck python3:python3 \

@@ -82,6 +82,14 @@ type Config struct {
 	Congestion       string `flag:"congestion"` // "": bbr, else the system's (with a warning); "system": the system's
 	Metrics          string `flag:"metrics"`    // Prometheus ADDR:PORT; "": off
 
+	// ShareBackend shares the listen port with a web server: connections
+	// that do not offer the VPN's ALPN are relayed to this TCP ADDR:PORT
+	// (see transport.ShareListener); "": not shared.
+	ShareBackend       string        `flag:"share-backend"`
+	ShareProxyProtocol bool          `flag:"share-proxy-protocol"` // PROXY v2 header to the backend
+	ShareMaxConns      int           `flag:"share-max-conns"`      // relays open at once; 0: the default, -1: no cap
+	ShareIdleTimeout   time.Duration `flag:"share-idle-timeout"`   // 0: the default
+
 	Control      string `flag:"control"` // control socket; "": control.DefaultPath(TUN)
 	NoControl    bool   // no control socket (tunneld --control "")
 	ControlGroup string `flag:"control-group"` // see control.Options.Group

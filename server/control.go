@@ -17,6 +17,7 @@ import (
 	"tlsvpn/control"
 	"tlsvpn/internal/service"
 	"tlsvpn/state"
+	"tlsvpn/transport"
 	"tlsvpn/tunnel"
 )
 
@@ -48,6 +49,10 @@ type controlSource struct {
 	ctx      context.Context
 	log      *slog.Logger
 	draining atomic.Int64
+	// share is the shared port's listener (nil: not shared), relaying
+	// to shareBackend.
+	share        *transport.ShareListener
+	shareBackend string
 }
 
 // drainRate is how many sessions a second 'tunneld drain' closes, so that
@@ -185,6 +190,11 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 		Handshakes:   control.Handshakes{Full: opened - min(resumed, opened), Resumed: resumed, PerMinute: c.rate.perMinute(now, opened)},
 		Refusals:     refusals,
 		Certificate:  control.Expiry{File: c.certFile, Expires: c.certEnd},
+	}
+	if sh := c.share; sh != nil {
+		st := sh.Stats()
+		s.Shared = &control.Shared{Backend: c.shareBackend, Tunnel: st.Tunnel.Load(), Relayed: st.Relayed.Load(),
+			Relaying: st.Relaying.Load(), Peeking: st.Peeking.Load(), Refused: st.RefusedRelays.Load(), BackendErrors: st.BackendErrors.Load()}
 	}
 	if rev := c.crlInForce(); rev != nil {
 		e := control.Expiry{File: rev.Path()}

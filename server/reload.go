@@ -25,6 +25,7 @@ import (
 	"tlsvpn/certs"
 	"tlsvpn/internal/service"
 	"tlsvpn/state"
+	"tlsvpn/transport"
 	"tlsvpn/tunnel"
 )
 
@@ -39,6 +40,7 @@ const (
 	subCRL                           // the revocation checker is replaced
 	subCRLCheck                      // the interval of the CRL and session checks
 	subPolicy                        // the clients policy and its default reach_clients
+	subShare                         // transport.ShareListener.SetLimits
 )
 
 // liveSettings are the flags a reload applies while tunneld runs, by the
@@ -64,6 +66,8 @@ var liveSettings = map[string]subsystem{
 	"crl-check":                 subCRLCheck,
 	"clients":                   subPolicy,
 	"client-to-client":          subPolicy,
+	"share-max-conns":           subShare,
+	"share-idle-timeout":        subShare,
 }
 
 // reloadPlan is what a reload does, from the flag values before and after.
@@ -105,6 +109,7 @@ func (p reloadPlan) String() string {
 		{subCRL, "switch the revocation list"},
 		{subCRLCheck, "set the CRL check interval"},
 		{subPolicy, "apply the clients policy defaults"},
+		{subShare, "set the shared port's relay limits"},
 	} {
 		if p.subs[a.sub] {
 			acts = append(acts, a.what)
@@ -193,7 +198,8 @@ type reloader struct {
 	srv         *tunnel.Server
 	limits      *tunnel.Limiter
 	crl         *crlHolder
-	forwarding  bool // IP forwarding and the firewall were set up at start
+	share       *transport.ShareListener // nil: the port is not shared
+	forwarding  bool                     // IP forwarding and the firewall were set up at start
 	log         *slog.Logger
 	crlEvery    atomic.Int64 // --crl-check in force, in nanoseconds
 
@@ -240,6 +246,11 @@ func (r *reloader) Reload() (string, error) {
 	if plan.subs[subLimits] {
 		r.limits.SetConfig(next.limitConfig())
 		r.log.Info("connection limits changed", "limits", fmt.Sprintf("%+v", r.limits.Config()))
+	}
+	if plan.subs[subShare] && r.share != nil {
+		r.share.SetLimits(next.ShareMaxConns, next.ShareIdleTimeout)
+		maxRelays, idle := r.share.Limits()
+		r.log.Info("shared port's relay limits changed", "max_conns", maxRelays, "idle_timeout", idle)
 	}
 	var reconnected []string
 	if plan.subs[subServer] || plan.subs[subPushed] {

@@ -28,6 +28,7 @@ func TestPlanReload(t *testing.T) {
 		"max-clients": "1024", "handshake-rate": "2", "max-handshakes": "64", "keepalive": "15s", "queue-len": "64",
 		"route": "[198.18.10.0/24]", "dns": "[]", "crl": "", "crl-check": "5s", "clients": "", "client-to-client": "false",
 		"some-flag-added-later": "x",
+		"share-backend":         "", "share-proxy-protocol": "false", "share-max-conns": "1024", "share-idle-timeout": "5m0s",
 	}
 	with := func(kv ...string) map[string]string {
 		m := map[string]string{}
@@ -55,6 +56,9 @@ func TestPlanReload(t *testing.T) {
 		{"policy", with("client-to-client", "true", "clients", "/etc/tlsvpn/clients.yaml"), "apply the clients policy defaults", []string{"client-to-client", "clients"}, nil},
 		{"restart only", with("listen", "0.0.0.0:8443", "subnet", "100.64.1.0/24", "cert", "b.crt", "max-handshakes", "128"),
 			"warn: restart needed for cert, listen, max-handshakes, subnet", nil, []string{"cert", "listen", "max-handshakes", "subnet"}},
+		{"shared port limits", with("share-max-conns", "10", "share-idle-timeout", "1m0s"), "set the shared port's relay limits", []string{"share-idle-timeout", "share-max-conns"}, nil},
+		{"shared port backend", with("share-backend", "127.0.0.1:8443", "share-proxy-protocol", "true"),
+			"warn: restart needed for share-backend, share-proxy-protocol", nil, []string{"share-backend", "share-proxy-protocol"}},
 		{"a flag this table does not know needs a restart", with("some-flag-added-later", "y"), "warn: restart needed for some-flag-added-later", nil, []string{"some-flag-added-later"}},
 		{"both", with("tun", "vpn1", "max-clients", "5"), "set the connection limits; warn: restart needed for tun", []string{"max-clients"}, []string{"tun"}},
 	} {

@@ -36,6 +36,7 @@ import (
 	"tlsvpn/routing"
 	"tlsvpn/routing/bgp"
 	"tlsvpn/state"
+	"tlsvpn/transport"
 	"tlsvpn/tun"
 	"tlsvpn/tunnel"
 )
@@ -74,6 +75,7 @@ type Server struct {
 	dir         state.Directory
 	bgp         *announcer // nil without Config.BGP
 	ln          net.Listener
+	share       *transport.ShareListener // nil without ShareBackend; also ln
 	dev         tun.Device
 	fw          routing.Firewall // nil without forwarding
 	srv         *tunnel.Server
@@ -199,6 +201,11 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		return nil, service.ListenError("--listen", cfg.Listen, err)
 	}
 	s.onClose(func() { s.ln.Close() })
+	if cfg.ShareBackend != "" {
+		if err := s.shareListener(cfg); err != nil {
+			return nil, err
+		}
+	}
 
 	if s.dev, err = tun.Open(cfg.TUN, cfg.MTU, tun.Options{Logger: log}); err != nil {
 		return nil, err
@@ -320,8 +327,8 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	}
 	s.srv.SetSessionTicketKeys(s.ticketSet)
 	s.rl = newReloader(&reloader{src: opts.Source, level: opts.Level, pool: s.pool, pool6: s.pool6, policies: &policies,
-		srv: s.srv, limits: s.limits, crl: crl, forwarding: s.fw != nil, log: log}, cfg)
-	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
+		srv: s.srv, limits: s.limits, crl: crl, share: s.share, forwarding: s.fw != nil, log: log}, cfg)
+	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl, share: s.share, shareBackend: cfg.ShareBackend,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
 		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version, bgp: s.bgp}
 	if s.cs.version == "" {
@@ -388,6 +395,7 @@ func (s *Server) Run(ctx context.Context) error {
 					return float64(n)
 				}})
 		}
+		gauges = append(gauges, s.shareGauges()...)
 		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, func() bool { return !s.srv.Draining() }, log); err != nil {
 			return err
 		}

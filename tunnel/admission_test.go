@@ -40,9 +40,9 @@ func connectFrom(t *testing.T, srv *tunneltest.Server, src string, cfg *tls.Conf
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tc, _, _, err := cl.Connect(ctx)
+	tr, _, err := cl.Connect(ctx)
 	if err == nil {
-		tc.Close()
+		tr.Close()
 	}
 	return err
 }

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -75,12 +76,35 @@ var (
 	allocServer = netip.MustParseAddr("100.64.0.1")
 )
 
+// connTransport carries frames in the clear on a net.Conn, one write per
+// call: the session's own cost, with no record layer under it.
+type connTransport struct{ net.Conn }
+
+func (c connTransport) StartData(DataOptions) {}
+func (c connTransport) ReadFull(p []byte, _ bool) error {
+	_, err := io.ReadFull(c.Conn, p)
+	return err
+}
+func (c connTransport) WriteOwned(p []byte, _ int) error {
+	_, err := c.Conn.Write(p)
+	return err
+}
+func (c connTransport) Hold()                        {}
+func (c connTransport) Flush() error                 { return nil }
+func (c connTransport) TrySend([]byte) (bool, error) { return false, nil }
+func (c connTransport) CloseDrain(time.Duration)     { c.Close() }
+func (c connTransport) Release()                     {}
+func (c connTransport) Info() TransportInfo          { return TransportInfo{} }
+func (c connTransport) Usage() KeyUsage              { return KeyUsage{} }
+
+// newAllocSession returns a session over conn (a connTransport), ready
+// for its reader's and writer's methods to be called directly.
 func newAllocSession(t testing.TB, conn net.Conn, dev tun.Device) *Session {
 	s := NewSession(SessionConfig{
-		Conn:     conn,
-		Dev:      dev,
-		Allowed:  []netip.Prefix{netip.PrefixFrom(allocClient, 32)},
-		QueueLen: 256,
+		Transport: connTransport{conn},
+		Dev:       dev,
+		Allowed:   []netip.Prefix{netip.PrefixFrom(allocClient, 32)},
+		QueueLen:  256,
 	})
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	t.Cleanup(func() { s.cancel(nil) })
@@ -307,10 +331,11 @@ func recordConns(t testing.TB, txConn, rxConn net.Conn) (tx, rx *RecordConn) {
 }
 
 // onRecords moves a session made by newAllocSession to the record layer
-// rc, as Run's hand-over does.
+// rc, as the TLS transport's hand-over (StartData) does.
 func onRecords(s *Session, rc *RecordConn) {
-	s.conn, s.batch, s.rc = rc, rc, rc
-	s.rcLoaded.Store(rc)
+	t := &tlsTransport{conn: rc, rc: rc}
+	t.rcLoaded.Store(rc)
+	s.t = t
 }
 
 // bufConn collects writes in a buffer whose capacity is kept.

@@ -235,13 +235,15 @@ type Connected struct {
 }
 
 // Connect dials the server and completes the TLS and protocol handshakes.
-func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected, error) {
+// It returns the established transport (TLS over the connection Dial
+// made), for a Session to run over.
+func (c *Client) Connect(ctx context.Context) (Transport, Connected, error) {
 	start := time.Now()
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
 	defer cancel()
 	raw, err := c.cfg.Dial(hctx)
 	if err != nil {
-		return nil, nil, Connected{}, err // it names what it dialed (net.Dialer's do)
+		return nil, Connected{}, err // it names what it dialed (net.Dialer's do)
 	}
 	tlsCfg := c.tls
 	if c.cfg.ServerName != nil {
@@ -250,24 +252,18 @@ func (c *Client) Connect(ctx context.Context) (*tls.Conn, *BatchConn, Connected,
 			tlsCfg.ServerName = name
 		}
 	}
-	bc := NewBatchConn(raw)
-	var tc *tls.Conn
-	if !c.cfg.StdlibRecords && OwnRecordLayer() == nil {
-		tc = bc.Client(tlsCfg) // captures the secrets for the hand-over
-	} else {
-		tc = tls.Client(bc, tlsCfg)
-	}
-	if err := tc.HandshakeContext(hctx); err != nil {
+	t := newTLSTransport(raw, c.cfg.StdlibRecords, c.cfg.OwnAESGCM)
+	t.client(tlsCfg)
+	if err := t.handshake(hctx); err != nil {
 		raw.Close()
-		return nil, nil, Connected{}, fmt.Errorf("tls handshake: %w", err)
+		return nil, Connected{}, fmt.Errorf("tls handshake: %w", err)
 	}
-	cfg, n, err := clientHandshake(hctx, tc, c.cfg.Hello)
+	cfg, err := t.clientHello(hctx, c.cfg.Hello)
 	if err != nil {
-		tc.Close()
-		return nil, nil, Connected{}, fmt.Errorf("protocol handshake: %w", err)
+		t.Close()
+		return nil, Connected{}, fmt.Errorf("protocol handshake: %w", err)
 	}
-	bc.noteAppRead(n)
-	return tc, bc, Connected{Config: cfg, TLS: tc.ConnectionState(), Handshake: time.Since(start)}, nil
+	return t, Connected{Config: cfg, TLS: *t.info.TLS, Handshake: time.Since(start)}, nil
 }
 
 // Kick replaces the current session with a new connection at once, e.g.
@@ -332,7 +328,7 @@ func (c *Client) Run(ctx context.Context) error {
 			case <-c.kick:
 			default:
 			}
-			tc, bc, info, err := c.Connect(ctx)
+			tr, info, err := c.Connect(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -350,7 +346,7 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			failures = 0
 			retry = retryLog{}
-			d, err := c.setup(ctx, tc, info)
+			d, err := c.setup(ctx, tr, info)
 			if err != nil {
 				return err
 			}
@@ -361,12 +357,12 @@ func (c *Client) Run(ctx context.Context) error {
 				// rather than loss.
 				mux = NewMux(dev, MuxConfig{Stats: c.cfg.Stats, Logger: c.log, QueueWait: 50 * time.Millisecond})
 			} else if d != dev {
-				tc.Close()
+				tr.Close()
 				return errors.New("setup returned a different device on reconnect")
 			}
-			cur, curEnd = c.startSession(ctx, tc, bc, info, mux)
+			cur, curEnd = c.startSession(ctx, tr, info, mux)
 			c.mu.Lock()
-			c.server, c.config = tc.RemoteAddr().String(), info.Config
+			c.server, c.config = cur.info.remote(), info.Config
 			c.mu.Unlock()
 			c.setState(StateUp, cur, 0, nil)
 			if muxDone == nil {
@@ -375,16 +371,16 @@ func (c *Client) Run(ctx context.Context) error {
 				muxDone = make(chan error, 1)
 				go func() { muxDone <- mux.Run(ctx) }()
 			}
-			attrs := []any{"server", tc.RemoteAddr().String(), "tunnel_addr", info.Config.Addr,
+			attrs := []any{"server", cur.info.remote(), "tunnel_addr", info.Config.Addr,
 				"server_tunnel_addr", info.Config.ServerAddr, "mtu", info.Config.MTU, "routes", len(info.Config.Routes),
 				"keepalive", info.Config.Keepalive, "gso", cur.peerGSO, "handshake_ms", info.Handshake.Milliseconds()}
 			if down.IsZero() {
-				c.log.Info("connected", append(attrs, TLSAttrs(info.TLS)...)...)
+				c.log.Info("connected", append(attrs, cur.info.attrs()...)...)
 			} else {
 				c.mu.Lock()
 				c.reconns++
 				c.mu.Unlock()
-				c.log.Info("reconnected", append(append(attrs, "outage_ms", time.Since(down).Milliseconds()), TLSAttrs(info.TLS)...)...)
+				c.log.Info("reconnected", append(append(attrs, "outage_ms", time.Since(down).Milliseconds()), cur.info.attrs()...)...)
 			}
 		}
 
@@ -473,11 +469,11 @@ func (c *Client) Run(ctx context.Context) error {
 const stableSession = 10 * time.Second
 
 // setup logs a connection's parameters and applies its configuration.
-func (c *Client) setup(ctx context.Context, tc *tls.Conn, info Connected) (tun.Device, error) {
+func (c *Client) setup(ctx context.Context, tr Transport, info Connected) (tun.Device, error) {
 	dev, err := c.cfg.Setup(ctx, info.Config)
 	if err != nil {
-		tc.Write(AppendFrame(nil, TypeClose, false, MarshalClose(CloseNormal, "client setup failed")))
-		tc.Close()
+		tr.Write(AppendFrame(nil, TypeClose, false, MarshalClose(CloseNormal, "client setup failed")))
+		tr.Close()
 		return nil, fmt.Errorf("setup: %w", err)
 	}
 	return dev, nil
@@ -485,13 +481,10 @@ func (c *Client) setup(ctx context.Context, tc *tls.Conn, info Connected) (tun.D
 
 // startSession creates a session on an established connection, makes it
 // the mux's default and runs it; its end cause arrives on the channel.
-func (c *Client) startSession(ctx context.Context, tc *tls.Conn, bc *BatchConn, info Connected, mux *Mux) (*Session, chan error) {
+func (c *Client) startSession(ctx context.Context, tr Transport, info Connected, mux *Mux) (*Session, chan error) {
 	gso := !c.cfg.NoOffload && mux.CanGSO()
 	sess := NewSession(SessionConfig{
-		Conn:          tc,
-		Batch:         bc,
-		StdlibRecords: c.cfg.StdlibRecords,
-		OwnAESGCM:     c.cfg.OwnAESGCM,
+		Transport:     tr,
 		RekeyRecords:  c.cfg.RotateRecords,
 		PeerKeyUpdate: info.Config.Caps&CapKeyUpdate != 0,
 		Dev:           mux.dev,
@@ -542,17 +535,17 @@ func (c *Client) rotationDue(s *Session) bool {
 // registers (same identity), after the new one's Config was sent.
 func (c *Client) rotate(ctx context.Context, old *Session, mux *Mux) (*Session, chan error, error) {
 	records, bytes := old.Usage()
-	tc, bc, info, err := c.Connect(ctx)
+	tr, info, err := c.Connect(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	if _, err := c.cfg.Setup(ctx, info.Config); err != nil {
-		tc.Close()
+		tr.Close()
 		return nil, nil, fmt.Errorf("setup: %w", err)
 	}
-	next, end := c.startSession(ctx, tc, bc, info, mux)
+	next, end := c.startSession(ctx, tr, info, mux)
 	c.mu.Lock()
-	c.server, c.config = tc.RemoteAddr().String(), info.Config
+	c.server, c.config = next.info.remote(), info.Config
 	c.rotated++
 	c.mu.Unlock()
 	c.log.Info("session rotated", "records", records, "bytes", bytes, "age", time.Since(old.started).Round(time.Millisecond),

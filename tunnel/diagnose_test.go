@@ -182,10 +182,10 @@ func TestDiagnose(t *testing.T) {
 				if nerr != nil {
 					t.Fatal(nerr)
 				}
-				var tc *tls.Conn
-				tc, _, _, err = c.Connect(context.Background())
-				if tc != nil {
-					tc.Close()
+				var tr tunnel.Transport
+				tr, _, err = c.Connect(context.Background())
+				if tr != nil {
+					tr.Close()
 				}
 			})
 			if err == nil {

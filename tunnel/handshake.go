@@ -43,7 +43,15 @@ func readControl(ctx context.Context, c net.Conn, want byte) ([]byte, error) {
 	return p, nil
 }
 
-func writeControlFrame(ctx context.Context, c net.Conn, typ byte, payload []byte) error {
+// controlWriter is where writeControlFrame writes: a *tls.Conn during the
+// handshake, a Transport after it.
+type controlWriter interface {
+	Write(p []byte) (int, error)
+	SetWriteDeadline(t time.Time) error
+}
+
+// writeControlFrame writes one control frame, honouring ctx's deadline.
+func writeControlFrame(ctx context.Context, c controlWriter, typ byte, payload []byte) error {
 	if d, ok := ctx.Deadline(); ok {
 		c.SetWriteDeadline(d)
 		defer c.SetWriteDeadline(time.Time{})

@@ -38,7 +38,7 @@ func TestClientServerNameHook(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc, _, _, err := c.Connect(context.Background())
+			tc, _, err := c.Connect(context.Background())
 			if tc != nil {
 				tc.Close()
 			}

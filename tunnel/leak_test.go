@@ -58,10 +58,10 @@ func TestNoLeakSessionClosedBeforeRun(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	dev := tuntest.NewChannelDevice("x", 1500, 128, 1)
-	never := tunnel.NewSession(tunnel.SessionConfig{Conn: a, Dev: dev})
+	never := tunnel.NewSession(tunnel.SessionConfig{Transport: newPipeTransport(a), Dev: dev})
 	never.Close(tunnel.CloseReplaced, "replaced before it ran")
 
-	s := tunnel.NewSession(tunnel.SessionConfig{Conn: a, Dev: dev})
+	s := tunnel.NewSession(tunnel.SessionConfig{Transport: newPipeTransport(a), Dev: dev})
 	s.Close(tunnel.CloseTimeout, "closed before it ran")
 	s.Close(tunnel.CloseNormal, "twice")
 	done := make(chan error, 1)

@@ -54,6 +54,8 @@ import (
 
 // TLS record layer constants (RFC 8446 sections 5 and 6).
 const (
+	// maxRecord is TLS 1.3's largest record plaintext.
+	maxRecord                  = 16 << 10
 	recordHeaderLen            = 5
 	recordTypeChangeCipherSpec = 20
 	recordTypeAlert            = 21
@@ -283,7 +285,7 @@ func splitInner(inner []byte) (content []byte, typ byte, ok bool) {
 // RecordConn is the TLS 1.3 record layer of a session's data phase (see
 // the comment at the top of this file). Create it with BatchConn.Records.
 //
-// Write, Hold, Flush and SendPending may be called from one goroutine
+// Write, Hold and Flush may be called from one goroutine
 // while Read and ReadFull are called from another. Writes between Hold and
 // Flush are gathered into one send, as with BatchConn.
 type RecordConn struct {
@@ -293,7 +295,7 @@ type RecordConn struct {
 	keyUpdate bool   // the peer accepts KeyUpdate: update keys in-band
 	rekeyAt   uint64 // records under one key before an in-band update
 	stats     *Stats // KeyUpdate counters; may be nil
-	wake      func() // asks the writer to call SendPending; may be nil
+	wake      func() // asks the writer to call Flush; may be nil
 
 	// pending holds work for the writer that the reader found: answer a
 	// peer's update_requested, or ask the peer to update its key.
@@ -401,29 +403,19 @@ func (c *RecordConn) Hold() {
 	c.wmu.Unlock()
 }
 
-// Flush sends the gathered records in one write and stops gathering.
+// Flush stops gathering and sends, in one write, the gathered records
+// and the KeyUpdate the reader asked for (wake) if it is still pending:
+// the answer to a peer's update_requested, or a request for the peer to
+// update its key. (Data writes send a pending KeyUpdate too, first.)
 func (c *RecordConn) Flush() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.holding = false
-	return c.sendLocked()
-}
-
-// SendPending sends the KeyUpdate the reader asked for (wake), if it is
-// still pending: the answer to a peer's update_requested, or a request
-// for the peer to update its key. Data writes send it too, first.
-func (c *RecordConn) SendPending() error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.werr != nil || (c.pending.Load() == 0 && len(c.out) == 0) {
-		return c.werr
-	}
-	if err := c.updateLocked(); err != nil {
-		c.werr = err
-		return err
-	}
-	if c.holding {
-		return nil
+	if c.werr == nil && c.pending.Load() != 0 {
+		if err := c.updateLocked(); err != nil {
+			c.werr = err
+			return err
+		}
 	}
 	return c.sendLocked()
 }
@@ -434,7 +426,7 @@ func (c *RecordConn) SendPending() error {
 // write side is busy or the connection cannot write without blocking
 // (not a socket). It returns true when the record is sealed: sent, or,
 // if the socket buffer was full, left for the writer's next send (then
-// flush is true and the caller must wake the writer to SendPending).
+// flush is true and the caller must wake the writer to Flush).
 func (c *RecordConn) TrySend(p []byte) (ok, flush bool, err error) {
 	sc, isSock := c.Conn.(syscall.Conn)
 	if !isSock || !c.wmu.TryLock() {

@@ -273,19 +273,27 @@ func trim(b []byte) []byte {
 	return b
 }
 
+// keyUpdateFromPeer returns a RecordConn with options o whose peer sends
+// a KeyUpdate (update_requested or not) and then a record "x" under its
+// next key; peerRx is the secret the peer opens this side's records with.
+func keyUpdateFromPeer(t *testing.T, requested bool, o recordOptions) (rc *RecordConn, conn *streamConn, peerRx []byte) {
+	peerTx, peerRx := randomSecret(t), randomSecret(t)
+	s := &peerSender{t: t, k: mustKeys(t, peerTx)}
+	stream := append(s.keyUpdate(requested), s.rec(23, []byte("x"), 0)...)
+	conn = &streamConn{r: bytes.NewReader(stream)}
+	rc = newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
+	rc.setOptions(o)
+	return rc, conn, peerRx
+}
+
 // TestRecordConnAnswersKeyUpdate: a peer's update_requested is answered
 // with a KeyUpdate before the next data, and the data follows under the
 // new key; update_not_requested is not answered.
 func TestRecordConnAnswersKeyUpdate(t *testing.T) {
 	for _, requested := range []bool{false, true} {
-		peerTx, peerRx := randomSecret(t), randomSecret(t)
-		s := &peerSender{t: t, k: mustKeys(t, peerTx)}
-		stream := append(s.keyUpdate(requested), s.rec(23, []byte("x"), 0)...)
-		conn := &streamConn{r: bytes.NewReader(stream)}
 		stats := new(Stats)
 		woken := 0
-		rc := newRecordConn(conn, mustKeys(t, peerRx), 0, mustKeys(t, peerTx), 0, nil)
-		rc.setOptions(recordOptions{stats: stats, wake: func() { woken++ }})
+		rc, conn, peerRx := keyUpdateFromPeer(t, requested, recordOptions{stats: stats, wake: func() { woken++ }})
 		if _, err := rc.Read(make([]byte, 1)); err != nil {
 			t.Fatal(err)
 		}
@@ -309,6 +317,46 @@ func TestRecordConnAnswersKeyUpdate(t *testing.T) {
 		}
 		if stats.KeyUpdatesReceived.Load() != 1 || stats.KeyUpdatesSent.Load() != wantSent || woken != int(wantSent) {
 			t.Fatalf("requested=%v: received %d, sent %d, woken %d", requested, stats.KeyUpdatesReceived.Load(), stats.KeyUpdatesSent.Load(), woken)
+		}
+	}
+}
+
+// TestRecordConnFlushSendsPendingKeyUpdate: the answer to an
+// update_requested that arrives after a batch's last record goes out with
+// that batch's Flush, after its records and before anything under the
+// next key; a Flush with nothing gathered (the writer woken for it) sends
+// the answer alone.
+func TestRecordConnFlushSendsPendingKeyUpdate(t *testing.T) {
+	for _, batch := range []bool{true, false} {
+		woken := 0
+		rc, conn, peerRx := keyUpdateFromPeer(t, true, recordOptions{wake: func() { woken++ }})
+		rc.Hold()
+		if batch {
+			if _, err := rc.Write([]byte("a")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := rc.Read(make([]byte, 1)); err != nil || woken != 1 {
+			t.Fatalf("reading the peer's update_requested: %v, writer woken %d times", err, woken)
+		}
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		r := &peerSender{t: t, k: mustKeys(t, peerRx)}
+		var want []byte
+		if batch {
+			want = r.rec(23, []byte("a"), 0)
+		}
+		want = append(want, r.keyUpdate(false)...)
+		if !bytes.Equal(conn.w.Bytes(), want) {
+			t.Fatalf("batch=%v: Flush sent %x, want %x", batch, conn.w.Bytes(), want)
+		}
+		if _, err := rc.Write([]byte("b")); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.rec(23, []byte("b"), 0)...)
+		if !bytes.Equal(conn.w.Bytes(), want) {
+			t.Fatalf("batch=%v: sent %x, want %x", batch, conn.w.Bytes(), want)
 		}
 	}
 }
@@ -545,14 +593,15 @@ func TestNoSecretsWithoutOwnLayer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tc, bc, _, err := cl.Connect(ctx)
+		tr, _, err := cl.Connect(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
+		bc := tr.(*tlsTransport).bc
 		if got := bc.tx.secret != nil || bc.tx.hsSecret != nil || bc.rx.secret != nil; got == stdlib {
 			t.Fatalf("stdlib records %v: the client holds secrets: %v", stdlib, got)
 		}
-		tc.Close()
+		tr.Close()
 		cancel()
 		<-done
 	}
@@ -674,7 +723,7 @@ func TestTrySendKeepsOrder(t *testing.T) {
 		}
 		got <- nil
 	}()
-	if err := rc.SendPending(); err != nil {
+	if err := rc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-got; err != nil {

@@ -86,8 +86,10 @@ type ServerConfig struct {
 	// Limits caps handshakes and sessions; nil uses the defaults.
 	Limits *Limiter
 	// CheckPeer, if set, is consulted for every live session when
-	// CheckSessions runs (after a CRL reload, on a timer): a non-nil error
-	// closes that session with CloseRevoked and the error as reason.
+	// CheckSessions runs (after a CRL reload, on a timer) with its
+	// transport's TLS state (TransportInfo.TLS; the zero state for a
+	// transport without TLS): a non-nil error closes that session with
+	// CloseRevoked and the error as reason.
 	CheckPeer func(tls.ConnectionState) error
 	// Policy, if set, returns the per-client policy of an identity
 	// (tunneld --clients); nil gives every client DefaultPolicy.
@@ -320,10 +322,10 @@ func (s *Server) SessionList() []SessionInfo {
 			Identity:      id,
 			Addrs:         sess.addrs,
 			Nets:          sess.nets,
-			Remote:        sess.remote,
+			Remote:        sess.info.remote(),
 			Started:       sess.started,
 			LastHandshake: sess.LastHandshake(),
-			Resumed:       sess.tlsState.DidResume,
+			Resumed:       sess.info.Resumed,
 			TxBytes:       tx,
 			RxBytes:       rx,
 			RTT:           sess.RTT(),
@@ -560,8 +562,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	if s.cfg.TuneConn != nil {
 		s.cfg.TuneConn(raw)
 	}
-	bc := NewBatchConn(raw)
-	tc := tls.Server(bc, s.tls)
+	tr := newTLSTransport(raw, s.cfg.StdlibRecords, s.cfg.OwnAESGCM)
+	tr.server(s.tls)
 	hctx, cancel := context.WithTimeout(ctx, live.HandshakeTimeout)
 	defer cancel()
 	// The ClientHello deadline runs from accept: a client sends it at
@@ -574,21 +576,21 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 	raw.SetReadDeadline(helloBy)
 	if adm.MustResume {
-		s.mustResume.Store(bc, true)
+		s.mustResume.Store(tr.helloConn(), true)
 	}
-	id, hello, err := s.handshake(hctx, tc, bc)
+	id, hello, err := s.handshake(hctx, tr)
 	if adm.MustResume {
-		s.mustResume.Delete(bc)
+		s.mustResume.Delete(tr.helloConn())
 	}
 	releaseHandshake()
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
 		var pe *ProtocolError
 		if errors.As(err, &pe) {
-			writeControlFrame(hctx, tc, TypeClose, MarshalClose(CloseProtocol, pe.Err.Error()))
+			writeControlFrame(hctx, tr, TypeClose, MarshalClose(CloseProtocol, pe.Err.Error()))
 		}
 		s.logLimit.warn(log, "handshake", "handshake failed", "err", err)
-		tc.Close()
+		tr.Close()
 		return
 	}
 	log = log.With("peer", id)
@@ -596,8 +598,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
 		s.logLimit.warn(log, "sessions", "refusing client", "err", err)
-		writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, err.Error()))
-		tc.Close()
+		writeControlFrame(hctx, tr, TypeClose, MarshalClose(ClosePolicy, err.Error()))
+		tr.Close()
 		return
 	}
 	defer releaseSession()
@@ -606,8 +608,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
 		log.Warn("refusing client: no address", "err", err)
-		writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, "no tunnel address available: "+err.Error()))
-		tc.Close()
+		writeControlFrame(hctx, tr, TypeClose, MarshalClose(ClosePolicy, "no tunnel address available: "+err.Error()))
+		tr.Close()
 		return
 	}
 	var addr6 netip.Addr
@@ -615,8 +617,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		if addr6, err = s.cfg.Pool6.Assign(id); err != nil {
 			s.stats.HandshakeFailures.Add(1)
 			log.Warn("refusing client: no IPv6 address", "err", err)
-			writeControlFrame(hctx, tc, TypeClose, MarshalClose(ClosePolicy, "no IPv6 tunnel address available: "+err.Error()))
-			tc.Close()
+			writeControlFrame(hctx, tr, TypeClose, MarshalClose(ClosePolicy, "no IPv6 tunnel address available: "+err.Error()))
+			tr.Close()
 			return
 		}
 	}
@@ -650,10 +652,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	// Register before sending Config: once the client knows its address,
 	// packets for it must find the session (they wait in its queue).
 	sess := NewSession(SessionConfig{
-		Conn:          tc,
-		Batch:         bc,
-		StdlibRecords: s.cfg.StdlibRecords,
-		OwnAESGCM:     s.cfg.OwnAESGCM,
+		Transport:     tr,
 		RekeyRecords:  s.cfg.RekeyRecords,
 		PeerKeyUpdate: hello.Caps&CapKeyUpdate != 0,
 		Dev:           s.cfg.Dev,
@@ -669,8 +668,6 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		Logger:        log,
 		Stats:         s.stats,
 	})
-	sess.tlsState = tc.ConnectionState()
-	sess.remote = remote
 	sess.releaseLimit = releaseSession
 	s.mu.Lock()
 	if cur := s.live.Load(); cur != live {
@@ -714,7 +711,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 	payload, err := MarshalConfig(cfg)
 	if err == nil {
-		err = writeControlFrame(hctx, tc, TypeConfig, payload)
+		err = writeControlFrame(hctx, tr, TypeConfig, payload)
 	}
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
@@ -723,7 +720,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 		if old != nil {
 			old.Close(CloseReplaced, "replaced by a connection that then failed")
 		}
-		tc.Close()
+		tr.Close()
 		return
 	}
 	cancel()
@@ -745,7 +742,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	}
 
 	s.stats.SessionsOpened.Add(1)
-	if sess.tlsState.DidResume {
+	if sess.info.Resumed {
 		s.stats.SessionsResumed.Add(1)
 	}
 	s.lim.MarkKnown(SourceAddr(raw.RemoteAddr()), time.Now())
@@ -756,7 +753,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	if len(nets) > 0 {
 		attrs = append(attrs, "networks", fmt.Sprint(nets))
 	}
-	log.Info("session established", append(attrs, TLSAttrs(tc.ConnectionState())...)...)
+	log.Info("session established", append(attrs, sess.info.attrs()...)...)
 
 	err = sess.Run(ctx)
 	s.unregister(id, sess)
@@ -767,11 +764,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 // handshake completes TLS (mutual, verified by crypto/tls against the CA),
 // checks ALPN, derives the identity and reads the client's Hello. Nothing
 // from the peer is parsed before the TLS handshake has verified it.
-func (s *Server) handshake(ctx context.Context, tc *tls.Conn, bc *BatchConn) (string, Hello, error) {
-	if err := tc.HandshakeContext(ctx); err != nil {
+func (s *Server) handshake(ctx context.Context, tr *tlsTransport) (string, Hello, error) {
+	if err := tr.handshake(ctx); err != nil {
 		return "", Hello{}, fmt.Errorf("handshake: %w", err)
 	}
-	cs := tc.ConnectionState()
+	cs := *tr.Info().TLS
 	if cs.Version != tls.VersionTLS13 {
 		return "", Hello{}, fmt.Errorf("tls: negotiated %s, require TLS 1.3", tls.VersionName(cs.Version))
 	}
@@ -782,11 +779,10 @@ func (s *Server) handshake(ctx context.Context, tc *tls.Conn, bc *BatchConn) (st
 	if err != nil {
 		return "", Hello{}, fmt.Errorf("client identity: %w", err)
 	}
-	p, err := readControl(ctx, tc, TypeHello)
+	p, err := tr.readControl(ctx, TypeHello)
 	if err != nil {
 		return id, Hello{}, err
 	}
-	bc.noteAppRead(HeaderLen + len(p))
 	h, err := UnmarshalHello(p)
 	if err != nil {
 		return id, Hello{}, &ProtocolError{Err: err}
@@ -967,7 +963,11 @@ func (s *Server) CheckSessions() int {
 	var bad []*Session
 	var reasons []string
 	for _, sess := range s.sessions {
-		if err := s.cfg.CheckPeer(sess.tlsState); err != nil {
+		var cs tls.ConnectionState // none: a transport without TLS
+		if sess.info.TLS != nil {
+			cs = *sess.info.TLS
+		}
+		if err := s.cfg.CheckPeer(cs); err != nil {
 			bad = append(bad, sess)
 			reasons = append(reasons, err.Error())
 		}

@@ -2,13 +2,11 @@ package tunnel
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -52,13 +50,9 @@ var ErrKeepaliveTimeout = errors.New("keepalive timeout: no frame from peer")
 
 // SessionConfig configures a Session.
 type SessionConfig struct {
-	// Conn is the handshaken TLS connection. The session owns it and closes
-	// it when Run returns.
-	Conn net.Conn
-	// Batch is the BatchConn under Conn, used to gather a batch's records
-	// into one send and, when Conn is its *tls.Conn, to hand the data phase
-	// over to a RecordConn (record.go). Nil disables both.
-	Batch *BatchConn
+	// Transport is the established connection to the peer (see
+	// Transport). The session owns it and closes it when Run returns.
+	Transport Transport
 	// Dev receives the packets that arrive from the peer.
 	Dev tun.Device
 	// Allowed lists the inner source prefixes the peer may use; packets
@@ -89,15 +83,10 @@ type SessionConfig struct {
 	// AcceptGSO: this side announced that it accepts DATA_GSO frames; Dev
 	// must then be a tun.GSODevice with SupportsGSO.
 	AcceptGSO bool
-	// StdlibRecords keeps the data phase on Conn (crypto/tls) even when
-	// Batch could hand it over to a RecordConn.
-	StdlibRecords bool
-	// OwnAESGCM: see ServerConfig.OwnAESGCM.
-	OwnAESGCM bool
-	// RekeyRecords: see ServerConfig.RekeyRecords.
+	// RekeyRecords: see ServerConfig.RekeyRecords (DataOptions).
 	RekeyRecords uint64
-	// PeerKeyUpdate: the peer announced CapKeyUpdate, so the record layer
-	// may send it KeyUpdate messages.
+	// PeerKeyUpdate: the peer announced CapKeyUpdate, so the transport
+	// may send it KeyUpdate messages (DataOptions).
 	PeerKeyUpdate bool
 	// Peer names the peer in logs.
 	Peer   string
@@ -112,15 +101,16 @@ const DefaultQueueLen = 32
 // maxChunksPerWrite bounds how many queued chunks one batch write drains.
 const maxChunksPerWrite = 16
 
-// Session moves packets between one TLS connection and the TUN device.
-// Run starts two goroutines: the writer (queue -> TLS, and PINGs and
-// PONGs) and the reader (TLS -> TUN). The shared keepalive wheel
-// (keepalive.go) schedules PINGs and ends a session whose peer went
-// silent.
+// Session moves packets between one Transport (TLS over TCP) and the TUN
+// device. Run starts two goroutines: the writer (queue -> transport, and
+// PINGs and PONGs) and the reader (transport -> TUN). The shared
+// keepalive wheel (keepalive.go) schedules PINGs and ends a session whose
+// peer went silent.
 type Session struct {
 	// Immutable after NewSession.
 	cfg     SessionConfig
-	conn    net.Conn
+	t       Transport
+	info    TransportInfo // t.Info()
 	log     *slog.Logger
 	stats   *Stats
 	queue   chan *chunk
@@ -132,23 +122,10 @@ type Session struct {
 
 	congested atomic.Bool // queue overflowed; the mux drops without waiting
 
-	wmu sync.Mutex // serializes frame writes on conn
+	wmu  sync.Mutex    // serializes frame writes on t
+	wake chan struct{} // the transport has something to send (DataOptions.Wake)
 
-	// Set by Run before the session's goroutines start.
-	batch interface {
-		Hold()
-		Flush() error
-	}
-	rc *RecordConn // non-nil: the data phase runs on our record layer
-	// rcLoaded is rc for other goroutines (Usage); inBand: the record
-	// layer updates its keys with KeyUpdate (RekeysInBand).
-	rcLoaded atomic.Pointer[RecordConn]
-	inBand   atomic.Bool
-	wake     chan struct{} // the record layer has a KeyUpdate to send
-
-	started  time.Time           // when NewSession ran
-	tlsState tls.ConnectionState // set by the server before Run
-	remote   string              // the peer's underlay address; set by the server before Run
+	started time.Time // when NewSession ran
 	// Set by the server before registering the session; addrs and nets
 	// are immutable, policy is guarded by the server's mu.
 	addrs  []netip.Addr
@@ -165,12 +142,11 @@ type Session struct {
 	closeMu sync.Mutex
 	closing error
 
-	rxFrames  atomic.Uint64 // frames received; the control loop watches it
-	rxIP      atomic.Uint64 // IP bytes received
-	txIP      atomic.Uint64 // IP bytes sent
-	txRecords atomic.Uint64 // records sent, estimated from frames (Usage without a Batch)
-	rttNanos  atomic.Int64  // last ping round trip
-	rttAt     atomic.Int64  // when rttNanos was measured (Unix nanoseconds)
+	rxFrames atomic.Uint64 // frames received; the control loop watches it
+	rxIP     atomic.Uint64 // IP bytes received
+	txIP     atomic.Uint64 // IP bytes sent
+	rttNanos atomic.Int64  // last ping round trip
+	rttAt    atomic.Int64  // when rttNanos was measured (Unix nanoseconds)
 
 	// Reader-goroutine state. The receive buffers are taken from the
 	// shared pool as packets arrive and go back after each write to the
@@ -215,7 +191,8 @@ func NewSession(cfg SessionConfig) *Session {
 	}
 	s := &Session{
 		cfg:          cfg,
-		conn:         cfg.Conn,
+		t:            cfg.Transport,
+		info:         cfg.Transport.Info(),
 		log:          log,
 		stats:        stats,
 		queue:        make(chan *chunk, cfg.QueueLen),
@@ -261,20 +238,22 @@ func (s *Session) RequestPing() {
 	}
 }
 
-// Started returns when the session was created (its TLS handshake had
-// just completed).
+// Started returns when the session was created (its transport's
+// handshake had just completed).
 func (s *Session) Started() time.Time { return s.started }
 
 // LastHandshake returns when the session's keys last changed: its TLS
 // handshake, or a later in-band KeyUpdate (either direction).
 func (s *Session) LastHandshake() time.Time {
-	if rc := s.rcLoaded.Load(); rc != nil {
-		if t := rc.KeysUpdated(); t.After(s.started) {
-			return t
-		}
+	if t := s.t.Usage().Updated; t.After(s.started) {
+		return t
 	}
 	return s.started
 }
+
+// TransportInfo returns what the session's transport reported about its
+// connection when the session was made.
+func (s *Session) TransportInfo() TransportInfo { return s.info }
 
 // Bytes returns the IP bytes this session sent to its peer (tx) and
 // received from it (rx). The counters are atomics the data path keeps
@@ -309,7 +288,13 @@ func (s *Session) Run(ctx context.Context) error {
 	s.closeMu.Unlock()
 	defer s.cancel(nil)
 	defer close(s.done)
-	s.handOver()
+	s.t.StartData(DataOptions{
+		KeyUpdate:    s.cfg.PeerKeyUpdate,
+		RekeyRecords: s.cfg.RekeyRecords,
+		Wake:         s.wakeWriter,
+		Stats:        s.stats,
+		Logger:       s.log,
+	})
 
 	var wg sync.WaitGroup
 	guard := func(f func() error) {
@@ -366,113 +351,45 @@ func (s *Session) Run(ctx context.Context) error {
 		// possibly unread: closing now would send a reset, which can
 		// destroy our CLOSE in the peer's receive queue before it reads
 		// it. Half-close and discard what still comes, briefly.
-		closeDraining(s.conn, time.Second)
+		s.t.CloseDrain(time.Second)
 	} else {
-		s.conn.Close()
+		s.t.Close()
 	}
 	wg.Wait()
 	for len(s.queue) > 0 {
 		putChunk(<-s.queue)
 	}
-	if s.rc != nil {
-		s.rc.freeBuffers() // the reader and writer are gone
-	}
+	s.t.Release() // the reader and writer are gone
 	return cause
 }
 
-// handOver moves the session from its tls.Conn to a RecordConn when it
-// can; otherwise the session runs on the tls.Conn (still gathering writes)
-// and the captured secrets are dropped.
-func (s *Session) handOver() {
-	bc := s.cfg.Batch
-	if bc == nil {
-		return
+// wakeWriter asks the writer to Flush the transport (DataOptions.Wake).
+func (s *Session) wakeWriter() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
-	s.batch = bc
-	tc, ok := s.conn.(*tls.Conn)
-	if !ok {
-		return
-	}
-	if s.cfg.StdlibRecords {
-		bc.Forget()
-		s.log.Debug("data phase on crypto/tls's record layer (stdlib TLS records requested)")
-		return
-	}
-	if err := OwnRecordLayer(); err != nil {
-		bc.Forget()
-		s.log.Debug("data phase on crypto/tls's record layer", "reason", err)
-		return
-	}
-	suite := tc.ConnectionState().CipherSuite
-	rc, err := bc.Records(suite, s.cfg.OwnAESGCM)
-	if err != nil {
-		// Our own peers always allow the hand-over: this is an unusual
-		// peer (or a bug), and costs speed, not correctness.
-		bc.Forget()
-		s.stats.RecordHandOverRefusals.Add(1)
-		s.log.Warn("data phase stays on crypto/tls: record hand-over not proven safe", "err", err)
-		return
-	}
-	rc.setOptions(recordOptions{
-		keyUpdate: s.cfg.PeerKeyUpdate,
-		rekeyAt:   s.cfg.RekeyRecords,
-		stats:     s.stats,
-		wake: func() {
-			select {
-			case s.wake <- struct{}{}:
-			default:
-			}
-		},
-	})
-	s.stats.RecordHandOvers.Add(1)
-	s.log.Debug("data phase handed over to tlsvpn's TLS 1.3 record layer",
-		"cipher_suite", tls.CipherSuiteName(suite), "own_aes_gcm", rc.OwnAESGCM(), "key_update", s.cfg.PeerKeyUpdate)
-	s.conn, s.batch, s.rc = rc, rc, rc
-	s.rcLoaded.Store(rc)
-	// crypto/tls's connection (and its buffers) is not used again.
-	s.cfg.Conn = nil
-	s.inBand.Store(s.cfg.PeerKeyUpdate)
 }
 
 // RekeysInBand reports whether the session keeps its keys under the
 // per-key record limit by itself, with KeyUpdate (on the own record
 // layer, with a peer that accepts KeyUpdate); otherwise the client opens
 // a new session in time.
-func (s *Session) RekeysInBand() bool { return s.inBand.Load() }
+func (s *Session) RekeysInBand() bool { return s.t.Usage().InBand }
 
-// readFull fills p from the connection. With slack, the byte after p may
+// readFull fills p from the transport. With slack, the byte after p may
 // be overwritten (it must be within cap(p)).
 func (s *Session) readFull(p []byte, slack bool) error {
-	if s.rc != nil {
-		return s.rc.ReadFull(p, slack)
-	}
-	_, err := io.ReadFull(s.conn, p)
-	return err
+	return s.t.ReadFull(p, slack)
 }
-
-// maxRecord is TLS 1.3's largest record plaintext.
-const maxRecord = 16 << 10
 
 // Usage returns the TLS records sent or received under this session's
 // current keys, whichever is more, and the IP bytes moved both ways. The
 // record count is exact on the own record layer; on crypto/tls it counts
-// every encrypted record of the connection (an upper bound).
+// every encrypted record of the connection (an upper bound); see
+// KeyUsage.
 func (s *Session) Usage() (records, bytes uint64) {
-	return s.records(), s.txIP.Load() + s.rxIP.Load()
-}
-
-// records is Usage's record count.
-func (s *Session) records() uint64 {
-	if rc := s.rcLoaded.Load(); rc != nil {
-		return max(rc.TxSeq(), rc.RxSeq())
-	}
-	if s.cfg.Batch != nil {
-		tx, rx := s.cfg.Batch.Counts()
-		return max(tx, rx)
-	}
-	// No record view (tests on plain conns): frames + bytes / 16 KiB.
-	rx := s.rxFrames.Load() + s.rxIP.Load()/maxRecord
-	return max(s.txRecords.Load(), rx)
+	return s.t.Usage().Records, s.txIP.Load() + s.rxIP.Load()
 }
 
 // Done is closed when Run has returned.
@@ -486,31 +403,6 @@ func stopped(done chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-// closeDraining closes conn after telling the TLS peer and the TCP peer
-// that no more data follows (close_notify, then FIN) and reading and
-// discarding what the peer still sends, for at most d and 4 MiB, so that
-// the close does not turn into a TCP reset while the peer's data is
-// unread. Only the caller may be reading conn.
-func closeDraining(conn net.Conn, d time.Duration) {
-	raw := conn
-	switch c := conn.(type) {
-	case *RecordConn:
-		c.sendCloseAlert()
-		raw = c.Conn
-	case *tls.Conn:
-		c.CloseWrite() // close_notify
-		raw = c.NetConn()
-	}
-	if bc, ok := raw.(*BatchConn); ok {
-		raw = bc.Conn
-	}
-	if cw, ok := raw.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		raw.SetReadDeadline(time.Now().Add(d))
-		io.CopyN(io.Discard, raw, 4<<20)
-	}
-	conn.Close()
 }
 
 // lingerTimeout bounds how long a session that sent Close keeps reading
@@ -545,14 +437,14 @@ func (s *Session) sayGoodbye(cause error) (linger bool) {
 	default:
 		return false // the connection is broken
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	s.t.SetWriteDeadline(time.Now().Add(time.Second))
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	for drain {
 		select {
 		case c := <-s.queue:
 			c.markEnd()
-			_, err := s.conn.Write(c.bytes())
+			_, err := s.t.Write(c.bytes())
 			putChunk(c)
 			if err != nil {
 				return false
@@ -562,7 +454,7 @@ func (s *Session) sayGoodbye(cause error) (linger bool) {
 		}
 	}
 	payload := MarshalClose(code, reason)
-	if _, err := s.conn.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, true, payload)); err != nil {
+	if _, err := s.t.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, true, payload)); err != nil {
 		return false
 	}
 	return linger
@@ -579,7 +471,7 @@ func (s *Session) writeLoop() error {
 			}
 		case <-s.wake:
 			s.wmu.Lock()
-			err := s.rc.SendPending()
+			err := s.t.Flush()
 			s.wmu.Unlock()
 			if err != nil {
 				return s.ioErr("write", err)
@@ -603,10 +495,8 @@ func (s *Session) writeLoop() error {
 func (s *Session) writeChunks(c *chunk) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.batch != nil {
-		s.batch.Hold()
-	}
-	var pkts, bytes, records uint64
+	s.t.Hold()
+	var pkts, bytes uint64
 	var err error
 	for i := 1; c != nil; i++ {
 		var next *chunk
@@ -620,7 +510,6 @@ func (s *Session) writeChunks(c *chunk) error {
 			c.markEnd()
 		}
 		if err == nil {
-			records += uint64(c.end-c.start+maxRecord-1) / maxRecord
 			err = s.writeChunk(c)
 			pkts += uint64(c.pkts)
 			bytes += uint64(c.ipBytes)
@@ -628,10 +517,8 @@ func (s *Session) writeChunks(c *chunk) error {
 		putChunk(c)
 		c = next
 	}
-	if s.batch != nil {
-		if ferr := s.batch.Flush(); err == nil {
-			err = ferr
-		}
+	if ferr := s.t.Flush(); err == nil {
+		err = ferr
 	}
 	if len(s.queue) <= cap(s.queue)/2 {
 		s.congested.Store(false)
@@ -642,35 +529,26 @@ func (s *Session) writeChunks(c *chunk) error {
 	s.stats.TxPackets.Add(pkts)
 	s.stats.TxBytes.Add(bytes)
 	s.txIP.Add(bytes)
-	s.txRecords.Add(records) // only for Usage without a record view
 	// The record layers refuse to go much further (recordLimit); closing
 	// here leaves room for the CLOSE. With KeyUpdate the counts restart
 	// with each key and never get here.
-	if s.records() > MaxRecordsPerKey {
+	if s.t.Usage().Records > MaxRecordsPerKey {
 		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of this key reached: reconnect"}
 	}
 	return nil
 }
 
-// writeChunk writes one chunk's frames. On the record layer a chunk
-// framed in place is sealed without a copy, and its frame header and GSO
-// metadata go in a record of their own, so the receiver can open every
-// record of the packet straight into its packet buffer.
+// writeChunk writes one chunk's frames. A chunk framed in place tells
+// the transport where its frame's header ends and the packet starts
+// (WriteOwned): on the record layer the header and GSO metadata then go
+// in a record of their own, so the receiver can open every record of the
+// packet straight into its packet buffer.
 func (s *Session) writeChunk(c *chunk) error {
-	b := c.bytes()
-	if s.rc == nil {
-		_, err := s.conn.Write(b)
-		return err
+	head := 0
+	if c.start != 0 { // framed in place: the chunk starts with the frame's header
+		head = tun.Headroom - c.start
 	}
-	if c.start != 0 { // framed in place: b starts with the frame's header
-		head := tun.Headroom - c.start
-		if _, err := s.rc.WriteOwned(b[:head]); err != nil {
-			return err
-		}
-		b = b[head:]
-	}
-	_, err := s.rc.WriteOwned(b)
-	return err
+	return s.t.WriteOwned(c.bytes(), head)
 }
 
 // writeControl sends one control frame.
@@ -679,7 +557,7 @@ func (s *Session) writeControl(typ byte, payload []byte) error {
 	frame := AppendFrame(b[:0], typ, true, payload) // a write of its own: E set
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.conn.Write(frame); err != nil {
+	if _, err := s.t.Write(frame); err != nil {
 		return s.ioErr("write", err)
 	}
 	return nil
@@ -752,18 +630,12 @@ func (s *Session) flushRx() error {
 // gateway's keepalive then costs one wake-up per PING, not two), otherwise
 // through the writer.
 func (s *Session) pongNow() error {
-	if s.rc != nil && s.wmu.TryLock() {
+	if s.wmu.TryLock() {
 		var b [HeaderLen + PingLen]byte
-		ok, flush, err := s.rc.TrySend(AppendFrame(b[:0], TypePong, true, s.ctl[:]))
+		ok, err := s.t.TrySend(AppendFrame(b[:0], TypePong, true, s.ctl[:]))
 		s.wmu.Unlock()
 		if err != nil {
 			return s.ioErr("write", err)
-		}
-		if flush {
-			select {
-			case s.wake <- struct{}{}:
-			default:
-			}
 		}
 		if ok {
 			return nil

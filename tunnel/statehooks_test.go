@@ -30,12 +30,12 @@ func connectResumed(t *testing.T, srv *tunneltest.Server, cfg *tls.Config) bool 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tc, _, _, err := cl.Connect(ctx)
+	tr, _, err := cl.Connect(ctx)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
-	defer tc.Close()
-	return tc.ConnectionState().DidResume
+	defer tr.Close()
+	return tr.Info().Resumed
 }
 
 // TestServerSessionTicketKeys: the keys given to SetSessionTicketKeys

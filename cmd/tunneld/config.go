@@ -113,6 +113,7 @@ func serverConfig(o options, st settings) server.Config {
 	}
 	c.NoControl = c.Control == ""
 	c.BGP = st.bgp
+	shareConfig(&c, o.share)
 	if o.congestionSet {
 		c.Congestion = o.congestion
 	}
@@ -263,6 +264,7 @@ func parseSettings(o options) (settings, []error) {
 		bad("congestion", "%v", err)
 	}
 	st.bgp = parseBGP(o.bgp, o.listen, bad)
+	checkShare(o.share, bad)
 	return st, errs
 }
 

@@ -52,7 +52,7 @@ func TestCheck(t *testing.T) {
 			name: "every problem, by line",
 			file: "max-client: 3\nlisten: 0.0.0.0\nsubnet: 100.64.0.0/31\nmtu: 100\nkeepalive: 15\n",
 			want: []string{
-				`tunneld.yaml:1: unknown key "max-client" (did you mean "max-clients"?); known: ca, cert, `,
+				`tunneld.yaml:1: unknown key "max-client" (did you mean "max-clients"?); known: bgp-asn, bgp-next-hop, `,
 				`tunneld.yaml:5: keepalive: "15": want a duration such as 15s`,
 			},
 		},
@@ -67,6 +67,16 @@ func TestCheck(t *testing.T) {
 				`tunneld.yaml:9: dns: "not-an-ip": want an IP address`,
 				`tunneld.yaml:10: tun: "a-name-much-too-long": longer than 15 bytes`,
 				`tunneld.yaml:11: log-level: "loud": want debug, info, warn or error`,
+			},
+		},
+		{name: "shared port", file: files + "share-backend: 127.0.0.1:8443\nshare-proxy-protocol: true\nshare-max-conns: 100\nshare-idle-timeout: 1m\n", want: []string{"ok"}},
+		{
+			name: "shared port, wrong values",
+			file: files + "share-backend: 8443\nshare-max-conns: -2\nshare-idle-timeout: -1s\n",
+			want: []string{
+				`tunneld.yaml:5: share-backend: "8443": want HOST:PORT of the web server`,
+				`tunneld.yaml:6: share-max-conns: -2: want a count`,
+				`tunneld.yaml:7: share-idle-timeout: -1s: want a duration`,
 			},
 		},
 		{name: "required files", file: "subnet: 100.64.0.0/24\n", want: []string{"--cert: required", "--key: required", "--ca: required"}},
@@ -185,15 +195,20 @@ func TestSourceConfig(t *testing.T) {
 	fs := testFlagSet(&o)
 	fs.StringVar(&o.stateDir, "state-dir", "", "")
 	cli.AddControlFlags(fs, &o.ctl, "tunneld")
+	addShareFlags(fs, &o.share)
 	if err := fs.Parse([]string{"--config", path, "--log-level", "warn", "--control", ""}); err != nil {
 		t.Fatal(err)
 	}
 	src := newSource(fs, &o)
 
-	writeTestFile(t, path, files+"route: [198.18.10.0/24]\nmax-clients: 10\nkeepalive: 5s\ncrl: /etc/crl.pem\nclients:\n  laptop:\n    address: 100.64.0.10\n")
+	writeTestFile(t, path, files+"route: [198.18.10.0/24]\nmax-clients: 10\nkeepalive: 5s\ncrl: /etc/crl.pem\nclients:\n  laptop:\n    address: 100.64.0.10\n"+
+		"share-backend: 127.0.0.1:8443\nshare-proxy-protocol: true\nshare-max-conns: 7\nshare-idle-timeout: 90s\n")
 	c, err := src.config()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.ShareBackend != "127.0.0.1:8443" || !c.ShareProxyProtocol || c.ShareMaxConns != 7 || c.ShareIdleTimeout != 90*time.Second {
+		t.Errorf("shared port: backend %q, PROXY %v, max %d, idle %v; want the file's", c.ShareBackend, c.ShareProxyProtocol, c.ShareMaxConns, c.ShareIdleTimeout)
 	}
 	if c.MaxClients != 10 || c.Keepalive != 5*time.Second || len(c.Routes) != 1 || c.Routes[0] != netip.MustParsePrefix("198.18.10.0/24") ||
 		c.LogLevel != slog.LevelWarn || !c.NoControl || c.ConfigFile != path || c.Settings["max-clients"] != "10" || c.Settings["log-format"] != "text" {

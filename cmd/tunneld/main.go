@@ -74,6 +74,10 @@ Examples:
   tunneld --cert ... --key ... --ca ... --subnet 100.64.0.0/24 --clients /etc/tlsvpn/clients.yaml
   tunneld reload
 
+  # share port 443 with a web server on 127.0.0.1:8443 that takes PROXY protocol:
+  # browsers and scanners get the website, tunnelc the VPN (see README)
+  tunneld --cert ... --key ... --ca ... --share-backend 127.0.0.1:8443 --share-proxy-protocol
+
   # what is connected, and how the server is doing
   tunneld clients
   tunneld status --json
@@ -124,6 +128,7 @@ type options struct {
 	cleanup               bool
 	logLevel, logFormat   string
 	fileState             // --config: config.go
+	share                 shareOptions
 	ctl                   cli.ControlFlags
 	bgp                   bgpOptions
 }
@@ -182,6 +187,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.stdlibRecords, "stdlib-tls-records", false, "carry the data phase through Go's crypto/tls instead of tlsvpn's own TLS 1.3 record layer: the same bytes on the wire, more copying (for comparison or troubleshooting)")
 	fs.BoolVar(&o.ownAESGCM, "own-aes-gcm", false, "seal and open AES-GCM records with tlsvpn's own AES-GCM assembly (VAES + AVX-512) instead of Go's: about 1.7x faster per record, but new cryptographic code outside Go's FIPS module and less reviewed; checked against known answers at start, and Go's AES-GCM is used (with a log line) where it cannot run. Off by default")
 	fs.StringVar(&o.congestion, "congestion", cli.DefaultCongestion, cli.CongestionUsage)
+	addShareFlags(fs, &o.share)
 	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics on ADDR:PORT at /metrics, e.g. 127.0.0.1:9100 (off if empty)")
 	addBGPFlags(fs, &o.bgp)
 	cli.AddControlFlags(fs, &o.ctl, "tunneld")

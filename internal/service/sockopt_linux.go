@@ -21,9 +21,10 @@ const NotSentLowat = 256 << 10
 // TuneTCP sets the outer socket's options: no Nagle delay, a bounded
 // unsent queue, a user timeout so a dead path errors out even when the
 // peer never answers, and the congestion control (none if empty; see
-// Congestion, which checked that the kernel accepts it).
+// Congestion, which checked that the kernel accepts it). c is a
+// *net.TCPConn or wraps one (see TCPConn); otherwise nothing is set.
 func TuneTCP(c net.Conn, userTimeout time.Duration, congestion string) {
-	tc, ok := c.(*net.TCPConn)
+	tc, ok := TCPConn(c)
 	if !ok {
 		return
 	}

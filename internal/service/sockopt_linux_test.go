@@ -49,13 +49,16 @@ func TestTuneTCPSetsOptions(t *testing.T) {
 			c.Read(b[:])
 		}
 	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	dialed, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer dialed.Close()
+	// The socket under a wrapper (the shared port's connections) is
+	// tuned too.
+	var c net.Conn = wrapped{dialed}
 	TuneTCP(c, 0, "reno")
-	raw, err := c.(*net.TCPConn).SyscallConn()
+	raw, err := dialed.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,3 +81,9 @@ func TestTuneTCPSetsOptions(t *testing.T) {
 		t.Errorf("TCP_NOTSENT_LOWAT = %d, want %d", lowat, NotSentLowat)
 	}
 }
+
+// wrapped hides a connection's type behind NetConn, as
+// transport.SharedConn does.
+type wrapped struct{ net.Conn }
+
+func (w wrapped) NetConn() net.Conn { return w.Conn }

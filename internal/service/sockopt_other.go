@@ -9,7 +9,7 @@ import (
 
 // TuneTCP disables Nagle's algorithm; the other options are Linux-only.
 func TuneTCP(c net.Conn, userTimeout time.Duration, congestion string) {
-	if tc, ok := c.(*net.TCPConn); ok {
+	if tc, ok := TCPConn(c); ok {
 		tc.SetNoDelay(true)
 	}
 }
