@@ -371,9 +371,16 @@ func (c *Client) Run(ctx context.Context) error {
 				muxDone = make(chan error, 1)
 				go func() { muxDone <- mux.Run(ctx) }()
 			}
-			attrs := []any{"server", cur.info.remote(), "tunnel_addr", info.Config.Addr,
+			// remote_addr is the TCP peer: the server, or the proxy in
+			// between; server_name, when the dialer names it, the server.
+			attrs := []any{"remote_addr", cur.info.remote(), "tunnel_addr", info.Config.Addr,
 				"server_tunnel_addr", info.Config.ServerAddr, "mtu", info.Config.MTU, "routes", len(info.Config.Routes),
 				"keepalive", info.Config.Keepalive, "gso", cur.peerGSO, "handshake_ms", info.Handshake.Milliseconds()}
+			if c.cfg.ServerName != nil {
+				if name := c.cfg.ServerName(); name != "" {
+					attrs = append(attrs, "server_name", name)
+				}
+			}
 			if down.IsZero() {
 				c.log.Info("connected", append(attrs, cur.info.attrs()...)...)
 			} else {
