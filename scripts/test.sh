@@ -52,7 +52,7 @@ TEST_LOAD="${TEST_LOAD:-1}"
 TEST_PACKAGE="${TEST_PACKAGE:-1}"
 STATICCHECK_VERSION=v0.8.2
 # Two cores on CI: two packages at a time. -timeout bounds a hung test.
-GOTEST=(go test -p 2 -timeout 5m)
+GOTEST=(go test -p 2 -timeout 12m)
 
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
