@@ -254,11 +254,18 @@ func (e *env) connect(t *testing.T, i int, name string, want netip.Prefix, extra
 // metric scrapes tunneld's metrics endpoint and returns one sample.
 func (e *env) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return e.server.Dial(ctx, network, addr)
+	return scrapeMetric(t, e.server, metricsAddr, series)
+}
+
+// scrapeMetric scrapes the metrics endpoint at addr inside ns and returns
+// one sample.
+func scrapeMetric(t *testing.T, ns *netnstest.NS, addr, series string) float64 {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+		return ns.Dial(ctx, network, a)
 	}}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + metricsAddr + "/metrics")
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatalf("scrape metrics: %v", err)
 	}
