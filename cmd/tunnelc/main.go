@@ -43,7 +43,7 @@ const usageHead = `Usage: tunnelc --server HOST:PORT --cert FILE --key FILE --ca
        tunnelc --profile NAME [flags]        (the config file /etc/tlsvpn/client/NAME.yaml)
        tunnelc check --config FILE [flags]   (validate the settings and the files they name, then exit)
        tunnelc profiles                      (list the profiles)
-       tunnelc status [--tun NAME | --control PATH] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
+       tunnelc status [--tun NAME | --control PATH | --profile NAME] [--json]   (ask a running tunnelc; see 'tunnelc status --help')
        tunnelc reconnect [SERVER] [--tun NAME | --control PATH]  (new session now; to SERVER or another server)
 
 tunnelc is the tlsvpn client. It needs root or CAP_NET_ADMIN. It checks that,
