@@ -120,9 +120,19 @@ func TestNetNSInstances(t *testing.T) {
 	}
 
 	// A third instance that collides with A or B in one way each.
+	// Standard output only: ip prints passing warnings on standard error
+	// ("Peer netns reference is invalid." while another test's namespace
+	// goes away), which are not a change of this namespace.
 	snapshot := func() string {
-		return server.Run(t, "nft", "list", "ruleset") + server.Run(t, "ip", "addr") +
-			server.Run(t, "ip", "route", "show", "table", "all") + server.Run(t, "ip", "link")
+		var out strings.Builder
+		for _, args := range [][]string{{"nft", "list", "ruleset"}, {"ip", "addr"}, {"ip", "route", "show", "table", "all"}, {"ip", "link"}} {
+			b, err := server.Cmd(t.Context(), args[0], args[1:]...).Output()
+			if err != nil {
+				t.Fatalf("%s: %v", strings.Join(args, " "), err)
+			}
+			out.Write(b)
+		}
+		return out.String()
 	}
 	// The veths' IPv6 link-local addresses settle (duplicate address
 	// detection) on their own; wait, so that the snapshots see only what
