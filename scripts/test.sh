@@ -64,12 +64,14 @@ cd "$REPO_ROOT"
 # ------------------------------------------------------------------ setup
 # gcc + libc headers for -race (cgo); the rest are used by the integration
 # tests, the demo and shellcheck; Squid, Dante, microsocks and nginx are the
-# real proxies and web server of the network tests. apt runs only if
-# something is missing.
+# real proxies and web server of the network tests; etcd is the real store
+# of the fleet tests (state/, cmd/tunneld). apt runs only if something is
+# missing.
 ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
 	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
 	setsid:util-linux shellcheck:shellcheck python3:python3 \
-	squid:squid nginx:nginx-light microsocks:microsocks danted:dante-server curl:curl
+	squid:squid nginx:nginx-light microsocks:microsocks danted:dante-server curl:curl \
+	etcd:etcd-server
 # The package step: dpkg-deb and dpkg build and install the .deb, useradd for
 # its postinst, systemd-analyze verifies the units, man finds the man pages
 # (verify checks Documentation=man:), setpriv and unshare emulate the units.
