@@ -31,6 +31,29 @@ type ServerStatus struct {
 	Refusals    map[string]uint64 `json:"refusals"`
 	Certificate Expiry            `json:"certificate"`
 	CRL         *Expiry           `json:"crl,omitempty"` // nil without --crl
+	// Store is the shared state store of a fleet (state: etcd); nil for
+	// a gateway on its own.
+	Store *StoreStatus `json:"store,omitempty"`
+}
+
+// StoreStatus is the health of a fleet's state store as one gateway sees
+// it.
+type StoreStatus struct {
+	Backend   string    `json:"backend"` // "etcd"
+	Gateway   string    `json:"gateway"` // this gateway's name in the fleet
+	Endpoints []string  `json:"endpoints"`
+	Up        bool      `json:"up"`
+	Since     time.Time `json:"since"`           // when Up last changed
+	Error     string    `json:"error,omitempty"` // why it is down
+	// Refusals counts new clients and address moves refused while the
+	// store was down.
+	Refusals uint64 `json:"refusals"`
+	// LeaseLost counts the outages longer than the gateway's etcd lease
+	// TTL, after which its claims were written again.
+	LeaseLost uint64 `json:"lease_lost"`
+	// FleetSessions is the number of identities with a session on any
+	// gateway, as last seen in the store.
+	FleetSessions int `json:"fleet_sessions"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -106,6 +129,14 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 		row("crl", "%s", expiry(*s.CRL, now, "next update"))
 	} else {
 		row("crl", "none (--crl not set: revoked certificates are not refused)")
+	}
+	if st := s.Store; st != nil {
+		health := fmt.Sprintf("up for %s", Duration(now.Sub(st.Since)))
+		if !st.Up {
+			health = fmt.Sprintf("UNREACHABLE for %s (%s): live sessions and known clients kept, new clients refused", Duration(now.Sub(st.Since)), st.Error)
+		}
+		row("store", "%s %s as gateway %q: %s", st.Backend, strings.Join(st.Endpoints, ","), st.Gateway, health)
+		row("fleet", "%d sessions on all gateways, %d refused for want of the store, lease lost %d times", st.FleetSessions, st.Refusals, st.LeaseLost)
 	}
 	return tw.Flush()
 }

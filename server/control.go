@@ -40,6 +40,7 @@ type controlSource struct {
 	certFile string
 	certEnd  time.Time
 	rate     *rateMeter
+	store    func() *control.StoreStatus // the fleet's store; nil for a gateway on its own
 }
 
 // handle is the control.Handler of tunneld.
@@ -158,6 +159,12 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 			e.Expires = next
 		}
 		s.CRL = &e
+	}
+	if c.store != nil {
+		s.Store = c.store()
+		if n := s.Store.Refusals; n > 0 {
+			s.Refusals["state_store_unreachable"] = n
+		}
 	}
 	return s
 }

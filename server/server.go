@@ -68,6 +68,7 @@ type Server struct {
 	congestion  string // what TuneTCP sets ("": the system's)
 	ctl         *control.Server
 	pool, pool6 state.Leases // pool6 nil without Subnet6
+	fleet       *fleet       // nil without state: etcd
 	tickets     state.TicketKeys
 	ticketSet   [][32]byte // the ticket keys New handed to srv
 	dir         state.Directory
@@ -138,7 +139,16 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.onClose(inst.release)
+	if s.fleet, err = openFleet(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	if s.fleet != nil {
+		s.onClose(func() { s.fleet.store.Close() })
+	}
 	openPool := func(p netip.Prefix, file string) (state.Leases, error) {
+		if s.fleet != nil {
+			return s.fleet.leases(p)
+		}
 		path := "" // leases in memory only
 		if inst.stateDir != "" {
 			path = filepath.Join(inst.stateDir, file)
@@ -182,7 +192,14 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	// every handshake and, with expiry, on live sessions.
 	crl := new(crlHolder)
 	tlsCfg = crl.wrap(tlsCfg)
-	if cfg.CRL != "" {
+	if s.fleet != nil {
+		rev, err := s.fleet.revocation(cfg.CA)
+		if err != nil {
+			return nil, err
+		}
+		crl.store(rev)
+		log.Info("revocation list followed in the fleet's store", "key", rev.Path())
+	} else if cfg.CRL != "" {
 		rev, err := OpenCRL(cfg.CA, cfg.CRL)
 		if err != nil {
 			return nil, err
@@ -287,16 +304,23 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if s.pool6 != nil { // a nil Leases must not become a non-nil Assigner
 		scfg.Pool6, scfg.ServerAddr6 = s.pool6, s.pool6.ServerAddr()
 	}
-	if s.dir = opts.Directory; s.dir == nil {
+	if s.dir = opts.Directory; s.dir == nil && s.fleet != nil {
+		s.dir = s.fleet.dir
+	} else if s.dir == nil {
 		s.dir = state.NewMemoryDirectory(s.ln.Addr().String())
 	}
 	scfg.Claimed, scfg.Released = s.dir.Claim, s.dir.Release
 	if s.srv, err = tunnel.NewServer(scfg); err != nil {
 		return nil, err
 	}
+	if s.fleet != nil {
+		s.fleet.replaceOnOtherGateway(s.srv)
+	}
 	// Session tickets are sealed with keys from s.tickets, not with
 	// crypto/tls's own, so that a fleet can share them.
-	if s.tickets = opts.TicketKeys; s.tickets == nil {
+	if s.tickets = opts.TicketKeys; s.tickets == nil && s.fleet != nil {
+		s.tickets = s.fleet.tickets
+	} else if s.tickets == nil {
 		s.tickets = state.NewMemoryTicketKeys(state.TicketKeysOptions{})
 	}
 	if s.ticketSet, err = s.tickets.Keys(); err != nil {
@@ -308,6 +332,9 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
 		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version}
+	if s.fleet != nil {
+		s.cs.store = s.fleet.status
+	}
 	if s.cs.version == "" {
 		s.cs.version = buildVersion()
 	}
@@ -372,12 +399,19 @@ func (s *Server) Run(ctx context.Context) error {
 					return float64(n)
 				}})
 		}
+		if s.fleet != nil {
+			gauges = append(gauges, s.fleet.gauges()...)
+		}
 		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, log); err != nil {
 			return err
 		}
 	}
 	go s.rl.watch(ctx)
-	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, ticketKeyCheck, log)
+	keyCheck := ticketKeyCheck
+	if s.fleet != nil {
+		keyCheck = fleetTicketKeyCheck
+	}
+	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, keyCheck, log)
 	go s.cs.rate.run(ctx, 5*time.Second, s.stats.SessionsOpened.Load)
 	serveControl(ctx, s.ctl, s.cs, log)
 	go releaseMemory(ctx, time.Minute)

@@ -6,6 +6,7 @@ package state
 // docs/FLEET.md describes the keys and what is consistent when.
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -130,12 +131,7 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 	e := &Etcd{prefix: opts.Prefix, gateway: opts.Gateway, ttl: opts.TTL, timeout: opts.Timeout, log: opts.Logger,
 		ticketO:   TicketKeysOptions{Rotation: opts.TicketRotation, Lifetime: opts.TicketLifetime},
 		leaseLost: make(chan struct{}, 1)}
-	if e.prefix == "" {
-		e.prefix = DefaultEtcdPrefix
-	}
-	if !strings.HasSuffix(e.prefix, "/") {
-		e.prefix += "/"
-	}
+	e.prefix = cleanPrefix(e.prefix)
 	if e.ttl <= 0 {
 		e.ttl = DefaultEtcdTTL
 	}
@@ -152,20 +148,10 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 		e.log = slog.Default()
 	}
 	e.log = e.log.With("store", "etcd")
-	tlsCfg, err := etcdTLS(opts)
-	if err != nil {
+	opts.TTL, opts.Timeout = e.ttl, e.timeout
+	var err error
+	if e.cli, err = DialEtcd(opts); err != nil {
 		return nil, err
-	}
-	e.cli, err = clientv3.New(clientv3.Config{
-		Endpoints:            opts.Endpoints,
-		TLS:                  tlsCfg,
-		DialTimeout:          e.timeout,
-		DialKeepAliveTime:    e.ttl / 3,
-		DialKeepAliveTimeout: e.timeout,
-		Logger:               quietZap(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd %s: %w", strings.Join(opts.Endpoints, ","), err)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	gctx, cancel := context.WithTimeout(ctx, e.timeout)
@@ -187,8 +173,32 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 	return e, nil
 }
 
-// etcdTLS is the client's TLS configuration (nil: plain).
-func etcdTLS(opts EtcdOptions) (*tls.Config, error) {
+// DialEtcd returns a client of the cluster of opts (endpoints, TLS
+// files), for OpenEtcd and for tools such as 'tunneld fleet'. It does
+// not wait for a connection: the first request does.
+func DialEtcd(opts EtcdOptions) (*clientv3.Client, error) {
+	tlsCfg, err := EtcdTLS(opts)
+	if err != nil {
+		return nil, err
+	}
+	timeout, ttl := cmp.Or(opts.Timeout, DefaultEtcdTimeout), cmp.Or(opts.TTL, DefaultEtcdTTL)
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            opts.Endpoints,
+		TLS:                  tlsCfg,
+		DialTimeout:          timeout,
+		DialKeepAliveTime:    ttl / 3,
+		DialKeepAliveTimeout: timeout,
+		Logger:               quietZap(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", strings.Join(opts.Endpoints, ","), err)
+	}
+	return cli, nil
+}
+
+// EtcdTLS is the TLS configuration of a client of opts (nil: plain):
+// the client certificate and CA files loaded.
+func EtcdTLS(opts EtcdOptions) (*tls.Config, error) {
 	if (opts.CertFile == "") != (opts.KeyFile == "") {
 		return nil, errors.New("etcd: a client certificate needs its key, and a key its certificate")
 	}
@@ -220,6 +230,17 @@ func etcdTLS(opts EtcdOptions) (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
+}
+
+// cleanPrefix is prefix ("": DefaultEtcdPrefix) ending in a '/'.
+func cleanPrefix(prefix string) string {
+	if prefix == "" {
+		return DefaultEtcdPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return prefix
 }
 
 // ttlSeconds is d in whole seconds, at least one.

@@ -71,7 +71,13 @@ func (e *Etcd) Revocation(ca *x509.Certificate) (*certs.Revocation, error) {
 // signed by ca, not expired, and not older (by CRL number) than the one
 // published. It returns the CRL published.
 func (e *Etcd) PublishCRL(ctx context.Context, pem []byte, ca *x509.Certificate) (*certs.CRL, error) {
-	key := e.crlKey()
+	return PublishCRL(ctx, e.cli, e.prefix, pem, ca)
+}
+
+// PublishCRL is Etcd.PublishCRL through a client of the cluster, for the
+// fleet whose keys start with prefix ("": DefaultEtcdPrefix).
+func PublishCRL(ctx context.Context, cli *clientv3.Client, prefix string, pem []byte, ca *x509.Certificate) (*certs.CRL, error) {
+	key := cleanPrefix(prefix) + "crl"
 	check := func(b []byte) (*certs.CRL, error) {
 		r, err := certs.NewRevocation("etcd:"+key, ca, certs.RevocationOptions{ReadFile: func(string) ([]byte, error) { return b, nil }})
 		if err != nil {
@@ -84,7 +90,7 @@ func (e *Etcd) PublishCRL(ctx context.Context, pem []byte, ca *x509.Certificate)
 		return nil, err
 	}
 	for range 5 {
-		cur, err := e.cli.Get(ctx, key)
+		cur, err := cli.Get(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 		}
@@ -95,7 +101,7 @@ func (e *Etcd) PublishCRL(ctx context.Context, pem []byte, ca *x509.Certificate)
 				return nil, fmt.Errorf("this CRL has number %v, older than number %v published: publish the current crl.pem", crl.List.Number, old.List.Number)
 			}
 		}
-		resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpPut(key, string(pem))).Commit()
+		resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpPut(key, string(pem))).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 		}

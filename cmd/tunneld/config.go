@@ -118,6 +118,9 @@ func serverConfig(o options, st settings) server.Config {
 		c.StateDir, c.MemoryLeases = o.stateDir, o.stateDir == ""
 	}
 	c.LogLevel.UnmarshalText([]byte(o.logLevel)) // checked by parseSettings
+	if c.State = o.state; o.state == server.StateEtcd {
+		c.Etcd = o.etcdOptions()
+	}
 	if o.hasPolicy() {
 		c.Policy, c.PolicySource = o.loadPolicy, o.policySource()
 	}
@@ -259,6 +262,7 @@ func parseSettings(o options) (settings, []error) {
 	if _, _, err := cli.Congestion(o.congestion, o.congestionSet); err != nil {
 		bad("congestion", "%v", err)
 	}
+	errs = append(errs, fleetSettings(o)...)
 	return st, errs
 }
 
