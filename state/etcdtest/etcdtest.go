@@ -6,6 +6,7 @@
 package etcdtest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -30,8 +31,12 @@ type Options struct {
 	// Dial dials a member's client URL to see that it is up, from where
 	// Cmd runs it; nil: net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Host is the address members listen on; "": 127.0.0.1.
+	// Host is the address members listen on and advertise; "":
+	// 127.0.0.1.
 	Host string
+	// ListenHost, if set, is where members accept clients instead of
+	// Host (e.g. 0.0.0.0, for clients in other namespaces behind veths).
+	ListenHost string
 	// Ports are the members' client and peer ports, two per member
 	// (client, peer); nil: free ports of this namespace. A fresh
 	// namespace has every port free, so fixed ones do there.
@@ -50,6 +55,7 @@ type Cluster struct {
 type Member struct {
 	Name      string
 	ClientURL string // http://HOST:PORT
+	listenURL string
 	peerURL   string
 	dataDir   string
 	logFile   string
@@ -92,6 +98,7 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
 			ClientURL: fmt.Sprintf("http://%s:%d", opts.Host, ports[2*i]),
+			listenURL: fmt.Sprintf("http://%s:%d", cmp.Or(opts.ListenHost, opts.Host), ports[2*i]),
 			peerURL:   fmt.Sprintf("http://%s:%d", opts.Host, ports[2*i+1]),
 			dataDir:   filepath.Join(dir, fmt.Sprintf("m%d", i)),
 			logFile:   filepath.Join(dir, fmt.Sprintf("m%d.log", i)),
@@ -167,7 +174,7 @@ func (m *Member) start(t testing.TB) {
 	}
 	args := []string{
 		"--name", m.Name, "--data-dir", m.dataDir,
-		"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
+		"--listen-client-urls", m.listenURL, "--advertise-client-urls", m.ClientURL,
 		"--listen-peer-urls", m.peerURL, "--initial-advertise-peer-urls", m.peerURL,
 		"--initial-cluster", m.c.initial, "--initial-cluster-state", state,
 		"--initial-cluster-token", m.c.token,
