@@ -46,7 +46,9 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 // veths). A client reaches them by one name that resolves to both; the
 // gateway holding its session is killed with -9, and the client comes
 // back on the other with the same tunnel address, by TLS resumption with
-// the fleet's shared ticket keys. Also: 'tunneld fleet publish-crl' and
+// the fleet's shared ticket keys. Then its certificate is revoked and
+// the CRL published from the dead gateway's host: the session on the
+// other gateway closes within seconds and the client is refused. Also:
 // the store's health in 'tunneld status'.
 func TestNetNSFleetFailover(t *testing.T) {
 	etcdtest.Binary(t)
@@ -179,5 +181,30 @@ func TestNetNSFleetFailover(t *testing.T) {
 	}
 	t.Logf("failover from %s (killed -9) to %s: session back after %v, same address %s, resumed %s",
 		names[first], names[other], failover.Round(time.Millisecond), m[1], m[2])
-	_ = c
+
+	// Revoked while its session is on the other gateway, and published
+	// from elsewhere (the dead gateway's host still reaches the store):
+	// the session closes within seconds and its reconnects, which offer
+	// its ticket, are refused.
+	run("pki", "revoke", "--dir", pki, "--name", "laptop")
+	sessions := strings.Count(gw[other].log.String(), `msg="session established"`)
+	failures := strings.Count(c.log.String(), "connect failed")
+	revoked := time.Now()
+	if out, err := gws[first].Cmd(t.Context(), tunneld, "fleet", "publish-crl", file("crl.pem"), "--config", configs[first]).CombinedOutput(); err != nil {
+		t.Fatalf("fleet publish-crl: %v\n%s", err, out)
+	}
+	eventually(t, "the revoked session closed on "+names[other], func() bool {
+		return logLine(gw[other].log.String(), "closing session: peer no longer authorized", "peer=laptop") != ""
+	})
+	closed := time.Since(revoked)
+	if closed > 10*time.Second {
+		t.Errorf("revoked session closed %v after the CRL was published; want within 10s", closed)
+	}
+	eventually(t, "the revoked client's reconnect refused", func() bool {
+		return strings.Count(c.log.String(), "connect failed") > failures
+	})
+	if n := strings.Count(gw[other].log.String(), `msg="session established"`); n != sessions {
+		t.Errorf("%s established %d sessions after the revocation", names[other], n-sessions)
+	}
+	t.Logf("revocation published from %s's host closed the session on %s after %v", names[first], names[other], closed.Round(time.Millisecond))
 }
