@@ -314,11 +314,12 @@ func (e *Etcd) fail(err error) {
 // refuse counts a refusal for want of the store and returns its error.
 func (e *Etcd) refuse(what string, err error) error {
 	e.refusals.Add(1)
-	e.log.Warn("refused: needs the state store", "what", what, "err", err)
-	if err == nil || !errors.Is(err, ErrStoreUnavailable) {
-		return fmt.Errorf("%s: %w: %v", what, ErrStoreUnavailable, err)
+	if err == nil {
+		e.log.Warn("refused: needs the state store, which is unreachable", "what", what)
+		return fmt.Errorf("%s: %w", what, ErrStoreUnavailable)
 	}
-	return fmt.Errorf("%s: %w", what, err)
+	e.log.Warn("refused: needs the state store, which is unreachable", "what", what, "err", err)
+	return fmt.Errorf("%s: %w: %v", what, ErrStoreUnavailable, err)
 }
 
 // reqCtx is the context of one request.
