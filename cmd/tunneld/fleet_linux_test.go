@@ -48,16 +48,20 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 // back on the other with the same tunnel address, by TLS resumption with
 // the fleet's shared ticket keys. Then its certificate is revoked and
 // the CRL published from the dead gateway's host: the session on the
-// other gateway closes within seconds and the client is refused. Also:
-// the store's health in 'tunneld status'.
+// other gateway closes within seconds and the client is refused. Between
+// the two, etcd is stopped: the session stays, a new identity is refused
+// and 'tunneld status' says why, and it is served once etcd is back.
 func TestNetNSFleetFailover(t *testing.T) {
 	etcdtest.Binary(t)
 	tunneld, tunnelc := binaries(t)
-	store, client := netnstest.New(t), netnstest.New(t)
+	store, client, client2 := netnstest.New(t), netnstest.New(t), netnstest.New(t)
 	gws := [2]*netnstest.NS{netnstest.New(t), netnstest.New(t)}
 	names := [2]string{"gw-a", "gw-b"}
-	var storeIPs, gwIPs [2]netip.Addr
+	var storeIPs, gwIPs, gwIPs2 [2]netip.Addr
 	for i, gw := range gws {
+		g2 := netip.AddrFrom4([4]byte{198, 18, 2, byte(4*i + 1)})
+		netnstest.Veth(t, gw, netip.PrefixFrom(g2, 30), client2, netip.PrefixFrom(g2.Next(), 30))
+		gwIPs2[i] = g2
 		s := netip.AddrFrom4([4]byte{198, 18, 1, byte(4*i + 1)})
 		netnstest.Veth(t, store, netip.PrefixFrom(s, 30), gw, netip.PrefixFrom(s.Next(), 30))
 		storeIPs[i] = s
@@ -67,7 +71,6 @@ func TestNetNSFleetFailover(t *testing.T) {
 	}
 	ports := []int{2379, 2380, 2381, 2382, 2383, 2384}
 	cluster := etcdtest.Start(t, 3, etcdtest.Options{Cmd: store.Cmd, Dial: store.Dial, ListenHost: "0.0.0.0", Ports: ports})
-	_ = cluster
 
 	dir := t.TempDir()
 	pki := filepath.Join(dir, "pki")
@@ -82,6 +85,7 @@ func TestNetNSFleetFailover(t *testing.T) {
 	run("pki", "init", "--dir", pki)
 	run("pki", "issue", "--dir", pki, "--server", "--name", "vpn.test")
 	run("pki", "issue", "--dir", pki, "--client", "--name", "laptop")
+	run("pki", "issue", "--dir", pki, "--client", "--name", "phone")
 	file := func(name string) string { return filepath.Join(pki, name) }
 
 	configs, controls := [2]string{}, [2]string{}
@@ -181,6 +185,35 @@ func TestNetNSFleetFailover(t *testing.T) {
 	}
 	t.Logf("failover from %s (killed -9) to %s: session back after %v, same address %s, resumed %s",
 		names[first], names[other], failover.Round(time.Millisecond), m[1], m[2])
+
+	// etcd down: the live session stays, a new identity is refused (and
+	// counted), status says so; etcd back: the new identity is served.
+	cluster.Stop()
+	eventually(t, names[other]+" to report the store down", func() bool { st := status(other); return st.Store != nil && !st.Store.Up })
+	if err := ping(t, client, "-c", "1", "-W", "2", "100.64.0.1"); err != nil {
+		t.Fatalf("ping through %s with etcd down: %v", names[other], err)
+	}
+	h2 := newHost(t, client2, 0, 0, fmt.Sprintf("%s vpn.test\n%s vpn.test\n", gwIPs2[0], gwIPs2[1]))
+	phoneArgs := []string{"--server", "vpn.test:443", "--cert", file("phone.crt"), "--key", file("phone.key"), "--ca", file("ca.crt"), "--log-level", "debug"}
+	phone := startCmd(t, h2.cmd(context.Background(), append([]string{tunnelc}, append(phoneArgs, "--control", controlPath(t))...)...))
+	eventually(t, "the new identity refused with etcd down", func() bool {
+		return logLine(gw[other].log.String(), "refusing client: no address", "peer=phone") != ""
+	})
+	if !strings.Contains(logLine(gw[other].log.String(), "refusing client: no address", "peer=phone"), "state store unreachable") {
+		t.Errorf("the refusal does not say why:\n%s", logLine(gw[other].log.String(), "refusing client: no address", "peer=phone"))
+	}
+	phone.stop(t)
+	down := status(other)
+	if down.Refusals["state_store_unreachable"] == 0 || !strings.Contains(run("status", "--control", controls[other]), "UNREACHABLE") {
+		t.Errorf("status with etcd down: refusals %v, store %+v", down.Refusals, down.Store)
+	}
+	if !hasAddr(client, "tunnelc0", want) {
+		t.Fatal("laptop lost its address while etcd was down")
+	}
+	cluster.Restart(t)
+	eventually(t, names[other]+" to report the store up again", func() bool { st := status(other); return st.Store != nil && st.Store.Up })
+	startCmd(t, h2.cmd(context.Background(), append([]string{tunnelc}, append(phoneArgs, "--control", controlPath(t))...)...))
+	eventually(t, "the new identity's address once etcd is back", func() bool { return hasAddr(client2, "tunnelc0", netip.MustParsePrefix("100.64.0.3/24")) })
 
 	// Revoked while its session is on the other gateway, and published
 	// from elsewhere (the dead gateway's host still reaches the store):
