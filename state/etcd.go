@@ -327,12 +327,36 @@ func (e *Etcd) reqCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(e.ctx, e.timeout)
 }
 
+// do runs req with the request timeout, and once more if it fails: when
+// etcd's leader dies, the requests it had in flight fail (after etcd's
+// own timeout) while new ones succeed as soon as another member leads.
+// It records whether the store answered.
+func (e *Etcd) do(req func(ctx context.Context) error) error {
+	var err error
+	for range 2 {
+		ctx, cancel := e.reqCtx()
+		err = req(ctx)
+		cancel()
+		if err == nil || e.ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		e.fail(err)
+		return err
+	}
+	e.ok()
+	return nil
+}
+
 // probe reads a key every third of the TTL (at most a second apart) to
-// know whether the store answers even when nothing else asks it.
+// know whether the store answers even when nothing else asks it. Two
+// failures in a row mark it down: one may be a leader change.
 func (e *Etcd) probe() {
 	defer e.wg.Done()
 	t := time.NewTicker(min(e.ttl/3, time.Second))
 	defer t.Stop()
+	failed := 0
 	for {
 		select {
 		case <-e.ctx.Done():
@@ -342,10 +366,14 @@ func (e *Etcd) probe() {
 		ctx, cancel := e.reqCtx()
 		_, err := e.cli.Get(ctx, e.prefix+"gateways/"+e.gateway)
 		cancel()
-		if err != nil {
-			e.fail(err)
-		} else {
+		switch {
+		case err == nil:
+			failed = 0
 			e.ok()
+		case failed > 0:
+			e.fail(err)
+		default:
+			failed++
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -182,17 +183,17 @@ func (l *EtcdLeases) Assign(identity string) (netip.Addr, error) {
 			return netip.Addr{}, fmt.Errorf("assign address to %q from %v: %w", identity, l.Subnet(), routing.ErrPoolExhausted)
 		}
 		idKey, addrKey := l.idKey(identity), l.addrKey(cand)
-		ctx, cancel := l.e.reqCtx()
-		resp, err := l.e.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0), clientv3.Compare(clientv3.CreateRevision(addrKey), "=", 0)).
-			Then(clientv3.OpPut(idKey, cand.String()), clientv3.OpPut(addrKey, identity)).
-			Else(clientv3.OpGet(idKey), clientv3.OpGet(addrKey)).Commit()
-		cancel()
+		var resp *clientv3.TxnResponse
+		err := l.e.do(func(ctx context.Context) (err error) {
+			resp, err = l.e.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0), clientv3.Compare(clientv3.CreateRevision(addrKey), "=", 0)).
+				Then(clientv3.OpPut(idKey, cand.String()), clientv3.OpPut(addrKey, identity)).
+				Else(clientv3.OpGet(idKey), clientv3.OpGet(addrKey)).Commit()
+			return err
+		})
 		if err != nil {
-			l.e.fail(err)
 			return netip.Addr{}, l.e.refuse(what, err)
 		}
-		l.e.ok()
 		l.mu.Lock()
 		if resp.Succeeded {
 			l.learnLocked(cand, identity)
@@ -265,11 +266,12 @@ func (l *EtcdLeases) Pin(identity string, addr netip.Addr) (evicted string, err 
 	what := fmt.Sprintf("pin %v for %q", addr, identity)
 	idKey, addrKey := l.idKey(identity), l.addrKey(addr)
 	for range 10 {
-		ctx, cancel := l.e.reqCtx()
-		cur, err := l.e.cli.Txn(ctx).Then(clientv3.OpGet(addrKey), clientv3.OpGet(idKey)).Commit()
+		var cur *clientv3.TxnResponse
+		err := l.e.do(func(ctx context.Context) (err error) {
+			cur, err = l.e.cli.Txn(ctx).Then(clientv3.OpGet(addrKey), clientv3.OpGet(idKey)).Commit()
+			return err
+		})
 		if err != nil {
-			cancel()
-			l.e.fail(err)
 			return "", l.e.refuse(what, err)
 		}
 		var owner string
@@ -283,7 +285,6 @@ func (l *EtcdLeases) Pin(identity string, addr netip.Addr) (evicted string, err 
 			idRev = kvs[0].ModRevision
 		}
 		if owner == identity {
-			cancel()
 			l.mu.Lock()
 			l.learnLocked(addr, identity)
 			l.mu.Unlock()
@@ -296,15 +297,16 @@ func (l *EtcdLeases) Pin(identity string, addr netip.Addr) (evicted string, err 
 		if old.IsValid() && old != addr {
 			ops = append(ops, clientv3.OpDelete(l.addrKey(old)))
 		}
-		resp, err := l.e.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(addrKey), "=", addrRev), clientv3.Compare(clientv3.ModRevision(idKey), "=", idRev)).
-			Then(ops...).Commit()
-		cancel()
+		var resp *clientv3.TxnResponse
+		err = l.e.do(func(ctx context.Context) (err error) {
+			resp, err = l.e.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(addrKey), "=", addrRev), clientv3.Compare(clientv3.ModRevision(idKey), "=", idRev)).
+				Then(ops...).Commit()
+			return err
+		})
 		if err != nil {
-			l.e.fail(err)
 			return "", l.e.refuse(what, err)
 		}
-		l.e.ok()
 		if !resp.Succeeded {
 			continue
 		}

@@ -531,3 +531,34 @@ func TestEtcdOutage(t *testing.T) {
 		within(t, 5*time.Second, "gw-b sees the newcomer", func() bool { got, _ := lb.Lookup("newcomer"); return got == n })
 	}
 }
+
+// TestEtcdMemberDown: with one member of three down (the first, often
+// etcd's leader), nothing changes: new leases (retried past the requests
+// a dead leader fails), claims and the health.
+func TestEtcdMemberDown(t *testing.T) {
+	c := etcdtest.Start(t, 3, etcdtest.Options{})
+	a := gateway(t, c.Endpoints(), "gw-a", func(o *state.EtcdOptions) { o.Timeout = 3 * time.Second })
+	la, da := shared(t, a)
+	first, err := la.Assign("laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Members[0].Kill()
+	for i := range 5 {
+		id := fmt.Sprintf("phone%d", i)
+		addr, err := la.Assign(id)
+		if err != nil || addr == first {
+			t.Fatalf("Assign(%s) with a member down = %v, %v", id, addr, err)
+		}
+		da.Claim(id)
+	}
+	b := gateway(t, c.Endpoints()[1:], "gw-b")
+	_, db := shared(t, b)
+	within(t, 10*time.Second, "gw-a's claims seen through the other members", func() bool {
+		h, _ := db.Holder("phone4")
+		return h == "gw-a"
+	})
+	if h := a.Health(); !h.Up || h.Refusals != 0 {
+		t.Fatalf("health with one member of three down: %+v", h)
+	}
+}
