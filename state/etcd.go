@@ -262,13 +262,27 @@ func (e *Etcd) Close() error {
 	if e.cancel != nil {
 		e.cancel()
 	}
-	e.wg.Wait()
+	// The background work ends with the context, except a request that
+	// does not take it: the election's resign after a canceled campaign
+	// waits for the store as long as the client is open. So wait for a
+	// request's time, then close the client under it.
+	done := make(chan struct{})
+	go func() {
+		e.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(e.timeout):
+	}
 	if id := clientv3.LeaseID(e.lease.Load()); id != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
 		e.cli.Revoke(ctx, id) // best effort: the TTL frees them otherwise
 		cancel()
 	}
-	return e.cli.Close()
+	err := e.cli.Close()
+	<-done
+	return err
 }
 
 // Health reports whether the store answers.
@@ -396,6 +410,8 @@ func (e *Etcd) keepLease() {
 					}
 				case <-e.leaseLost:
 					break alive
+				case <-e.ctx.Done():
+					return
 				}
 			}
 		}
@@ -466,10 +482,24 @@ func (e *Etcd) follow(key string, prefix bool, reset func([]*mvccpb.KeyValue), a
 		for e.ctx.Err() == nil {
 			wctx, cancel := context.WithCancel(e.ctx)
 			wch := e.cli.Watch(clientv3.WithRequireLeader(wctx), key, append(opts, clientv3.WithRev(rev+1))...)
-			for resp := range wch {
+		watch:
+			for {
+				// Not a range over wch: while the store is unreachable the
+				// client does not close the channel when its context ends.
+				var resp clientv3.WatchResponse
+				var ok bool
+				select {
+				case <-e.ctx.Done():
+					cancel()
+					return
+				case resp, ok = <-wch:
+				}
+				if !ok {
+					break watch
+				}
 				if err := resp.Err(); err != nil {
 					e.log.Debug("watch ended", "key", key, "err", err)
-					break
+					break watch
 				}
 				for _, ev := range resp.Events {
 					apply(ev)
