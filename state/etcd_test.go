@@ -416,6 +416,26 @@ func TestEtcdTicketKeys(t *testing.T) {
 	if !handshake(t, srvB, cl) {
 		t.Fatal("a ticket sealed on gw-a did not resume on gw-b")
 	}
+	// The rate across gateways: every client's ticket from one gateway
+	// resumes on the other (without shared keys, none would).
+	resumed := 0
+	const clients = 10
+	for i := range clients {
+		cl := ca.ClientConfig(t, fmt.Sprintf("client%d", i), "vpn.test")
+		cl.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+		from, to := srvA, srvB
+		if i%2 == 1 {
+			from, to = srvB, srvA
+		}
+		handshake(t, from, cl)
+		if handshake(t, to, cl) {
+			resumed++
+		}
+	}
+	t.Logf("resumption across gateways: %d of %d", resumed, clients)
+	if resumed != clients {
+		t.Fatalf("resumption across gateways: %d of %d", resumed, clients)
+	}
 
 	// Rotation: a new first key on both, the old one kept.
 	within(t, 6*time.Second, "a rotation", func() bool {
