@@ -54,6 +54,15 @@ type StoreStatus struct {
 	// FleetSessions is the number of identities with a session on any
 	// gateway, as last seen in the store.
 	FleetSessions int `json:"fleet_sessions"`
+	// Gateways are the fleet's live gateways (this one included) and the
+	// sessions each holds, by name.
+	Gateways []FleetGateway `json:"gateways"`
+}
+
+// FleetGateway is one gateway of a fleet in 'tunneld status'.
+type FleetGateway struct {
+	Name     string `json:"name"`
+	Sessions int    `json:"sessions"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -136,7 +145,12 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 			health = fmt.Sprintf("UNREACHABLE for %s (%s): live sessions and known clients kept, new clients refused", Duration(now.Sub(st.Since)), st.Error)
 		}
 		row("store", "%s %s as gateway %q: %s", st.Backend, strings.Join(st.Endpoints, ","), st.Gateway, health)
-		row("fleet", "%d sessions on all gateways, %d refused for want of the store, lease lost %d times", st.FleetSessions, st.Refusals, st.LeaseLost)
+		gws := make([]string, len(st.Gateways))
+		for i, g := range st.Gateways {
+			gws[i] = fmt.Sprintf("%s (%d)", g.Name, g.Sessions)
+		}
+		row("fleet", "%d sessions on %d gateways: %s; %d refused for want of the store, lease lost %d times",
+			st.FleetSessions, len(st.Gateways), strings.Join(gws, ", "), st.Refusals, st.LeaseLost)
 	}
 	return tw.Flush()
 }

@@ -121,8 +121,13 @@ func (f *fleet) revocation(caFile string) (state.Revocation, error) {
 // status is the store's part of 'tunneld status'.
 func (f *fleet) status() *control.StoreStatus {
 	h := f.store.Health()
-	return &control.StoreStatus{Backend: StateEtcd, Gateway: f.store.Gateway(), Endpoints: f.endpoints,
+	st := &control.StoreStatus{Backend: StateEtcd, Gateway: f.store.Gateway(), Endpoints: f.endpoints,
 		Up: h.Up, Since: h.Since, Error: h.Err, Refusals: h.Refusals, LeaseLost: h.LeaseLost, FleetSessions: f.dir.Len()}
+	held := f.dir.PerGateway()
+	for _, g := range f.store.Gateways() {
+		st.Gateways = append(st.Gateways, control.FleetGateway{Name: g, Sessions: held[g]})
+	}
+	return st
 }
 
 // gauges are the store's metrics.

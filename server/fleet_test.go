@@ -69,6 +69,10 @@ func TestFleetReplacedAcrossGateways(t *testing.T) {
 	if why := first.Client.Status().LastError; !strings.Contains(why, "replaced by a new session on gateway gw-b") {
 		t.Fatalf("the first client's session ended with %q; want replaced by gw-b", why)
 	}
+	tunneltest.Eventually(t, func() bool {
+		g := fa.status().Gateways
+		return len(g) == 2 && g[0] == control.FleetGateway{Name: "gw-a"} && g[1] == control.FleetGateway{Name: "gw-b", Sessions: 1}
+	}, "gw-a to see both gateways, laptop on gw-b")
 	st := fa.status()
 	if !st.Up || st.Gateway != "gw-a" || st.FleetSessions != 1 || st.Backend != "etcd" {
 		t.Fatalf("status of gw-a's store: %+v", st)
@@ -80,7 +84,7 @@ func TestFleetReplacedAcrossGateways(t *testing.T) {
 	// 'tunneld status' shows the store, and says when it is down.
 	var b bytes.Buffer
 	control.WriteServerStatus(&b, control.ServerStatus{Started: time.Now(), Store: st}, time.Now())
-	if !strings.Contains(b.String(), `as gateway "gw-a": up for`) || !strings.Contains(b.String(), "1 sessions on all gateways") {
+	if !strings.Contains(b.String(), `as gateway "gw-a": up for`) || !strings.Contains(b.String(), "1 sessions on 2 gateways: gw-a (0), gw-b (1)") {
 		t.Errorf("status:\n%s", b.String())
 	}
 	c.Stop()

@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,10 +111,11 @@ type Etcd struct {
 
 	live *liveKeys
 
-	mu      sync.Mutex
-	pools   []*EtcdLeases   // guarded by mu
-	dir     *EtcdDirectory  // guarded by mu
-	tickets *EtcdTicketKeys // guarded by mu
+	mu       sync.Mutex
+	pools    []*EtcdLeases   // guarded by mu
+	gateways map[string]bool // guarded by mu; the live gateways
+	dir      *EtcdDirectory  // guarded by mu
+	tickets  *EtcdTicketKeys // guarded by mu
 }
 
 // OpenEtcd connects to the cluster, grants the gateway's lease and
@@ -170,7 +173,42 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 	go e.keepLease()
 	go e.live.run()
 	go e.probe()
+	if err := e.followGateways(); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("etcd: reading the fleet's gateways: %w: %w", ErrStoreUnavailable, err)
+	}
 	return e, nil
+}
+
+// followGateways keeps the set of live gateways (PREFIX gateways/NAME,
+// each under its gateway's lease) up to date.
+func (e *Etcd) followGateways() error {
+	dir := e.prefix + "gateways/"
+	return e.follow(dir, true, func(kvs []*mvccpb.KeyValue) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.gateways = map[string]bool{e.gateway: true}
+		for _, kv := range kvs {
+			e.gateways[strings.TrimPrefix(string(kv.Key), dir)] = true
+		}
+	}, func(ev *clientv3.Event) {
+		name := strings.TrimPrefix(string(ev.Kv.Key), dir)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if ev.Type == clientv3.EventTypeDelete && name != e.gateway {
+			delete(e.gateways, name)
+		} else {
+			e.gateways[name] = true
+		}
+	})
+}
+
+// Gateways are the names of the fleet's live gateways (this one
+// included), sorted, as last seen in the store.
+func (e *Etcd) Gateways() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Sorted(maps.Keys(e.gateways))
 }
 
 // DialEtcd returns a client of the cluster of opts (endpoints, TLS

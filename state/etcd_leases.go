@@ -492,6 +492,17 @@ func (d *EtcdDirectory) Len() int {
 	return len(d.holders)
 }
 
+// PerGateway counts the identities each gateway holds, as last seen.
+func (d *EtcdDirectory) PerGateway() map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string]int{}
+	for _, g := range d.holders {
+		out[g]++
+	}
+	return out
+}
+
 // forEachPool calls f with each of the gateway's leases.
 func (e *Etcd) forEachPool(f func(*EtcdLeases)) {
 	e.mu.Lock()

@@ -239,6 +239,7 @@ func TestEtcdGatewayDies(t *testing.T) {
 	a, b := gateway(t, c.Endpoints(), "gw-a"), gateway(t, c.Endpoints(), "gw-b")
 	la, da := shared(t, a)
 	lb, db := shared(t, b)
+	within(t, 5*time.Second, "both gateways live", func() bool { return len(b.Gateways()) == 2 && len(a.Gateways()) == 2 })
 	addr, err := la.Assign("laptop")
 	if err != nil {
 		t.Fatal(err)
@@ -257,6 +258,9 @@ func TestEtcdGatewayDies(t *testing.T) {
 	})
 	t.Logf("live claim freed %v after gw-a died (TTL 2s)", d.Round(10*time.Millisecond))
 	within(t, 5*time.Second, "gw-a out of the directory", func() bool { _, ok := db.Holder("laptop"); return !ok })
+	if g := b.Gateways(); len(g) != 1 || g[0] != "gw-b" {
+		t.Fatalf("live gateways after gw-a's lease expired: %v; want gw-b alone", g)
+	}
 	if time.Since(dead) < time.Second {
 		t.Fatalf("claims freed %v after gw-a died, before its lease could expire", time.Since(dead))
 	}

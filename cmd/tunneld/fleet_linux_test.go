@@ -149,7 +149,8 @@ func TestNetNSFleetFailover(t *testing.T) {
 	}
 	eventually(t, names[other]+" to see laptop's session in the directory", func() bool {
 		st := status(other)
-		return st.Store != nil && st.Store.Up && st.Store.FleetSessions == 1
+		return st.Store != nil && st.Store.Up && st.Store.FleetSessions == 1 && len(st.Store.Gateways) == 2 &&
+			st.Store.Gateways[first].Sessions == 1 && st.Store.Gateways[other].Sessions == 0
 	})
 
 	// The gateway holding the session dies.
