@@ -6,10 +6,10 @@
 // state; Reload applies a changed configuration, Status reports what the
 // control socket's status and clients commands show.
 //
-// The state that gateways of a fleet would have to share (the address
-// leases, the revocation list, the session ticket keys and the session
-// directory) is reached only through package state's interfaces; see
-// there which implementation is used when.
+// The state that gateways of a fleet share (the address leases, the
+// revocation list, the session ticket keys and the session directory) is
+// reached only through package state's interfaces; see there which
+// implementation is used when, and fleet.go for state: etcd.
 //
 // The life of a Server: New checks and claims everything that can fail
 // (nothing else starts); Run serves until its context ends and closes
