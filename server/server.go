@@ -329,6 +329,9 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	s.srv.SetSessionTicketKeys(s.ticketSet)
 	s.rl = newReloader(&reloader{src: opts.Source, level: opts.Level, pool: s.pool, pool6: s.pool6, policies: &policies,
 		srv: s.srv, limits: s.limits, crl: crl, forwarding: s.fw != nil, log: log}, cfg)
+	if s.fleet != nil {
+		s.rl.crlChanged = s.fleet.store.CRLChanged()
+	}
 	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
 		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version}

@@ -100,14 +100,15 @@ type Etcd struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
-	lease     atomic.Int64 // clientv3.LeaseID in force
-	leaseLost chan struct{}
-	up        atomic.Bool
-	refusals  atomic.Uint64
-	lostCount atomic.Uint64
-	healthMu  sync.Mutex
-	since     time.Time // guarded by healthMu
-	lastErr   string    // guarded by healthMu
+	lease      atomic.Int64 // clientv3.LeaseID in force
+	leaseLost  chan struct{}
+	crlChanged chan struct{} // see CRLChanged
+	up         atomic.Bool
+	refusals   atomic.Uint64
+	lostCount  atomic.Uint64
+	healthMu   sync.Mutex
+	since      time.Time // guarded by healthMu
+	lastErr    string    // guarded by healthMu
 
 	live *liveKeys
 
@@ -133,7 +134,7 @@ func OpenEtcd(ctx context.Context, opts EtcdOptions) (*Etcd, error) {
 	}
 	e := &Etcd{prefix: opts.Prefix, gateway: opts.Gateway, ttl: opts.TTL, timeout: opts.Timeout, log: opts.Logger,
 		ticketO:   TicketKeysOptions{Rotation: opts.TicketRotation, Lifetime: opts.TicketLifetime},
-		leaseLost: make(chan struct{}, 1)}
+		leaseLost: make(chan struct{}, 1), crlChanged: make(chan struct{}, 1)}
 	e.prefix = cleanPrefix(e.prefix)
 	if e.ttl <= 0 {
 		e.ttl = DefaultEtcdTTL

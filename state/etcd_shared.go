@@ -51,6 +51,10 @@ func (e *Etcd) Revocation(ca *x509.Certificate) (*certs.Revocation, error) {
 			data = ev.Kv.Value
 		}
 		mu.Unlock()
+		select {
+		case e.crlChanged <- struct{}{}:
+		default: // a check is due already
+		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: reading the CRL: %w: %w", ErrStoreUnavailable, err)
@@ -65,6 +69,10 @@ func (e *Etcd) Revocation(ca *x509.Certificate) (*certs.Revocation, error) {
 	}
 	return certs.NewRevocation("etcd:"+key, ca, certs.RevocationOptions{ReadFile: read})
 }
+
+// CRLChanged receives when the published CRL changes, so that the
+// gateway checks its sessions at once (Revocation.ReloadIfChanged).
+func (e *Etcd) CRLChanged() <-chan struct{} { return e.crlChanged }
 
 // PublishCRL publishes the CRL in pem (as 'tunneld pki revoke' or 'crl'
 // writes it) for the fleet, after checking it as every gateway will:

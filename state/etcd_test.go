@@ -335,6 +335,11 @@ func TestEtcdRevocation(t *testing.T) {
 	if _, err := a.PublishCRL(ctx, crlPEM(t, ca, dir, 2, stolen), ca.Cert); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-b.CRLChanged(): // the server checks its sessions on this
+	case <-time.After(5 * time.Second):
+		t.Fatal("gw-b not told within 5s that the CRL changed")
+	}
 	d := within(t, 5*time.Second, "gw-b to refuse stolen", func() bool {
 		rev.ReloadIfChanged() // what the server's check does every --crl-check
 		return errors.Is(rev.VerifyConnection(conn(stolen)), certs.ErrRevoked)

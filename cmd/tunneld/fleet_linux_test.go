@@ -97,7 +97,7 @@ func TestNetNSFleetFailover(t *testing.T) {
 		configs[i] = filepath.Join(dir, names[i]+".yaml")
 		controls[i] = controlPath(t)
 		cfg := fmt.Sprintf("listen: 0.0.0.0:443\ncert: %s\nkey: %s\nca: %s\nsubnet: 100.64.0.0/24\nkeepalive: 2s\n"+
-			"state-dir: %s\nlog-level: debug\ncrl-check: 1s\nstate: etcd\netcd-endpoints: [%s]\ngateway-name: %s\n",
+			"state-dir: %s\nlog-level: debug\nstate: etcd\netcd-endpoints: [%s]\ngateway-name: %s\n",
 			file("vpn.test.crt"), file("vpn.test.key"), file("ca.crt"), filepath.Join(dir, names[i]+"-state"), strings.Join(eps, ", "), names[i])
 		if err := os.WriteFile(configs[i], []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
