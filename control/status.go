@@ -38,6 +38,9 @@ type ServerStatus struct {
 	// Shared is the port shared with a web server; nil without
 	// --share-backend.
 	Shared *Shared `json:"shared,omitempty"`
+	// Store is the shared state store of a fleet (state: etcd); nil for
+	// a gateway on its own.
+	Store *StoreStatus `json:"store,omitempty"`
 }
 
 // BGPStatus is what the gateway announces over BGP, and to whom.
@@ -66,6 +69,35 @@ type Shared struct {
 	// take.
 	Refused       uint64 `json:"refused"`
 	BackendErrors uint64 `json:"backend_errors"`
+}
+
+// StoreStatus is the health of a fleet's state store as one gateway sees
+// it.
+type StoreStatus struct {
+	Backend   string    `json:"backend"` // "etcd"
+	Gateway   string    `json:"gateway"` // this gateway's name in the fleet
+	Endpoints []string  `json:"endpoints"`
+	Up        bool      `json:"up"`
+	Since     time.Time `json:"since"`           // when Up last changed
+	Error     string    `json:"error,omitempty"` // why it is down
+	// Refusals counts new clients and address moves refused while the
+	// store was down.
+	Refusals uint64 `json:"refusals"`
+	// LeaseLost counts the outages longer than the gateway's etcd lease
+	// TTL, after which its claims were written again.
+	LeaseLost uint64 `json:"lease_lost"`
+	// FleetSessions is the number of identities with a session on any
+	// gateway, as last seen in the store.
+	FleetSessions int `json:"fleet_sessions"`
+	// Gateways are the fleet's live gateways (this one included) and the
+	// sessions each holds, by name.
+	Gateways []FleetGateway `json:"gateways"`
+}
+
+// FleetGateway is one gateway of a fleet in 'tunneld status'.
+type FleetGateway struct {
+	Name     string `json:"name"`
+	Sessions int    `json:"sessions"`
 }
 
 // Handshakes counts sessions established since start, and their rate.
@@ -177,6 +209,19 @@ func WriteServerStatus(w io.Writer, s ServerStatus, now time.Time) error {
 	if sh := s.Shared; sh != nil {
 		row("shared", "port with %s: %d to the tunnel, %d relayed (%d open, %d awaiting a ClientHello, %d refused, %d backend errors)",
 			sh.Backend, sh.Tunnel, sh.Relayed, sh.Relaying, sh.Peeking, sh.Refused, sh.BackendErrors)
+	}
+	if st := s.Store; st != nil {
+		health := fmt.Sprintf("up for %s", Duration(now.Sub(st.Since)))
+		if !st.Up {
+			health = fmt.Sprintf("UNREACHABLE for %s (%s): live sessions and known clients kept, new clients refused", Duration(now.Sub(st.Since)), st.Error)
+		}
+		row("store", "%s %s as gateway %q: %s", st.Backend, strings.Join(st.Endpoints, ","), st.Gateway, health)
+		gws := make([]string, len(st.Gateways))
+		for i, g := range st.Gateways {
+			gws[i] = fmt.Sprintf("%s (%d)", g.Name, g.Sessions)
+		}
+		row("fleet", "%d sessions on %d gateways: %s; %d refused for want of the store, lease lost %d times",
+			st.FleetSessions, len(st.Gateways), strings.Join(gws, ", "), st.Refusals, st.LeaseLost)
 	}
 	return tw.Flush()
 }

@@ -65,13 +65,13 @@ cd "$REPO_ROOT"
 # gcc + libc headers for -race (cgo); the rest are used by the integration
 # tests, the demo and shellcheck; Squid, Dante, microsocks and nginx are the
 # real proxies and web server of the network tests (openssl makes the web
-# server's certificate), BIRD the real BGP router. apt runs only if
-# something is missing.
+# server's certificate), BIRD the real BGP router, etcd the real store of
+# the fleet tests. apt runs only if something is missing.
 ensure_cmds gcc:gcc /usr/include/stdlib.h:libc6-dev \
 	ip:iproute2 ping:iputils-ping nft:nftables iperf3:iperf3 socat:socat \
 	setsid:util-linux shellcheck:shellcheck python3:python3 \
 	squid:squid nginx:nginx-light microsocks:microsocks danted:dante-server curl:curl \
-	bird:bird2 birdc:bird2 openssl:openssl
+	bird:bird2 birdc:bird2 openssl:openssl etcd:etcd-server
 # The package step: dpkg-deb and dpkg build and install the .deb, useradd for
 # its postinst, systemd-analyze verifies the units, man finds the man pages
 # (verify checks Documentation=man:), setpriv and unshare emulate the units.

@@ -61,6 +61,13 @@ type Config struct {
 	// them in memory only (tunneld --state-dir "").
 	StateDir     string `flag:"state-dir"`
 	MemoryLeases bool
+	// State is where the state a fleet shares lives: "" or StateFile, this
+	// gateway alone (leases in StateDir); StateEtcd, the etcd cluster of
+	// Etcd, shared with the other gateways (see fleet.go).
+	State string `flag:"state"`
+	// Etcd are the store's settings with StateEtcd (flags etcd-*,
+	// gateway-name); Logger is the server's.
+	Etcd state.EtcdOptions
 
 	HandshakeTimeout       time.Duration `flag:"handshake-timeout"` // 0: 10s
 	HelloTimeout           time.Duration `flag:"hello-timeout"`     // 0: 2s
@@ -153,6 +160,9 @@ func (c Config) validate() error {
 	}
 	if len(c.Routes) > tunnel.MaxRoutes || len(c.DNS) > tunnel.MaxDNS {
 		errs = append(errs, fmt.Errorf("at most %d routes and %d DNS servers", tunnel.MaxRoutes, tunnel.MaxDNS))
+	}
+	if err := c.validateFleet(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

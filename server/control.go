@@ -53,6 +53,7 @@ type controlSource struct {
 	// to shareBackend.
 	share        *transport.ShareListener
 	shareBackend string
+	store        func() *control.StoreStatus // the fleet's store; nil for a gateway on its own
 }
 
 // drainRate is how many sessions a second 'tunneld drain' closes, so that
@@ -212,6 +213,12 @@ func (c *controlSource) status(now time.Time) control.ServerStatus {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		s.BGP = c.bgp.status(ctx)
 		cancel()
+	}
+	if c.store != nil {
+		s.Store = c.store()
+		if n := s.Store.Refusals; n > 0 {
+			s.Refusals["state_store_unreachable"] = n
+		}
 	}
 	return s
 }

@@ -41,6 +41,9 @@ func TestControlSource(t *testing.T) {
 	})
 	c := srv.StartClient(t, "laptop")
 	ctx := context.Background()
+	// The client can have its CONFIG a moment before the server counts
+	// the session as established.
+	tunneltest.Eventually(t, func() bool { return srv.Stats.SessionsOpened.Load() == 1 }, "session not counted")
 
 	res, err := cs.handle(ctx, "status", nil)
 	if err != nil {

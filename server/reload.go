@@ -202,6 +202,10 @@ type reloader struct {
 	forwarding  bool                     // IP forwarding and the firewall were set up at start
 	log         *slog.Logger
 	crlEvery    atomic.Int64 // --crl-check in force, in nanoseconds
+	// crlChanged, if not nil, says that the revocation list changed at
+	// its source (a fleet's CRL in etcd): it is checked at once rather
+	// than at the next --crl-check.
+	crlChanged <-chan struct{}
 
 	mu     sync.Mutex // one reload or check at a time; guards cur and crlBad
 	cur    Config     // the settings in force; Settings holds the running value of restart-only ones
@@ -411,6 +415,10 @@ func (r *reloader) watch(ctx context.Context) {
 		case <-hup:
 			r.Reload() // logs its outcome
 		case <-t.C:
+			r.mu.Lock()
+			r.checkCRLLocked(false)
+			r.mu.Unlock()
+		case <-r.crlChanged:
 			r.mu.Lock()
 			r.checkCRLLocked(false)
 			r.mu.Unlock()

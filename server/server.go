@@ -6,10 +6,10 @@
 // state; Reload applies a changed configuration, Status reports what the
 // control socket's status and clients commands show.
 //
-// The state that gateways of a fleet would have to share (the address
-// leases, the revocation list, the session ticket keys and the session
-// directory) is reached only through package state's interfaces; see
-// there which implementation is used when.
+// The state that gateways of a fleet share (the address leases, the
+// revocation list, the session ticket keys and the session directory) is
+// reached only through package state's interfaces; see there which
+// implementation is used when, and fleet.go for state: etcd.
 //
 // The life of a Server: New checks and claims everything that can fail
 // (nothing else starts); Run serves until its context ends and closes
@@ -70,6 +70,7 @@ type Server struct {
 	congestion  string // what TuneTCP sets ("": the system's)
 	ctl         *control.Server
 	pool, pool6 state.Leases // pool6 nil without Subnet6
+	fleet       *fleet       // nil without state: etcd
 	tickets     state.TicketKeys
 	ticketSet   [][32]byte // the ticket keys New handed to srv
 	dir         state.Directory
@@ -142,7 +143,16 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.onClose(inst.release)
+	if s.fleet, err = openFleet(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	if s.fleet != nil {
+		s.onClose(func() { s.fleet.store.Close() })
+	}
 	openPool := func(p netip.Prefix, file string) (state.Leases, error) {
+		if s.fleet != nil {
+			return s.fleet.leases(p)
+		}
 		path := "" // leases in memory only
 		if inst.stateDir != "" {
 			path = filepath.Join(inst.stateDir, file)
@@ -186,7 +196,14 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	// every handshake and, with expiry, on live sessions.
 	crl := new(crlHolder)
 	tlsCfg = crl.wrap(tlsCfg)
-	if cfg.CRL != "" {
+	if s.fleet != nil {
+		rev, err := s.fleet.revocation(cfg.CA)
+		if err != nil {
+			return nil, err
+		}
+		crl.store(rev)
+		log.Info("revocation list followed in the fleet's store", "key", rev.Path())
+	} else if cfg.CRL != "" {
 		rev, err := OpenCRL(cfg.CA, cfg.CRL)
 		if err != nil {
 			return nil, err
@@ -296,7 +313,9 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if s.pool6 != nil { // a nil Leases must not become a non-nil Assigner
 		scfg.Pool6, scfg.ServerAddr6 = s.pool6, s.pool6.ServerAddr()
 	}
-	if s.dir = opts.Directory; s.dir == nil {
+	if s.dir = opts.Directory; s.dir == nil && s.fleet != nil {
+		s.dir = s.fleet.dir
+	} else if s.dir == nil {
 		s.dir = state.NewMemoryDirectory(s.ln.Addr().String())
 	}
 	scfg.Claimed, scfg.Released = s.dir.Claim, s.dir.Release
@@ -317,9 +336,14 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	if s.srv, err = tunnel.NewServer(scfg); err != nil {
 		return nil, err
 	}
+	if s.fleet != nil {
+		s.fleet.replaceOnOtherGateway(s.srv)
+	}
 	// Session tickets are sealed with keys from s.tickets, not with
 	// crypto/tls's own, so that a fleet can share them.
-	if s.tickets = opts.TicketKeys; s.tickets == nil {
+	if s.tickets = opts.TicketKeys; s.tickets == nil && s.fleet != nil {
+		s.tickets = s.fleet.tickets
+	} else if s.tickets == nil {
 		s.tickets = state.NewMemoryTicketKeys(state.TicketKeysOptions{})
 	}
 	if s.ticketSet, err = s.tickets.Keys(); err != nil {
@@ -331,6 +355,10 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 	s.cs = &controlSource{srv: s.srv, stats: s.stats, limits: s.limits, reload: s.rl, crl: crl, share: s.share, shareBackend: cfg.ShareBackend,
 		listen: s.ln.Addr().String(), tun: cfg.TUN, subnets: cfg.tunnelSubnets(),
 		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version, bgp: s.bgp}
+	if s.fleet != nil {
+		s.rl.crlChanged = s.fleet.store.CRLChanged()
+		s.cs.store = s.fleet.status
+	}
 	if s.cs.version == "" {
 		s.cs.version = buildVersion()
 	}
@@ -396,12 +424,19 @@ func (s *Server) Run(ctx context.Context) error {
 				}})
 		}
 		gauges = append(gauges, s.shareGauges()...)
+		if s.fleet != nil {
+			gauges = append(gauges, s.fleet.gauges()...)
+		}
 		if err := service.ServeMetrics(ctx, cfg.Metrics, "tunneld", s.stats, gauges, s.limits, func() bool { return !s.srv.Draining() }, log); err != nil {
 			return err
 		}
 	}
 	go s.rl.watch(ctx)
-	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, ticketKeyCheck, log)
+	keyCheck := ticketKeyCheck
+	if s.fleet != nil {
+		keyCheck = fleetTicketKeyCheck
+	}
+	go rotateTicketKeys(ctx, s.tickets, s.ticketSet, s.srv, keyCheck, log)
 	go s.cs.rate.run(ctx, 5*time.Second, s.stats.SessionsOpened.Load)
 	s.cs.ctx, s.cs.log = ctx, log
 	serveControl(ctx, s.ctl, s.cs, log)

@@ -1,11 +1,12 @@
-// Package state holds the gateway state that a fleet of gateways will
-// have to share, behind small interfaces: the address leases (Leases),
+// Package state holds the gateway state that a fleet of gateways has
+// to share, behind small interfaces: the address leases (Leases),
 // the revocation list (Revocation), the TLS session ticket keys
 // (TicketKeys) and the directory of who holds which client identity
 // (Directory). package server uses only these interfaces; what it is
 // given decides where the state lives.
 //
-// The implementations today, and when each is used:
+// The implementations of one gateway on its own (tunneld's default,
+// state: file), and when each is used:
 //
 //   - Leases: *routing.Pool. OpenLeases returns one that keeps its leases
 //     in a snapshot file and a journal in the instance's state directory
@@ -19,9 +20,15 @@
 //     restart ends every ticket (clients then make a full handshake).
 //   - Directory: MemoryDirectory, the identities this process serves.
 //
-// Each interface is written so that a shared store (etcd) can implement
-// it too: methods are safe for concurrent use, errors are reported where
-// a remote store could fail, and what must not block is said so.
+// A fleet of gateways (tunneld state: etcd) shares them through etcd:
+// OpenEtcd connects a gateway and hands out EtcdLeases, EtcdDirectory,
+// the CRL published in etcd (Etcd.Revocation, a certs.Revocation reading
+// the key) and EtcdTicketKeys; see etcd.go and docs/FLEET.md. Package
+// etcdtest starts real etcd servers for the tests.
+//
+// Every interface is written so that a shared store can implement it:
+// methods are safe for concurrent use, errors are reported where a
+// remote store could fail, and what must not block is said so.
 package state
 
 import (

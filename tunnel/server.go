@@ -386,6 +386,14 @@ func (s *Server) Kick(identity, reason string) bool {
 	return s.closeIdentity(identity, CloseKicked, reason, "closing session on request")
 }
 
+// Replace closes the live session of identity with CloseReplaced and
+// reason: a newer session of the same identity lives elsewhere (on
+// another gateway of a fleet). The client reconnects as after any
+// replacement. It reports whether there was a session.
+func (s *Server) Replace(identity, reason string) bool {
+	return s.closeIdentity(identity, CloseReplaced, reason, "closing session: replaced elsewhere")
+}
+
 // closeIdentity closes the live session of identity, if any, with code
 // and reason, logging msg first. It reports whether there was a session.
 func (s *Server) closeIdentity(identity string, code uint16, reason, msg string) bool {

@@ -88,6 +88,7 @@ func checkOptions(o options) []string {
 			}
 		}
 	}
+	checkFleetFiles(o, bad)
 	if dir := stateDirOf(o); dir != "" {
 		if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
 			bad("state-dir", errors.New("not a directory"))

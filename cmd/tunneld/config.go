@@ -121,6 +121,9 @@ func serverConfig(o options, st settings) server.Config {
 		c.StateDir, c.MemoryLeases = o.stateDir, o.stateDir == ""
 	}
 	c.LogLevel.UnmarshalText([]byte(o.logLevel)) // checked by parseSettings
+	if c.State = o.state; o.state == server.StateEtcd {
+		c.Etcd = o.etcdOptions()
+	}
 	if o.hasPolicy() {
 		c.Policy, c.PolicySource = o.loadPolicy, o.policySource()
 	}
@@ -265,6 +268,7 @@ func parseSettings(o options) (settings, []error) {
 	}
 	st.bgp = parseBGP(o.bgp, o.listen, bad)
 	checkShare(o.share, bad)
+	errs = append(errs, fleetSettings(o)...)
 	return st, errs
 }
 

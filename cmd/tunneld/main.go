@@ -39,6 +39,7 @@ const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADD
        tunneld --config FILE [flags]                  (settings from a YAML file; flags override it)
        tunneld check --config FILE [flags]            (validate the settings and the files they name, then exit)
        tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
+       tunneld fleet publish-crl FILE --config FILE   (a fleet sharing state in etcd; see 'tunneld fleet --help')
        tunneld status|clients|reload|drain|kick NAME [--tun NAME | --control PATH | --config FILE] [--json]
                                                   (ask a running tunneld; see 'tunneld status --help')
 
@@ -129,6 +130,7 @@ type options struct {
 	logLevel, logFormat   string
 	fileState             // --config: config.go
 	share                 shareOptions
+	fleetFlags            // --state etcd: fleet.go
 	ctl                   cli.ControlFlags
 	bgp                   bgpOptions
 }
@@ -143,6 +145,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return &cli.UsageError{Err: err}
 		}
 		return err
+	}
+	fleetCmd, args, fleetErr := fleetCommand(args, stdout)
+	if fleetErr != nil {
+		if errors.Is(fleetErr, pflag.ErrHelp) {
+			return fleetErr
+		}
+		return &cli.UsageError{Err: fleetErr}
 	}
 	checkOnly := len(args) > 0 && args[0] == "check"
 	if checkOnly {
@@ -172,6 +181,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.crl, "crl", "", "certificate revocation list FILE (PEM) from 'tunneld pki revoke', e.g. /etc/tlsvpn/pki/crl.pem: checked on every handshake and resumption, reloaded when it changes or on 'tunneld reload' (or SIGHUP); live sessions of newly revoked clients are closed. A missing, expired or wrongly signed CRL refuses every client (fail closed)")
 	fs.DurationVar(&o.crlCheck, "crl-check", 5*time.Second, "how often to look for a changed --crl file and re-check live sessions (revocation, certificate expiry)")
 	fs.StringVar(&o.stateDir, "state-dir", server.StateRoot+"/<tun>", "directory for state that must survive restarts, one per instance (locked while it runs): leases.json keeps each client's tunnel address (\"\" keeps leases in memory only)")
+	addFleetFlags(fs, &o.fleetFlags)
 	fs.IntVar(&o.maxClients, "max-clients", tunnel.DefaultMaxClients, "most distinct clients connected at once (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxSessionsPerID, "max-sessions-per-client", tunnel.DefaultMaxSessionsPerIdentity, "most simultaneous sessions of one client identity; 2 lets a rotation or reconnect overlap (0: the default; -1: no limit)")
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", tunnel.DefaultMaxHandshakes, "most TLS handshakes in progress at once; more connections are closed at once (0: the default; -1: no limit)")
@@ -211,10 +221,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *version {
 		return cli.PrintVersion(stdout, "tunneld")
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 && fleetCmd == "" {
 		return cli.Usagef("unexpected argument %q (see 'tunneld --help')", fs.Arg(0))
 	}
 	src := newSource(fs, &o)
+	if fleetCmd != "" {
+		return runFleet(ctx, fleetCmd, fs.Args(), src, stdout)
+	}
 	if checkOnly {
 		return runCheck(stdout, src)
 	}
