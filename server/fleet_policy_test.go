@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"tlsvpn/routing"
 	"tlsvpn/state"
@@ -55,13 +54,9 @@ func startFleetGateway(t *testing.T, endpoints []string, name string, local func
 	t.Helper()
 	g := &fleetGateway{policies: new(atomic.Pointer[policySet]), log: new(tunneltest.SyncBuffer)}
 	log := slog.New(slog.NewTextHandler(g.log, nil))
-	cfg := Config{State: StateEtcd, Etcd: state.EtcdOptions{Endpoints: endpoints, Gateway: name, TTL: 2 * time.Second, Timeout: time.Second},
-		Policy: local, PolicySource: "clients.yaml", ParsePolicy: jsonPolicy}.withDefaults()
-	var err error
-	if g.f, err = openFleet(t.Context(), cfg, log); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.f.store.Close() })
+	cfg := fleetConfig(endpoints, name)
+	cfg.Policy, cfg.PolicySource, cfg.ParsePolicy = local, "clients.yaml", jsonPolicy
+	g.f = openTestFleet(t, cfg, log)
 	pool, err := routing.NewPool(cfg.Subnet)
 	if err != nil {
 		t.Fatal(err)
@@ -206,14 +201,10 @@ func TestFleetPolicyRefusedAtStart(t *testing.T) {
 	if _, err := state.PublishPolicy(t.Context(), cli, "", []byte(`{"laptop": ["not a prefix"]}`)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{State: StateEtcd, Etcd: state.EtcdOptions{Endpoints: c.Endpoints(), Gateway: "gw-a", TTL: 2 * time.Second, Timeout: time.Second},
-		ParsePolicy: jsonPolicy}.withDefaults()
+	cfg := fleetConfig(c.Endpoints(), "gw-a")
+	cfg.ParsePolicy = jsonPolicy
 	log := slog.New(slog.DiscardHandler)
-	f, err := openFleet(t.Context(), cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.store.Close()
+	f := openTestFleet(t, cfg, log)
 	pool, err := routing.NewPool(cfg.Subnet)
 	if err != nil {
 		t.Fatal(err)

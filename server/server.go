@@ -359,6 +359,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		s.rl.crlChanged = s.fleet.store.CRLChanged()
 		s.rl.fleetPolicy = s.fleet.policy
 		s.cs.store = s.fleet.status
+		s.cs.fleetSessions = func() []control.FleetSession { return s.fleet.sessions(s.pool, s.pool6) }
 	}
 	if s.cs.version == "" {
 		s.cs.version = buildVersion()

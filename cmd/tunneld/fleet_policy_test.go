@@ -124,3 +124,14 @@ func TestFleetPublishClients(t *testing.T) {
 		}
 	}
 }
+
+// TestClientsFleetHelp: 'tunneld clients --help' offers --fleet.
+func TestClientsFleetHelp(t *testing.T) {
+	var out strings.Builder
+	run(t.Context(), []string{"clients", "--help"}, &out, &out)
+	for _, want := range []string{"--fleet", "which gateway holds each", "$ tunneld clients --fleet", "3 sessions on 2 gateways"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("tunneld clients --help lacks %q:\n%s", want, out.String())
+		}
+	}
+}
