@@ -39,21 +39,7 @@ func TestNetNSFleetPolicy(t *testing.T) {
 	etcdtest.Start(t, 1, etcdtest.Options{Cmd: store.Cmd, Dial: store.Dial, ListenHost: "0.0.0.0", Ports: []int{2379, 2380}})
 
 	dir := t.TempDir()
-	pki := filepath.Join(dir, "pki")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(tunneld, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tunneld %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	run("pki", "init", "--dir", pki)
-	run("pki", "issue", "--dir", pki, "--server", "--name", "vpn.test")
-	for _, id := range ids {
-		run("pki", "issue", "--dir", pki, "--client", "--name", id)
-	}
-	file := func(name string) string { return filepath.Join(pki, name) }
+	run, file := fleetPKI(t, tunneld, filepath.Join(dir, "pki"), ids[:]...)
 	write := func(name, content string) string {
 		t.Helper()
 		p := filepath.Join(dir, name)
@@ -141,6 +127,28 @@ func TestNetNSFleetPolicy(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fleetPKI makes a PKI in dir with the server certificate vpn.test that
+// every gateway of a fleet presents and a client certificate per name in
+// clients. It returns what runs tunneld (the test fails if it does) and
+// what names a file of the PKI.
+func fleetPKI(t *testing.T, tunneld, dir string, clients ...string) (run func(args ...string) string, file func(name string) string) {
+	t.Helper()
+	run = func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(tunneld, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tunneld %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	run("pki", "init", "--dir", dir)
+	run("pki", "issue", "--dir", dir, "--server", "--name", "vpn.test")
+	for _, id := range clients {
+		run("pki", "issue", "--dir", dir, "--client", "--name", id)
+	}
+	return run, func(name string) string { return filepath.Join(dir, name) }
 }
 
 // countPeer counts the sessions established for peer id in a gateway's log.
