@@ -53,6 +53,12 @@ type Config struct {
 	Policy func(pool, pool6 state.Leases) (Policies, error)
 	// PolicySource names the policy for logs (a file, or file:line).
 	PolicySource string `flag:"clients"`
+	// ParsePolicy reads a clients policy published in the fleet's store
+	// (state: etcd; the YAML of a --clients file) against the address
+	// pools; errors name lines ("line 3: ..."). While one is published it
+	// is in force instead of Policy (see fleet_policy.go). nil: a
+	// published policy is refused.
+	ParsePolicy func(data []byte, pool, pool6 state.Leases) (Policies, error)
 
 	TUN       string        `flag:"tun"`       // interface name, and the instance's; "": DefaultTUN
 	MTU       int           `flag:"mtu"`       // 0: DefaultMTU
@@ -229,7 +235,8 @@ func (c Config) limitConfig() tunnel.LimitConfig {
 // needsForwarding reports whether c has the server forward between the
 // tunnel and other networks (IP forwarding, the nftables table).
 func (c Config) needsForwarding() bool {
-	return len(c.Routes) > 0 || c.NAT || c.Policy != nil || c.ClientToClient
+	// A fleet's clients policy may be published in etcd at any time.
+	return len(c.Routes) > 0 || c.NAT || c.Policy != nil || c.ClientToClient || c.State == StateEtcd
 }
 
 // tunnelSubnets lists the tunnel subnets (Subnet6 only when valid).

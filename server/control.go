@@ -54,6 +54,9 @@ type controlSource struct {
 	share        *transport.ShareListener
 	shareBackend string
 	store        func() *control.StoreStatus // the fleet's store; nil for a gateway on its own
+	// fleetSessions lists the fleet's sessions; nil for a gateway on
+	// its own.
+	fleetSessions func() []control.FleetSession
 }
 
 // drainRate is how many sessions a second 'tunneld drain' closes, so that
@@ -94,6 +97,9 @@ func (c *controlSource) handle(ctx context.Context, cmd string, args []string) (
 		}
 		return c.status(time.Now()), nil
 	case "clients":
+		if len(args) == 1 && args[0] == "--fleet" {
+			return c.fleetClients()
+		}
 		if err := want(0); err != nil {
 			return nil, err
 		}

@@ -41,6 +41,7 @@ type fleet struct {
 	endpoints []string
 	dir       *state.EtcdDirectory
 	tickets   *state.EtcdTicketKeys
+	policy    *fleetPolicy // the clients policy in etcd; set by startPolicy
 }
 
 // validateFleet refuses fleet settings that cannot run.

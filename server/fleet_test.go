@@ -36,23 +36,34 @@ func TestValidateFleet(t *testing.T) {
 	}
 }
 
+// fleetConfig is the configuration of gateway name of a fleet on the
+// etcd at endpoints, with a short lease.
+func fleetConfig(endpoints []string, name string) Config {
+	return Config{State: StateEtcd, Etcd: state.EtcdOptions{Endpoints: endpoints, Gateway: name, TTL: 2 * time.Second, Timeout: time.Second}}.withDefaults()
+}
+
+// openTestFleet opens the fleet's state of cfg's gateway, closed at the
+// end of the test; log nil: discarded.
+func openTestFleet(t *testing.T, cfg Config, log *slog.Logger) *fleet {
+	t.Helper()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f, err := openFleet(t.Context(), cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.store.Close() })
+	return f
+}
+
 // TestFleetReplacedAcrossGateways: two gateways' tunnel servers wired to
 // the fleet's directory as New wires them; the same identity connecting
 // to the second closes its session on the first with "replaced", and the
 // store's status counts one session in the fleet.
 func TestFleetReplacedAcrossGateways(t *testing.T) {
 	c := etcdtest.Start(t, 1, etcdtest.Options{})
-	open := func(name string) *fleet {
-		t.Helper()
-		cfg := Config{State: StateEtcd, Etcd: state.EtcdOptions{Endpoints: c.Endpoints(), Gateway: name, TTL: 2 * time.Second, Timeout: time.Second}}
-		f, err := openFleet(t.Context(), cfg, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.store.Close() })
-		return f
-	}
-	fa, fb := open("gw-a"), open("gw-b")
+	fa, fb := openTestFleet(t, fleetConfig(c.Endpoints(), "gw-a"), nil), openTestFleet(t, fleetConfig(c.Endpoints(), "gw-b"), nil)
 	if _, err := fa.tickets.Keys(); err != nil {
 		t.Fatalf("ticket keys after openFleet: %v", err)
 	}

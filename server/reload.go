@@ -206,6 +206,10 @@ type reloader struct {
 	// its source (a fleet's CRL in etcd): it is checked at once rather
 	// than at the next --crl-check.
 	crlChanged <-chan struct{}
+	// fleetPolicy is the fleet's clients policy in etcd (nil without
+	// state: etcd); while one is published it is in force, not the local
+	// one. Its mutable fields are guarded by mu.
+	fleetPolicy *fleetPolicy
 
 	mu     sync.Mutex // one reload or check at a time; guards cur and crlBad
 	cur    Config     // the settings in force; Settings holds the running value of restart-only ones
@@ -275,19 +279,19 @@ func (r *reloader) Reload() (string, error) {
 		}
 	}
 	r.crlEvery.Store(int64(next.CRLCheck))
-	if next.Policy != nil || r.cur.Policy != nil || plan.subs[subPolicy] {
-		r.policies.Store(&policySet{clients: clients, reach: next.ClientToClient})
-		moved, err := clients.Pin(r.pool, r.pool6)
-		if err != nil {
-			r.log.Error("fixed addresses from the clients policy", "err", err)
+	summarized := next
+	if fleetClients, ok := r.fleetPolicy.inForce(); ok {
+		// The fleet's policy in etcd is in force: only the default of
+		// reach_clients may have changed here.
+		if next.Policy != nil {
+			r.log.Warn("the fleet's clients policy is published in etcd: the local clients policy is ignored", "ignored", next.PolicySource)
 		}
-		for _, id := range moved {
-			r.srv.Reconfigure(id, "tunnel address changed")
+		if plan.subs[subPolicy] {
+			reconnected = append(reconnected, r.applyPolicyLocked(fleetClients, next.ClientToClient, r.fleetPolicy.source(r.fleetPolicy.rev))...)
 		}
-		closed := r.srv.Policies()
-		reconnected = append(reconnected, moved...)
-		reconnected = append(reconnected, closed...)
-		r.log.Info("client policies reloaded", "file", next.PolicySource, "clients", len(clients), "readdressed", len(moved), "reconfigured", len(closed))
+		summarized.Policy = nil
+	} else if next.Policy != nil || r.cur.Policy != nil || plan.subs[subPolicy] {
+		reconnected = append(reconnected, r.applyPolicyLocked(clients, next.ClientToClient, next.PolicySource)...)
 	}
 	// What needs a restart keeps its running value, so that the next
 	// reload warns again until the restart.
@@ -304,7 +308,29 @@ func (r *reloader) Reload() (string, error) {
 	if plan.subs[subCRL] || r.crl.load() != nil {
 		r.checkCRLLocked(true)
 	}
-	return reloadSummary(next, plan, len(reconnected), r.crl.load(), r.crlBad), nil
+	summary := reloadSummary(summarized, plan, len(reconnected), r.crl.load(), r.crlBad)
+	if _, ok := r.fleetPolicy.inForce(); ok {
+		summary += "\nclients policy: the fleet's, " + r.fleetPolicy.source(r.fleetPolicy.rev)
+	}
+	return summary, nil
+}
+
+// applyPolicyLocked puts clients in force with reach as the default of
+// reach_clients: fixed addresses are pinned, and only the sessions whose
+// address or own policy changed reconnect, which it returns. r.mu is
+// held.
+func (r *reloader) applyPolicyLocked(clients Policies, reach bool, source string) []string {
+	r.policies.Store(&policySet{clients: clients, reach: reach})
+	moved, err := clients.Pin(r.pool, r.pool6)
+	if err != nil {
+		r.log.Error("fixed addresses from the clients policy", "err", err)
+	}
+	for _, id := range moved {
+		r.srv.Reconfigure(id, "tunnel address changed")
+	}
+	closed := r.srv.Policies()
+	r.log.Info("client policies reloaded", "file", source, "clients", len(clients), "readdressed", len(moved), "reconfigured", len(closed))
+	return append(moved, closed...)
 }
 
 // reloadSummary says in words what a reload applied, for 'tunneld reload'.
@@ -362,7 +388,7 @@ func (r *reloader) prepare() (next Config, rev state.Revocation, clients Policie
 			return
 		}
 	}
-	if next.Policy != nil {
+	if _, fleet := r.fleetPolicy.inForce(); next.Policy != nil && !fleet {
 		clients, err = next.Policy(r.pool, r.pool6)
 	}
 	return
@@ -422,6 +448,8 @@ func (r *reloader) watch(ctx context.Context) {
 			r.mu.Lock()
 			r.checkCRLLocked(false)
 			r.mu.Unlock()
+		case <-r.policyNews():
+			r.fleetPolicyChanged()
 		}
 		if e := time.Duration(r.crlEvery.Load()); e != every {
 			every = e

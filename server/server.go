@@ -173,15 +173,15 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		}
 		s.onClose(func() { s.pool6.Flush() })
 	}
-	var clients Policies
-	if cfg.Policy != nil {
-		if clients, err = cfg.Policy(s.pool, s.pool6); err != nil {
-			return nil, err
-		}
+	clients, policySource, err := s.startPolicy(cfg) // the fleet's in etcd, else cfg.Policy
+	if err != nil {
+		return nil, err
+	}
+	if clients != nil {
 		if _, err := clients.Pin(s.pool, s.pool6); err != nil {
-			return nil, fmt.Errorf("clients policy %s: %w", cfg.PolicySource, err)
+			return nil, fmt.Errorf("clients policy %s: %w", policySource, err)
 		}
-		log.Info("client policies loaded", "file", cfg.PolicySource, "clients", len(clients))
+		log.Info("client policies loaded", "file", policySource, "clients", len(clients))
 	}
 	var policies atomic.Pointer[policySet]
 	policies.Store(&policySet{clients: clients, reach: cfg.ClientToClient})
@@ -357,7 +357,9 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *Server, err error) {
 		certFile: cfg.Cert, certEnd: certs.LeafExpiry(tlsCfg), version: opts.Version, bgp: s.bgp}
 	if s.fleet != nil {
 		s.rl.crlChanged = s.fleet.store.CRLChanged()
+		s.rl.fleetPolicy = s.fleet.policy
 		s.cs.store = s.fleet.status
+		s.cs.fleetSessions = func() []control.FleetSession { return s.fleet.sessions(s.pool, s.pool6) }
 	}
 	if s.cs.version == "" {
 		s.cs.version = buildVersion()

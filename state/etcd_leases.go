@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -501,6 +502,14 @@ func (d *EtcdDirectory) PerGateway() map[string]int {
 		out[g]++
 	}
 	return out
+}
+
+// Holders returns the gateway holding each identity's session, as last
+// seen: a copy, by identity.
+func (d *EtcdDirectory) Holders() map[string]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.holders)
 }
 
 // forEachPool calls f with each of the gateway's leases.

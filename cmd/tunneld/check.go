@@ -95,20 +95,33 @@ func checkOptions(o options) []string {
 		}
 	}
 	if o.hasPolicy() && st.subnet.IsValid() && (o.subnet6 == "" || st.subnet6.IsValid()) {
-		pool, err := routing.NewPool(st.subnet)
-		var pool6 state.Leases // nil without --subnet6
-		if err == nil && st.subnet6.IsValid() {
-			pool6, err = routing.NewPool(st.subnet6)
-		}
-		if err == nil {
-			var clients clientPolicies
-			if clients, err = o.loadPolicy(pool, pool6); err == nil {
-				_, err = clients.Pin(pool, pool6)
-			}
-			if err != nil {
-				problems = append(problems, err.Error())
-			}
+		if _, err := checkPolicy(st, o.loadPolicy); err != nil {
+			problems = append(problems, err.Error())
 		}
 	}
 	return problems
+}
+
+// checkPolicy validates a clients policy as tunneld does at start and on
+// a reload: read by load against address pools of the subnets of st
+// (valid), with its fixed addresses pinned. The pools are in memory.
+func checkPolicy(st settings, load func(pool, pool6 state.Leases) (clientPolicies, error)) (clientPolicies, error) {
+	pool, err := routing.NewPool(st.subnet)
+	if err != nil {
+		return nil, err
+	}
+	var pool6 state.Leases // nil without --subnet6
+	if st.subnet6.IsValid() {
+		if pool6, err = routing.NewPool(st.subnet6); err != nil {
+			return nil, err
+		}
+	}
+	clients, err := load(pool, pool6)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := clients.Pin(pool, pool6); err != nil {
+		return nil, err
+	}
+	return clients, nil
 }

@@ -334,15 +334,20 @@ func family(a netip.Addr) string {
 func parseClientsNode(file string, n *yaml.Node, pool, pool6 state.Leases) (clientPolicies, error) {
 	c, err := clientsFromNode(n, pool, pool6)
 	if err != nil {
-		// "line 8: client ..." becomes "tunneld.yaml:8: client ...", the
-		// form of every other error about the config file.
-		var line int
-		msg := err.Error()
-		if _, scanErr := fmt.Sscanf(msg, "line %d: ", &line); scanErr == nil {
-			rest := strings.TrimPrefix(msg, fmt.Sprintf("line %d: ", line))
-			return nil, fmt.Errorf("%s:%d: %s", file, line, rest)
-		}
-		return nil, fmt.Errorf("%s: %w", file, err)
+		return nil, atLine(file, err)
 	}
 	return c, nil
+}
+
+// atLine puts file before an error of the policy: "line 8: client ..."
+// becomes "tunneld.yaml:8: client ...", the form of every other error
+// about the config file.
+func atLine(file string, err error) error {
+	var line int
+	msg := err.Error()
+	if _, scanErr := fmt.Sscanf(msg, "line %d: ", &line); scanErr == nil {
+		rest := strings.TrimPrefix(msg, fmt.Sprintf("line %d: ", line))
+		return fmt.Errorf("%s:%d: %s", file, line, rest)
+	}
+	return fmt.Errorf("%s: %w", file, err)
 }

@@ -123,6 +123,7 @@ func serverConfig(o options, st settings) server.Config {
 	c.LogLevel.UnmarshalText([]byte(o.logLevel)) // checked by parseSettings
 	if c.State = o.state; o.state == server.StateEtcd {
 		c.Etcd = o.etcdOptions()
+		c.ParsePolicy = parseClients // the fleet's policy, published in etcd
 	}
 	if o.hasPolicy() {
 		c.Policy, c.PolicySource = o.loadPolicy, o.policySource()

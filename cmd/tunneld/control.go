@@ -45,12 +45,30 @@ certificate name, tunnel addresses (and accepted networks behind it, after
 +), the underlay address it connects from, when it connected, when its keys
 last changed (TLS handshake or KeyUpdate), IP bytes received from it (IN)
 and sent to it (OUT), and the round-trip time of the last keepalive PING
-(measured on demand for sessions with none in the last minute; - if none).`,
+(measured on demand for sessions with none in the last minute; - if none).
+
+With --fleet, on a gateway of a fleet (state: etcd): every client identity
+with a session on any gateway, the gateway holding it, and its tunnel
+addresses, from the session directory in etcd as this gateway last saw it.`,
 		Example: `  $ tunneld clients
   IDENTITY  ADDRESSES                   UNDERLAY           CONNECTED   HANDSHAKE   IN        OUT       RTT
   laptop    100.64.0.2, fd00:64::2      198.51.100.7:5123  2h03m ago   2h03m ago   1.1 GiB   3.0 GiB   23.4ms
   site-b    100.64.0.3 +198.18.20.0/24  203.0.113.9:40100  12m30s ago  12m30s ago  88.2 MiB  12.0 MiB  41.0ms
+  $ tunneld clients --fleet
+  IDENTITY  GATEWAY         ADDRESSES
+  laptop    gw1 (this one)  100.64.0.2, fd00:64::2
+  phone     gw2             100.64.0.7
+  site-b    gw1 (this one)  100.64.0.3
+  3 sessions on 2 gateways
 `,
+		Switches: []cli.ControlSwitch{{Name: "fleet", Usage: "list the sessions of every gateway of the fleet (state: etcd) and which gateway holds each",
+			Render: func(w io.Writer, raw json.RawMessage, _ time.Time) error {
+				var list []control.FleetSession
+				if err := json.Unmarshal(raw, &list); err != nil {
+					return err
+				}
+				return control.WriteFleetSessions(w, list)
+			}}},
 		Render: func(w io.Writer, raw json.RawMessage, now time.Time) error {
 			var list []control.Session
 			if err := json.Unmarshal(raw, &list); err != nil {

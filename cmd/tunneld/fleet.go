@@ -111,14 +111,23 @@ func checkFleetFiles(o options, bad func(flag string, err error)) {
 }
 
 const fleetUsage = `Usage: tunneld fleet publish-crl FILE --config FILE [flags]
+       tunneld fleet publish-clients FILE --config FILE [flags]
 
 Commands of a fleet of gateways sharing their state through etcd (state: etcd).
 
-  publish-crl FILE   publish the CRL in FILE (crl.pem from 'tunneld pki revoke'
-                     or 'tunneld pki crl') to the fleet: checked against --ca
-                     first (signature, expiry, not older than the one
-                     published), then every gateway enforces it within
-                     --crl-check and closes the sessions it revokes.
+  publish-crl FILE      publish the CRL in FILE (crl.pem from 'tunneld pki revoke'
+                        or 'tunneld pki crl') to the fleet: checked against --ca
+                        first (signature, expiry, not older than the one
+                        published), then every gateway enforces it within
+                        --crl-check and closes the sessions it revokes.
+  publish-clients FILE  publish the clients policy in FILE (the YAML of
+                        --clients) to the fleet: validated first as a reload
+                        validates it (against subnet and subnet6; errors name
+                        FILE:LINE, and nothing is written), then every gateway
+                        applies it as a reload: only clients whose own entry
+                        changed reconnect. While a policy is published, it is
+                        in force on every gateway instead of a local clients
+                        setting.
 
 The store's settings (etcd-endpoints, etcd-cert, etcd-key, etcd-ca,
 etcd-prefix) and ca come from --config or the flags, as for the gateway.
@@ -130,18 +139,15 @@ Example, when the laptop is lost:
 
 // runFleet runs 'tunneld fleet CMD ARGS' with the settings of src.
 func runFleet(ctx context.Context, cmd string, args []string, src *source, stdout io.Writer) error {
+	if cmd == "publish-clients" {
+		return runPublishClients(ctx, args, src, stdout)
+	}
 	if cmd != "publish-crl" {
 		return cli.Usagef("unknown fleet command %q (see 'tunneld fleet --help')", cmd)
 	}
-	if len(args) != 1 {
-		return cli.Usagef("fleet publish-crl: want one CRL FILE, got %d arguments", len(args))
-	}
-	o, err := src.read()
+	o, err := fleetOptions(cmd, "CRL FILE", args, src)
 	if err != nil {
-		return &cli.UsageError{Err: err}
-	}
-	if o.state != server.StateEtcd {
-		return cli.Usagef("fleet publish-crl: state is %q: set state etcd and the etcd settings (in --config or as flags)", o.state)
+		return err
 	}
 	if errs := fleetSettings(o); len(errs) > 0 {
 		return &cli.UsageError{Err: locateAll(o.file, errs)}
@@ -171,6 +177,22 @@ func runFleet(ctx context.Context, cmd string, args []string, src *source, stdou
 	fmt.Fprintf(stdout, "published %s (number %v, %d revoked, next update %s) to %s%s\n", args[0], crl.List.Number,
 		len(crl.List.RevokedCertificateEntries), crl.List.NextUpdate.UTC().Format(time.RFC3339), strings.Join(o.etcdEndpoints, ","), o.etcdPrefix+"crl")
 	return nil
+}
+
+// fleetOptions checks that fleet command cmd has its one argument (what
+// names it) and reads the settings of src, which must be of state etcd.
+func fleetOptions(cmd, what string, args []string, src *source) (options, error) {
+	if len(args) != 1 {
+		return options{}, cli.Usagef("fleet %s: want one %s, got %d arguments", cmd, what, len(args))
+	}
+	o, err := src.read()
+	if err != nil {
+		return options{}, &cli.UsageError{Err: err}
+	}
+	if o.state != server.StateEtcd {
+		return options{}, cli.Usagef("fleet %s: state is %q: set state etcd and the etcd settings (in --config or as flags)", cmd, o.state)
+	}
+	return o, nil
 }
 
 // fleetCommand splits 'fleet CMD ...' off args: the command ("" if args

@@ -74,19 +74,7 @@ func TestNetNSFleetFailover(t *testing.T) {
 
 	dir := t.TempDir()
 	pki := filepath.Join(dir, "pki")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(tunneld, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tunneld %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	run("pki", "init", "--dir", pki)
-	run("pki", "issue", "--dir", pki, "--server", "--name", "vpn.test")
-	run("pki", "issue", "--dir", pki, "--client", "--name", "laptop")
-	run("pki", "issue", "--dir", pki, "--client", "--name", "phone")
-	file := func(name string) string { return filepath.Join(pki, name) }
+	run, file := fleetPKI(t, tunneld, pki, "laptop", "phone")
 
 	configs, controls := [2]string{}, [2]string{}
 	for i := range gws {

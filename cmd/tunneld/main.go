@@ -39,7 +39,8 @@ const usageHead = `Usage: tunneld --cert FILE --key FILE --ca FILE [--listen ADD
        tunneld --config FILE [flags]                  (settings from a YAML file; flags override it)
        tunneld check --config FILE [flags]            (validate the settings and the files they name, then exit)
        tunneld pki <init|issue|revoke|crl|list> ...   (certificate authority; see 'tunneld pki --help')
-       tunneld fleet publish-crl FILE --config FILE   (a fleet sharing state in etcd; see 'tunneld fleet --help')
+       tunneld fleet publish-crl|publish-clients FILE --config FILE
+                                                  (a fleet sharing state in etcd; see 'tunneld fleet --help')
        tunneld status|clients|reload|drain|kick NAME [--tun NAME | --control PATH | --config FILE] [--json]
                                                   (ask a running tunneld; see 'tunneld status --help')
 

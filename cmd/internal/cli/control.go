@@ -59,6 +59,17 @@ type ControlCommand struct {
 	// Render writes the human form of the daemon's result (raw JSON); nil
 	// prints the result's "message" field.
 	Render func(w io.Writer, raw json.RawMessage, now time.Time) error
+	// Switches are the command's own boolean flags (e.g. tunneld clients
+	// --fleet).
+	Switches []ControlSwitch
+}
+
+// ControlSwitch is a boolean flag of a control command: when given,
+// "--NAME" is sent to the daemon before the positional arguments, and its
+// Render (if not nil) renders the answer instead of the command's.
+type ControlSwitch struct {
+	Name, Usage string
+	Render      func(w io.Writer, raw json.RawMessage, now time.Time) error
 }
 
 // RunControl runs c with the command line args: it picks the instance
@@ -80,6 +91,10 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 		profile = fs.String("profile", "", "the instance started with --profile NAME: its config file NAME.yaml in --profile-dir names the socket")
 		profileDir = fs.String("profile-dir", c.ProfileDir, "directory of the profiles (NAME.yaml each)")
 		choose += " | --profile NAME"
+	}
+	switches := make([]*bool, len(c.Switches))
+	for i, sw := range c.Switches {
+		switches[i] = fs.Bool(sw.Name, false, sw.Usage)
 	}
 	asJSON := fs.Bool("json", false, "print the daemon's answer as JSON")
 	timeout := fs.Duration("timeout", 70*time.Second, "give up waiting for the answer after this long")
@@ -136,8 +151,17 @@ func RunControl(ctx context.Context, c ControlCommand, args []string, stdout, st
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	var sent []string
+	for i, on := range switches {
+		if *on {
+			sent = append(sent, "--"+c.Switches[i].Name)
+			if c.Switches[i].Render != nil {
+				c.Render = c.Switches[i].Render
+			}
+		}
+	}
 	var raw json.RawMessage
-	if err := control.Call(ctx, socket, c.Name, fs.Args(), &raw); err != nil {
+	if err := control.Call(ctx, socket, c.Name, append(sent, fs.Args()...), &raw); err != nil {
 		return err
 	}
 	if *asJSON {

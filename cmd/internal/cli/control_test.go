@@ -41,6 +41,8 @@ func fakeDaemon(t *testing.T) string {
 				return Message{Message: "closed the session of laptop"}, nil
 			case cmd == "kick":
 				return nil, fmt.Errorf("no session of client %q", args[0])
+			case cmd == "status" && len(args) == 1 && args[0] == "--all":
+				return map[string]any{"sessions": 5}, nil
 			case cmd == "status":
 				return map[string]any{"sessions": 2}, nil
 			case cmd == "reconnect":
@@ -63,6 +65,11 @@ func TestRunControl(t *testing.T) {
 			_, err := fmt.Fprintf(w, "sessions: %d\n", v.Sessions)
 			return err
 		}}
+	withSwitch := status
+	withSwitch.Switches = []ControlSwitch{{Name: "all", Usage: "every gateway's", Render: func(w io.Writer, raw json.RawMessage, _ time.Time) error {
+		_, err := fmt.Fprintf(w, "all: %s\n", raw)
+		return err
+	}}}
 	reconnect := ControlCommand{Prog: "tunnelc", Name: "reconnect", Args: "[SERVER]", NArgs: 1, ArgsOptional: true, DefaultTun: "tunnelc0"}
 	missing := filepath.Join(filepath.Dir(path), "other.sock")
 	// Config files as the daemons read them: the socket is found the way
@@ -95,6 +102,8 @@ func TestRunControl(t *testing.T) {
 		{name: "message", cmd: kick, args: []string{"laptop", "--control", path}, stdout: "closed the session of laptop\n"},
 		{name: "refused is exit 1", cmd: kick, args: []string{"nobody", "--control", path}, exit: ExitFailure, errHas: `no session of client "nobody"`},
 		{name: "human rendering", cmd: status, args: []string{"--control", path}, stdout: "sessions: 2\n"},
+		{name: "a switch is sent and renders", cmd: withSwitch, args: []string{"--all", "--control", path}, stdout: "all: {\"sessions\":5}\n"},
+		{name: "a switch left out", cmd: withSwitch, args: []string{"--control", path}, stdout: "sessions: 2\n"},
 		{name: "json", cmd: status, args: []string{"--control", path, "--json"}, stdout: "{\n  \"sessions\": 2\n}\n"},
 		{name: "missing argument is usage", cmd: kick, args: []string{"--control", path}, exit: ExitUsage, errHas: "want NAME"},
 		{name: "extra argument is usage", cmd: status, args: []string{"x", "--control", path}, exit: ExitUsage, errHas: `unexpected argument "x"`},
