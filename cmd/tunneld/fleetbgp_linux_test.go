@@ -281,10 +281,11 @@ func TestNetNSFleetBGP(t *testing.T) {
 	}
 
 	second := -1
+	var killed time.Time
 	if !t.Run("gateway killed during a transfer", func(t *testing.T) {
 		during(t, 5001, func() {
 			since, mark := f.marks(), len(laptop.log.String())
-			killed := time.Now()
+			killed = time.Now()
 			f.gw[first].cmd.Process.Kill()
 			<-f.gw[first].done
 			to, line, back, moved := f.move(t, "laptop", want.Addr(), first, since, killed)
@@ -331,6 +332,15 @@ func TestNetNSFleetBGP(t *testing.T) {
 		return string(out)
 	}
 	t.Run("etcd member killed, then all of them for 30s", func(t *testing.T) {
+		// The dead gateway leaves the fleet with its etcd lease (TTL 10 s).
+		// (Were it listed when etcd stops, etcd's next leader would give
+		// its lease a full TTL again.)
+		eventually(t, f.names[first]+" to leave the fleet", func() bool {
+			st := fleetStatus(t, f.tunneld, f.ctls[third])
+			return st.Store != nil && len(st.Store.Gateways) == 2
+		})
+		t.Logf("%s, killed, left the fleet's listing %v after its death", f.names[first], time.Since(killed).Round(time.Millisecond))
+
 		// One member of three: nothing changes.
 		cluster.Members[0].Kill()
 		phoneNS, phoneArgs := f.clientNS(t, 2, "phone")
@@ -348,6 +358,7 @@ func TestNetNSFleetBGP(t *testing.T) {
 			st := fleetStatus(t, f.tunneld, f.ctls[third])
 			return st.Store != nil && !st.Store.Up
 		})
+		noticed := time.Since(stopped)
 		if s := status(t, third); !strings.Contains(s, "UNREACHABLE") {
 			t.Errorf("tunneld status with etcd down:\n%s", s)
 		}
@@ -378,12 +389,20 @@ func TestNetNSFleetBGP(t *testing.T) {
 
 		// etcd back: tablet is served, and the fleet's view converges.
 		cluster.Restart(t)
+		restarted := time.Now()
 		eventually(t, f.names[third]+" to report the store up again", func() bool {
 			st := fleetStatus(t, f.tunneld, f.ctls[third])
 			return st.Store != nil && st.Store.Up
 		})
+		// gRPC's reconnection backoff (2 minutes at most by default) must
+		// not keep refusing new clients long after etcd is back.
+		up := time.Since(restarted)
+		if up > 5*time.Second {
+			t.Errorf("%s saw the store up %v after etcd was healthy again; want within a few seconds", f.names[third], up.Round(time.Millisecond))
+		}
 		start(t, tabletNS, f.tunnelc, tabletArgs...)
 		tabletAddr := f.served(t, tabletNS, "tablet", third)
+		served := time.Since(restarted)
 		if err := ping(t, f.lanhost, tabletAddr.Addr().String()); err != nil {
 			t.Errorf("from the LAN to tablet: %v", err)
 		}
@@ -404,7 +423,9 @@ func TestNetNSFleetBGP(t *testing.T) {
 			}
 			return st.BGP != nil && st.BGP.Routes == 3
 		})
-		t.Logf("etcd stopped for %v: no session lost, tablet refused then served as %v", outage.Round(time.Second), tabletAddr)
+		t.Logf("etcd stopped for %v: %s said so after %v, no session lost, tablet refused; etcd back (healthy): store up after %v, "+
+			"tablet served as %v after %v, the fleet converged after %v", outage.Round(time.Second), f.names[third], noticed.Round(time.Millisecond),
+			up.Round(time.Millisecond), tabletAddr, served.Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))
 	})
 
 	addrs := f.oneToOne(t)
