@@ -23,6 +23,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Defaults of EtcdOptions.
@@ -227,7 +229,14 @@ func DialEtcd(opts EtcdOptions) (*clientv3.Client, error) {
 		DialTimeout:          timeout,
 		DialKeepAliveTime:    ttl / 3,
 		DialKeepAliveTimeout: timeout,
-		Logger:               quietZap(),
+		// gRPC's own reconnection backs off up to 2 minutes: after an
+		// outage the gateways would refuse new clients that long after
+		// etcd is back. Members are few and near: retry every second.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: timeout,
+		})},
+		Logger: quietZap(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(opts.Endpoints, ","), err)

@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -289,8 +290,28 @@ func scrapeMetric(t *testing.T, ns *netnstest.NS, addr, series string) float64 {
 // them (SHA-256 of both sides).
 func transfer(t *testing.T, from, to *netnstest.NS, addr string, n int64) time.Duration {
 	t.Helper()
+	x := startTransfer(t, from, to, addr, n, 0)
+	if err := <-x.done; err != nil {
+		t.Fatal(err)
+	}
+	return x.elapsed
+}
+
+// xfer is a transfer under way (startTransfer).
+type xfer struct {
+	sent    atomic.Int64  // bytes written to the connection so far
+	done    chan error    // its result: nil when the receiver got exactly what was sent
+	elapsed time.Duration // from the connection to the receiver's end, valid after done
+}
+
+// startTransfer starts sending n pseudo-random bytes, at most rate a
+// second (0: as fast as it goes), from the dialer in ns "from" to a
+// listener in ns "to" on addr, and returns at once. Its done reports
+// whether the receiver got exactly them (SHA-256 of both sides) within
+// 2 minutes.
+func startTransfer(t *testing.T, from, to *netnstest.NS, addr string, n, rate int64) *xfer {
+	t.Helper()
 	ln := to.Listen(t, "tcp", addr)
-	defer ln.Close()
 	type result struct {
 		sum [32]byte
 		n   int64
@@ -299,6 +320,7 @@ func transfer(t *testing.T, from, to *netnstest.NS, addr string, n int64) time.D
 	got := make(chan result, 1)
 	go func() {
 		c, err := ln.Accept()
+		ln.Close()
 		if err != nil {
 			got <- result{err: err}
 			return
@@ -312,32 +334,59 @@ func transfer(t *testing.T, from, to *netnstest.NS, addr string, n int64) time.D
 		r.n, r.err = m, err
 		got <- r
 	}()
+	x := &xfer{done: make(chan error, 1)}
+	go func() {
+		x.done <- x.run(from, addr, n, rate, func() (int64, [32]byte, error) {
+			r := <-got
+			return r.n, r.sum, r.err
+		})
+		ln.Close()
+	}()
+	return x
+}
+
+// run is the sending side of startTransfer; received waits for what the
+// listener got.
+func (x *xfer) run(from *netnstest.NS, addr string, n, rate int64, received func() (int64, [32]byte, error)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := from.Dial(ctx, "tcp", addr)
 	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
+		return fmt.Errorf("dial %s: %v", addr, err)
 	}
+	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	start := time.Now()
 	h := sha256.New()
 	src := io.TeeReader(io.LimitReader(newPRNG(), n), h)
-	if _, err := io.Copy(c, src); err != nil {
-		t.Fatalf("send to %s: %v", addr, err)
+	buf := make([]byte, 64<<10)
+	for {
+		m, err := src.Read(buf)
+		if m > 0 {
+			if _, err := c.Write(buf[:m]); err != nil {
+				return fmt.Errorf("send to %s after %d bytes: %v", addr, x.sent.Load(), err)
+			}
+			sent := x.sent.Add(int64(m))
+			if rate > 0 {
+				time.Sleep(time.Until(start.Add(time.Duration(sent * int64(time.Second) / rate))))
+			}
+		}
+		if err == io.EOF {
+			break
+		}
 	}
 	c.(*net.TCPConn).CloseWrite()
-	r := <-got
-	elapsed := time.Since(start)
-	c.Close()
-	if r.err != nil {
-		t.Fatalf("receive on %s: %v", addr, r.err)
+	got, sum, err := received()
+	x.elapsed = time.Since(start)
+	if err != nil {
+		return fmt.Errorf("receive on %s: %v", addr, err)
 	}
 	var want [32]byte
 	copy(want[:], h.Sum(nil))
-	if r.n != n || r.sum != want {
-		t.Fatalf("transfer to %s: received %d bytes with sha256 %x, sent %d with %x", addr, r.n, r.sum, n, want)
+	if got != n || sum != want {
+		return fmt.Errorf("transfer to %s: received %d bytes with sha256 %x, sent %d with %x", addr, got, sum, n, want)
 	}
-	return elapsed
+	return nil
 }
 
 // prng is a fast deterministic byte stream (ChaCha8) so transfers do not

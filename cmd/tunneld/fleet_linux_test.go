@@ -41,6 +41,81 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 	return p
 }
 
+// fleetLink joins ns to each gateway of gws by a veth: gateway i has
+// 198.18.NET.4i+1/30, ns the next address. It returns the gateways'
+// addresses.
+func fleetLink(t *testing.T, gws []*netnstest.NS, ns *netnstest.NS, net byte) []netip.Addr {
+	t.Helper()
+	var ips []netip.Addr
+	for i, gw := range gws {
+		g := netip.AddrFrom4([4]byte{198, 18, net, byte(4*i + 1)})
+		netnstest.Veth(t, gw, netip.PrefixFrom(g, 30), ns, netip.PrefixFrom(g.Next(), 30))
+		ips = append(ips, g)
+	}
+	return ips
+}
+
+// fleetStore starts a three-member etcd cluster in a namespace of its
+// own, joined to each gateway's namespace by a veth (198.18.1.0/24,
+// see fleetLink), and returns it with, for each gateway, the member
+// URLs it reaches.
+func fleetStore(t *testing.T, gws ...*netnstest.NS) (*etcdtest.Cluster, [][]string) {
+	t.Helper()
+	store := netnstest.New(t)
+	gwIPs := fleetLink(t, gws, store, 1)
+	// The members listen on every address of the store's namespace;
+	// gateway i reaches them at the store's end of its veth.
+	ports := []int{2379, 2380, 2381, 2382, 2383, 2384}
+	cluster := etcdtest.Start(t, 3, etcdtest.Options{Cmd: store.Cmd, Dial: store.Dial, ListenHost: "0.0.0.0", Ports: ports})
+	endpoints := make([][]string, len(gws))
+	for i := range gws {
+		for _, p := range []int{ports[0], ports[2], ports[4]} {
+			endpoints[i] = append(endpoints[i], fmt.Sprintf("http://%s:%d", gwIPs[i].Next(), p))
+		}
+	}
+	return cluster, endpoints
+}
+
+// fleetConfig writes the config file of gateway name in dir (state:
+// etcd over endpoints, the server certificate vpn.test of the PKI in
+// pki, subnet 100.64.0.0/24, debug logs) with extra YAML lines, and
+// returns its path.
+func fleetConfig(t *testing.T, dir, name, pki string, endpoints []string, extra string) string {
+	t.Helper()
+	file := func(n string) string { return filepath.Join(pki, n) }
+	path := filepath.Join(dir, name+".yaml")
+	cfg := fmt.Sprintf("listen: 0.0.0.0:443\ncert: %s\nkey: %s\nca: %s\nsubnet: 100.64.0.0/24\nkeepalive: 2s\n"+
+		"state-dir: %s\nlog-level: debug\nstate: etcd\netcd-endpoints: [%s]\ngateway-name: %s\n",
+		file("vpn.test.crt"), file("vpn.test.key"), file("ca.crt"), filepath.Join(dir, name+"-state"), strings.Join(endpoints, ", "), name)
+	if err := os.WriteFile(path, []byte(cfg+extra), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// publishCRL publishes the fleet's CRL (crl.pem of the PKI in pki) with
+// tunneld fleet publish-crl, run in ns, which reaches the store.
+func publishCRL(t *testing.T, ns *netnstest.NS, tunneld, pki, config string) {
+	t.Helper()
+	if out, err := ns.Cmd(t.Context(), tunneld, "fleet", "publish-crl", filepath.Join(pki, "crl.pem"), "--config", config).CombinedOutput(); err != nil || !strings.Contains(string(out), "published") {
+		t.Fatalf("fleet publish-crl: %v\n%s", err, out)
+	}
+}
+
+// fleetStatus returns 'tunneld status --json' of the gateway at ctl.
+func fleetStatus(t *testing.T, tunneld, ctl string) control.ServerStatus {
+	t.Helper()
+	out, err := exec.Command(tunneld, "status", "--control", ctl, "--json").CombinedOutput()
+	var st control.ServerStatus
+	if err == nil {
+		err = json.Unmarshal(out, &st)
+	}
+	if err != nil {
+		t.Fatalf("tunneld status: %v\n%s", err, out)
+	}
+	return st
+}
+
 // TestNetNSFleetFailover: two gateways with state: etcd share a
 // three-member etcd cluster (in a namespace of its own, reached over
 // veths). A client reaches them by one name that resolves to both; the
@@ -54,23 +129,11 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 func TestNetNSFleetFailover(t *testing.T) {
 	etcdtest.Binary(t)
 	tunneld, tunnelc := binaries(t)
-	store, client, client2 := netnstest.New(t), netnstest.New(t), netnstest.New(t)
+	client, client2 := netnstest.New(t), netnstest.New(t)
 	gws := [2]*netnstest.NS{netnstest.New(t), netnstest.New(t)}
 	names := [2]string{"gw-a", "gw-b"}
-	var storeIPs, gwIPs, gwIPs2 [2]netip.Addr
-	for i, gw := range gws {
-		g2 := netip.AddrFrom4([4]byte{198, 18, 2, byte(4*i + 1)})
-		netnstest.Veth(t, gw, netip.PrefixFrom(g2, 30), client2, netip.PrefixFrom(g2.Next(), 30))
-		gwIPs2[i] = g2
-		s := netip.AddrFrom4([4]byte{198, 18, 1, byte(4*i + 1)})
-		netnstest.Veth(t, store, netip.PrefixFrom(s, 30), gw, netip.PrefixFrom(s.Next(), 30))
-		storeIPs[i] = s
-		g := netip.AddrFrom4([4]byte{198, 18, 0, byte(4*i + 1)})
-		netnstest.Veth(t, gw, netip.PrefixFrom(g, 30), client, netip.PrefixFrom(g.Next(), 30))
-		gwIPs[i] = g
-	}
-	ports := []int{2379, 2380, 2381, 2382, 2383, 2384}
-	cluster := etcdtest.Start(t, 3, etcdtest.Options{Cmd: store.Cmd, Dial: store.Dial, ListenHost: "0.0.0.0", Ports: ports})
+	gwIPs, gwIPs2 := fleetLink(t, gws[:], client, 0), fleetLink(t, gws[:], client2, 2)
+	cluster, endpoints := fleetStore(t, gws[:]...)
 
 	dir := t.TempDir()
 	pki := filepath.Join(dir, "pki")
@@ -78,27 +141,15 @@ func TestNetNSFleetFailover(t *testing.T) {
 
 	configs, controls := [2]string{}, [2]string{}
 	for i := range gws {
-		var eps []string
-		for _, p := range []int{ports[0], ports[2], ports[4]} {
-			eps = append(eps, fmt.Sprintf("http://%s:%d", storeIPs[i], p))
-		}
-		configs[i] = filepath.Join(dir, names[i]+".yaml")
+		configs[i] = fleetConfig(t, dir, names[i], pki, endpoints[i], "")
 		controls[i] = controlPath(t)
-		cfg := fmt.Sprintf("listen: 0.0.0.0:443\ncert: %s\nkey: %s\nca: %s\nsubnet: 100.64.0.0/24\nkeepalive: 2s\n"+
-			"state-dir: %s\nlog-level: debug\nstate: etcd\netcd-endpoints: [%s]\ngateway-name: %s\n",
-			file("vpn.test.crt"), file("vpn.test.key"), file("ca.crt"), filepath.Join(dir, names[i]+"-state"), strings.Join(eps, ", "), names[i])
-		if err := os.WriteFile(configs[i], []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	if out := run("check", "--config", configs[0]); !strings.Contains(out, ": ok") {
 		t.Fatalf("check: %s", out)
 	}
 	// The fleet's CRL, published once for every gateway (from gw-a's
 	// namespace, which reaches the store).
-	if out, err := gws[0].Cmd(t.Context(), tunneld, "fleet", "publish-crl", file("crl.pem"), "--config", configs[0]).CombinedOutput(); err != nil || !strings.Contains(string(out), "published") {
-		t.Fatalf("fleet publish-crl: %v\n%s", err, out)
-	}
+	publishCRL(t, gws[0], tunneld, pki, configs[0])
 	var gw [2]*proc
 	for i := range gws {
 		gw[i] = start(t, gws[i], tunneld, "--config", configs[i], "--control", controls[i])
@@ -126,15 +177,7 @@ func TestNetNSFleetFailover(t *testing.T) {
 	if err := ping(t, client, "-c", "1", "-W", "2", "100.64.0.1"); err != nil {
 		t.Fatalf("ping through %s: %v", names[first], err)
 	}
-	status := func(i int) control.ServerStatus {
-		t.Helper()
-		out := run("status", "--control", controls[i], "--json")
-		var st control.ServerStatus
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			t.Fatalf("status: %v\n%s", err, out)
-		}
-		return st
-	}
+	status := func(i int) control.ServerStatus { t.Helper(); return fleetStatus(t, tunneld, controls[i]) }
 	eventually(t, names[other]+" to see laptop's session in the directory", func() bool {
 		st := status(other)
 		return st.Store != nil && st.Store.Up && st.Store.FleetSessions == 1 && len(st.Store.Gateways) == 2 &&
