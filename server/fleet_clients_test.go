@@ -62,7 +62,20 @@ func TestFleetClients(t *testing.T) {
 		}
 		return w.String()
 	}
-	tunneltest.Eventually(t, func() bool { return len(list(a)) == 3 && len(list(b)) == 3 }, "both gateways to list three sessions")
+	// Each gateway learns the other's sessions and the fleet's leases
+	// through etcd's watch: a moment after they were made.
+	hasLaptopAddr := func(l []control.FleetSession) bool {
+		for _, s := range l {
+			if s.Identity == "laptop" {
+				return len(s.Addresses) == 1 && s.Addresses[0] == laptopAddr
+			}
+		}
+		return false
+	}
+	tunneltest.Eventually(t, func() bool {
+		la, lb := list(a), list(b)
+		return len(la) == 3 && len(lb) == 3 && hasLaptopAddr(la) && hasLaptopAddr(lb)
+	}, "both gateways to list three sessions, laptop's with its leased address")
 	for _, g := range []gw{a, b} {
 		l := list(g)
 		me := g.f.store.Gateway()
