@@ -164,7 +164,10 @@ func TestNetNSInstances(t *testing.T) {
 			before := snapshot()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			out, err := server.Cmd(ctx, tunneld, append(tc.args, creds...)...).CombinedOutput()
+			// A control socket of its own, not /run/tlsvpn/tvtC0.sock: the
+			// test must leave the host's /run/tlsvpn as it found it.
+			args := append(ownControl(t, tunneld, tc.args), creds...)
+			out, err := server.Cmd(ctx, tunneld, args...).CombinedOutput()
 			if err == nil {
 				t.Fatalf("third instance started:\n%s", out)
 			}
