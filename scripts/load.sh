@@ -12,6 +12,12 @@
 #            it again (same leases), and measure how long until every session
 #            is back; the load generator reconnects like tunnelc (backoff from
 #            250 ms doubling to 30 s, each wait half to one and a half times that) and ends 2 s after recovery
+#   floor    no tunneld: the floor of Go's runtime and crypto/tls on this
+#            machine ('tlsvpn-load floor'): LOAD_SESSIONS idle connections
+#            with one PING-sized message each way every FLOOR_EVERY, on plain
+#            TCP and on TLS 1.3, then full handshakes with tunneld's TLS
+#            settings as fast as LOAD_CONCURRENCY allows, at LOAD_RATE (if
+#            set), and resumed; run it beside a hold to see what tunneld adds
 #
 # Env (defaults in brackets):
 #   LOAD_SESSIONS      held sessions [200]
@@ -37,6 +43,10 @@
 #   TUNNEL_FLAGS_SERVER  more tunneld flags, after the script's own, so they win:
 #                      e.g. "--handshake-rate -1 --max-handshakes 256"
 #   KEEP_LOGS          1: keep the temporary directory (binaries, PKI, logs, JSON)
+#   FLOOR_EVERY        floor: message interval per idle connection [15s]
+#   FLOOR_SETTLE       floor: wait after the ramp before measuring [20s]
+#   FLOOR_WINDOW       floor: measured window of each idle test [60s]
+#   FLOOR_HS_WINDOW    floor: measured window of each handshake test [20s]
 #
 # The server runs with a 100.64.0.0/16 tunnel subnet, --max-clients of the
 # sessions plus churn plus 64, and its default per-source and handshake
@@ -74,10 +84,14 @@ LOAD_JSON="${LOAD_JSON:-}"
 LOAD_NOFILE="${LOAD_NOFILE:-262144}"
 TUNNEL_FLAGS_SERVER="${TUNNEL_FLAGS_SERVER:-}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
+FLOOR_EVERY="${FLOOR_EVERY:-15s}"
+FLOOR_SETTLE="${FLOOR_SETTLE:-20s}"
+FLOOR_WINDOW="${FLOOR_WINDOW:-60s}"
+FLOOR_HS_WINDOW="${FLOOR_HS_WINDOW:-20s}"
 case "$LOAD_SCENARIO" in
-hold) LOAD_HOLD="${LOAD_HOLD:-10s}" ;;
+hold | floor) LOAD_HOLD="${LOAD_HOLD:-10s}" ;;
 restart) LOAD_HOLD="${LOAD_HOLD:-120s}" ;;
-*) die "LOAD_SCENARIO must be hold or restart, got '$LOAD_SCENARIO'" ;;
+*) die "LOAD_SCENARIO must be hold, restart or floor, got '$LOAD_SCENARIO'" ;;
 esac
 
 SERVER_UL=198.18.0.1
@@ -94,6 +108,7 @@ NS_CLI="tlsload-cli-$$"
 
 TMP=""
 SRV_PID=""
+PLAIN_PID=""
 LOAD_PID=""
 REPORT_SHOWN=0
 
@@ -154,6 +169,7 @@ cleanup() {
 		cat "$TMP/report.txt"
 	fi
 	kill_wait "$SRV_PID" 10 >/dev/null 2>&1
+	kill_wait "$PLAIN_PID" 10 >/dev/null 2>&1
 	netns_delete "$NS_CLI"
 	netns_delete "$NS_SRV"
 	if [[ -n "$TMP" && -d "$TMP" ]]; then
@@ -249,6 +265,53 @@ else
 	log "one source address: $CLIENT_UL"
 fi
 ip netns exec "$NS_CLI" ping -q -c 1 -W 2 "$SERVER_UL" >/dev/null || die "veth: $CLIENT_UL cannot reach $SERVER_UL"
+
+# ------------------------------------------------------------------ floor
+# run_floor: two floor servers (TLS on $PORT, plain TCP on PLAIN_PORT) in
+# the server namespace, and one floor client after another in the client's.
+# Each client prints its own lines; nothing of tunneld runs.
+PLAIN_PORT=444
+floor_up() {
+	ip netns exec "$NS_SRV" ss -Hltn "sport = :$PORT" | grep -q . &&
+		ip netns exec "$NS_SRV" ss -Hltn "sport = :$PLAIN_PORT" | grep -q .
+}
+floor_client() {
+	local pid="$1"
+	shift
+	ip netns exec "$NS_CLI" setsid "$TMP/tlsvpn-load" floor "$@" --server-pid "$pid" --pki "$PKI" >>"$TMP/report.txt" &
+	LOAD_PID=$!
+	wait "$LOAD_PID" || fail "tlsvpn-load floor $* failed"
+	LOAD_PID=""
+}
+run_floor() {
+	step "floor servers in $NS_SRV: TLS 1.3 on :$PORT, plain TCP on :$PLAIN_PORT"
+	ip netns exec "$NS_SRV" setsid "$TMP/tlsvpn-load" floor server --listen "$SERVER_UL:$PORT" --pki "$PKI" >>"$TMP/tunneld.log" 2>&1 &
+	SRV_PID=$!
+	ip netns exec "$NS_SRV" setsid "$TMP/tlsvpn-load" floor server --listen "$SERVER_UL:$PLAIN_PORT" --plain >>"$TMP/tunneld.log" 2>&1 &
+	PLAIN_PID=$!
+	wait_until 15 floor_up || fail "floor servers not listening after 15s"
+	: >"$TMP/report.txt"
+	local idle=(idle --conns "$LOAD_SESSIONS" --every "$FLOOR_EVERY" --settle "$FLOOR_SETTLE" --window "$FLOOR_WINDOW" --concurrency "$LOAD_CONCURRENCY")
+	local hs=(handshake --concurrency "$LOAD_CONCURRENCY" --settle 3s --window "$FLOOR_HS_WINDOW")
+	step "floor: $LOAD_SESSIONS idle plain TCP connections, a message each way every $FLOOR_EVERY, ${FLOOR_WINDOW} measured"
+	floor_client "$PLAIN_PID" "${idle[@]}" --server "$SERVER_UL:$PLAIN_PORT" --plain
+	step "floor: the same on TLS 1.3"
+	floor_client "$SRV_PID" "${idle[@]}" --server "$SERVER_UL:$PORT"
+	step "floor: full handshakes as fast as $LOAD_CONCURRENCY in flight allow, ${FLOOR_HS_WINDOW} measured"
+	floor_client "$SRV_PID" "${hs[@]}" --server "$SERVER_UL:$PORT"
+	if ! [[ "$LOAD_RATE" =~ ^0*(\.0*)?$ ]]; then
+		step "floor: full handshakes at $LOAD_RATE/s"
+		floor_client "$SRV_PID" "${hs[@]}" --server "$SERVER_UL:$PORT" --rate "$LOAD_RATE"
+	fi
+	step "floor: resumed handshakes as fast as possible"
+	floor_client "$SRV_PID" "${hs[@]}" --server "$SERVER_UL:$PORT" --resume
+	cat "$TMP/report.txt"
+	REPORT_SHOWN=1
+}
+if [[ "$LOAD_SCENARIO" == floor ]]; then
+	run_floor
+	exit 0
+fi
 
 # ------------------------------------------------------------------ tunneld
 MAX_CLIENTS=$((IDENTITIES + 64))

@@ -9,7 +9,8 @@
 #   bench    every benchmark once (-benchtime 1x) so they keep compiling
 #   demo     scripts/demo.sh with a small transfer (TEST_DEMO=0 skips it)
 #   load     scripts/load.sh: 200 sessions, churn and traffic, every session
-#            must answer a ping and nothing may fail (TEST_LOAD=0 skips it)
+#            must answer a ping and nothing may fail; then its floor scenario,
+#            small and short, so it keeps working (TEST_LOAD=0 skips both)
 #   package  scripts/package-test.sh: scripts/release.sh (amd64 and arm64),
 #            dpkg -i of the amd64 package, --version, systemd-analyze verify
 #            of the installed units, the units' sandbox test against the
@@ -222,6 +223,8 @@ if [[ "$TEST_LOAD" == 1 ]]; then
 	run_step "load (200 sessions)" env LOAD_SCENARIO=hold LOAD_SESSIONS=200 LOAD_HOLD=5s LOAD_CHURN=10 \
 		LOAD_TRAFFIC=2 LOAD_SOURCES=many LOAD_TIMEOUT=2m \
 		LOAD_FLAGS="--ping-check --require-ping-all --max-failures 0" bash scripts/load.sh
+	run_step "load floor (200 connections, short)" env LOAD_SCENARIO=floor LOAD_SESSIONS=200 LOAD_RATE=100 \
+		LOAD_SOURCES=one FLOOR_EVERY=1s FLOOR_SETTLE=1s FLOOR_WINDOW=3s FLOOR_HS_WINDOW=3s bash scripts/load.sh
 fi
 
 if [[ "$TEST_PACKAGE" == 1 ]]; then

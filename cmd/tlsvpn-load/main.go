@@ -40,6 +40,7 @@ func main() {
 }
 
 const usageHead = `Usage: tlsvpn-load --server ADDR:PORT --pki DIR [flags]
+       tlsvpn-load floor server|idle|handshake [flags]   (see tlsvpn-load floor --help)
 
 tlsvpn-load opens --sessions real tlsvpn sessions to tunneld, each with its own
 client certificate (ECDSA P-256, named PREFIX00001, ...) minted in memory from
@@ -281,6 +282,9 @@ func expandSource(item string) ([]netip.Addr, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "floor" {
+		return runFloor(ctx, args[1:], stdout, stderr)
+	}
 	o, err := parseFlags(args, stdout, stderr)
 	if err != nil {
 		return err
