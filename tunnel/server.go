@@ -478,6 +478,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
+	hs := newHandshakers(ctx)
 	muxErr := make(chan error, 1)
 	go func() { muxErr <- s.mux.Run(ctx) }()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -533,11 +534,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		go func() {
 			defer wg.Done()
 			defer s.conns.Add(-1)
-			s.handle(ctx, c, adm)
+			s.handle(ctx, c, adm, hs)
 		}()
 	}
 	cancel()
 	wg.Wait()
+	hs.wait()
 	s.cfg.Dev.Close()
 	if merr := <-muxErr; err == nil {
 		err = merr
@@ -546,7 +548,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // handle runs one connection from accept to the end of its session.
-func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
+func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission, hs *handshakers) {
 	accepted := time.Now()
 	live := s.live.Load() // one view of the settings for the whole connection
 	releaseHandshake := adm.Release
@@ -586,7 +588,12 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission) {
 	if adm.MustResume {
 		s.mustResume.Store(tr.helloConn(), true)
 	}
-	id, hello, err := s.handshake(hctx, tr)
+	var (
+		id    string
+		hello Hello
+		err   error
+	)
+	hs.do(func() { id, hello, err = s.handshake(hctx, tr) })
 	if adm.MustResume {
 		s.mustResume.Delete(tr.helloConn())
 	}
