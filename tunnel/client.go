@@ -30,7 +30,8 @@ type ClientConfig struct {
 	// "the last Dial". The session cache is keyed by that name, so each
 	// server keeps its own tickets.
 	ServerName func() string
-	// Hello is sent to the server after the TLS handshake.
+	// Hello is sent to the server after the TLS handshake. NewClient sets
+	// its CapGSO (unless NoOffload) and decides CapKeyUpdate itself.
 	Hello Hello
 	// Setup receives the server's configuration for every session and
 	// returns the TUN device to use, with its address, MTU and routes in
@@ -209,7 +210,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if !cfg.NoOffload {
 		cfg.Hello.Caps |= CapGSO
 	}
-	cfg.Hello.Caps |= CapKeyUpdate // crypto/tls and the own record layer both accept it
+	// CapKeyUpdate only from a client that will try the own record layer
+	// (the condition under which it captures secrets, tlsTransport.client):
+	// on crypto/tls it counts every record of the connection and rotates
+	// by reconnecting, whatever keys the server updates.
+	cfg.Hello.Caps &^= CapKeyUpdate
+	if tryOwnRecords(cfg.StdlibRecords) {
+		cfg.Hello.Caps |= CapKeyUpdate
+	}
 	return &Client{cfg: cfg, tls: t, log: cfg.Logger, kick: make(chan string, 1)}, nil
 }
 

@@ -448,6 +448,7 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 				e.stats.SessionsOpened.Load(), e.stats.SessionsClosed.Load(), e.stats.ProtocolErrors.Load())
 		}
 		t.Logf("peer: %v; our CONFIG caps %s", e.tlsLine, cfg["caps"])
+		checkOurKeyUpdateCap(t, "CONFIG", cfg["caps"], tc.stdlib)
 
 	case pyServer:
 		args[1] = "server"
@@ -496,6 +497,7 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 		}
 		e.peerIP, e.ourAddr = netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("100.64.0.2")
 		t.Logf("peer: %v; our HELLO caps %s", e.tlsLine, hello["caps"])
+		checkOurKeyUpdateCap(t, "HELLO", hello["caps"], tc.stdlib)
 	}
 
 	// Both sides must agree on the cipher suite, and it must be the forced one.
@@ -507,6 +509,20 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 		t.Fatalf("negotiated %s, want %s (forced by OPENSSL_CONF)", ours, tc.suite)
 	}
 	tc.run(e)
+}
+
+// checkOurKeyUpdateCap checks the caps of our HELLO or CONFIG as the peer
+// parsed them: CapKeyUpdate only from a side that tries the own record
+// layer (not with StdlibRecords).
+func checkOurKeyUpdateCap(t *testing.T, msg, caps string, stdlib bool) {
+	t.Helper()
+	v, err := strconv.ParseUint(caps, 0, 32)
+	if err != nil {
+		t.Fatalf("the peer reported our %s caps as %q: %v", msg, caps, err)
+	}
+	if got := uint32(v)&tunnel.CapKeyUpdate != 0; got == stdlib {
+		t.Errorf("our %s caps %s: CapKeyUpdate %v with StdlibRecords %v; want it only from a side on the own record layer", msg, caps, got, stdlib)
+	}
 }
 
 // exchange sends n packets each way and checks them.
