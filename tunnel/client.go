@@ -487,7 +487,9 @@ const stableSession = 10 * time.Second
 func (c *Client) setup(ctx context.Context, tr Transport, info Connected) (tun.Device, error) {
 	dev, err := c.cfg.Setup(ctx, info.Config)
 	if err != nil {
-		tr.Write(AppendFrame(nil, TypeClose, false, MarshalClose(CloseNormal, "client setup failed")))
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		writeControlFrame(wctx, tr, TypeClose, MarshalClose(CloseNormal, "client setup failed"))
+		cancel()
 		tr.Close()
 		return nil, fmt.Errorf("setup: %w", err)
 	}
