@@ -71,8 +71,9 @@ type ClientConfig struct {
 	// carried RotateBytes bytes (0: no byte budget) or lived RotateAfter
 	// (0: no age limit), a new connection is opened, traffic moves to it,
 	// and the old one is closed after it drained. On the own record layer,
-	// with a server that accepts KeyUpdate, the record budget is kept
-	// in-band instead: the keys are updated every RotateRecords records.
+	// with a server that announced CapKeyUpdate (one that runs its own
+	// record layer too), the record budget is kept in-band instead: the
+	// keys are updated every RotateRecords records.
 	RotateRecords uint64
 	RotateBytes   uint64
 	RotateAfter   time.Duration
