@@ -30,7 +30,8 @@ type ClientConfig struct {
 	// "the last Dial". The session cache is keyed by that name, so each
 	// server keeps its own tickets.
 	ServerName func() string
-	// Hello is sent to the server after the TLS handshake.
+	// Hello is sent to the server after the TLS handshake. NewClient sets
+	// its CapGSO (unless NoOffload) and decides CapKeyUpdate itself.
 	Hello Hello
 	// Setup receives the server's configuration for every session and
 	// returns the TUN device to use, with its address, MTU and routes in
@@ -70,8 +71,9 @@ type ClientConfig struct {
 	// carried RotateBytes bytes (0: no byte budget) or lived RotateAfter
 	// (0: no age limit), a new connection is opened, traffic moves to it,
 	// and the old one is closed after it drained. On the own record layer,
-	// with a server that accepts KeyUpdate, the record budget is kept
-	// in-band instead: the keys are updated every RotateRecords records.
+	// with a server that announced CapKeyUpdate (one that runs its own
+	// record layer too), the record budget is kept in-band instead: the
+	// keys are updated every RotateRecords records.
 	RotateRecords uint64
 	RotateBytes   uint64
 	RotateAfter   time.Duration
@@ -209,7 +211,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if !cfg.NoOffload {
 		cfg.Hello.Caps |= CapGSO
 	}
-	cfg.Hello.Caps |= CapKeyUpdate // crypto/tls and the own record layer both accept it
+	// CapKeyUpdate only from a client that will try the own record layer
+	// (the condition under which it captures secrets, tlsTransport.client):
+	// on crypto/tls it counts every record of the connection and rotates
+	// by reconnecting, whatever keys the server updates.
+	cfg.Hello.Caps &^= CapKeyUpdate
+	if tryOwnRecords(cfg.StdlibRecords) {
+		cfg.Hello.Caps |= CapKeyUpdate
+	}
 	return &Client{cfg: cfg, tls: t, log: cfg.Logger, kick: make(chan string, 1)}, nil
 }
 
@@ -479,7 +488,9 @@ const stableSession = 10 * time.Second
 func (c *Client) setup(ctx context.Context, tr Transport, info Connected) (tun.Device, error) {
 	dev, err := c.cfg.Setup(ctx, info.Config)
 	if err != nil {
-		tr.Write(AppendFrame(nil, TypeClose, false, MarshalClose(CloseNormal, "client setup failed")))
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		writeControlFrame(wctx, tr, TypeClose, MarshalClose(CloseNormal, "client setup failed"))
+		cancel()
 		tr.Close()
 		return nil, fmt.Errorf("setup: %w", err)
 	}

@@ -25,8 +25,27 @@ const (
 	// CapGSO: the sender accepts DATA_GSO frames.
 	CapGSO uint32 = 1 << 0
 	// CapKeyUpdate: the sender accepts TLS KeyUpdate messages after the
-	// protocol handshake (RFC 8446 section 4.6.3), so the peer may update
-	// its keys in-band instead of opening a new session.
+	// protocol handshake (RFC 8446 section 4.6.3) and its per-key record
+	// count restarts with each new key, so the peer may update the keys
+	// in-band instead of opening a new session (docs/PROTOCOL.md 1.1).
+	//
+	// tlsvpn announces it only from a side that will try its own record
+	// layer (tryOwnRecords: not with StdlibRecords, not in FIPS mode). A
+	// side that stays on crypto/tls accepts KeyUpdate too, but its
+	// BatchConn cannot see key updates and counts every record of the
+	// connection, so its session would end with CloseRekey at
+	// MaxRecordsPerKey; without the capability its peer, or itself as the
+	// client, rotates by reconnecting at RotateRecords instead.
+	//
+	// The hand-over is decided after HELLO and CONFIG (StartData), so the
+	// announcement stands when it is refused. A client whose hand-over is
+	// refused knows (its session does not rekey in-band) and rotates by
+	// reconnecting. A server whose hand-over is refused cannot take the
+	// capability back: its client keeps updating the keys in-band and does
+	// not rotate, and the server's session, counting all records, ends
+	// with CloseRekey when the connection has carried MaxRecordsPerKey
+	// records in one direction; the client then reconnects. Fail closed: no
+	// key ever protects more records than the limit allows.
 	CapKeyUpdate uint32 = 1 << 1
 )
 

@@ -164,6 +164,15 @@ func AppendFrame(dst []byte, typ byte, end bool, payload []byte) []byte {
 	return append(dst, payload...)
 }
 
+// appendControl appends a control frame (HELLO, CONFIG, PING, PONG or
+// CLOSE) to dst. Each control frame is a write of its own and so carries
+// E (docs/PROTOCOL.md section 2); this package writes every control frame
+// through here (TestControlFramesSetEnd keeps it so), data frames through
+// PutHeader.
+func appendControl(dst []byte, typ byte, payload []byte) []byte {
+	return AppendFrame(dst, typ, true, payload)
+}
+
 // GSO is the segmentation metadata of a DATA_GSO frame: what the sending
 // kernel's virtio-net header said about a super-packet, minus the header
 // length, which the receiver recomputes from the packet itself.

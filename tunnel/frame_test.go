@@ -3,6 +3,11 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -115,4 +120,56 @@ func FuzzParseFrame(f *testing.F) {
 			t.Fatalf("PutHeader(ParseHeader(%x)) = %x", b[:HeaderLen], out)
 		}
 	})
+}
+
+// TestControlFramesSetEnd: every control frame carries E (PROTOCOL.md
+// section 2). appendControl sets it, and the package's code frames
+// control messages only through it: no other call of AppendFrame, and
+// PutHeader only for DATA and DATA_GSO.
+func TestControlFramesSetEnd(t *testing.T) {
+	for _, typ := range []byte{TypeHello, TypeConfig, TypePing, TypePong, TypeClose} {
+		h, err := ParseHeader(appendControl(nil, typ, make([]byte, PingLen)))
+		if err != nil || !h.End || h.Type != typ {
+			t.Errorf("appendControl(%s) parses as %v, %v; want E set", typeName(typ), h, err)
+		}
+	}
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Body == nil || fn.Recv == nil && (fn.Name.Name == "appendControl" || fn.Name.Name == "AppendFrame") {
+				continue
+			}
+			ast.Inspect(fn.Body, func(n ast.Node) bool {
+				call, ok := n.(*ast.CallExpr)
+				if !ok {
+					return true
+				}
+				id, ok := call.Fun.(*ast.Ident)
+				if !ok {
+					return true
+				}
+				switch id.Name {
+				case "AppendFrame":
+					t.Errorf("%s: %s calls AppendFrame; frame control messages with appendControl (E set)", fset.Position(call.Pos()), fn.Name.Name)
+				case "PutHeader":
+					if typ, ok := call.Args[1].(*ast.Ident); !ok || typ.Name != "TypeData" && typ.Name != "TypeDataGSO" {
+						t.Errorf("%s: %s calls PutHeader for a frame that is not DATA or DATA_GSO; frame control messages with appendControl (E set)", fset.Position(call.Pos()), fn.Name.Name)
+					}
+				}
+				return true
+			})
+		}
+	}
 }

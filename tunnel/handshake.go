@@ -56,7 +56,7 @@ func writeControlFrame(ctx context.Context, c controlWriter, typ byte, payload [
 		c.SetWriteDeadline(d)
 		defer c.SetWriteDeadline(time.Time{})
 	}
-	_, err := c.Write(AppendFrame(nil, typ, true, payload)) // a write of its own: E set
+	_, err := c.Write(appendControl(nil, typ, payload))
 	if err != nil {
 		return fmt.Errorf("write %s: %w", typeName(typ), err)
 	}

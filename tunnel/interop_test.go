@@ -381,6 +381,7 @@ type interopEnv struct {
 	tx, rx  int                    // packets sent to / received from the peer
 	tlsLine map[string]string      // the peer's "tls" line
 	suite   atomic.Uint32          // the cipher suite our side negotiated
+	logs    *tunneltest.SyncBuffer // our side's log, at debug level
 }
 
 func runInterop(t *testing.T, python, script string, tc interopCase) {
@@ -395,7 +396,7 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 	if tc.stdlib {
 		tc.want = wantStdlib
 	}
-	e := &interopEnv{t: t, tc: tc}
+	e := &interopEnv{t: t, tc: tc, logs: logs}
 	dir := t.TempDir()
 	conf := writeOpenSSLConf(t, dir, tc.suite, tc.padding)
 	args := []string{"--role", "client", "--caps", fmt.Sprintf("0x%x", tc.peerCaps)}
@@ -448,6 +449,7 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 				e.stats.SessionsOpened.Load(), e.stats.SessionsClosed.Load(), e.stats.ProtocolErrors.Load())
 		}
 		t.Logf("peer: %v; our CONFIG caps %s", e.tlsLine, cfg["caps"])
+		checkOurKeyUpdateCap(t, "CONFIG", cfg["caps"], tc.stdlib)
 
 	case pyServer:
 		args[1] = "server"
@@ -496,6 +498,7 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 		}
 		e.peerIP, e.ourAddr = netip.MustParseAddr("100.64.0.1"), netip.MustParseAddr("100.64.0.2")
 		t.Logf("peer: %v; our HELLO caps %s", e.tlsLine, hello["caps"])
+		checkOurKeyUpdateCap(t, "HELLO", hello["caps"], tc.stdlib)
 	}
 
 	// Both sides must agree on the cipher suite, and it must be the forced one.
@@ -507,6 +510,44 @@ func runInterop(t *testing.T, python, script string, tc interopCase) {
 		t.Fatalf("negotiated %s, want %s (forced by OPENSSL_CONF)", ours, tc.suite)
 	}
 	tc.run(e)
+}
+
+// checkAEAD checks which AES-GCM sealed and opened our records after the
+// hand-over, as the hand-over's log line reports it (RecordConn.OwnAESGCM):
+// tlsvpn's own only when the case asked for it (OwnAESGCM), the suite is
+// AES-GCM and the own code can run here; Go's otherwise, and by default.
+// Both produce the same bytes, so nothing else here would tell.
+func (e *interopEnv) checkAEAD() {
+	e.t.Helper()
+	want := e.tc.ownAESGCM && uint16(e.suite.Load()) != tls.TLS_CHACHA20_POLY1305_SHA256
+	if err := tunnel.OwnAESGCMCheck(); want && err != nil {
+		e.t.Logf("tlsvpn's own AES-GCM cannot run here (%v): expecting Go's", err)
+		want = false
+	}
+	line := ""
+	for l := range strings.Lines(e.logs.String()) {
+		if strings.Contains(l, "data phase handed over") {
+			line = l
+		}
+	}
+	if attr := fmt.Sprintf("own_aes_gcm=%v", want); !strings.Contains(line, attr) {
+		e.t.Errorf("our hand-over's log line %q does not say %s (OwnAESGCM %v, suite %s)",
+			strings.TrimSpace(line), attr, e.tc.ownAESGCM, tls.CipherSuiteName(uint16(e.suite.Load())))
+	}
+}
+
+// checkOurKeyUpdateCap checks the caps of our HELLO or CONFIG as the peer
+// parsed them: CapKeyUpdate only from a side that tries the own record
+// layer (not with StdlibRecords).
+func checkOurKeyUpdateCap(t *testing.T, msg, caps string, stdlib bool) {
+	t.Helper()
+	v, err := strconv.ParseUint(caps, 0, 32)
+	if err != nil {
+		t.Fatalf("the peer reported our %s caps as %q: %v", msg, caps, err)
+	}
+	if got := uint32(v)&tunnel.CapKeyUpdate != 0; got == stdlib {
+		t.Errorf("our %s caps %s: CapKeyUpdate %v with StdlibRecords %v; want it only from a side on the own record layer", msg, caps, got, stdlib)
+	}
 }
 
 // exchange sends n packets each way and checks them.
@@ -647,6 +688,7 @@ func (e *interopEnv) finish() {
 		if handOvers != 1 || refusals != 0 {
 			e.t.Errorf("RecordHandOvers = %d, RecordHandOverRefusals = %d; want 1, 0 (data phase on our own record layer)", handOvers, refusals)
 		}
+		e.checkAEAD()
 	case wantRefusal:
 		if handOvers != 0 || refusals != 1 {
 			e.t.Errorf("RecordHandOvers = %d, RecordHandOverRefusals = %d; want 0, 1 (bytes after HELLO were buffered in crypto/tls: "+

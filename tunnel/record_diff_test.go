@@ -231,8 +231,12 @@ func buildStream(s *peerSender, ops []byte) []byte {
 	return stream
 }
 
-// TestStdlibRecordDifferences pins the two deliberate differences from
-// crypto/tls that the differential fuzz target leaves out.
+// TestStdlibRecordDifferences pins the three deliberate differences from
+// crypto/tls that the differential fuzz target leaves out (listed on
+// FuzzRecordLayerMatchesStdlib): change_cipher_spec after the handshake
+// (outer and inner), an empty inner plaintext, and a post-handshake
+// message other than NewSessionTicket and KeyUpdate. Each gets
+// unexpected_message.
 func TestStdlibRecordDifferences(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -212,7 +212,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
-	capture := !cfg.StdlibRecords && OwnRecordLayer() == nil
+	capture := tryOwnRecords(cfg.StdlibRecords)
 	if capture {
 		// Only where the own record layer will be used: otherwise no
 		// traffic secret is ever captured.
@@ -643,7 +643,15 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission, hs *h
 		routes = pol.Routes
 	}
 	gso := !s.cfg.NoOffload && s.mux.CanGSO()
-	caps := CapKeyUpdate // crypto/tls and the own record layer both accept it
+	var caps uint32
+	if s.capturing {
+		// Only a server that will try the own record layer lets the
+		// client keep its keys in-band; on crypto/tls it counts every
+		// record of the connection, and the client had better rotate
+		// by reconnecting. A hand-over refused after this CONFIG: see
+		// CapKeyUpdate.
+		caps |= CapKeyUpdate
+	}
 	if gso {
 		caps |= CapGSO
 	}

@@ -454,7 +454,7 @@ func (s *Session) sayGoodbye(cause error) (linger bool) {
 		}
 	}
 	payload := MarshalClose(code, reason)
-	if _, err := s.t.Write(AppendFrame(make([]byte, 0, HeaderLen+len(payload)), TypeClose, true, payload)); err != nil {
+	if _, err := s.t.Write(appendControl(make([]byte, 0, HeaderLen+len(payload)), TypeClose, payload)); err != nil {
 		return false
 	}
 	return linger
@@ -554,7 +554,7 @@ func (s *Session) writeChunk(c *chunk) error {
 // writeControl sends one control frame.
 func (s *Session) writeControl(typ byte, payload []byte) error {
 	var b [HeaderLen + PingLen]byte
-	frame := AppendFrame(b[:0], typ, true, payload) // a write of its own: E set
+	frame := appendControl(b[:0], typ, payload)
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if _, err := s.t.Write(frame); err != nil {
@@ -632,7 +632,7 @@ func (s *Session) flushRx() error {
 func (s *Session) pongNow() error {
 	if s.wmu.TryLock() {
 		var b [HeaderLen + PingLen]byte
-		ok, err := s.t.TrySend(AppendFrame(b[:0], TypePong, true, s.ctl[:]))
+		ok, err := s.t.TrySend(appendControl(b[:0], TypePong, s.ctl[:]))
 		s.wmu.Unlock()
 		if err != nil {
 			return s.ioErr("write", err)

@@ -48,11 +48,19 @@ func newTLSTransport(raw net.Conn, stdlib, own bool) *tlsTransport {
 	return &tlsTransport{raw: raw, bc: NewBatchConn(raw), stdlib: stdlib, own: own}
 }
 
+// tryOwnRecords reports whether a side configured with StdlibRecords
+// stdlib tries to move its data phase to the own record layer. Only such a
+// side captures traffic secrets, and only such a side announces
+// CapKeyUpdate: on crypto/tls the per-key record limit is kept by
+// BatchConn, which counts every record of the connection because it cannot
+// see key updates.
+func tryOwnRecords(stdlib bool) bool { return !stdlib && OwnRecordLayer() == nil }
+
 // client makes t the client side of a TLS handshake under cfg. Its
 // traffic secrets are captured for the hand-over only when the own record
 // layer will be used; otherwise they are never known outside crypto/tls.
 func (t *tlsTransport) client(cfg *tls.Config) {
-	if !t.stdlib && OwnRecordLayer() == nil {
+	if tryOwnRecords(t.stdlib) {
 		t.tc = t.bc.Client(cfg)
 	} else {
 		t.tc = tls.Client(t.bc, cfg)

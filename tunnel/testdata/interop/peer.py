@@ -10,7 +10,9 @@ layer, which takes over the data phase from crypto/tls, is checked against
 a TLS stack that is not Go's. It is a test peer, not a usable VPN: it has no
 TUN device; it sends and checks IPv4/UDP packets built from a shared
 recipe (payload() and udp4() below, mirrored by interopPayload and
-tunneltest.UDP4 in interop_test.go).
+tunneltest.UDP4 in interop_test.go). Every frame the Go side sends is
+checked as it is read: its length against section 2's limits, and the E
+bit on each control frame (HELLO, CONFIG, PING, PONG, CLOSE).
 
 Standard library and ctypes only (ossl.py reaches the two OpenSSL functions
 that the ssl module lacks). It only talks to 127.0.0.1: as a client to
@@ -68,6 +70,7 @@ DATA, DATA_GSO, HELLO, CONFIG, PING, PONG, CLOSE = 0x01, 0x02, 0x10, 0x11, 0x12,
 END = 0x80
 NAMES = {DATA: "DATA", DATA_GSO: "DATA_GSO", HELLO: "HELLO", CONFIG: "CONFIG",
          PING: "PING", PONG: "PONG", CLOSE: "CLOSE"}
+CONTROL = (HELLO, CONFIG, PING, PONG, CLOSE)
 # Payload length limits per type, checked before reading the payload.
 LIMITS = {DATA: (20, 65535), DATA_GSO: (28, 65543), HELLO: (1, 16384), CONFIG: (1, 16384),
           PING: (8, 8), PONG: (8, 8), CLOSE: (2, 16384)}
@@ -235,7 +238,13 @@ class Conn:
         lo, hi = LIMITS[typ]
         if not lo <= n <= hi:
             raise Fail(f"{NAMES[typ]} frame with payload length {n}, allowed {lo}..{hi}")
-        return typ, end, self.read_exact(n)
+        p = self.read_exact(n)
+        if typ in CONTROL and not end:
+            # Section 2: each control frame is a write of its own and
+            # carries E. Checked on every frame the Go side sends.
+            raise Fail(f"{NAMES[typ]} frame without the E bit (header {h.hex()}): "
+                       f"every control frame must carry E (PROTOCOL.md section 2)")
+        return typ, end, p
 
     def session_frame(self, waiting_for):
         """The next DATA, PONG or CLOSE frame; PINGs are answered on the way."""
