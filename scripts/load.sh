@@ -18,6 +18,11 @@
 #            TCP and on TLS 1.3, then full handshakes with tunneld's TLS
 #            settings as fast as LOAD_CONCURRENCY allows, at LOAD_RATE (if
 #            set), and resumed; run it beside a hold to see what tunneld adds
+#   connect  tunneld, and the floor's lean client speaking tlsvpn (TLS 1.3,
+#            HELLO, CONFIG, CLOSE) from the LOAD_SOURCES addresses: new
+#            connections as fast as LOAD_CONCURRENCY allows, at LOAD_RATE (if
+#            set), and resumed, each for FLOOR_HS_WINDOW; tunneld's CPU per
+#            connect and connect-to-CONFIG latency with no sessions held
 #
 # Env (defaults in brackets):
 #   LOAD_SESSIONS      held sessions [200]
@@ -89,9 +94,9 @@ FLOOR_SETTLE="${FLOOR_SETTLE:-20s}"
 FLOOR_WINDOW="${FLOOR_WINDOW:-60s}"
 FLOOR_HS_WINDOW="${FLOOR_HS_WINDOW:-20s}"
 case "$LOAD_SCENARIO" in
-hold | floor) LOAD_HOLD="${LOAD_HOLD:-10s}" ;;
+hold | floor | connect) LOAD_HOLD="${LOAD_HOLD:-10s}" ;;
 restart) LOAD_HOLD="${LOAD_HOLD:-120s}" ;;
-*) die "LOAD_SCENARIO must be hold, restart or floor, got '$LOAD_SCENARIO'" ;;
+*) die "LOAD_SCENARIO must be hold, restart, floor or connect, got '$LOAD_SCENARIO'" ;;
 esac
 
 SERVER_UL=198.18.0.1
@@ -339,6 +344,23 @@ start_server() {
 step "start tunneld in $NS_SRV: ${SERVER_ARGS[*]}"
 start_server
 log "tunneld pid $SRV_PID"
+
+if [[ "$LOAD_SCENARIO" == connect ]]; then
+	: >"$TMP/report.txt"
+	hs=(handshake --tlsvpn --server "$SERVER_UL:$PORT" --concurrency "$LOAD_CONCURRENCY" --settle 3s --window "$FLOOR_HS_WINDOW"
+		--identities "$IDENTITIES" "${SOURCE_FLAG[@]}")
+	step "connect: new connections to tunneld as fast as $LOAD_CONCURRENCY in flight allow, ${FLOOR_HS_WINDOW} measured"
+	floor_client "$SRV_PID" "${hs[@]}"
+	if ! [[ "$LOAD_RATE" =~ ^0*(\.0*)?$ ]]; then
+		step "connect: new connections at $LOAD_RATE/s"
+		floor_client "$SRV_PID" "${hs[@]}" --rate "$LOAD_RATE"
+	fi
+	step "connect: resumed connections as fast as possible"
+	floor_client "$SRV_PID" "${hs[@]}" --resume
+	cat "$TMP/report.txt"
+	REPORT_SHOWN=1
+	exit 0
+fi
 
 # ------------------------------------------------------------------ load
 LOAD_ARGS=(--server "$SERVER_UL:$PORT" --pki "$PKI" --sessions "$LOAD_SESSIONS" --rate "$LOAD_RATE"

@@ -25,6 +25,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"tlsvpn/certs"
+	"tlsvpn/tunnel"
 )
 
 // floorMsgLen is a PING frame's size: a 5-byte header and 16 bytes.
@@ -48,7 +50,8 @@ type floorOptions struct {
 	rate                            float64
 	concurrency                     int
 	identities                      int
-	resume                          bool
+	resume, handshakeOnly, tlsvpn   bool
+	sources                         []netip.Addr
 }
 
 const floorUsage = `Usage:
@@ -96,7 +99,15 @@ func runFloor(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.concurrency, "concurrency", 64, "handshakes in flight at most (idle: while ramping up)")
 	fs.IntVar(&o.identities, "identities", 256, "client certificates to mint and use in turn")
 	fs.BoolVar(&o.resume, "resume", false, "handshake: resume with TLS session tickets after each identity's first handshake")
+	fs.BoolVar(&o.tlsvpn, "tlsvpn", false, "handshake: after TLS, HELLO and CONFIG as tlsvpn-load and tunnelc do, then CLOSE: the server is a tunneld (same CA) and the latency is connect to CONFIG, measured by this lean client")
+	fs.BoolVar(&o.handshakeOnly, "handshake-only", false, "handshake: close right after the TLS handshake, without the message each way; the latency is then TCP connect to TLS done, and the server may be a tunneld (same CA), whose TLS phase this measures with the floor's client")
+	var sources []string
+	fs.StringArrayVar(&sources, "source", nil, "client: local addresses to connect from, in turn, as tlsvpn-load's --source: ADDR, CIDR or CIDR:N, comma-separated or repeated (a tunneld's per-source limits apply)")
 	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	var err error
+	if o.sources, err = parseSources(sources); err != nil {
 		return err
 	}
 	if o.pki == "" && !(mode == "server" && o.plain) {
@@ -156,6 +167,7 @@ func floorServe(ctx context.Context, o floorOptions, stderr io.Writer) error {
 			return err
 		}
 		cfg = certs.ServerConfigFrom(cert, ca.Pool())
+		cfg.NextProtos = []string{tunnel.ALPN}
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -220,13 +232,18 @@ func floorClients(o floorOptions) (func(ctx context.Context, i int) (net.Conn, b
 				return nil, err
 			}
 			cfgs[i] = certs.ClientConfigFrom(cert, pool, o.serverName)
+			cfgs[i].NextProtos = []string{tunnel.ALPN}
 			if o.resume {
 				cfgs[i].ClientSessionCache = tls.NewLRUClientSessionCache(1)
 			}
 		}
 	}
-	var d net.Dialer
 	return func(ctx context.Context, i int) (net.Conn, bool, error) {
+		var d net.Dialer
+		if len(o.sources) > 0 {
+			d.LocalAddr = &net.TCPAddr{IP: o.sources[i%len(o.sources)].AsSlice()}
+			d.Control = dialControl
+		}
 		c, err := d.DialContext(ctx, "tcp", o.server)
 		if err != nil || cfgs == nil {
 			return c, false, err
@@ -247,6 +264,20 @@ func exchange(c net.Conn) error {
 		return err
 	}
 	_, err := io.ReadFull(c, b[:])
+	return err
+}
+
+// helloConfigClose is tunnelc's protocol handshake (HELLO, CONFIG) and a
+// normal CLOSE.
+func helloConfigClose(c net.Conn) error {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return errors.New("--tlsvpn needs TLS")
+	}
+	if _, err := (&gen{}).protocolHandshake(tc); err != nil {
+		return err
+	}
+	_, err := c.Write(tunnel.AppendFrame(nil, tunnel.TypeClose, true, tunnel.MarshalClose(tunnel.CloseNormal, "floor")))
 	return err
 }
 
@@ -374,7 +405,12 @@ func floorHandshakes(ctx context.Context, o floorOptions, stdout io.Writer) erro
 		t := time.Now()
 		c, res, err := dial(ctx, i)
 		if err == nil {
-			err = exchange(c)
+			switch {
+			case o.tlsvpn:
+				err = helloConfigClose(c)
+			case !o.handshakeOnly:
+				err = exchange(c)
+			}
 			c.Close()
 		}
 		if !measuring.Load() || ctx.Err() != nil {
@@ -464,8 +500,8 @@ func floorHandshakes(ctx context.Context, o floorOptions, stdout io.Writer) erro
 	}
 	n := ok.Load()
 	d := summarize(lat)
-	fmt.Fprintf(stdout, "floor handshake: rate=%s concurrency=%d resume=%v window=%.0fs ok=%d resumed=%d failed=%d late=%d handshakes_per_s=%.0f\n",
-		rateText(o.rate), o.concurrency, o.resume, el.Seconds(), n, resumed.Load(), fail.Load(), late.Load(), float64(n)/el.Seconds())
+	fmt.Fprintf(stdout, "floor handshake: rate=%s concurrency=%d resume=%v handshake_only=%v tlsvpn=%v window=%.0fs ok=%d resumed=%d failed=%d late=%d handshakes_per_s=%.0f\n",
+		rateText(o.rate), o.concurrency, o.resume, o.handshakeOnly, o.tlsvpn, el.Seconds(), n, resumed.Load(), fail.Load(), late.Load(), float64(n)/el.Seconds())
 	fmt.Fprintf(stdout, "floor handshake: server_ms_per_handshake=%.3f client_ms_per_handshake=%.3f server_cores=%.2f client_cores=%.2f\n",
 		float64((s1-s0).Microseconds())/1000/float64(max(n, 1)), float64((c1-c0).Microseconds())/1000/float64(max(n, 1)),
 		float64(s1-s0)/float64(el), float64(c1-c0)/float64(el))
