@@ -296,8 +296,12 @@ run_floor() {
 	PLAIN_PID=$!
 	wait_until 15 floor_up || fail "floor servers not listening after 15s"
 	: >"$TMP/report.txt"
-	local idle=(idle --conns "$LOAD_SESSIONS" --every "$FLOOR_EVERY" --settle "$FLOOR_SETTLE" --window "$FLOOR_WINDOW" --concurrency "$LOAD_CONCURRENCY")
-	local hs=(handshake --concurrency "$LOAD_CONCURRENCY" --settle 3s --window "$FLOOR_HS_WINDOW")
+	local idle=(idle --conns "$LOAD_SESSIONS" --every "$FLOOR_EVERY" --settle "$FLOOR_SETTLE" --window "$FLOOR_WINDOW" --concurrency "$LOAD_CONCURRENCY" "${SOURCE_FLAG[@]}")
+	# New connections come from the LOAD_SOURCES addresses, as tlsvpn-load's
+	# do: from one address, tens of thousands of closed connections in
+	# TIME_WAIT make the kernel's search for a free port the client's
+	# main cost.
+	local hs=(handshake --concurrency "$LOAD_CONCURRENCY" --settle 3s --window "$FLOOR_HS_WINDOW" "${SOURCE_FLAG[@]}")
 	step "floor: $LOAD_SESSIONS idle plain TCP connections, a message each way every $FLOOR_EVERY, ${FLOOR_WINDOW} measured"
 	floor_client "$PLAIN_PID" "${idle[@]}" --server "$SERVER_UL:$PLAIN_PORT" --plain
 	step "floor: the same on TLS 1.3"
