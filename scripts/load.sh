@@ -21,8 +21,10 @@
 #   connect  tunneld, and the floor's lean client speaking tlsvpn (TLS 1.3,
 #            HELLO, CONFIG, CLOSE) from the LOAD_SOURCES addresses: new
 #            connections as fast as LOAD_CONCURRENCY allows, at LOAD_RATE (if
-#            set), and resumed, each for FLOOR_HS_WINDOW; tunneld's CPU per
-#            connect and connect-to-CONFIG latency with no sessions held
+#            set), and resumed, each for FLOOR_HS_WINDOW (LOAD_SESSIONS
+#            client certificates in turn); tunneld's CPU per connect and
+#            connect-to-CONFIG latency, with CONNECT_HELD sessions held
+#            meanwhile by tlsvpn-load (none by default)
 #
 # Env (defaults in brackets):
 #   LOAD_SESSIONS      held sessions [200]
@@ -51,7 +53,9 @@
 #   FLOOR_EVERY        floor: message interval per idle connection [15s]
 #   FLOOR_SETTLE       floor: wait after the ramp before measuring [20s]
 #   FLOOR_WINDOW       floor: measured window of each idle test [60s]
-#   FLOOR_HS_WINDOW    floor: measured window of each handshake test [20s]
+#   FLOOR_HS_WINDOW    floor, connect: measured window of each handshake test [20s]
+#   CONNECT_HELD       connect: sessions tlsvpn-load opens first and holds while
+#                      the new connections are measured [0]
 #
 # The server runs with a 100.64.0.0/16 tunnel subnet, --max-clients of the
 # sessions plus churn plus 64, and its default per-source and handshake
@@ -93,6 +97,7 @@ FLOOR_EVERY="${FLOOR_EVERY:-15s}"
 FLOOR_SETTLE="${FLOOR_SETTLE:-20s}"
 FLOOR_WINDOW="${FLOOR_WINDOW:-60s}"
 FLOOR_HS_WINDOW="${FLOOR_HS_WINDOW:-20s}"
+CONNECT_HELD="${CONNECT_HELD:-0}"
 case "$LOAD_SCENARIO" in
 hold | floor | connect) LOAD_HOLD="${LOAD_HOLD:-10s}" ;;
 restart) LOAD_HOLD="${LOAD_HOLD:-120s}" ;;
@@ -114,6 +119,7 @@ NS_CLI="tlsload-cli-$$"
 TMP=""
 SRV_PID=""
 PLAIN_PID=""
+HELD_PID=""
 LOAD_PID=""
 REPORT_SHOWN=0
 
@@ -137,7 +143,9 @@ case "$LOAD_TIMEOUT" in
 *) TIMEOUT_S="" ;;
 esac
 is_uint "$TIMEOUT_S" || die "LOAD_TIMEOUT must be like 600s, 10m or 1h, got '$LOAD_TIMEOUT'"
-IDENTITIES=$((LOAD_SESSIONS + LOAD_CHURN))
+is_uint "$CONNECT_HELD" || die "CONNECT_HELD must be a number, got '$CONNECT_HELD'"
+[[ "$CONNECT_HELD" == 0 || "$LOAD_SCENARIO" == connect ]] || die "CONNECT_HELD is for LOAD_SCENARIO=connect"
+IDENTITIES=$((LOAD_SESSIONS + LOAD_CHURN + CONNECT_HELD))
 case "$LOAD_SOURCES" in
 one) NSOURCES=0 ;;
 many) NSOURCES=$((IDENTITIES < MANY_MAX ? IDENTITIES : MANY_MAX)) ;;
@@ -175,6 +183,7 @@ cleanup() {
 	fi
 	kill_wait "$SRV_PID" 10 >/dev/null 2>&1
 	kill_wait "$PLAIN_PID" 10 >/dev/null 2>&1
+	kill_wait "$HELD_PID" 15 >/dev/null 2>&1
 	netns_delete "$NS_CLI"
 	netns_delete "$NS_SRV"
 	if [[ -n "$TMP" && -d "$TMP" ]]; then
@@ -349,10 +358,22 @@ step "start tunneld in $NS_SRV: ${SERVER_ARGS[*]}"
 start_server
 log "tunneld pid $SRV_PID"
 
+held_up() {
+	alive "$HELD_PID" || fail "tlsvpn-load holding the sessions ended: $(tail -n 5 "$TMP/held.txt")"
+	[[ -s "$TMP/held-ready" ]]
+}
 if [[ "$LOAD_SCENARIO" == connect ]]; then
 	: >"$TMP/report.txt"
 	hs=(handshake --tlsvpn --server "$SERVER_UL:$PORT" --concurrency "$LOAD_CONCURRENCY" --settle 3s --window "$FLOOR_HS_WINDOW"
-		--identities "$IDENTITIES" "${SOURCE_FLAG[@]}")
+		--identities "$LOAD_SESSIONS" "${SOURCE_FLAG[@]}")
+	if ((CONNECT_HELD > 0)); then
+		step "connect: tlsvpn-load opens $CONNECT_HELD sessions and holds them while the new connections are measured"
+		ip netns exec "$NS_CLI" setsid "$TMP/tlsvpn-load" --server "$SERVER_UL:$PORT" --pki "$PKI" --sessions "$CONNECT_HELD" \
+			--concurrency "$LOAD_CONCURRENCY" --hold 1h --timeout 2h "${SOURCE_FLAG[@]}" --ready-file "$TMP/held-ready" >"$TMP/held.txt" 2>&1 &
+		HELD_PID=$!
+		wait_until 600 held_up || fail "the $CONNECT_HELD held sessions were not up after 600s"
+		log "held: $(cat "$TMP/held-ready")"
+	fi
 	step "connect: new connections to tunneld as fast as $LOAD_CONCURRENCY in flight allow, ${FLOOR_HS_WINDOW} measured"
 	floor_client "$SRV_PID" "${hs[@]}"
 	if ! [[ "$LOAD_RATE" =~ ^0*(\.0*)?$ ]]; then
