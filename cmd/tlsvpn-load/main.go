@@ -97,6 +97,7 @@ type options struct {
 	sampleEvery          time.Duration
 	progress             time.Duration
 	jsonFile, readyFile  string
+	cpuProfile           string
 	stopWhenRecovered    bool
 	requirePingAll       bool
 	requireRecovered     bool
@@ -140,6 +141,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.sampleEvery, "sample-every", time.Second, "how often to sample the server's and our own resource use")
 	fs.DurationVar(&o.progress, "progress", 2*time.Second, "how often to print a progress line on stderr (0: never)")
 	fs.StringVar(&o.jsonFile, "json", "", "also write the report as JSON to FILE")
+	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the load generator itself to FILE, for 'go tool pprof' (off if empty)")
 	fs.StringVar(&o.readyFile, "ready-file", "", "write FILE when the ramp is over (for scripts that act during the hold)")
 	fs.BoolVar(&o.stopWhenRecovered, "stop-when-recovered", false, "end the hold 2 s after every held session is back from an outage (a server restart), instead of waiting out --hold")
 	fs.BoolVar(&o.requirePingAll, "require-ping-all", false, "fail unless every one of --sessions answered the --ping-check")
@@ -289,6 +291,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	stopProfile, err := cli.StartCPUProfile(o.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	g, err := newGen(o, stderr)
