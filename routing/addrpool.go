@@ -65,11 +65,14 @@ var (
 // wait for the outcome of that append. A burst of N new identities thus
 // costs about two appends rather than N, and each Assign still returns
 // only once its lease is durable. When the journal is due for compaction
-// (see compactDue), the leader that appended last compacts, after it has
-// told its batch the outcome and still under writeMu, so that the new
-// identities that arrive meanwhile wait for one compaction (and then share
-// an append) while reconnects go on. Pin appends its lease as a batch of
-// its own (see Pin). Last-assigned times of existing leases are saved by
+// (see compactDue), the leader that appended last starts a compaction,
+// after it has told its batch the outcome, and new identities that arrive
+// meanwhile are not held up by it: the compaction copies the leases and
+// starts a new generation under writeMu, writes the snapshot (the part
+// that grows with the number of leases) in a goroutine of its own without
+// writeMu while appends go on, and takes writeMu again only to drop the
+// journal's batches that the snapshot holds (see compactInBackground).
+// Pin appends its lease as a batch of its own (see Pin). Last-assigned times of existing leases are saved by
 // the next compaction.
 type Pool struct {
 	// Immutable after NewPool/OpenPool.
@@ -81,14 +84,15 @@ type Pool struct {
 	jpath  string     // journal of path: path+journalSuffix
 
 	// Immutable after NewPool/OpenPool; replaced by tests.
-	now        func() time.Time                           // lease timestamps
-	syncFile   func(*os.File) error                       // fsync of files (snapshot, journal) and directories
-	writeFile  func(*os.File, []byte, int64) (int, error) // appends to the journal (WriteAt)
-	truncFile  func(*os.File, int64) error                // truncation of the journal
-	compactMin int64                                      // the journal is compacted once it holds this many bytes, or more if the snapshot is larger
-	onWait     func()                                     // if not nil, called whenever a call is about to wait for a batch (tests use it to know who waits)
-	onAppend   func()                                     // if not nil, called once an append is durable, before its leases are committed in memory (tests simulate a crash there)
-	onSnapshot func()                                     // if not nil, called once a compaction's snapshot is durable, before the journal is emptied (tests simulate a crash there)
+	now            func() time.Time                           // lease timestamps
+	syncFile       func(*os.File) error                       // fsync of files (snapshot, journal) and directories
+	writeFile      func(*os.File, []byte, int64) (int, error) // appends to the journal (WriteAt)
+	truncFile      func(*os.File, int64) error                // truncation of the journal
+	compactMin     int64                                      // the journal is compacted once it holds this many bytes, or more if the snapshot is larger
+	onWait         func()                                     // if not nil, called whenever a call is about to wait for a batch (tests use it to know who waits)
+	onAppend       func()                                     // if not nil, called once an append is durable, before its leases are committed in memory (tests simulate a crash there)
+	onSnapshot     func()                                     // if not nil, called once a compaction's snapshot is durable, before the journal is emptied (tests simulate a crash there)
+	syncCompaction bool                                       // compact in the write that found it due, under writeMu, rather than in the background (tests that check the files after each write)
 
 	// writeMu serializes writes of the leases files and changes to the
 	// set of committed leases (byID, byAddr) of a Pool made by OpenPool,
@@ -97,12 +101,13 @@ type Pool struct {
 	// leaders, Pin and Flush.
 	writeMu sync.Mutex
 	// Guarded by writeMu: the state of the files.
-	journal    *os.File // the journal, open for appends
-	journalLen int64    // length of its whole batches
-	journalBad bool     // an append failed and could not be cut off: compact before the next
-	snapLen    int64    // size of the snapshot
-	gen        uint64   // generation of the newest snapshot that may be on disk, named by appended batches
-	rewrite    bool     // the snapshot holds leases that OpenPool dropped: compact after the next commit
+	journal    *os.File      // the journal, open for appends
+	journalLen int64         // length of its whole batches
+	journalBad bool          // an append failed and could not be cut off: compact before the next
+	compacting chan struct{} // not nil while a compaction writes its snapshot outside writeMu; closed when it is over
+	snapLen    int64         // size of the snapshot
+	gen        uint64        // generation of the newest snapshot that may be on disk, named by appended batches
+	rewrite    bool          // the snapshot holds leases that OpenPool dropped: compact after the next commit
 	// Guarded by writeMu: scratch space of the writes, reused so that
 	// writing a large file does not allocate it anew each time.
 	snap   []leaseEntry // snapshot of the leases, unsorted
@@ -363,8 +368,8 @@ func (p *Pool) Pin(identity string, addr netip.Addr) (evicted string, err error)
 		}
 		evicted, err = p.pinLocked(identity, addr, owner, taken)
 		p.mu.Unlock()
-		if err == nil && p.path != "" && p.compactDue() {
-			p.compactLocked() // on failure the journal keeps the lease, and the next write tries again
+		if err == nil && p.path != "" {
+			p.maybeCompactLocked()
 		}
 		p.writeMu.Unlock()
 		if err != nil {
@@ -534,8 +539,8 @@ func (p *Pool) writeBatch(b *batch) {
 	b.err = err
 	close(b.done)
 	p.mu.Unlock()
-	if err == nil && p.compactDue() {
-		p.compactLocked() // on failure the journal keeps every lease, and the next write tries again
+	if err == nil {
+		p.maybeCompactLocked()
 	}
 }
 
@@ -549,7 +554,7 @@ func (p *Pool) Flush() error {
 	if p.path == "" {
 		return nil
 	}
-	p.writeMu.Lock()
+	p.lockNoCompaction()
 	defer p.writeMu.Unlock()
 	p.mu.Lock()
 	dirty := p.dirty

@@ -136,10 +136,16 @@ func (e *CorruptLeasesError) Unwrap() error { return e.Err }
 // past the size of the snapshot (and at least compactMin), and at Flush,
 // the Pool compacts: it writes a new snapshot of every lease, with the
 // next generation, replacing the file atomically (temporary file in the
-// same directory, fsync, rename, fsync of the directory), and then empties
-// the journal (truncate, fsync). The cost of a compaction grows with the
-// number of leases, but so does the number of appends between two of
-// them, so a new lease costs about the same whatever the pool holds.
+// same directory, fsync, rename, fsync of the directory), and then drops
+// the journal's batches that the snapshot holds. Usually it does so in the
+// background: the snapshot is written while appends go on, and the journal
+// is then replaced, the same atomic way, by a file with just the batches
+// appended meanwhile (see compactInBackground). Flush, and the compaction
+// after a failed append or a load that dropped leases, run under the
+// write lock and empty the journal (truncate, fsync). The cost of a
+// compaction grows with the number of leases, but so does the number of
+// appends between two of them, so a new lease costs about the same
+// whatever the pool holds.
 //
 // A crash at any moment, even kill -9 or a power loss, loses no lease that
 // was handed out, and leaves files that OpenPool reads:
@@ -153,11 +159,13 @@ func (e *CorruptLeasesError) Unwrap() error { return e.Err }
 //     appended until a compaction has emptied the journal. So a damaged
 //     batch followed by more is corruption.
 //   - During a compaction, until the rename, the old snapshot and the
-//     journal are intact. Between the rename and the truncation of the
-//     journal, the journal's batches are all in the new snapshot too; they
-//     name an older generation than the snapshot's, and OpenPool replays
-//     only batches of the snapshot's generation or later, so none is
-//     applied twice (which could undo a later Pin, say).
+//     journal are intact. Between the rename and the truncation or
+//     replacement of the journal, the journal's batches from before the
+//     compaction are all in the new snapshot too; they name an older
+//     generation than the snapshot's, and OpenPool replays only batches of
+//     the snapshot's generation or later (those appended during a
+//     background compaction), so none is applied twice (which could undo a
+//     later Pin, say).
 //   - A snapshot whose write failed may still have been renamed into
 //     place. Batches appended after it name its generation, so they are
 //     replayed on top of it as well as on top of the older snapshot with
@@ -215,6 +223,7 @@ func OpenPool(subnet netip.Prefix, path string) (p *Pool, warnings []error, err 
 		return nil, nil, fmt.Errorf("read leases file: %w", err)
 	}
 	removeStaleTemps(path)
+	removeStaleTemps(p.jpath) // a journal a compaction was replacing
 	f, err := parseLeases(data)
 	if err != nil {
 		return nil, nil, &CorruptLeasesError{Path: path, Err: err}
@@ -451,6 +460,97 @@ func (p *Pool) compactDue() bool {
 	return p.rewrite || p.journalBad || p.journalLen >= max(p.snapLen, p.compactMin)
 }
 
+// maybeCompactLocked compacts if the journal is due (see compactDue) and
+// no compaction is running: in the background (compactInBackground), or
+// at once for leases OpenPool dropped or a journal that cannot be appended
+// to. The caller holds writeMu and not mu.
+func (p *Pool) maybeCompactLocked() {
+	if p.compacting != nil || !p.compactDue() {
+		return
+	}
+	if p.rewrite || p.journalBad || p.syncCompaction {
+		p.compactLocked() // on failure the journal keeps every lease, and the next write tries again
+		return
+	}
+	p.mu.Lock()
+	entries := slices.Clone(p.snapshotLocked())
+	p.dirty = false // the snapshot will have every last-assigned time so far
+	p.mu.Unlock()
+	// As in compactLocked: batches appended from now on name the new
+	// generation, every batch before them an older one.
+	p.gen++
+	done := make(chan struct{})
+	p.compacting = done
+	go p.compactInBackground(entries, p.gen, p.journalLen, done)
+}
+
+// compactInBackground writes the snapshot of entries (the committed leases
+// as of journal offset from) as generation gen without writeMu; then,
+// under writeMu, it replaces the journal by its batches after from (those
+// appended meanwhile, all of gen), written to a new file that is renamed
+// over the old one. At every moment the files are ones OpenPool reads
+// right: until the snapshot's rename, the old snapshot and the whole
+// journal; then the new snapshot, onto which only the journal's batches of
+// gen are replayed (those before from name an older generation); then the
+// new snapshot and the shorter journal. If the snapshot cannot be written,
+// the journal stays whole and a later write tries again; if only the
+// journal cannot be replaced, it stays whole, which is right too.
+func (p *Pool) compactInBackground(entries []leaseEntry, gen uint64, from int64, done chan struct{}) {
+	// save's scratch buffers belong to the one compaction that runs (see
+	// lockNoCompaction).
+	serr := p.save(entries, gen)
+	if serr == nil && p.onSnapshot != nil {
+		p.onSnapshot()
+	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	defer func() {
+		p.compacting = nil
+		close(done)
+	}()
+	if serr != nil {
+		p.mu.Lock()
+		p.dirty = true
+		p.mu.Unlock()
+		return
+	}
+	p.snapLen = int64(len(p.buf))
+	tail := make([]byte, p.journalLen-from)
+	if _, err := p.journal.ReadAt(tail, from); err != nil {
+		return
+	}
+	if err := writeLeases(p.jpath, tail, p.syncFile); err != nil {
+		return
+	}
+	f, err := os.OpenFile(p.jpath, os.O_RDWR, 0o600)
+	if err != nil {
+		// The new journal is in place but cannot be opened: the old
+		// file is no longer the journal. Compact before the next
+		// append (see commitLocked).
+		p.journalBad = true
+		return
+	}
+	p.journal.Close()
+	p.journal = f
+	p.journalLen = int64(len(tail))
+	p.journalBad = false
+}
+
+// lockNoCompaction takes writeMu once no compaction runs in the
+// background, for a caller that compacts at once (Flush): a compaction owns
+// the scratch buffers and the files until it is over.
+func (p *Pool) lockNoCompaction() {
+	for {
+		p.writeMu.Lock()
+		c := p.compacting
+		if c == nil {
+			return
+		}
+		p.writeMu.Unlock()
+		<-c
+	}
+}
+
 // compactLocked writes a snapshot of the committed leases, with the next
 // generation, and then empties the journal. Its batches are in the new
 // snapshot, and name an older generation, so that a crash between the two
@@ -501,6 +601,11 @@ func (p *Pool) compactLocked() error {
 // and adds does not change meanwhile.
 func (p *Pool) commitLocked(op string, adds map[string]lease) error {
 	if p.journalBad {
+		if p.compacting != nil {
+			// The compaction that runs owns the files; it replaces the
+			// journal, which clears journalBad.
+			return fmt.Errorf("append to leases journal %s: the journal failed while a compaction runs; try again", p.jpath)
+		}
 		if err := p.compactLocked(); err != nil {
 			return err
 		}

@@ -70,6 +70,9 @@ func mustOpenPool(t *testing.T, subnet, path string) *Pool {
 	if len(warnings) > 0 {
 		t.Fatalf("OpenPool(%s, %s) warnings: %v", subnet, path, warnings)
 	}
+	// These tests read the files after each write: they compact at once.
+	// TestBackgroundCompaction covers compactions in the background.
+	p.syncCompaction = true
 	return p
 }
 
@@ -570,13 +573,14 @@ func TestLeasesConcurrent(t *testing.T) {
 // TestLeasesKill9 kills a process that is assigning addresses as fast as it
 // can, and checks that the leases files it leaves are complete and hold
 // every lease the process handed out: with appends to the journal only,
-// and with a compaction after every other lease, so that the kill may land
-// in one.
+// with a compaction after every other lease, so that the kill may land in
+// one, and with compactions in the background (a tiny compactMin) while
+// appends go on.
 func TestLeasesKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a child process")
 	}
-	for _, mode := range []string{"append", "compact"} {
+	for _, mode := range []string{"append", "compact", "background"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "leases.json")
@@ -618,8 +622,10 @@ func TestLeasesKill9(t *testing.T) {
 }
 
 // TestLeasesKill9Child is TestLeasesKill9's child process: it assigns
-// addresses until it is killed, printing each one once Assign returns, and
-// in mode "compact" Flushes (compacts) after every other one.
+// addresses until it is killed, printing each one once Assign returns; in
+// mode "compact" it Flushes (compacts) after every other one, and in mode
+// "background" it compacts in the background whenever the journal is as
+// large as the snapshot.
 func TestLeasesKill9Child(t *testing.T) {
 	path := os.Getenv("ROUTING_LEASES_CHILD")
 	if path == "" {
@@ -631,6 +637,9 @@ func TestLeasesKill9Child(t *testing.T) {
 		return
 	}
 	compact := os.Getenv("ROUTING_LEASES_CHILD_MODE") == "compact"
+	if os.Getenv("ROUTING_LEASES_CHILD_MODE") == "background" {
+		p.compactMin = 256
+	}
 	for i := 0; ; i++ {
 		id := fmt.Sprintf("client-%d", i)
 		a, err := p.Assign(id)
