@@ -91,7 +91,7 @@ type Pool struct {
 	compactMin     int64                                      // the journal is compacted once it holds this many bytes, or more if the snapshot is larger
 	onWait         func()                                     // if not nil, called whenever a call is about to wait for a batch (tests use it to know who waits)
 	onAppend       func()                                     // if not nil, called once an append is durable, before its leases are committed in memory (tests simulate a crash there)
-	onSnapshot     func()                                     // if not nil, called once a compaction's snapshot is durable, before the journal is emptied (tests simulate a crash there)
+	onSnapshot     func()                                     // if not nil, called once a compaction's snapshot is durable, before the journal is emptied or replaced (tests simulate a crash there)
 	syncCompaction bool                                       // compact in the write that found it due, under writeMu, rather than in the background (tests that check the files after each write)
 
 	// writeMu serializes writes of the leases files and changes to the

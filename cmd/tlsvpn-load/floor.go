@@ -65,8 +65,9 @@ server that only answers (floor server) and a client (idle: N connections,
 each sending a PING-sized message every --every that the server writes back;
 handshake: full TLS 1.3 handshakes with tunneld's TLS settings and client
 certificates, then one message each way and a close). The client reads the
-server's CPU time from /proc. scripts/load.sh runs it beside tunneld with
-LOAD_SCENARIO=floor.
+server's CPU time from /proc. scripts/load.sh runs it with LOAD_SCENARIO=floor,
+and with LOAD_SCENARIO=connect points 'handshake --tlsvpn' at a real tunneld
+(TLS, HELLO, CONFIG, CLOSE) to measure tunneld's connect cost the same way.
 
 Flags:
 `
