@@ -389,17 +389,21 @@ func (e *Etcd) reqCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(e.ctx, e.timeout)
 }
 
-// do runs req with the request timeout, and once more if it fails: when
-// etcd's leader dies, the requests it had in flight fail (after etcd's
-// own timeout) while new ones succeed as soon as another member leads.
-// It records whether the store answered.
+// do runs req with the request timeout, and again if it fails, while
+// less than twice the timeout has passed (at most three tries): when
+// etcd's leader dies, the requests in flight to it fail at once, and a
+// request that another member forwarded to it is lost and waits out its
+// timeout, while new ones succeed as soon as another member leads. A
+// store that does not answer at all costs two timeouts, as before. It
+// records whether the store answered.
 func (e *Etcd) do(req func(ctx context.Context) error) error {
 	var err error
-	for range 2 {
+	start := time.Now()
+	for range 3 {
 		ctx, cancel := e.reqCtx()
 		err = req(ctx)
 		cancel()
-		if err == nil || e.ctx.Err() != nil {
+		if err == nil || e.ctx.Err() != nil || time.Since(start) >= 2*e.timeout {
 			break
 		}
 	}
