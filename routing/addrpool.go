@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -93,6 +94,9 @@ type Pool struct {
 	onAppend       func()                                     // if not nil, called once an append is durable, before its leases are committed in memory (tests simulate a crash there)
 	onSnapshot     func()                                     // if not nil, called once a compaction's snapshot is durable, before the journal is emptied or replaced (tests simulate a crash there)
 	syncCompaction bool                                       // compact in the write that found it due, under writeMu, rather than in the background (tests that check the files after each write)
+
+	// observer, if set (ObserveWrites), is told of each durable append.
+	observer atomic.Pointer[func(d time.Duration, leases int)]
 
 	// writeMu serializes writes of the leases files and changes to the
 	// set of committed leases (byID, byAddr) of a Pool made by OpenPool,
@@ -189,6 +193,22 @@ func NewPool(subnet netip.Prefix) (*Pool, error) {
 		pendingID:   make(map[string]*batch),
 		pendingAddr: make(map[netip.Addr]*batch),
 	}, nil
+}
+
+// ObserveWrites makes fn be called after each append to the journal that
+// is durable, with the time its write and fsync took and the number of
+// leases it holds (several, when new identities arrive together; one for
+// a Pin). That time is what a new identity waits for at least before
+// Assign returns, so it is the disk's share of a new client's connect
+// (tunneld exports it as tunneld_lease_sync_seconds). Only a Pool made by
+// OpenPool writes; fn must not call the Pool. It may be set at any time;
+// nil stops it.
+func (p *Pool) ObserveWrites(fn func(d time.Duration, leases int)) {
+	if fn == nil {
+		p.observer.Store(nil)
+		return
+	}
+	p.observer.Store(&fn)
 }
 
 // Subnet returns the pool's (masked) subnet.

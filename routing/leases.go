@@ -630,6 +630,7 @@ func (p *Pool) appendLocked(op string, adds map[string]lease) error {
 	}
 	b = appendJournalCommit(b, p.gen, len(adds))
 	p.jbuf = b
+	start := time.Now()
 	if _, err = p.writeFile(p.journal, b, p.journalLen); err == nil {
 		if err = p.syncFile(p.journal); err != nil {
 			err = fmt.Errorf("sync: %w", err)
@@ -642,6 +643,9 @@ func (p *Pool) appendLocked(op string, adds map[string]lease) error {
 		return fmt.Errorf("append to leases journal %s: %w", p.jpath, err)
 	}
 	p.journalLen += int64(len(b))
+	if fn := p.observer.Load(); fn != nil {
+		(*fn)(time.Since(start), len(adds))
+	}
 	if p.onAppend != nil {
 		p.onAppend()
 	}

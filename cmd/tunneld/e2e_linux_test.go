@@ -523,6 +523,13 @@ func TestNetNSTunnel(t *testing.T) {
 		if got := e.metric(t, "tunneld_record_handovers_total"); got < 2 {
 			t.Errorf("tunneld_record_handovers_total = %v, want >= 2 (laptop1 and laptop2)", got)
 		}
+		// Both were new identities: their leases went through the journal.
+		if got := e.metric(t, "tunneld_leases_written_total"); got < 2 {
+			t.Errorf("tunneld_leases_written_total = %v, want >= 2 (laptop1 and laptop2)", got)
+		}
+		if got := e.metric(t, "tunneld_lease_sync_seconds_count"); got < 1 {
+			t.Errorf("tunneld_lease_sync_seconds_count = %v, want >= 1", got)
+		}
 	})
 
 	t.Run("bad clients are refused and counted", func(t *testing.T) {

@@ -36,9 +36,10 @@ type Gauge struct {
 //
 // With ready set, http://addr/ready answers 200 "ready" while ready()
 // is true and 503 "draining" otherwise, for a load balancer's health
-// check.
-func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, lim *tunnel.Limiter, ready func() bool, log *slog.Logger) error {
+// check. The extra collectors (histograms, say) are served as they are.
+func ServeMetrics(ctx context.Context, addr, prefix string, stats *tunnel.Stats, gauges []Gauge, lim *tunnel.Limiter, ready func() bool, log *slog.Logger, extra ...prometheus.Collector) error {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(extra...)
 	if lim != nil {
 		reg.MustRegister(refusedCollector{
 			desc: prometheus.NewDesc(prefix+"_refused_connections_total", "Connections refused by a limit, by limit.", []string{"limit"}, nil),
