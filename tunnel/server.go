@@ -561,11 +561,15 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission, hs *h
 		return
 	}
 	remote := raw.RemoteAddr().String()
-	log := s.log.With("remote_addr", remote)
+	// The connection's logger is made once its peer is known: a With
+	// per connection costs formatting and allocations, and most
+	// connections that fail before it log nothing.
+	log := s.log
+	peerAttrs := []any{"remote_addr", remote}
 	defer func() {
 		if r := recover(); r != nil {
 			s.stats.Panics.Add(1)
-			log.Error("connection handler panicked", "panic", r)
+			log.Error("connection handler panicked", append(peerAttrs, "panic", r)...)
 			raw.Close()
 		}
 	}()
@@ -604,11 +608,12 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission, hs *h
 		if errors.As(err, &pe) {
 			writeControlFrame(hctx, tr, TypeClose, MarshalClose(CloseProtocol, pe.Err.Error()))
 		}
-		s.logLimit.warn(log, "handshake", "handshake failed", "err", err)
+		s.logLimit.warn(log, "handshake", "handshake failed", "remote_addr", remote, "err", err)
 		tr.Close()
 		return
 	}
-	log = log.With("peer", id)
+	log = s.log.With("remote_addr", remote, "peer", id)
+	peerAttrs = nil
 	releaseSession, err := s.lim.AcquireSession(id)
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)

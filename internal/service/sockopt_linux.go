@@ -18,17 +18,19 @@ import (
 // it (bufferbloat).
 const NotSentLowat = 256 << 10
 
-// TuneTCP sets the outer socket's options: no Nagle delay, a bounded
-// unsent queue, a user timeout so a dead path errors out even when the
-// peer never answers, and the congestion control (none if empty; see
-// Congestion, which checked that the kernel accepts it). c is a
-// *net.TCPConn or wraps one (see TCPConn); otherwise nothing is set.
+// TuneTCP sets the outer socket's options: a bounded unsent queue, a
+// user timeout so a dead path errors out even when the peer never
+// answers, and the congestion control (none if empty; see Congestion,
+// which checked that the kernel accepts it). No Nagle delay is Go's
+// default for every TCP connection, so it is not set again: tunneld
+// tunes every connection it accepts, and each system call counts there.
+// c is a *net.TCPConn or wraps one (see TCPConn); otherwise nothing is
+// set.
 func TuneTCP(c net.Conn, userTimeout time.Duration, congestion string) {
 	tc, ok := TCPConn(c)
 	if !ok {
 		return
 	}
-	tc.SetNoDelay(true)
 	raw, err := tc.SyscallConn()
 	if err != nil {
 		return

@@ -63,13 +63,16 @@ func TestTuneTCPSetsOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cc string
-	var lowat int
+	var lowat, nodelay int
 	var gerr error
 	raw.Control(func(fd uintptr) {
 		if cc, gerr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION); gerr != nil {
 			return
 		}
-		lowat, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+		if lowat, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT); gerr != nil {
+			return
+		}
+		nodelay, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
 	})
 	if gerr != nil {
 		t.Fatal(gerr)
@@ -79,6 +82,10 @@ func TestTuneTCPSetsOptions(t *testing.T) {
 	}
 	if lowat != NotSentLowat {
 		t.Errorf("TCP_NOTSENT_LOWAT = %d, want %d", lowat, NotSentLowat)
+	}
+	// Go's own default, which TuneTCP relies on rather than set again.
+	if nodelay == 0 {
+		t.Error("TCP_NODELAY is off: Nagle's algorithm would delay control frames")
 	}
 }
 
