@@ -1,7 +1,10 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -77,4 +80,60 @@ func TestStdlibServerClientRotates(t *testing.T) {
 		t.Errorf("the client reconnected %d times; want a rotation only", reconnects)
 	}
 	p.roundTrip(t, 0) // the new session carries traffic
+}
+
+// rxCountingTransport is a connTransport that reports a record count.
+type rxCountingTransport struct {
+	connTransport
+	rx *atomic.Uint64
+}
+
+func (c rxCountingTransport) RxRecords() uint64 { return c.rx.Load() }
+
+// TestReceiveSideRecordLimit: a session that only receives is told to
+// reconnect once the peer's records under its keys pass MaxRecordsPerKey,
+// as the writer is for its own. On crypto/tls, which counts every record
+// of the connection, a peer that rotates in-band (it was told it may
+// before this side's hand-over was refused) gets there. The batch that
+// crosses the limit still reaches the TUN; then the reader ends the
+// session with CloseRekey, which Run sends as CLOSE 8, rather than
+// running into the record layer's hard limit, which would cut the
+// connection with no word to the peer.
+func TestReceiveSideRecordLimit(t *testing.T) {
+	var _ rxRecordCounter = (*tlsTransport)(nil)
+	var stream []byte
+	for i := range 3 {
+		stream = AppendFrame(stream, TypeData, i == 2, testPacket(allocClient, allocServer, 100))
+	}
+	dev := &discardDevice{}
+	rx := new(atomic.Uint64)
+	s := NewSession(SessionConfig{
+		Transport: rxCountingTransport{connTransport{&loopConn{data: stream}}, rx},
+		Dev:       dev,
+		Allowed:   []netip.Prefix{netip.PrefixFrom(allocClient, 32)},
+		QueueLen:  256,
+	})
+	batch := func() error {
+		for i := range 3 {
+			if err := s.readFrame(); err != nil {
+				if i < 2 {
+					t.Fatalf("frame %d of a batch: %v", i, err)
+				}
+				return err
+			}
+		}
+		return nil
+	}
+	rx.Store(MaxRecordsPerKey)
+	if err := batch(); err != nil {
+		t.Fatalf("at the limit: %v", err)
+	}
+	rx.Store(MaxRecordsPerKey + 1)
+	var ce *CloseError
+	if err := batch(); !errors.As(err, &ce) || ce.Code != CloseRekey {
+		t.Fatalf("past the limit: %v, want a CloseRekey", err)
+	}
+	if got := s.stats.RxPackets.Load(); got != 6 {
+		t.Errorf("%d packets reached the TUN, want all 6: the batch that crossed the limit too", got)
+	}
 }

@@ -740,7 +740,29 @@ func (s *Session) readFrame() error {
 	// E ends the sender's write, whatever the frame's type: what was
 	// gathered goes to the TUN now (a [DATA, PING+E] write included).
 	if h.End || s.rxK == s.rxCap {
-		return s.flushRx()
+		if err := s.flushRx(); err != nil {
+			return err
+		}
+		return s.checkRxRecords()
+	}
+	return nil
+}
+
+// rxRecordCounter is a transport that counts the records it receives
+// under the peer's current keys (the TLS transport).
+type rxRecordCounter interface{ RxRecords() uint64 }
+
+// checkRxRecords closes with CloseRekey once the peer's records under its
+// current keys pass MaxRecordsPerKey, as the writer does for its own
+// (writeChunks), so that a session that only receives is also told to
+// reconnect in time, with a CLOSE, rather than cut off by the record
+// layer's hard limit. That happens on crypto/tls, which cannot see the
+// peer's KeyUpdates, when the peer rotates in-band: it was told it may
+// (CapKeyUpdate) before this side's hand-over to the own record layer
+// was refused.
+func (s *Session) checkRxRecords() error {
+	if c, ok := s.t.(rxRecordCounter); ok && c.RxRecords() > MaxRecordsPerKey {
+		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of the peer's key reached: reconnect"}
 	}
 	return nil
 }

@@ -248,3 +248,16 @@ func (t *tlsTransport) Usage() KeyUsage {
 	tx, rx := t.bc.Counts()
 	return KeyUsage{Records: max(tx, rx)}
 }
+
+// RxRecords returns the records received under the peer's current keys:
+// exact on the own record layer; on crypto/tls every record of the
+// connection, which cannot see the peer's KeyUpdates. Unlike Usage it
+// takes no lock a writer holds, so the session's reader can ask it once
+// per batch it receives (see Session.readFrame).
+func (t *tlsTransport) RxRecords() uint64 {
+	if rc := t.rcLoaded.Load(); rc != nil {
+		return rc.RxSeq()
+	}
+	_, rx := t.bc.Counts()
+	return rx
+}
