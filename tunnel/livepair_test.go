@@ -1,10 +1,15 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,4 +123,78 @@ func (p *livePair) roundTrip(t *testing.T, i int) {
 			t.Fatalf("packet %d not delivered after 5s", i)
 		}
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a test to share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// panicOncePool panics on its first Assign, then assigns addr.
+type panicOncePool struct {
+	addr  netip.Addr
+	fired atomic.Bool
+}
+
+func (p *panicOncePool) Assign(string) (netip.Addr, error) {
+	if !p.fired.Swap(true) {
+		panic("lease store broke")
+	}
+	return p.addr, nil
+}
+
+// TestHandlerPanicIsContained: a panic in a connection's handler, before
+// the handshake (in TuneConn) or after it (in the lease), is recovered,
+// counted and logged with the remote address (and, once known, the
+// peer), closes only that connection, and the server goes on: the
+// client's next attempt gets its session.
+func TestHandlerPanicIsContained(t *testing.T) {
+	var logs lockedBuffer
+	var tuned atomic.Bool
+	p := startLivePair(t,
+		func(c *ServerConfig) {
+			c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			c.Pool = &panicOncePool{addr: allocClient}
+			c.TuneConn = func(net.Conn) {
+				if !tuned.Swap(true) {
+					panic("socket option broke")
+				}
+			}
+		},
+		func(c *ClientConfig) { c.MaxAttempts = 0 })
+	if n := p.sstats.Panics.Load(); n != 2 {
+		t.Errorf("Panics = %d, want 2", n)
+	}
+	var before, after string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if !strings.Contains(l, `msg="connection handler panicked"`) {
+			continue
+		}
+		switch {
+		case strings.Contains(l, "socket option broke"):
+			before = l
+		case strings.Contains(l, "lease store broke"):
+			after = l
+		}
+	}
+	if !strings.Contains(before, "remote_addr=127.0.0.1:") || strings.Contains(before, "peer=") {
+		t.Errorf("panic before the handshake logged as %q, want remote_addr and no peer", before)
+	}
+	if !strings.Contains(after, "remote_addr=127.0.0.1:") || !strings.Contains(after, "peer=laptop") {
+		t.Errorf("panic after the handshake logged as %q, want remote_addr and peer=laptop", after)
+	}
+	p.roundTrip(t, 1)
 }

@@ -561,15 +561,19 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission, hs *h
 		return
 	}
 	remote := raw.RemoteAddr().String()
-	// The connection's logger is made once its peer is known: a With
-	// per connection costs formatting and allocations, and most
-	// connections that fail before it log nothing.
-	log := s.log
-	peerAttrs := []any{"remote_addr", remote}
+	// The connection's logger is made once its peer is known (named): a
+	// With costs formatting and allocations that a connection failing
+	// before then, whose lines name remote_addr themselves and are rate
+	// limited, does not need.
+	log, named := s.log, false
 	defer func() {
 		if r := recover(); r != nil {
 			s.stats.Panics.Add(1)
-			log.Error("connection handler panicked", append(peerAttrs, "panic", r)...)
+			if named {
+				log.Error("connection handler panicked", "panic", r)
+			} else {
+				log.Error("connection handler panicked", "remote_addr", remote, "panic", r)
+			}
 			raw.Close()
 		}
 	}()
@@ -612,8 +616,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, adm *Admission, hs *h
 		tr.Close()
 		return
 	}
-	log = s.log.With("remote_addr", remote, "peer", id)
-	peerAttrs = nil
+	log, named = s.log.With("remote_addr", remote, "peer", id), true
 	releaseSession, err := s.lim.AcquireSession(id)
 	if err != nil {
 		s.stats.HandshakeFailures.Add(1)
