@@ -115,10 +115,11 @@ type Session struct {
 	stats   *Stats
 	queue   chan *chunk
 	pongs   chan [PingLen]byte
-	pingDue chan struct{} // the keepalive wheel: send a PING
-	done    chan struct{} // closed when Run returns
-	peerGSO bool          // may send DATA_GSO
-	gdev    tun.GSODevice // non-nil: DATA_GSO accepted and written whole
+	pingDue chan struct{}   // the keepalive wheel: send a PING
+	done    chan struct{}   // closed when Run returns
+	peerGSO bool            // may send DATA_GSO
+	gdev    tun.GSODevice   // non-nil: DATA_GSO accepted and written whole
+	rxc     rxRecordCounter // non-nil: the transport counts the peer's records (checkRxRecords)
 
 	congested atomic.Bool // queue overflowed; the mux drops without waiting
 
@@ -209,6 +210,7 @@ func NewSession(cfg SessionConfig) *Session {
 	if g, ok := cfg.Dev.(tun.GSODevice); ok && cfg.AcceptGSO && g.SupportsGSO() {
 		s.gdev = g
 	}
+	s.rxc, _ = cfg.Transport.(rxRecordCounter)
 	if s.cfg.MTU == 0 {
 		s.cfg.MTU = 1500
 	}
@@ -761,7 +763,7 @@ type rxRecordCounter interface{ RxRecords() uint64 }
 // (CapKeyUpdate) before this side's hand-over to the own record layer
 // was refused.
 func (s *Session) checkRxRecords() error {
-	if c, ok := s.t.(rxRecordCounter); ok && c.RxRecords() > MaxRecordsPerKey {
+	if s.rxc != nil && s.rxc.RxRecords() > MaxRecordsPerKey {
 		return &CloseError{Code: CloseRekey, Reason: "TLS record limit of the peer's key reached: reconnect"}
 	}
 	return nil
